@@ -1,0 +1,234 @@
+"""Launch configurations for the SS1 kernels: data, one heuristic, one override hook.
+
+A launch config never changes the function a layer computes (the structure does); the kernels
+are correct for every config this module accepts. Three kernels, three ``kind`` values:
+
+- ``"forward"``:     y  = sketch(x) @ Wr.T + b   tiles: M x N, reduction over K_red
+- ``"grad_input"``:  dx = unsketch(dy @ Wr)       tiles: M x K_red, reduction over N
+- ``"grad_weight"``: dW = unrotate(dy.T @ xs)     tiles: N x K_red, reduction over M (split_m ways)
+
+Resolution order for a launch (:func:`resolve_launch_config`): the newest hook registered with
+:func:`register_config_hook` that returns a config (the tests' and the tuner's overrides, then the
+tuning database), else :func:`heuristic_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+KINDS = ("forward", "grad_input", "grad_weight")
+
+#: Shared memory assumed when the device cannot be asked (CPU interpreter, unknown GPU).
+#: 99 KiB is the opt-in limit of the smallest current NVIDIA parts (sm_86/sm_89); the H100/H200
+#: give 227 KiB. Heuristic configs always fit this, so they launch everywhere.
+FALLBACK_SHARED_MEMORY = 99 * 1024
+
+#: Decode-size M: at or below it the forward heuristic uses the smallest M tile (16, the
+#: smallest tl.dot accepts) and wide N tiles, since the weight read dominates.
+DECODE_MAX_M = 64
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and compiler settings for one kernel launch.
+
+    ``tile_m``, ``tile_n``, ``tile_k`` are the kernel's tile along M, N and K_red (powers of two,
+    >= 16; independent of the structural block sizes). ``group_m`` is the grouped-ordering width
+    for L2 reuse; ``split_m`` splits the M reduction of ``grad_weight`` over that many programs.
+    """
+
+    tile_m: int = 64
+    tile_n: int = 64
+    tile_k: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+    group_m: int = 8
+    split_m: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tile_m", "tile_n", "tile_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 16 or value & (value - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value!r}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
+        for name in ("num_stages", "group_m", "split_m"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LaunchConfig.{name} must be a positive int, got {value!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LaunchConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown LaunchConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a launch is for: the key every config hook receives.
+
+    ``m`` is the flattened batch size; ``dtype`` a short name (``fp32``, ``fp16``, ``bf16``);
+    ``device_name`` the CUDA device name (empty on CPU).
+    """
+
+    kind: str
+    m: int
+    in_features: int
+    out_features: int
+    redn_factor: int
+    block_k: int
+    block_n: int
+    dtype: str
+    device_name: str = ""
+
+    @property
+    def k_red(self) -> int:
+        groups = -(-self.in_features // (self.redn_factor * self.block_k))
+        return groups * self.block_k
+
+
+ConfigHook = Callable[[Problem], "LaunchConfig | None"]
+
+_hooks: list[ConfigHook] = []
+_hooks_lock = threading.Lock()
+
+
+def register_config_hook(hook: ConfigHook) -> Callable[[], None]:
+    """Add ``hook`` (newest first); returns a function that removes it."""
+    with _hooks_lock:
+        _hooks.append(hook)
+
+    def remove() -> None:
+        with _hooks_lock:
+            if hook in _hooks:
+                _hooks.remove(hook)
+
+    return remove
+
+
+@contextlib.contextmanager
+def override_launch_config(
+    config: LaunchConfig | ConfigHook, kinds: tuple[str, ...] = KINDS
+) -> Iterator[None]:
+    """Within the block, launches of ``kinds`` use ``config`` (a LaunchConfig or a hook)."""
+    if isinstance(config, LaunchConfig):
+        fixed = config
+
+        def hook(problem: Problem) -> LaunchConfig | None:
+            return fixed if problem.kind in kinds else None
+    else:
+        user_hook = config
+
+        def hook(problem: Problem) -> LaunchConfig | None:
+            return user_hook(problem) if problem.kind in kinds else None
+
+    remove = register_config_hook(hook)
+    try:
+        yield
+    finally:
+        remove()
+
+
+def element_size(dtype: str) -> int:
+    return 4 if dtype == "fp32" else 2
+
+
+def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
+    """Upper estimate of the shared memory a launch asks for.
+
+    Triton pipelines every load in the reduction loop ``num_stages - 1`` iterations ahead, and
+    the c member loads of the sketched operand are c separate loads: so the sketched operand
+    costs c tiles per stage (measured on an H200: at c = 8 most large configs asked for
+    256-608 KiB and failed, see BASELINES). One extra stage of slack covers the epilogue and
+    layout conversions.
+    """
+    size = element_size(problem.dtype)
+    c = problem.redn_factor
+    tm, tn, tk = config.tile_m, config.tile_n, config.tile_k
+    if problem.kind == "forward":
+        per_stage = c * tm * tk + tn * tk
+        out_tile = tm * tn
+    elif problem.kind == "grad_input":
+        per_stage = tm * tn + tn * tk
+        out_tile = tm * tk
+    else:  # grad_weight
+        per_stage = tm * tn + c * tm * tk
+        out_tile = tn * tk
+    stages = max(config.num_stages, 1)
+    return size * (per_stage * stages) + 4 * out_tile // 2
+
+
+def fits(config: LaunchConfig, problem: Problem, shared_memory_limit: int) -> bool:
+    return shared_memory_bytes(config, problem) <= shared_memory_limit
+
+
+def _largest_fitting(config: LaunchConfig, problem: Problem, limit: int) -> LaunchConfig:
+    """Shrink stages, then tile_k, then the larger tile until the config fits ``limit``."""
+    while not fits(config, problem, limit):
+        if config.num_stages > 2:
+            config = dataclasses.replace(config, num_stages=config.num_stages - 1)
+        elif config.tile_k > 16:
+            config = dataclasses.replace(config, tile_k=config.tile_k // 2)
+        elif config.num_stages > 1:
+            config = dataclasses.replace(config, num_stages=1)
+        elif max(config.tile_m, config.tile_n) > 16:
+            if config.tile_m >= config.tile_n:
+                config = dataclasses.replace(config, tile_m=config.tile_m // 2)
+            else:
+                config = dataclasses.replace(config, tile_n=config.tile_n // 2)
+        else:
+            break  # 16 x 16 x 16, one stage: a few KiB, fits any GPU
+    return config
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
+    """Default config: always launches (fits ``shared_memory_limit``), reasonable everywhere.
+
+    Tiles follow the classic Triton matmul choices (128 x 128 x 32-64 for large problems, a
+    16-row tile for decode) and shrink with c so the c in-flight member tiles still fit.
+    """
+    m = problem.m
+    if problem.kind == "forward":
+        if m <= DECODE_MAX_M:
+            tile_m = max(16, min(_next_power_of_two(m), 64))
+            config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=4, num_stages=3)
+        else:
+            config = LaunchConfig(tile_m=128, tile_n=128, tile_k=64, num_warps=8, num_stages=3)
+    elif problem.kind == "grad_input":
+        tile_m = 128 if m > DECODE_MAX_M else max(16, min(_next_power_of_two(m), 64))
+        config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=8, num_stages=3)
+    elif problem.kind == "grad_weight":
+        tiles = -(-problem.out_features // 128) * -(-problem.k_red // 128)
+        # Enough programs to cover the GPU (~132 SMs on Hopper) when N x K_red is small.
+        split_m = 1
+        while tiles * split_m < 128 and m // (split_m * 2) >= 512:
+            split_m *= 2
+        config = LaunchConfig(tile_m=64, tile_n=128, tile_k=128, num_warps=8, num_stages=3, split_m=split_m)
+    else:
+        raise ValueError(f"unknown kernel kind {problem.kind!r}; expected one of {KINDS}")
+    return _largest_fitting(config, problem, shared_memory_limit)
+
+
+def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
+    """Config for ``problem``: newest hook that answers, else :func:`heuristic_config`."""
+    with _hooks_lock:
+        hooks = list(reversed(_hooks))
+    for hook in hooks:
+        config = hook(problem)
+        if config is not None:
+            return config
+    return heuristic_config(problem, shared_memory_limit)

@@ -1,0 +1,428 @@
+"""Triton kernels for SS1: forward, input gradient, weight gradient, and their launchers.
+
+The structure (``ss1bench/structure.py``) splits every shift into a member shift ``a(it, r)``
+and an N-block rotation ``d(j)``. So each kernel is a GEMM over the compressed dimension:
+
+- forward:      y[m, n]   = sum_kk xs[m, kk] * Wr[n, kk] + b[n]
+- grad_input:   dxs[m, kk] = sum_n dy[m, n] * Wr[n, kk],   dx = unsketch(dxs)
+- grad_weight:  dWr[n, kk] = sum_m dy[m, n] * xs[m, kk],   dW = unrotate(dWr)
+
+where ``xs[m, it*BK + t] = sum_r x[m, (it*c + r)*BK + ((t + a(it, r)) mod BK)]`` is gathered
+on the fly (c rotated loads summed in fp32) and ``Wr[n, it*BK + t] = Wc[n, it*BK + ((t - d(j))
+mod BK)]`` is read in place. Every shift is a multiple of VEC = 8 and every tile starts on a
+multiple of 8, so each 8-element chunk of a rotated index is contiguous and 8-aligned: the
+``tl.multiple_of``/``tl.max_contiguous`` hints below keep those loads 16 bytes wide (without them
+the calibration kernel ran at 0.02-0.10 of ideal, see BASELINES). Kernel tiles are free of the
+structural block sizes: the index math is per column and per row.
+
+Shapes: x (M, K), weight (N, K_red), bias (N,), y and dy (M, N).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ss1bench.structure import VEC, SS1Structure
+
+from .config import LaunchConfig, Problem, resolve_launch_config
+
+SUPPORTED_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+# ---------------------------------------------------------------------------------------------
+# @triton.jit helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_ids(pid, num_pid_rows, num_pid_cols, GROUP: tl.constexpr):
+    """Grouped ordering: GROUP row tiles share column tiles while they are hot in L2."""
+    num_pid_in_group = GROUP * num_pid_cols
+    group_id = pid // num_pid_in_group
+    first_row = group_id * GROUP
+    group_rows = tl.minimum(num_pid_rows - first_row, GROUP)
+    pid_row = first_row + ((pid % num_pid_in_group) % group_rows)
+    pid_col = (pid % num_pid_in_group) // group_rows
+    return pid_row, pid_col
+
+
+@triton.jit
+def _member_columns(kk, r: tl.constexpr, R0M, R1M, R3M, C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
+    """Dense column of member r for compressed columns kk: (it*C + r)*BK + ((t + a(it, r)) mod BK).
+
+    Every hash term is already reduced mod BK, so the largest intermediate is 3 * BK**2.
+    """
+    it = kk // BK
+    t = kk % BK
+    if C == 1:
+        col = kk
+    else:
+        shift = (R3M + R1M * ((it + 1) % BK) + R0M * ((r + 1) % BK)) % BK
+        shift = (shift * VEC) % BK
+        col = (it * C + r) * BK + ((t + shift) % BK)
+    return tl.max_contiguous(tl.multiple_of(col, VEC), VEC)
+
+
+@triton.jit
+def _row_rotations(offs_n, R2M, C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr):
+    """d(j) for the N block j = n // BN of every row n (zero when C == 1)."""
+    if C == 1:
+        rot = offs_n * 0
+    else:
+        rot = ((R2M * ((offs_n // BN) % BK)) % BK * VEC) % BK
+    return rot
+
+
+@triton.jit
+def _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
+                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
+    """xs tile (rows, kk) in fp32: sum of the C rotated member loads (zero past K)."""
+    xs = tl.zeros((x_rows.shape[0], kk.shape[0]), dtype=tl.float32)
+    for r in tl.static_range(C):
+        col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
+        mask = mask_rows[:, None] & (mask_kk & (col < K))[None, :]
+        xs += tl.load(x_rows + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    return xs
+
+
+@triton.jit
+def _rotated_weight_columns(kk, rot_n, BK: tl.constexpr, VEC: tl.constexpr):
+    """Wc column of Wr[n, kk]: (kk // BK)*BK + ((kk mod BK - d(n)) mod BK), shape (N tile, K tile)."""
+    it = kk // BK
+    t = kk % BK
+    col = (it * BK)[None, :] + ((t[None, :] - rot_n[:, None]) & (BK - 1))
+    return tl.max_contiguous(tl.multiple_of(col, [1, VEC]), [1, VEC])
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ss1_forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K, K_RED,
+    stride_xm, stride_wn, stride_ym,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_m, pid_n = _tile_ids(pid, tl.cdiv(M, TILE_M), tl.cdiv(N, TILE_N), GROUP_M)
+    offs_m = pid_m * TILE_M + tl.arange(0, TILE_M)
+    offs_n = pid_n * TILE_N + tl.arange(0, TILE_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
+
+    acc = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
+    for k0 in range(0, K_RED, TILE_K):
+        kk = k0 + tl.arange(0, TILE_K)
+        mask_kk = kk < K_RED
+        xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
+        w_cols = _rotated_weight_columns(kk, rot_n, BK, VEC)  # (TILE_N, TILE_K)
+        w = tl.load(w_rows + w_cols, mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        acc = tl.dot(xs.to(w.dtype), tl.trans(w), acc, input_precision=DOT_PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _ss1_grad_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    M, N, K, K_RED,
+    stride_dym, stride_wn, stride_dxm,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_m, pid_k = _tile_ids(pid, tl.cdiv(M, TILE_M), tl.cdiv(K_RED, TILE_K), GROUP_M)
+    offs_m = pid_m * TILE_M + tl.arange(0, TILE_M)
+    kk = pid_k * TILE_K + tl.arange(0, TILE_K)
+    mask_m = offs_m < M
+    mask_kk = kk < K_RED
+    dy_rows = dy_ptr + offs_m.to(tl.int64)[:, None] * stride_dym
+
+    acc = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
+    for n0 in range(0, N, TILE_N):
+        offs_n = n0 + tl.arange(0, TILE_N)
+        mask_n = offs_n < N
+        dy = tl.load(dy_rows + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+        rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
+        w_cols = _rotated_weight_columns(kk, rot_n, BK, VEC)  # (TILE_N, TILE_K)
+        w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + w_cols
+        w = tl.load(w_ptrs, mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
+
+    # unsketch: member r of group it receives the tile at its own rotation; every dense column
+    # below K is written by exactly one (tile, member), so no atomics are needed.
+    dx_rows = dx_ptr + offs_m.to(tl.int64)[:, None] * stride_dxm
+    out = acc.to(dx_ptr.dtype.element_ty)
+    for r in tl.static_range(C):
+        col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
+        tl.store(dx_rows + col[None, :], out, mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
+
+
+@triton.jit
+def _ss1_grad_weight_kernel(
+    dy_ptr, x_ptr, dw_ptr,
+    M, N, K, K_RED, ROWS_PER_SPLIT,
+    stride_dym, stride_xm, stride_dw_split, stride_dwn,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ATOMIC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_split = tl.program_id(1)
+    pid_n, pid_k = _tile_ids(pid, tl.cdiv(N, TILE_N), tl.cdiv(K_RED, TILE_K), GROUP_M)
+    offs_n = pid_n * TILE_N + tl.arange(0, TILE_N)
+    kk = pid_k * TILE_K + tl.arange(0, TILE_K)
+    mask_n = offs_n < N
+    mask_kk = kk < K_RED
+    m_start = pid_split * ROWS_PER_SPLIT
+    m_stop = tl.minimum(m_start + ROWS_PER_SPLIT, M)
+
+    acc = tl.zeros((TILE_N, TILE_K), dtype=tl.float32)
+    for m0 in range(m_start, m_stop, TILE_M):
+        offs_m = m0 + tl.arange(0, TILE_M)
+        mask_m = offs_m < m_stop
+        rows64 = offs_m.to(tl.int64)
+        dy_t = tl.load(dy_ptr + rows64[None, :] * stride_dym + offs_n[:, None],
+                       mask=mask_n[:, None] & mask_m[None, :], other=0.0)  # (TILE_N, TILE_M)
+        xs = _load_sketch(x_ptr + rows64[:, None] * stride_xm, kk, mask_m, mask_kk, K,
+                          R0M, R1M, R3M, C, BK, VEC)
+        acc = tl.dot(dy_t, xs.to(dy_t.dtype), acc, input_precision=DOT_PRECISION)
+
+    # unrotate: dWc[n, (kk // BK)*BK + ((kk mod BK - d(n)) mod BK)] = dWr[n, kk] (a permutation)
+    rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
+    w_cols = _rotated_weight_columns(kk, rot_n, BK, VEC)
+    dw_ptrs = dw_ptr + pid_split * stride_dw_split + offs_n.to(tl.int64)[:, None] * stride_dwn + w_cols
+    mask = mask_n[:, None] & mask_kk[None, :]
+    if ATOMIC:
+        tl.atomic_add(dw_ptrs, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    try:
+        return SUPPORTED_DTYPES[dtype]
+    except KeyError:
+        raise TypeError(
+            f"SS1 kernels support float32, float16 and bfloat16 tensors, got {dtype}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _device_limits(device_index: int) -> tuple[str, int]:
+    """(name, opt-in shared memory per block) of a CUDA device, read once."""
+    props = torch.cuda.get_device_properties(device_index)
+    limit = getattr(props, "shared_memory_per_block_optin", 0)
+    if not limit:
+        limit = triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+    return props.name, int(limit)
+
+
+def device_limits(device: torch.device) -> tuple[str, int]:
+    """(device name, shared-memory limit in bytes) used to pick and check launch configs."""
+    if device.type == "cuda":
+        return _device_limits(device.index if device.index is not None else torch.cuda.current_device())
+    from .config import FALLBACK_SHARED_MEMORY
+
+    return "", FALLBACK_SHARED_MEMORY
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> None:
+    if tensor.device != device:
+        raise ValueError(f"{name} is on {tensor.device} but the other inputs are on {device}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but the other inputs are {dtype}")
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"the SS1 Triton kernels need CUDA tensors (got {device}); use the reference op on CPU "
+            "or set TRITON_INTERPRET=1 to run them in Triton's interpreter"
+        )
+
+
+def _row_major(tensor: torch.Tensor) -> torch.Tensor:
+    """Unit stride along the last dim (the kernels' vector loads need it); copies only if not."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _structure_args(structure: SS1Structure) -> dict:
+    r0, r1, r2, r3 = structure.kernel_hash()
+    return dict(R0M=r0, R1M=r1, R2M=r2, R3M=r3, C=structure.redn_factor, BK=structure.block_k,
+                BN=structure.block_n, VEC=VEC)
+
+
+def _pick_config(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype,
+                 device: torch.device, config: LaunchConfig | None) -> LaunchConfig:
+    if config is not None:
+        return config
+    name, limit = device_limits(device)
+    problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
+                      structure.block_k, structure.block_n, dtype_name(dtype), name)
+    return resolve_launch_config(problem, limit)
+
+
+def _check_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
+               name: str = "out") -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    _check_tensor(name, out, shape, like.dtype, like.device)
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    return out
+
+
+def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                structure: SS1Structure, config: LaunchConfig | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y: (M, N) = x @ dense_weight(weight).T + bias`` for ``x: (M, K)``, ``weight: (N, K_red)``."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    m, k = x.shape
+    n, k_red = structure.weight_shape
+    dtype_name(x.dtype)
+    _check_device(x.device)
+    if k != structure.in_features:
+        raise ValueError(f"x has {k} features but the layer expects in_features={structure.in_features}")
+    _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
+    if bias is not None:
+        _check_tensor("bias", bias, (n,), x.dtype, x.device)
+        bias = bias.contiguous()
+    y = _check_out(out, (m, n), x)
+    if m == 0:
+        return y
+    x, weight = _row_major(x), _row_major(weight)
+    cfg = _pick_config("forward", m, structure, x.dtype, x.device, config)
+    grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n),)
+    _ss1_forward_kernel[grid](
+        x, weight, bias if bias is not None else y, y,
+        m, n, k, k_red,
+        x.stride(0), weight.stride(0), y.stride(0),
+        **_structure_args(structure),
+        HAS_BIAS=bias is not None,
+        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+        DOT_PRECISION=_dot_precision(x.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y
+
+
+def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
+                   config: LaunchConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``dx: (M, K)`` from ``grad_out: (M, N)`` and ``weight: (N, K_red)``."""
+    if grad_out.dim() != 2:
+        raise ValueError(f"grad_out must be 2-D (M, N), got shape {tuple(grad_out.shape)}")
+    m, n = grad_out.shape
+    k, k_red = structure.in_features, structure.k_red
+    dtype_name(grad_out.dtype)
+    _check_device(grad_out.device)
+    if n != structure.out_features:
+        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
+    _check_tensor("weight", weight, structure.weight_shape, grad_out.dtype, grad_out.device)
+    dx = _check_out(out, (m, k), grad_out)
+    if m == 0:
+        return dx
+    grad_out, weight = _row_major(grad_out), _row_major(weight)
+    cfg = _pick_config("grad_input", m, structure, grad_out.dtype, grad_out.device, config)
+    grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(k_red, cfg.tile_k),)
+    _ss1_grad_input_kernel[grid](
+        grad_out, weight, dx,
+        m, n, k, k_red,
+        grad_out.stride(0), weight.stride(0), dx.stride(0),
+        **_structure_args(structure),
+        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+        DOT_PRECISION=_dot_precision(grad_out.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dx
+
+
+def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Structure,
+                    config: LaunchConfig | None = None, deterministic: bool | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """``dW: (N, K_red)`` from ``grad_out: (M, N)`` and ``x: (M, K)``, accumulated in fp32.
+
+    With ``split_m > 1`` the M reduction is split over programs. Deterministic mode (the default
+    when ``torch.are_deterministic_algorithms_enabled()``) writes one fp32 partial per split and
+    sums them in a fixed order; otherwise the partials meet through fp32 atomics. Never fp16
+    atomics.
+    """
+    if grad_out.dim() != 2 or x.dim() != 2:
+        raise ValueError(
+            f"grad_out and x must be 2-D, got {tuple(grad_out.shape)} and {tuple(x.shape)}"
+        )
+    m, n = grad_out.shape
+    k, k_red = structure.in_features, structure.k_red
+    dtype_name(grad_out.dtype)
+    _check_device(grad_out.device)
+    if n != structure.out_features:
+        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
+    _check_tensor("x", x, (m, k), grad_out.dtype, grad_out.device)
+    dw = _check_out(out, structure.weight_shape, grad_out)
+    if m == 0:
+        return dw.zero_()
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    grad_out, x = _row_major(grad_out), _row_major(x)
+    cfg = _pick_config("grad_weight", m, structure, grad_out.dtype, grad_out.device, config)
+    rows_per_split = triton.cdiv(triton.cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
+    splits = triton.cdiv(m, rows_per_split)
+    atomic = splits > 1 and not deterministic
+    if splits == 1:
+        target = dw
+    elif atomic:
+        target = torch.zeros((n, k_red), dtype=torch.float32, device=x.device)
+    else:
+        target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, cfg.tile_n) * triton.cdiv(k_red, cfg.tile_k), splits)
+    _ss1_grad_weight_kernel[grid](
+        grad_out, x, target,
+        m, n, k, k_red, rows_per_split,
+        grad_out.stride(0), x.stride(0), target.stride(0) if target.dim() == 3 else 0, target.stride(-2),
+        **_structure_args(structure),
+        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+        ATOMIC=atomic, DOT_PRECISION=_dot_precision(grad_out.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if target is not dw:
+        dw.copy_(target if atomic else target.sum(dim=0))
+    return dw

@@ -1,0 +1,75 @@
+"""Pure-torch SS1 op: the CPU path and the oracle every kernel test compares against.
+
+Same signatures as the Triton launchers (``kernels/ss1.py``): 2-D inputs, a ``SS1Structure``.
+Everything is vectorized (gathers and one matrix product); nothing loops over blocks.
+
+Shapes: ``x: (M, K)``, ``weight: (N, K_red)``, ``bias: (N,)``, ``y: (M, N)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .structure import SS1Structure
+
+
+def _padded_columns(structure: SS1Structure) -> int:
+    return structure.num_groups * structure.redn_factor * structure.block_k
+
+
+def sketch(x: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``xs: (M, K_red)``, ``xs[:, it*BK + t] = sum_r x[:, (it*c + r)*BK + (t + a(it, r)) mod BK]``.
+
+    Columns past K count as zero. Differentiable.
+    """
+    pad = _padded_columns(structure) - structure.in_features
+    x_padded = F.pad(x, (0, pad))
+    index = structure.sketch_index(x.device)  # (K_red, c)
+    gathered = x_padded[:, index]  # (M, K_red, c)
+    return gathered.sum(dim=-1)
+
+
+def unsketch(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """Adjoint of :func:`sketch`: ``(M, K_red) -> (M, K)``.
+
+    Every dense column reads exactly one sketch column, so this is a gather, not a scatter.
+    """
+    index = structure.sketch_index(grad_sketch.device)  # (K_red, c): dense col of (kk, r)
+    source = torch.empty(_padded_columns(structure), dtype=torch.int64, device=grad_sketch.device)
+    kk = torch.arange(structure.k_red, device=grad_sketch.device)[:, None].expand_as(index)
+    source[index.reshape(-1)] = kk.reshape(-1)
+    return grad_sketch[:, source[: structure.in_features]]
+
+
+def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``Wr: (N, K_red)``, row ``n`` of each group rotated by ``d(n // BN)`` (differentiable)."""
+    return weight.gather(1, structure.rotated_weight_index(weight.device))
+
+
+def unrotate_weight(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """Adjoint of :func:`rotate_weight` (a permutation inside each row)."""
+    out = torch.empty_like(grad_rotated)
+    out.scatter_(1, structure.rotated_weight_index(grad_rotated.device), grad_rotated)
+    return out
+
+
+def ss1_forward_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure
+) -> torch.Tensor:
+    """``y = x @ dense_weight(weight).T + bias`` computed in the sketch form. Differentiable."""
+    return F.linear(sketch(x, structure), rotate_weight(weight, structure), bias)
+
+
+def ss1_grad_input_reference(
+    grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure
+) -> torch.Tensor:
+    """``dx: (M, K)`` from ``grad_out: (M, N)``."""
+    return unsketch(grad_out @ rotate_weight(weight, structure), structure)
+
+
+def ss1_grad_weight_reference(
+    grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Structure
+) -> torch.Tensor:
+    """``dWc: (N, K_red)`` from ``grad_out: (M, N)`` and ``x: (M, K)``."""
+    return unrotate_weight(grad_out.t() @ sketch(x, structure), structure)
