@@ -1,0 +1,202 @@
+"""``SSL``: the SS1 drop-in replacement for ``nn.Linear``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .ops import ss1_linear
+from .structure import DEFAULT_BLOCK_N, SS1Structure, default_block_k
+
+logger = logging.getLogger(__name__)
+
+#: Buffer names under which the structure is saved in the state dict.
+_STRUCTURE_KEYS = ("redn_factor", "seed", "block_k", "block_n")
+
+#: A function ``(in_features, out_features, redn_factor, dtype, device) -> (block_k, block_n) | None``
+#: that recommends a structure (the tuning database registers one); None means "no opinion".
+StructureAdvisor = Callable[[int, int, int, torch.dtype, torch.device], "tuple[int, int] | None"]
+_structure_advisor: StructureAdvisor | None = None
+
+
+def set_structure_advisor(advisor: StructureAdvisor | None) -> None:
+    """Install the function new layers ask for (block_k, block_n) when none are given."""
+    global _structure_advisor
+    _structure_advisor = advisor
+
+
+def choose_structure(in_features: int, out_features: int, redn_factor: int, seed: int,
+                     block_k: int | None, block_n: int | None, dtype: torch.dtype | None,
+                     device: torch.device | str | None) -> SS1Structure:
+    """Structure for a new layer: explicit block sizes, else the advisor's, else the defaults.
+
+    Defaults: ``block_k`` from :func:`~ss1bench.structure.default_block_k` (least padding),
+    ``block_n = 128``.
+    """
+    if block_k is None or block_n is None:
+        advice = None
+        if _structure_advisor is not None:
+            advice = _structure_advisor(
+                in_features, out_features, redn_factor,
+                dtype or torch.get_default_dtype(), torch.device(device) if device is not None else
+                torch.device("cpu"),
+            )
+        if advice is not None:
+            block_k = advice[0] if block_k is None else block_k
+            block_n = advice[1] if block_n is None else block_n
+        if block_k is None:
+            block_k = default_block_k(in_features, redn_factor)
+        if block_n is None:
+            block_n = DEFAULT_BLOCK_N
+    return SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+
+
+class SSL(nn.Module):
+    """Sketch Structured Linear layer: ``y = x @ W.T + b`` with ``W`` an SS1 matrix.
+
+    Stores a compressed weight of shape ``(out_features, K_red)``, ``K_red ~ in_features /
+    redn_factor``. The structure (``redn_factor``, ``seed``, ``block_k``, ``block_n``) defines the
+    function and is saved in the state dict; kernel launch settings never change it.
+
+    Args:
+        in_features: size of each input sample (K).
+        out_features: size of each output sample (N).
+        bias: learn an additive bias.
+        redn_factor: reduction factor c, a power of two in 1..32.
+        seed: seeds the hash (a private generator; the global RNG is untouched).
+        block_k, block_n: structural block sizes (powers of two >= 16). When omitted they come
+            from the tuning database for this GPU, dtype and shape, else from the defaults.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, redn_factor: int = 2,
+                 seed: int = 1024, device=None, dtype=None, block_k: int | None = None,
+                 block_n: int | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.structure = choose_structure(in_features, out_features, redn_factor, seed, block_k,
+                                          block_n, dtype, device)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(self.structure.weight_shape, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # ---- structure properties -------------------------------------------------------------------
+    @property
+    def redn_factor(self) -> int:
+        return self.structure.redn_factor
+
+    @property
+    def seed(self) -> int:
+        return self.structure.seed
+
+    @property
+    def block_k(self) -> int:
+        return self.structure.block_k
+
+    @property
+    def block_n(self) -> int:
+        return self.structure.block_n
+
+    @property
+    def compression(self) -> float:
+        return self.structure.compression
+
+    # ---- init -----------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Give the equivalent dense layer ``nn.Linear``'s default distribution.
+
+        ``nn.Linear`` draws ``W ~ U(-1/sqrt(K), 1/sqrt(K))`` (kaiming-uniform with a = sqrt(5));
+        every dense entry is one compressed entry, so drawing ``Wc`` from the same law gives the
+        dense weight exactly that marginal law. The bias follows ``nn.Linear`` too.
+        """
+        bound = 1.0 / math.sqrt(self.in_features)
+        if self.weight.device.type == "meta":
+            return
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    # ---- compute --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return ss1_linear(x, weight, bias, self.structure)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent dense weight ``(out_features, in_features)`` (differentiable)."""
+        return self.structure.dense_weight(self.weight)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, redn_factor: int, seed: int = 1024,
+                    block_k: int | None = None, block_n: int | None = None) -> SSL:
+        """SS1 layer closest (least squares) to ``linear``; the bias is copied."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
+        return cls.from_dense(linear.weight, linear.bias, redn_factor, seed, block_k, block_n)
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None, redn_factor: int,
+                   seed: int = 1024, block_k: int | None = None, block_n: int | None = None) -> SSL:
+        """SS1 layer whose dense weight is the projection of ``weight: (out, in)``."""
+        out_features, in_features = weight.shape
+        layer = cls(in_features, out_features, bias=bias is not None, redn_factor=redn_factor, seed=seed,
+                    device=weight.device, dtype=weight.dtype, block_k=block_k, block_n=block_n)
+        with torch.no_grad():
+            layer.weight.copy_(layer.structure.project(weight.detach()))
+            if bias is not None:
+                layer.bias.copy_(bias.detach())
+        return layer
+
+    # ---- state dict -----------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key in _STRUCTURE_KEYS:
+            destination[prefix + key] = torch.tensor(getattr(self.structure, key), dtype=torch.int64)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        saved = {}
+        for key in _STRUCTURE_KEYS:
+            full = prefix + key
+            if full in state_dict:
+                saved[key] = int(state_dict.pop(full))
+            elif strict:
+                missing_keys.append(full)
+        for key in ("redn_factor", "seed"):
+            if key in saved and saved[key] != getattr(self.structure, key):
+                error_msgs.append(
+                    f"{prefix or 'SSL'}: checkpoint has {key}={saved[key]} but this layer has "
+                    f"{key}={getattr(self.structure, key)}; build the layer with the checkpoint's {key}"
+                )
+                return
+        new_blocks = (saved.get("block_k", self.block_k), saved.get("block_n", self.block_n))
+        if new_blocks != (self.block_k, self.block_n):
+            logger.info("%s: adopting the checkpoint's block_k=%d, block_n=%d (was %d, %d)",
+                        prefix.rstrip(".") or "SSL", *new_blocks, self.block_k, self.block_n)
+            self.structure = SS1Structure(self.in_features, self.out_features, self.redn_factor,
+                                          self.seed, *new_blocks)
+            with torch.no_grad():
+                self.weight = nn.Parameter(
+                    self.weight.new_empty(self.structure.weight_shape), requires_grad=self.weight.requires_grad
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = self.structure
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, redn_factor={s.redn_factor}, seed={s.seed}, "
+                f"block_k={s.block_k}, block_n={s.block_n}, compression={s.compression:.2f}x")

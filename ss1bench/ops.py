@@ -1,0 +1,160 @@
+"""The SS1 linear op: ``torch.library`` custom ops with autograd and fake kernels.
+
+``ss1_linear(x, weight, bias, structure)`` is the one entry point. CUDA tensors run the Triton
+kernels (``ss1bench.kernels.ss1``), everything else runs the pure-torch reference. The ops are
+opaque to ``torch.compile`` (fake kernels give output shapes) and capture into CUDA graphs (no
+host syncs, allocations through the caching allocator).
+
+Structure travels as plain ints ``(in_features, redn_factor, seed, block_k, block_n)``;
+``out_features`` is the weight's first dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .structure import SS1Structure, cached_structure
+
+_REFERENCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _structure(weight: torch.Tensor, in_features: int, redn_factor: int, seed: int, block_k: int,
+               block_n: int) -> SS1Structure:
+    return cached_structure(in_features, weight.shape[0], redn_factor, seed, block_k, block_n)
+
+
+def _use_kernels(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cuda"
+
+
+def _check_reference_inputs(structure: SS1Structure, **tensors: torch.Tensor | None) -> None:
+    first = next(t for t in tensors.values() if t is not None)
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dtype not in _REFERENCE_DTYPES:
+            raise TypeError(f"{name} has unsupported dtype {tensor.dtype}")
+        if tensor.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype} but the other inputs are {first.dtype}")
+        if tensor.device != first.device:
+            raise ValueError(f"{name} is on {tensor.device} but the other inputs are on {first.device}")
+    weight = tensors.get("weight")
+    if weight is not None:
+        structure.check_weight(weight)
+
+
+# ---- forward --------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ss1bench::ss1_linear", mutates_args=())
+def _ss1_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   in_features: int, redn_factor: int, seed: int, block_k: int,
+                   block_n: int) -> torch.Tensor:
+    structure = _structure(weight, in_features, redn_factor, seed, block_k, block_n)
+    if _use_kernels(x):
+        from .kernels.ss1 import ss1_forward
+
+        return ss1_forward(x, weight, bias, structure)
+    _check_reference_inputs(structure, x=x, weight=weight, bias=bias)
+    return reference.ss1_forward_reference(x, weight, bias, structure)
+
+
+@_ss1_linear_op.register_fake
+def _(x, weight, bias, in_features, redn_factor, seed, block_k, block_n):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+# ---- backward ops ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ss1bench::ss1_grad_input", mutates_args=())
+def _ss1_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, in_features: int,
+                       redn_factor: int, seed: int, block_k: int, block_n: int) -> torch.Tensor:
+    structure = _structure(weight, in_features, redn_factor, seed, block_k, block_n)
+    if _use_kernels(grad_out):
+        from .kernels.ss1 import ss1_grad_input
+
+        return ss1_grad_input(grad_out, weight, structure)
+    return reference.ss1_grad_input_reference(grad_out, weight, structure)
+
+
+@_ss1_grad_input_op.register_fake
+def _(grad_out, weight, in_features, redn_factor, seed, block_k, block_n):
+    return grad_out.new_empty((grad_out.shape[0], in_features))
+
+
+@torch.library.custom_op("ss1bench::ss1_grad_weight", mutates_args=())
+def _ss1_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_rows: int, in_features: int,
+                        redn_factor: int, seed: int, block_k: int, block_n: int) -> torch.Tensor:
+    structure = cached_structure(in_features, weight_rows, redn_factor, seed, block_k, block_n)
+    if _use_kernels(grad_out):
+        from .kernels.ss1 import ss1_grad_weight
+
+        return ss1_grad_weight(grad_out, x, structure)
+    return reference.ss1_grad_weight_reference(grad_out, x, structure)
+
+
+@_ss1_grad_weight_op.register_fake
+def _(grad_out, x, weight_rows, in_features, redn_factor, seed, block_k, block_n):
+    structure = cached_structure(in_features, weight_rows, redn_factor, seed, block_k, block_n)
+    return grad_out.new_empty(structure.weight_shape)
+
+
+# ---- autograd -------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, *structure_args = inputs
+    ctx.structure_args = tuple(structure_args)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
+                          weight if ctx.needs_input_grad[0] else None)
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _ss1_grad_input_op(grad_out, weight, *ctx.structure_args)
+    if ctx.needs_input_grad[1]:
+        grad_w = _ss1_grad_weight_op(grad_out, x, grad_out.shape[1], *ctx.structure_args)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_out.sum(dim=0)
+    return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+torch.library.register_autograd("ss1bench::ss1_linear", _backward, setup_context=_setup_context)
+
+
+# ---- public entry point ---------------------------------------------------------------------
+
+
+def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               structure: SS1Structure) -> torch.Tensor:
+    """SS1 linear map: ``y = x @ structure.dense_weight(weight).T + bias``.
+
+    Args:
+        x: ``(..., K)``, any number of leading dims, any strides.
+        weight: compressed weight ``(N, K_red)``.
+        bias: ``(N,)`` or None.
+        structure: the layer's :class:`SS1Structure`.
+
+    Returns:
+        ``(..., N)`` in ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != structure.in_features:
+        raise ValueError(
+            f"x must have shape (..., {structure.in_features}) for in_features={structure.in_features}, "
+            f"got {tuple(x.shape)}"
+        )
+    structure.check_weight(weight)
+    if bias is not None and tuple(bias.shape) != (structure.out_features,):
+        raise ValueError(f"bias must have shape ({structure.out_features},), got {tuple(bias.shape)}")
+    leading = x.shape[:-1]
+    x2d = x.reshape(-1, structure.in_features)
+    y = _ss1_linear_op(x2d, weight, bias, structure.in_features, structure.redn_factor, structure.seed,
+                       structure.block_k, structure.block_n)
+    return y.reshape(*leading, structure.out_features)
