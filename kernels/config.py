@@ -172,22 +172,30 @@ def fits(config: LaunchConfig, problem: Problem, shared_memory_limit: int) -> bo
     return shared_memory_bytes(config, problem) <= shared_memory_limit
 
 
+def shrink_config(config: LaunchConfig) -> LaunchConfig:
+    """One step smaller in shared memory: fewer stages, then a smaller tile_k, then the larger
+    of tile_m and tile_n. Returns ``config`` itself at the floor (16 x 16 x 16, one stage).
+    """
+    if config.num_stages > 2:
+        return dataclasses.replace(config, num_stages=config.num_stages - 1)
+    if config.tile_k > 16:
+        return dataclasses.replace(config, tile_k=config.tile_k // 2)
+    if config.num_stages > 1:
+        return dataclasses.replace(config, num_stages=1)
+    if max(config.tile_m, config.tile_n) > 16:
+        if config.tile_m >= config.tile_n:
+            return dataclasses.replace(config, tile_m=config.tile_m // 2)
+        return dataclasses.replace(config, tile_n=config.tile_n // 2)
+    return config
+
+
 def _largest_fitting(config: LaunchConfig, problem: Problem, limit: int) -> LaunchConfig:
-    """Shrink stages, then tile_k, then the larger tile until the config fits ``limit``."""
+    """Shrink (:func:`shrink_config`) until the config fits ``limit``."""
     while not fits(config, problem, limit):
-        if config.num_stages > 2:
-            config = dataclasses.replace(config, num_stages=config.num_stages - 1)
-        elif config.tile_k > 16:
-            config = dataclasses.replace(config, tile_k=config.tile_k // 2)
-        elif config.num_stages > 1:
-            config = dataclasses.replace(config, num_stages=1)
-        elif max(config.tile_m, config.tile_n) > 16:
-            if config.tile_m >= config.tile_n:
-                config = dataclasses.replace(config, tile_m=config.tile_m // 2)
-            else:
-                config = dataclasses.replace(config, tile_n=config.tile_n // 2)
-        else:
+        smaller = shrink_config(config)
+        if smaller == config:
             break  # 16 x 16 x 16, one stage: a few KiB, fits any GPU
+        config = smaller
     return config
 
 

@@ -21,6 +21,7 @@ Shapes: x (M, K), weight (N, K_red), bias (N,), y and dy (M, N).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
@@ -29,7 +30,9 @@ import triton.language as tl
 
 from ss1bench.structure import VEC, SS1Structure
 
-from .config import LaunchConfig, Problem, resolve_launch_config
+from .config import LaunchConfig, Problem, resolve_launch_config, shrink_config
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -70,7 +73,7 @@ def _member_columns(kk, r: tl.constexpr, R0M, R1M, R3M, C: tl.constexpr, BK: tl.
 @triton.jit
 def _row_rotations(offs_n, R2M, C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr):
     """d(j) for the N block j = n // BN of every row n (zero when C == 1)."""
-    if C == 1:
+    if C == 1:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken side
         rot = offs_n * 0
     else:
         rot = ((R2M * ((offs_n // BN) % BK)) % BK * VEC) % BK
@@ -291,14 +294,29 @@ def _structure_args(structure: SS1Structure) -> dict:
                 BN=structure.block_n, VEC=VEC)
 
 
-def _pick_config(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype,
-                 device: torch.device, config: LaunchConfig | None) -> LaunchConfig:
+def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,
+            config: LaunchConfig | None, launch) -> None:
+    """Run ``launch(cfg)`` with ``config`` if given (errors propagate: the caller pinned it),
+    else with the resolved config; if that runs out of GPU resources (a model of shared memory
+    is an estimate), retry with a smaller heuristic config so the default path always launches.
+    """
     if config is not None:
-        return config
+        launch(config)
+        return
     name, limit = device_limits(device)
     problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
                       structure.block_k, structure.block_n, dtype_name(dtype), name)
-    return resolve_launch_config(problem, limit)
+    cfg = resolve_launch_config(problem, limit)
+    while True:
+        try:
+            launch(cfg)
+            return
+        except triton.runtime.errors.OutOfResources:
+            smaller = shrink_config(cfg)
+            if smaller == cfg:
+                raise
+            logger.warning("%s launch config %s ran out of GPU resources; retrying with %s", kind, cfg, smaller)
+            cfg = smaller
 
 
 def _check_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
@@ -331,18 +349,21 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if m == 0:
         return y
     x, weight = _row_major(x), _row_major(weight)
-    cfg = _pick_config("forward", m, structure, x.dtype, x.device, config)
-    grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n),)
-    _ss1_forward_kernel[grid](
-        x, weight, bias if bias is not None else y, y,
-        m, n, k, k_red,
-        x.stride(0), weight.stride(0), y.stride(0),
-        **_structure_args(structure),
-        HAS_BIAS=bias is not None,
-        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
-        DOT_PRECISION=_dot_precision(x.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+
+    def launch(cfg: LaunchConfig) -> None:
+        grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n),)
+        _ss1_forward_kernel[grid](
+            x, weight, bias if bias is not None else y, y,
+            m, n, k, k_red,
+            x.stride(0), weight.stride(0), y.stride(0),
+            **_structure_args(structure),
+            HAS_BIAS=bias is not None,
+            TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+            DOT_PRECISION=_dot_precision(x.dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+
+    _launch("forward", m, structure, x.dtype, x.device, config, launch)
     return y
 
 
@@ -362,17 +383,20 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
     if m == 0:
         return dx
     grad_out, weight = _row_major(grad_out), _row_major(weight)
-    cfg = _pick_config("grad_input", m, structure, grad_out.dtype, grad_out.device, config)
-    grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(k_red, cfg.tile_k),)
-    _ss1_grad_input_kernel[grid](
-        grad_out, weight, dx,
-        m, n, k, k_red,
-        grad_out.stride(0), weight.stride(0), dx.stride(0),
-        **_structure_args(structure),
-        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
-        DOT_PRECISION=_dot_precision(grad_out.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+
+    def launch(cfg: LaunchConfig) -> None:
+        grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(k_red, cfg.tile_k),)
+        _ss1_grad_input_kernel[grid](
+            grad_out, weight, dx,
+            m, n, k, k_red,
+            grad_out.stride(0), weight.stride(0), dx.stride(0),
+            **_structure_args(structure),
+            TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+            DOT_PRECISION=_dot_precision(grad_out.dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+
+    _launch("grad_input", m, structure, grad_out.dtype, grad_out.device, config, launch)
     return dx
 
 
@@ -403,26 +427,32 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     grad_out, x = _row_major(grad_out), _row_major(x)
-    cfg = _pick_config("grad_weight", m, structure, grad_out.dtype, grad_out.device, config)
-    rows_per_split = triton.cdiv(triton.cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
-    splits = triton.cdiv(m, rows_per_split)
-    atomic = splits > 1 and not deterministic
-    if splits == 1:
-        target = dw
-    elif atomic:
-        target = torch.zeros((n, k_red), dtype=torch.float32, device=x.device)
-    else:
-        target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, cfg.tile_n) * triton.cdiv(k_red, cfg.tile_k), splits)
-    _ss1_grad_weight_kernel[grid](
-        grad_out, x, target,
-        m, n, k, k_red, rows_per_split,
-        grad_out.stride(0), x.stride(0), target.stride(0) if target.dim() == 3 else 0, target.stride(-2),
-        **_structure_args(structure),
-        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
-        ATOMIC=atomic, DOT_PRECISION=_dot_precision(grad_out.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    result: dict[str, torch.Tensor] = {}
+
+    def launch(cfg: LaunchConfig) -> None:
+        rows_per_split = triton.cdiv(triton.cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
+        splits = triton.cdiv(m, rows_per_split)
+        atomic = splits > 1 and not deterministic
+        if splits == 1:
+            target = dw
+        elif atomic:
+            target = torch.zeros((n, k_red), dtype=torch.float32, device=x.device)
+        else:
+            target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(n, cfg.tile_n) * triton.cdiv(k_red, cfg.tile_k), splits)
+        _ss1_grad_weight_kernel[grid](
+            grad_out, x, target,
+            m, n, k, k_red, rows_per_split,
+            grad_out.stride(0), x.stride(0), target.stride(0) if target.dim() == 3 else 0, target.stride(-2),
+            **_structure_args(structure),
+            TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
+            ATOMIC=atomic, DOT_PRECISION=_dot_precision(grad_out.dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        result["target"] = target
+
+    _launch("grad_weight", m, structure, grad_out.dtype, grad_out.device, config, launch)
+    target = result["target"]
     if target is not dw:
-        dw.copy_(target if atomic else target.sum(dim=0))
+        dw.copy_(target if target.dim() == 2 else target.sum(dim=0))
     return dw

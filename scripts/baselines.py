@@ -1,0 +1,97 @@
+"""Time SS1 forward against dense and the ideal on the rows of the original kernel's baseline table.
+
+Usage (GPU): python scripts/baselines.py --out results.csv [--dtype fp16]
+
+Providers, side by side for each row: dense (cuBLAS F.linear), dense at K/c (the compute ideal),
+the memory floor (x, Wc, bias, y moved once at the measured copy bandwidth), and SS1 (the layer's
+normal path: tuning database if present, else the heuristic). Median of triton.testing.do_bench,
+random inputs. The original kernel's times are the published figures of BASELINES.md (measured
+on an H200, fp16, bias on), reproduced here so the table can show the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import triton
+
+from ss1bench import SSL
+
+# (M, K, N, c, original SS1 ms) from BASELINES.md.
+ROWS = [
+    (32768, 768, 3072, 2, 2.503), (32768, 768, 3072, 4, 0.304), (32768, 3072, 768, 2, 2.410),
+    (32768, 3072, 768, 4, 0.205), (32768, 768, 2304, 2, 1.889), (16384, 4096, 14336, 2, 28.41),
+    (16384, 4096, 14336, 4, 2.282), (16384, 14336, 4096, 4, 1.984), (8192, 4096, 4096, 4, 0.338),
+    (16, 4096, 4096, 4, 0.0489), (1, 4096, 14336, 4, 0.1450), (64, 768, 3072, 4, 0.1437),
+    # c = 8 and 16, which the original failed to compile.
+    (32768, 768, 3072, 8, float("nan")), (32768, 768, 3072, 16, float("nan")),
+    (8192, 4096, 4096, 8, float("nan")), (8192, 4096, 4096, 16, float("nan")),
+]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy (read + write counted)."""
+    src = torch.randn(512 * 1024 * 1024 // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    parser.add_argument("--backward", action="store_true", help="also time forward+backward")
+    args = parser.parse_args()
+    dtype = DTYPES[args.dtype]
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    rows = []
+    for m, k, n, c, original in ROWS:
+        layer = SSL(k, n, redn_factor=c, seed=1, device="cuda", dtype=dtype)
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        w_dense = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+        bias = layer.bias.detach()
+        k_small = layer.structure.k_red
+        x_small = torch.randn(m, k_small, device="cuda", dtype=dtype)
+        w_small = torch.randn(n, k_small, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            dense = triton.testing.do_bench(lambda: F.linear(x, w_dense, bias), return_mode="median")
+            reduced = triton.testing.do_bench(lambda: F.linear(x_small, w_small, bias), return_mode="median")
+            ss1 = triton.testing.do_bench(lambda: layer(x), return_mode="median")
+        size = x.element_size()
+        floor_ms = (m * k + n * k_small + n + m * n) * size / bandwidth * 1e3
+        ideal = max(reduced, floor_ms)
+        row = dict(M=m, K=k, N=n, c=c, dtype=args.dtype, block_k=layer.block_k, block_n=layer.block_n,
+                   dense_ms=dense, reduced_ms=reduced, floor_ms=floor_ms, ideal_ms=ideal, ss1_ms=ss1,
+                   speedup=dense / ss1, fraction_of_ideal=ideal / ss1, original_ms=original,
+                   vs_original=original / ss1)
+        if args.backward:
+            xg = x.clone().requires_grad_()
+            xd = x.clone().requires_grad_()
+            wd = w_dense.clone().requires_grad_()
+            gy = torch.randn(m, n, device="cuda", dtype=dtype)
+            row["dense_fwdbwd_ms"] = triton.testing.do_bench(
+                lambda: F.linear(xd, wd, bias).backward(gy), return_mode="median", grad_to_none=[xd, wd])
+            row["ss1_fwdbwd_ms"] = triton.testing.do_bench(
+                lambda: layer(xg).backward(gy), return_mode="median", grad_to_none=[xg, layer.weight, layer.bias])
+            row["fwdbwd_speedup"] = row["dense_fwdbwd_ms"] / row["ss1_fwdbwd_ms"]
+        rows.append(row)
+        print(" ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                       for key, value in row.items()), flush=True)
+        del layer, x, w_dense, x_small, w_small
+        torch.cuda.empty_cache()
+    frame = pd.DataFrame(rows)
+    frame.to_csv(args.out, index=False)
+    cols = ["M", "K", "N", "c", "dense_ms", "ideal_ms", "ss1_ms", "speedup", "fraction_of_ideal", "vs_original"]
+    if args.backward:
+        cols.append("fwdbwd_speedup")
+    print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()

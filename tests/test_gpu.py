@@ -1,0 +1,132 @@
+"""GPU checks: kernels against a float64 reference at GPT-2 and Llama-3-8B sizes, every c.
+
+Marked ``gpu`` (skipped without CUDA). Errors are relative Frobenius errors against the
+float64 reference computed on the GPU from the same rounded inputs: <= 1e-4 in fp32 with TF32
+off, <= 1e-2 in fp16/bf16 (conftest.TOLERANCE). Set SS1BENCH_ERRORS_CSV to append every
+measured error to a CSV (the GPU run script collects them for the closing note).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+from conftest import TOLERANCE, assert_close, dtype_id, poisoned
+
+from ss1bench import SSL, reference
+from ss1bench.structure import SS1Structure, default_block_k
+
+pytestmark = pytest.mark.gpu
+
+# (K, N) of BASELINES.md: GPT-2 small (fc, fc-proj, qkv) and Llama-3-8B (square, up, down).
+GPT2 = [(768, 3072), (3072, 768), (768, 2304)]
+LLAMA = [(4096, 4096), (4096, 14336), (14336, 4096)]
+REDUCTION_FACTORS = [1, 2, 4, 8, 16, 32]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Decode, an odd middle size, and a prefill-sized batch for the smaller GPT-2 shapes.
+BATCHES = {"gpt2": [1, 257, 4096], "llama": [1, 257]}
+
+
+def _record(name: str, shape: tuple, c: int, dtype: torch.dtype, error: float) -> None:
+    path = os.environ.get("SS1BENCH_ERRORS_CSV")
+    if not path:
+        return
+    path = f"{path}.{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"  # one file per xdist worker
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["quantity", "M", "K", "N", "c", "dtype", "rel_error"])
+        writer.writerow([name, *shape, c, dtype_id(dtype), f"{error:.3e}"])
+
+
+def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _cases():
+    for family, shapes in (("gpt2", GPT2), ("llama", LLAMA)):
+        for k, n in shapes:
+            for c in REDUCTION_FACTORS:
+                yield pytest.param(family, k, n, c, id=f"{family}-K{k}-N{n}-c{c}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize(("family", "k", "n", "c"), list(_cases()))
+def test_kernels_match_float64_reference(family, k, n, c, dtype):
+    from ss1bench.kernels import ss1 as kernels
+
+    device = "cuda"
+    generator = torch.Generator(device=device).manual_seed(k * 31 + n * 7 + c)
+    structure = SS1Structure(k, n, c, seed=100 + c, block_k=default_block_k(k, c), block_n=128)
+    weight = (torch.rand(structure.weight_shape, generator=generator, device=device) * 2 - 1) / k**0.5
+    bias = torch.randn(n, generator=generator, device=device)
+    w64, b64 = weight.to(dtype).double(), bias.to(dtype).double()
+    for m in BATCHES[family]:
+        x = torch.randn(m, k, generator=generator, device=device).to(dtype)
+        dy = torch.randn(m, n, generator=generator, device=device).to(dtype)
+        x64, dy64 = x.double(), dy.double()
+        y = kernels.ss1_forward(x, weight.to(dtype), bias.to(dtype), structure,
+                                out=poisoned((m, n), dtype, device))
+        y_ref = reference.ss1_forward_reference(x64, w64, b64, structure)
+        dx = kernels.ss1_grad_input(dy, weight.to(dtype), structure, out=poisoned((m, k), dtype, device))
+        dx_ref = reference.ss1_grad_input_reference(dy64, w64, structure)
+        dw = kernels.ss1_grad_weight(dy, x, structure, out=poisoned(structure.weight_shape, dtype, device))
+        dw_ref = reference.ss1_grad_weight_reference(dy64, x64, structure)
+        for name, actual, expected in (("forward", y, y_ref), ("grad_input", dx, dx_ref),
+                                       ("grad_weight", dw, dw_ref)):
+            _record(name, (m, k, n), c, dtype, _rel(actual, expected) if not actual.isnan().any() else float("nan"))
+            assert_close(f"{name} M{m}", actual, expected, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_layer_autograd_on_gpu(dtype):
+    """Module path (custom op + autograd) on CUDA against the dense equivalent."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    layer = SSL(768, 3072, redn_factor=4, seed=7, device="cuda", dtype=dtype)
+    x = torch.randn(4, 33, 768, generator=generator, device="cuda", dtype=dtype, requires_grad=True)
+    y = layer(x)
+    dense = layer.dense_weight().double()
+    x64 = x.detach().double()
+    y_ref = x64 @ dense.T + layer.bias.double()
+    assert_close("y", y, y_ref)
+    dy = torch.randn(y.shape, generator=generator, device="cuda", dtype=dtype)
+    y.backward(dy)
+    dy64 = dy.double().reshape(-1, 3072)
+    assert_close("x.grad", x.grad, (dy64 @ dense).reshape(x.shape))
+    dw_ref = reference.ss1_grad_weight_reference(dy64, x64.reshape(-1, 768), layer.structure)
+    assert_close("weight.grad", layer.weight.grad, dw_ref)
+    assert_close("bias.grad", layer.bias.grad, dy64.sum(0))
+
+
+def test_torch_compile_and_cuda_graphs():
+    """A small model with SSL layers under torch.compile (default and reduce-overhead)."""
+    torch._dynamo.reset()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    model = torch.nn.Sequential(
+        SSL(256, 512, redn_factor=4, seed=1), torch.nn.GELU(), SSL(512, 256, redn_factor=2, seed=2)
+    ).to(device="cuda", dtype=torch.float16)
+    x = torch.randn(64, 256, generator=generator, device="cuda", dtype=torch.float16)
+    expected = model(x)
+    compiled = torch.compile(model, fullgraph=True)
+    assert_close("compiled", compiled(x), expected.double(), 1e-3)
+    graphed = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, record, replay
+        out = graphed(x)
+    assert_close("cuda-graphs", out, expected.double(), 1e-3)
+    # Gradients through the compiled model.
+    xg = x.clone().requires_grad_()
+    compiled(xg).float().sum().backward()
+    xe = x.clone().requires_grad_()
+    model(xe).float().sum().backward()
+    assert_close("compiled grad", xg.grad, xe.grad.double(), 1e-3)

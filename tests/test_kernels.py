@@ -1,0 +1,189 @@
+"""Triton kernels against the float64 reference, in the CPU interpreter (TRITON_INTERPRET=1).
+
+Small odd shapes only (the interpreter runs every program in Python). Each case pins several
+launch configs through the override hook and poisons outputs with NaN, so an unwritten tile fails.
+bf16 is checked on the GPU only (the interpreter's bf16 tl.dot is wrong with triton 3.9).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close, dtype_id, poisoned, randn
+
+from ss1bench import reference
+from ss1bench.kernels import ss1 as kernels
+from ss1bench.kernels.config import LaunchConfig, override_launch_config
+from ss1bench.structure import SS1Structure
+
+pytestmark = pytest.mark.interpret
+
+# (M, K, N, c, block_k, block_n): M = 1 and K, N that are multiples of no block; every c.
+SHAPES = [
+    (1, 300, 70, 4, 16, 32),
+    (37, 200, 50, 2, 32, 16),
+    (5, 100, 33, 32, 16, 16),
+    (20, 64, 40, 1, 16, 16),
+    (19, 260, 45, 8, 16, 64),
+    (3, 130, 24, 16, 16, 16),
+]
+
+# Tiles smaller and larger than the structural blocks, several warps/stages/grouping and split_m.
+CONFIGS = [
+    LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, group_m=1),
+    LaunchConfig(tile_m=32, tile_n=64, tile_k=32, num_warps=4, num_stages=2, group_m=2, split_m=2),
+    LaunchConfig(tile_m=16, tile_n=32, tile_k=64, num_warps=2, num_stages=3, group_m=8, split_m=3),
+]
+DTYPES = [torch.float32, torch.float16]
+
+
+def _case_id(shape) -> str:
+    m, k, n, c, bk, bn = shape
+    return f"M{m}-K{k}-N{n}-c{c}-bk{bk}-bn{bn}"
+
+
+def _cfg_id(cfg: LaunchConfig) -> str:
+    return f"t{cfg.tile_m}x{cfg.tile_n}x{cfg.tile_k}-w{cfg.num_warps}-s{cfg.num_stages}-sm{cfg.split_m}"
+
+
+@pytest.fixture(params=SHAPES, ids=_case_id)
+def problem(request, generator):
+    m, k, n, c, bk, bn = request.param
+    structure = SS1Structure(k, n, c, seed=11 + c, block_k=bk, block_n=bn)
+    tensors = {
+        "x": randn(m, k, dtype=torch.float64, generator=generator),
+        "weight": randn(*structure.weight_shape, dtype=torch.float64, generator=generator),
+        "bias": randn(n, dtype=torch.float64, generator=generator),
+        "grad_out": randn(m, n, dtype=torch.float64, generator=generator),
+    }
+    return structure, tensors
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("config", CONFIGS, ids=_cfg_id)
+def test_forward_and_gradients_match_reference(problem, config, dtype):
+    structure, t = problem
+    x, w, b, dy = (t[key].to(dtype) for key in ("x", "weight", "bias", "grad_out"))
+    # The reference sees the same rounded inputs, in float64.
+    y_ref = reference.ss1_forward_reference(x.double(), w.double(), b.double(), structure)
+    dx_ref = reference.ss1_grad_input_reference(dy.double(), w.double(), structure)
+    dw_ref = reference.ss1_grad_weight_reference(dy.double(), x.double(), structure)
+
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned(y_ref.shape, dtype, "cpu"))
+    assert_close("y", y, y_ref)
+    dx = kernels.ss1_grad_input(dy, w, structure, config, out=poisoned(dx_ref.shape, dtype, "cpu"))
+    assert_close("grad_input", dx, dx_ref)
+    for deterministic in (False, True):
+        dw = kernels.ss1_grad_weight(dy, x, structure, config, deterministic=deterministic,
+                                     out=poisoned(dw_ref.shape, dtype, "cpu"))
+        assert_close(f"grad_weight(deterministic={deterministic})", dw, dw_ref)
+
+
+def test_forward_without_bias_and_strided_input(generator):
+    structure = SS1Structure(90, 40, 4, seed=5, block_k=16, block_n=16)
+    wide = randn(7, 200, generator=generator)
+    x = wide[:, 10:100]  # row stride 200, not contiguous
+    w = randn(*structure.weight_shape, generator=generator)
+    config = LaunchConfig(tile_m=16, tile_n=32, tile_k=32, num_stages=1)
+    y = kernels.ss1_forward(x, w, None, structure, config, out=poisoned((7, 40), torch.float32, "cpu"))
+    assert_close("y", y, reference.ss1_forward_reference(x.double(), w.double(), None, structure))
+
+
+def test_column_strided_input_is_copied_not_misread(generator):
+    structure = SS1Structure(48, 20, 2, seed=5, block_k=16, block_n=16)
+    x = randn(48, 9, generator=generator).t()  # (9, 48), stride(-1) == 9
+    w = randn(*structure.weight_shape, generator=generator)
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1)
+    y = kernels.ss1_forward(x, w, None, structure, config)
+    assert_close("y", y, reference.ss1_forward_reference(x.double(), w.double(), None, structure))
+
+
+def test_deterministic_weight_gradient_is_bitwise_repeatable(generator):
+    structure = SS1Structure(120, 36, 4, seed=3, block_k=16, block_n=16)
+    x = randn(70, 120, generator=generator)
+    dy = randn(70, 36, generator=generator)
+    config = LaunchConfig(tile_m=16, tile_n=32, tile_k=32, num_stages=1, split_m=4)
+    first = kernels.ss1_grad_weight(dy, x, structure, config, deterministic=True)
+    second = kernels.ss1_grad_weight(dy, x, structure, config, deterministic=True)
+    assert torch.equal(first, second)
+    assert_close("grad_weight", first, reference.ss1_grad_weight_reference(dy.double(), x.double(), structure))
+
+
+def test_launches_go_through_the_override_hook(generator):
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    x = randn(3, 64, generator=generator)
+    w = randn(*structure.weight_shape, generator=generator)
+    seen = []
+
+    def hook(problem):
+        seen.append(problem)
+        return LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1)
+
+    with override_launch_config(hook):
+        y = kernels.ss1_forward(x, w, None, structure)
+    assert [p.kind for p in seen] == ["forward"]
+    assert (seen[0].m, seen[0].in_features, seen[0].out_features, seen[0].redn_factor) == (3, 64, 32, 2)
+    assert seen[0].dtype == "fp32"
+    assert_close("y", y, reference.ss1_forward_reference(x.double(), w.double(), None, structure))
+
+
+def test_empty_batch(generator):
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    w = randn(*structure.weight_shape, generator=generator)
+    assert kernels.ss1_forward(torch.empty(0, 64), w, None, structure).shape == (0, 32)
+    assert kernels.ss1_grad_input(torch.empty(0, 32), w, structure).shape == (0, 64)
+    dw = kernels.ss1_grad_weight(torch.empty(0, 32), torch.empty(0, 64), structure)
+    assert dw.shape == structure.weight_shape and not dw.any()
+
+
+class TestBadInput:
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+
+    def _inputs(self, generator, dtype=torch.float32):
+        return (randn(4, 64, dtype=dtype, generator=generator),
+                randn(*self.structure.weight_shape, dtype=dtype, generator=generator))
+
+    def test_unsupported_dtype(self, generator):
+        x, w = self._inputs(generator, torch.float64)
+        with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
+            kernels.ss1_forward(x, w, None, self.structure)
+
+    def test_mixed_dtypes(self, generator):
+        x, w = self._inputs(generator)
+        with pytest.raises(TypeError, match=r"weight has dtype torch\.float16"):
+            kernels.ss1_forward(x, w.half(), None, self.structure)
+
+    def test_wrong_weight_shape(self, generator):
+        x, _ = self._inputs(generator)
+        with pytest.raises(ValueError, match=r"weight must have shape \(32, 32\)"):
+            kernels.ss1_forward(x, torch.ones(32, 48), None, self.structure)
+
+    def test_wrong_in_features(self, generator):
+        _, w = self._inputs(generator)
+        with pytest.raises(ValueError, match="in_features=64"):
+            kernels.ss1_forward(torch.ones(4, 63), w, None, self.structure)
+
+    def test_wrong_bias_shape(self, generator):
+        x, w = self._inputs(generator)
+        with pytest.raises(ValueError, match=r"bias must have shape \(32,\)"):
+            kernels.ss1_forward(x, w, torch.ones(31), self.structure)
+
+    def test_wrong_rank(self, generator):
+        _, w = self._inputs(generator)
+        with pytest.raises(ValueError, match="x must be 2-D"):
+            kernels.ss1_forward(torch.ones(2, 2, 64), w, None, self.structure)
+
+    def test_cpu_tensors_without_interpreter(self, generator, monkeypatch):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        x, w = self._inputs(generator)
+        with pytest.raises(ValueError, match="need CUDA tensors"):
+            kernels.ss1_forward(x, w, None, self.structure)
+
+    def test_bad_out_buffer(self, generator):
+        x, w = self._inputs(generator)
+        with pytest.raises(ValueError, match=r"out must have shape \(4, 32\)"):
+            kernels.ss1_forward(x, w, None, self.structure, out=torch.empty(4, 31))
+
+    def test_bad_launch_config(self):
+        with pytest.raises(ValueError, match="tile_k must be a power of two >= 16"):
+            LaunchConfig(tile_k=24)
