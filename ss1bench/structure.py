@@ -234,7 +234,7 @@ class SS1Structure:
         n = torch.arange(self.out_features, dtype=torch.int64)
         i, u = k // bk, k % bk
         s = self.shift(i[None, :], (n // self.block_n)[:, None])  # (N, K)
-        return ((i // c) * bk)[None, :] + (u[None, :] - s) % bk
+        return (((i // c) * bk)[None, :] + (u[None, :] - s) % bk).to(device)
 
     # ---- weights --------------------------------------------------------------------------------
     def check_weight(self, weight: torch.Tensor, name: str = "weight") -> None:
