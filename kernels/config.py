@@ -22,6 +22,12 @@ from dataclasses import dataclass
 
 KINDS = ("forward", "grad_input", "grad_weight")
 
+#: ``fused``: one Triton GEMM kernel that gathers the sketch on load (one launch; best when the
+#: weight read dominates, i.e. decode). ``sketch_gemm``: a memory-bound Triton sketch/unsketch
+#: kernel plus a cuBLAS product on the row-rotated weight (the product runs at library speed;
+#: best for large M). Both compute the same function.
+ALGORITHMS = ("fused", "sketch_gemm")
+
 #: Shared memory assumed when the device cannot be asked (CPU interpreter, unknown GPU).
 #: 99 KiB is the opt-in limit of the smallest current NVIDIA parts (sm_86/sm_89); the H100/H200
 #: give 227 KiB. Heuristic configs always fit this, so they launch everywhere.
@@ -39,6 +45,8 @@ class LaunchConfig:
     ``tile_m``, ``tile_n``, ``tile_k`` are the kernel's tile along M, N and K_red (powers of two,
     >= 16; independent of the structural block sizes). ``group_m`` is the grouped-ordering width
     for L2 reuse; ``split_m`` splits the M reduction of ``grad_weight`` over that many programs.
+    With ``algorithm="sketch_gemm"`` only ``tile_m``, ``tile_k`` and ``num_warps`` apply (the
+    sketch kernel's tile); the product is cuBLAS's.
     """
 
     tile_m: int = 64
@@ -48,8 +56,11 @@ class LaunchConfig:
     num_stages: int = 2
     group_m: int = 8
     split_m: int = 1
+    algorithm: str = "fused"
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"LaunchConfig.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         for name in ("tile_m", "tile_n", "tile_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 16 or value & (value - 1):
@@ -101,17 +112,27 @@ ConfigHook = Callable[[Problem], "LaunchConfig | None"]
 
 _hooks: list[ConfigHook] = []
 _hooks_lock = threading.Lock()
+#: Resolved configs, so a forward pass pays one dict lookup (the launch path is host-bound at
+#: decode sizes). Cleared whenever a hook is added or removed, or by invalidate_config_cache().
+_resolved: dict[tuple[Problem, int], LaunchConfig] = {}
+
+
+def invalidate_config_cache() -> None:
+    """Forget resolved configs (call after a hook's answers change, e.g. a database update)."""
+    _resolved.clear()
 
 
 def register_config_hook(hook: ConfigHook) -> Callable[[], None]:
     """Add ``hook`` (newest first); returns a function that removes it."""
     with _hooks_lock:
         _hooks.append(hook)
+        _resolved.clear()
 
     def remove() -> None:
         with _hooks_lock:
             if hook in _hooks:
                 _hooks.remove(hook)
+            _resolved.clear()
 
     return remove
 
@@ -153,6 +174,8 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
     layout conversions.
     """
     size = element_size(problem.dtype)
+    if config.algorithm == "sketch_gemm":
+        return 0  # the sketch kernels have no reduction loop: nothing is pipelined
     c = problem.redn_factor
     tm, tn, tk = config.tile_m, config.tile_n, config.tile_k
     if problem.kind == "forward":
@@ -210,6 +233,13 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
     16-row tile for decode) and shrink with c so the c in-flight member tiles still fit.
     """
     m = problem.m
+    if problem.kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {problem.kind!r}; expected one of {KINDS}")
+    if m > DECODE_MAX_M:
+        # Measured on an H200 (fp16, GPT-2/Llama shapes, first kernels): the fused GEMM reached
+        # 0.15-0.41 of ideal at prefill sizes; sketch + cuBLAS is predicted at ~0.6-0.9.
+        return LaunchConfig(tile_m=32, tile_n=64, tile_k=128, num_warps=4, num_stages=1,
+                            algorithm="sketch_gemm")
     if problem.kind == "forward":
         if m <= DECODE_MAX_M:
             tile_m = max(16, min(_next_power_of_two(m), 64))
@@ -232,11 +262,19 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
 
 
 def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
-    """Config for ``problem``: newest hook that answers, else :func:`heuristic_config`."""
+    """Config for ``problem``: newest hook that answers, else :func:`heuristic_config` (cached)."""
+    key = (problem, shared_memory_limit)
+    cached = _resolved.get(key)
+    if cached is not None:
+        return cached
     with _hooks_lock:
         hooks = list(reversed(_hooks))
+    config = None
     for hook in hooks:
         config = hook(problem)
         if config is not None:
-            return config
-    return heuristic_config(problem, shared_memory_limit)
+            break
+    if config is None:
+        config = heuristic_config(problem, shared_memory_limit)
+    _resolved[key] = config
+    return config

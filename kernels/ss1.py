@@ -222,6 +222,65 @@ def _ss1_grad_weight_kernel(
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _ss1_sketch_kernel(
+    x_ptr, xs_ptr, M, K, K_RED, stride_xm, stride_xsm,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr,
+):
+    """xs (M, K_RED) = sketch(x): memory-bound, reads x once and writes xs once."""
+    offs_m = tl.program_id(0) * TILE_M + tl.arange(0, TILE_M)
+    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+    mask_m = offs_m < M
+    mask_kk = kk < K_RED
+    rows64 = offs_m.to(tl.int64)[:, None]
+    xs = _load_sketch(x_ptr + rows64 * stride_xm, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
+    tl.store(xs_ptr + rows64 * stride_xsm + kk[None, :], xs.to(xs_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_kk[None, :])
+
+
+@triton.jit
+def _ss1_unsketch_kernel(
+    dxs_ptr, dx_ptr, M, K, K_RED, stride_dxsm, stride_dxm,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr,
+):
+    """dx (M, K) = unsketch(dxs): each dense column copies one sketch column (no atomics)."""
+    offs_m = tl.program_id(0) * TILE_M + tl.arange(0, TILE_M)
+    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+    mask_m = offs_m < M
+    mask_kk = kk < K_RED
+    rows64 = offs_m.to(tl.int64)[:, None]
+    tile = tl.load(dxs_ptr + rows64 * stride_dxsm + kk[None, :], mask=mask_m[:, None] & mask_kk[None, :])
+    for r in tl.static_range(C):
+        col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
+        tl.store(dx_ptr + rows64 * stride_dxm + col[None, :], tile,
+                 mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
+
+
+@triton.jit
+def _ss1_rotate_kernel(
+    src_ptr, dst_ptr, N, K_RED, stride_src, stride_dst,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_N: tl.constexpr, TILE_K: tl.constexpr, INVERSE: tl.constexpr,
+):
+    """Wr = rotate(Wc) (INVERSE=False) or dWc = unrotate(dWr) (INVERSE=True), both (N, K_RED)."""
+    offs_n = tl.program_id(0) * TILE_N + tl.arange(0, TILE_N)
+    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+    mask = (offs_n < N)[:, None] & (kk < K_RED)[None, :]
+    rows64 = offs_n.to(tl.int64)[:, None]
+    rotated = _rotated_weight_columns(kk, _row_rotations(offs_n, R2M, C, BK, BN, VEC), BK, VEC)
+    if INVERSE:
+        tile = tl.load(src_ptr + rows64 * stride_src + kk[None, :], mask=mask)
+        tl.store(dst_ptr + rows64 * stride_dst + rotated, tile, mask=mask)
+    else:
+        tile = tl.load(src_ptr + rows64 * stride_src + rotated, mask=mask)
+        tl.store(dst_ptr + rows64 * stride_dst + kk[None, :], tile, mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +388,47 @@ def _check_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Ten
     return out
 
 
+#: Tile of the weight-rotation kernel (a permutation copy of N x K_red; memory-bound).
+ROTATE_TILE_N, ROTATE_TILE_K = 32, 128
+
+
+def _sketch_grid(m: int, k_red: int, cfg: LaunchConfig) -> tuple[int, int]:
+    return (triton.cdiv(m, cfg.tile_m), triton.cdiv(k_red, cfg.tile_k))
+
+
+def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch.Tensor:
+    """``xs: (M, K_red)`` for ``x: (M, K)`` (row-major last dim)."""
+    m = x.shape[0]
+    xs = torch.empty((m, structure.k_red), dtype=x.dtype, device=x.device)
+    _ss1_sketch_kernel[_sketch_grid(m, structure.k_red, cfg)](
+        x, xs, m, structure.in_features, structure.k_red, x.stride(0), xs.stride(0),
+        **_structure_args(structure), TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, num_warps=cfg.num_warps,
+    )
+    return xs
+
+
+def unsketch(dxs: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig, out: torch.Tensor) -> None:
+    """``out: (M, K) = unsketch(dxs: (M, K_red))``."""
+    m = dxs.shape[0]
+    _ss1_unsketch_kernel[_sketch_grid(m, structure.k_red, cfg)](
+        dxs, out, m, structure.in_features, structure.k_red, dxs.stride(0), out.stride(0),
+        **_structure_args(structure), TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, num_warps=cfg.num_warps,
+    )
+
+
+def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool = False,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Wr = rotate(weight)`` or, with ``inverse``, ``dWc = unrotate(weight)``; both (N, K_red)."""
+    n, k_red = structure.weight_shape
+    out = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device) if out is None else out
+    grid = (triton.cdiv(n, ROTATE_TILE_N), triton.cdiv(k_red, ROTATE_TILE_K))
+    _ss1_rotate_kernel[grid](
+        weight, out, n, k_red, weight.stride(0), out.stride(0), **_structure_args(structure),
+        TILE_N=ROTATE_TILE_N, TILE_K=ROTATE_TILE_K, INVERSE=inverse, num_warps=4,
+    )
+    return out
+
+
 def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 structure: SS1Structure, config: LaunchConfig | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -351,6 +451,13 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     x, weight = _row_major(x), _row_major(weight)
 
     def launch(cfg: LaunchConfig) -> None:
+        if cfg.algorithm == "sketch_gemm":
+            xs, wr = sketch(x, structure, cfg), rotate_weight(weight, structure)
+            if bias is None:
+                torch.mm(xs, wr.t(), out=y)
+            else:
+                torch.addmm(bias, xs, wr.t(), out=y)
+            return
         grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n),)
         _ss1_forward_kernel[grid](
             x, weight, bias if bias is not None else y, y,
@@ -385,6 +492,9 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
     grad_out, weight = _row_major(grad_out), _row_major(weight)
 
     def launch(cfg: LaunchConfig) -> None:
+        if cfg.algorithm == "sketch_gemm":
+            unsketch(torch.mm(grad_out, rotate_weight(weight, structure)), structure, cfg, dx)
+            return
         grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(k_red, cfg.tile_k),)
         _ss1_grad_input_kernel[grid](
             grad_out, weight, dx,
@@ -430,6 +540,11 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
     result: dict[str, torch.Tensor] = {}
 
     def launch(cfg: LaunchConfig) -> None:
+        if cfg.algorithm == "sketch_gemm":
+            # cuBLAS accumulates the M reduction in fp32; the unrotate is an exact permutation.
+            rotate_weight(torch.mm(grad_out.t(), sketch(x, structure, cfg)), structure, inverse=True, out=dw)
+            result["target"] = dw
+            return
         rows_per_split = triton.cdiv(triton.cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
         splits = triton.cdiv(m, rows_per_split)
         atomic = splits > 1 and not deterministic

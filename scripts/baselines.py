@@ -41,6 +41,35 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+def host_overhead(dtype: torch.dtype, calls: int = 2000) -> None:
+    """Wall-clock microseconds per call on a tiny problem (GPU work negligible): host cost."""
+    import time
+
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.ops import ss1_linear
+
+    layer = SSL(768, 3072, redn_factor=4, seed=1, device="cuda", dtype=dtype)
+    x = torch.randn(1, 768, device="cuda", dtype=dtype)
+    w_dense = torch.randn(3072, 768, device="cuda", dtype=dtype)
+    s, w, b = layer.structure, layer.weight.detach(), layer.bias.detach()
+    cases = {
+        "F.linear": lambda: F.linear(x, w_dense, b),
+        "triton launcher": lambda: kernels.ss1_forward(x, w, b, s),
+        "custom op (no grad)": lambda: ss1_linear(x, w, b, s),
+        "SSL module (no grad)": lambda: layer(x),
+    }
+    for name, fn in cases.items():
+        with torch.no_grad():
+            for _ in range(50):
+                fn()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        print(f"host overhead {name}: {(time.perf_counter() - start) / calls * 1e6:.1f} us/call")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -85,6 +114,7 @@ def main() -> None:
                        for key, value in row.items()), flush=True)
         del layer, x, w_dense, x_small, w_small
         torch.cuda.empty_cache()
+    host_overhead(dtype)
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out, index=False)
     cols = ["M", "K", "N", "c", "dense_ms", "ideal_ms", "ss1_ms", "speedup", "fraction_of_ideal", "vs_original"]

@@ -33,6 +33,7 @@ CONFIGS = [
     LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, group_m=1),
     LaunchConfig(tile_m=32, tile_n=64, tile_k=32, num_warps=4, num_stages=2, group_m=2, split_m=2),
     LaunchConfig(tile_m=16, tile_n=32, tile_k=64, num_warps=2, num_stages=3, group_m=8, split_m=3),
+    LaunchConfig(tile_m=16, tile_n=16, tile_k=32, num_warps=4, num_stages=1, algorithm="sketch_gemm"),
 ]
 DTYPES = [torch.float32, torch.float16]
 
@@ -43,7 +44,8 @@ def _case_id(shape) -> str:
 
 
 def _cfg_id(cfg: LaunchConfig) -> str:
-    return f"t{cfg.tile_m}x{cfg.tile_n}x{cfg.tile_k}-w{cfg.num_warps}-s{cfg.num_stages}-sm{cfg.split_m}"
+    return (f"{cfg.algorithm}-t{cfg.tile_m}x{cfg.tile_n}x{cfg.tile_k}-w{cfg.num_warps}-s{cfg.num_stages}"
+            f"-sm{cfg.split_m}")
 
 
 @pytest.fixture(params=SHAPES, ids=_case_id)
