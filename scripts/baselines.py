@@ -41,6 +41,36 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+def time_row(m: int, k: int, n: int, c: int, dtype: torch.dtype, bandwidth: float, backward: bool) -> dict:
+    layer = SSL(k, n, redn_factor=c, seed=1, device="cuda", dtype=dtype)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w_dense = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    bias = layer.bias.detach()
+    k_small = layer.structure.k_red
+    x_small = torch.randn(m, k_small, device="cuda", dtype=dtype)
+    w_small = torch.randn(n, k_small, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        dense = triton.testing.do_bench(lambda: F.linear(x, w_dense, bias), return_mode="median")
+        reduced = triton.testing.do_bench(lambda: F.linear(x_small, w_small, bias), return_mode="median")
+        ss1 = triton.testing.do_bench(lambda: layer(x), return_mode="median")
+    floor_ms = (m * k + n * k_small + n + m * n) * x.element_size() / bandwidth * 1e3
+    ideal = max(reduced, floor_ms)
+    row = dict(M=m, K=k, N=n, c=c, block_k=layer.block_k, block_n=layer.block_n, dense_ms=dense,
+               reduced_ms=reduced, floor_ms=floor_ms, ideal_ms=ideal, ss1_ms=ss1, speedup=dense / ss1,
+               fraction_of_ideal=ideal / ss1)
+    if backward:
+        xg = x.clone().requires_grad_()
+        xd = x.clone().requires_grad_()
+        wd = w_dense.clone().requires_grad_()
+        gy = torch.randn(m, n, device="cuda", dtype=dtype)
+        row["dense_fwdbwd_ms"] = triton.testing.do_bench(
+            lambda: F.linear(xd, wd, bias).backward(gy), return_mode="median", grad_to_none=[xd, wd])
+        row["ss1_fwdbwd_ms"] = triton.testing.do_bench(
+            lambda: layer(xg).backward(gy), return_mode="median", grad_to_none=[xg, layer.weight, layer.bias])
+        row["fwdbwd_speedup"] = row["dense_fwdbwd_ms"] / row["ss1_fwdbwd_ms"]
+    return row
+
+
 def host_overhead(dtype: torch.dtype, calls: int = 2000) -> None:
     """Wall-clock microseconds per call on a tiny problem (GPU work negligible): host cost."""
     import time
@@ -81,38 +111,11 @@ def main() -> None:
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = []
     for m, k, n, c, original in ROWS:
-        layer = SSL(k, n, redn_factor=c, seed=1, device="cuda", dtype=dtype)
-        x = torch.randn(m, k, device="cuda", dtype=dtype)
-        w_dense = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
-        bias = layer.bias.detach()
-        k_small = layer.structure.k_red
-        x_small = torch.randn(m, k_small, device="cuda", dtype=dtype)
-        w_small = torch.randn(n, k_small, device="cuda", dtype=dtype)
-        with torch.no_grad():
-            dense = triton.testing.do_bench(lambda: F.linear(x, w_dense, bias), return_mode="median")
-            reduced = triton.testing.do_bench(lambda: F.linear(x_small, w_small, bias), return_mode="median")
-            ss1 = triton.testing.do_bench(lambda: layer(x), return_mode="median")
-        size = x.element_size()
-        floor_ms = (m * k + n * k_small + n + m * n) * size / bandwidth * 1e3
-        ideal = max(reduced, floor_ms)
-        row = dict(M=m, K=k, N=n, c=c, dtype=args.dtype, block_k=layer.block_k, block_n=layer.block_n,
-                   dense_ms=dense, reduced_ms=reduced, floor_ms=floor_ms, ideal_ms=ideal, ss1_ms=ss1,
-                   speedup=dense / ss1, fraction_of_ideal=ideal / ss1, original_ms=original,
-                   vs_original=original / ss1)
-        if args.backward:
-            xg = x.clone().requires_grad_()
-            xd = x.clone().requires_grad_()
-            wd = w_dense.clone().requires_grad_()
-            gy = torch.randn(m, n, device="cuda", dtype=dtype)
-            row["dense_fwdbwd_ms"] = triton.testing.do_bench(
-                lambda: F.linear(xd, wd, bias).backward(gy), return_mode="median", grad_to_none=[xd, wd])
-            row["ss1_fwdbwd_ms"] = triton.testing.do_bench(
-                lambda: layer(xg).backward(gy), return_mode="median", grad_to_none=[xg, layer.weight, layer.bias])
-            row["fwdbwd_speedup"] = row["dense_fwdbwd_ms"] / row["ss1_fwdbwd_ms"]
+        row = time_row(m, k, n, c, dtype, bandwidth, args.backward)
+        row.update(dtype=args.dtype, original_ms=original, vs_original=original / row["ss1_ms"])
         rows.append(row)
         print(" ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                        for key, value in row.items()), flush=True)
-        del layer, x, w_dense, x_small, w_small
         torch.cuda.empty_cache()
     host_overhead(dtype)
     frame = pd.DataFrame(rows)
