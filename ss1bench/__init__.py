@@ -6,10 +6,21 @@
 Nothing here queries a GPU at import time.
 """
 
+from .convert import ConversionReport, LayerReport, conversion_report, convert_to_ss_linear
 from .layer import SSL, set_structure_advisor
 from .ops import ss1_linear
 from .structure import SS1Structure
 
 __version__ = "0.1.0"
 
-__all__ = ["SSL", "SS1Structure", "__version__", "set_structure_advisor", "ss1_linear"]
+__all__ = [
+    "SSL",
+    "ConversionReport",
+    "LayerReport",
+    "SS1Structure",
+    "__version__",
+    "conversion_report",
+    "convert_to_ss_linear",
+    "set_structure_advisor",
+    "ss1_linear",
+]
