@@ -178,7 +178,7 @@ class SSL(nn.Module):
         for key in ("redn_factor", "seed"):
             if key in saved and saved[key] != getattr(self.structure, key):
                 error_msgs.append(
-                    f"{prefix or 'SSL'}: checkpoint has {key}={saved[key]} but this layer has "
+                    f"{prefix.rstrip('.') or 'SSL'}: checkpoint has {key}={saved[key]} but this layer has "
                     f"{key}={getattr(self.structure, key)}; build the layer with the checkpoint's {key}"
                 )
                 return

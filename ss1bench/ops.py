@@ -47,17 +47,37 @@ def _check_reference_inputs(structure: SS1Structure, **tensors: torch.Tensor | N
 # ---- forward --------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("ss1bench::ss1_linear", mutates_args=())
-def _ss1_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   in_features: int, redn_factor: int, seed: int, block_k: int,
-                   block_n: int) -> torch.Tensor:
-    structure = _structure(weight, in_features, redn_factor, seed, block_k, block_n)
+def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  structure: SS1Structure) -> torch.Tensor:
     if _use_kernels(x):
         from .kernels.ss1 import ss1_forward
 
         return ss1_forward(x, weight, bias, structure)
     _check_reference_inputs(structure, x=x, weight=weight, bias=bias)
     return reference.ss1_forward_reference(x, weight, bias, structure)
+
+
+def _grad_input_impl(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    if _use_kernels(grad_out):
+        from .kernels.ss1 import ss1_grad_input
+
+        return ss1_grad_input(grad_out, weight, structure)
+    return reference.ss1_grad_input_reference(grad_out, weight, structure)
+
+
+def _grad_weight_impl(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    if _use_kernels(grad_out):
+        from .kernels.ss1 import ss1_grad_weight
+
+        return ss1_grad_weight(grad_out, x, structure)
+    return reference.ss1_grad_weight_reference(grad_out, x, structure)
+
+
+@torch.library.custom_op("ss1bench::ss1_linear", mutates_args=())
+def _ss1_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   in_features: int, redn_factor: int, seed: int, block_k: int,
+                   block_n: int) -> torch.Tensor:
+    return _forward_impl(x, weight, bias, _structure(weight, in_features, redn_factor, seed, block_k, block_n))
 
 
 @_ss1_linear_op.register_fake
@@ -71,12 +91,7 @@ def _(x, weight, bias, in_features, redn_factor, seed, block_k, block_n):
 @torch.library.custom_op("ss1bench::ss1_grad_input", mutates_args=())
 def _ss1_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, in_features: int,
                        redn_factor: int, seed: int, block_k: int, block_n: int) -> torch.Tensor:
-    structure = _structure(weight, in_features, redn_factor, seed, block_k, block_n)
-    if _use_kernels(grad_out):
-        from .kernels.ss1 import ss1_grad_input
-
-        return ss1_grad_input(grad_out, weight, structure)
-    return reference.ss1_grad_input_reference(grad_out, weight, structure)
+    return _grad_input_impl(grad_out, weight, _structure(weight, in_features, redn_factor, seed, block_k, block_n))
 
 
 @_ss1_grad_input_op.register_fake
@@ -88,17 +103,14 @@ def _(grad_out, weight, in_features, redn_factor, seed, block_k, block_n):
 def _ss1_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_rows: int, in_features: int,
                         redn_factor: int, seed: int, block_k: int, block_n: int) -> torch.Tensor:
     structure = cached_structure(in_features, weight_rows, redn_factor, seed, block_k, block_n)
-    if _use_kernels(grad_out):
-        from .kernels.ss1 import ss1_grad_weight
-
-        return ss1_grad_weight(grad_out, x, structure)
-    return reference.ss1_grad_weight_reference(grad_out, x, structure)
+    return _grad_weight_impl(grad_out, x, structure)
 
 
 @_ss1_grad_weight_op.register_fake
 def _(grad_out, x, weight_rows, in_features, redn_factor, seed, block_k, block_n):
-    structure = cached_structure(in_features, weight_rows, redn_factor, seed, block_k, block_n)
-    return grad_out.new_empty(structure.weight_shape)
+    # Plain arithmetic: building an SS1Structure here would draw hash numbers under fake mode.
+    k_red = -(-in_features // (redn_factor * block_k)) * block_k
+    return grad_out.new_empty((weight_rows, k_red))
 
 
 # ---- autograd -------------------------------------------------------------------------------
@@ -125,6 +137,34 @@ def _backward(ctx, grad_out):
 
 
 torch.library.register_autograd("ss1bench::ss1_linear", _backward, setup_context=_setup_context)
+
+
+class _EagerSS1Linear(torch.autograd.Function):
+    """Eager-mode twin of the custom op: same kernels, same backward, without the
+    ``torch.library`` dispatch, which cost ~80 us per call on an H200 host (more than the
+    kernels of a decode-sized layer). ``torch.compile`` traces the custom op instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, structure):
+        ctx.structure = structure
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
+                              weight if ctx.needs_input_grad[0] else None)
+        return _forward_impl(x, weight, bias, structure)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _grad_input_impl(grad_out, weight, ctx.structure)
+        if ctx.needs_input_grad[1]:
+            grad_w = _grad_weight_impl(grad_out, x, ctx.structure)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=0)
+        return grad_x, grad_w, grad_b, None
 
 
 # ---- public entry point ---------------------------------------------------------------------
@@ -155,6 +195,12 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         raise ValueError(f"bias must have shape ({structure.out_features},), got {tuple(bias.shape)}")
     leading = x.shape[:-1]
     x2d = x.reshape(-1, structure.in_features)
-    y = _ss1_linear_op(x2d, weight, bias, structure.in_features, structure.redn_factor, structure.seed,
-                       structure.block_k, structure.block_n)
+    if torch.compiler.is_compiling():
+        y = _ss1_linear_op(x2d, weight, bias, structure.in_features, structure.redn_factor, structure.seed,
+                           structure.block_k, structure.block_n)
+    elif torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad
+                                      or (bias is not None and bias.requires_grad)):
+        y = _EagerSS1Linear.apply(x2d, weight, bias, structure)
+    else:
+        y = _forward_impl(x2d, weight, bias, structure)
     return y.reshape(*leading, structure.out_features)

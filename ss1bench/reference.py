@@ -8,10 +8,43 @@ Shapes: ``x: (M, K)``, ``weight: (N, K_red)``, ``bias: (N,)``, ``y: (M, N)``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from .structure import SS1Structure
+
+_INDEX_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+def _sketch_index(structure: SS1Structure, device: torch.device) -> torch.Tensor:
+    return structure.sketch_index(device)
+
+
+@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+def _unsketch_source(structure: SS1Structure, device: torch.device) -> torch.Tensor:
+    """Sketch column each dense column reads: ``(K,)``."""
+    index = _sketch_index(structure, device)  # (K_red, c): dense col of (kk, r)
+    source = torch.empty(_padded_columns(structure), dtype=torch.int64, device=device)
+    kk = torch.arange(structure.k_red, device=device)[:, None].expand_as(index)
+    source[index.reshape(-1)] = kk.reshape(-1)
+    return source[: structure.in_features].clone()
+
+
+@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+def _rotation_columns(structure: SS1Structure, device: torch.device) -> torch.Tensor:
+    """``(N, 1, BK)``: Wc column (inside its group) read at each rotated position, per row."""
+    bk = structure.block_k
+    d = structure.block_rotations().repeat_interleave(structure.block_n)[: structure.out_features]
+    t = torch.arange(bk, dtype=torch.int64)
+    return ((t[None, :] - d[:, None]) % bk)[:, None, :].to(device)
+
+
+def _rotation_index(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    cols = _rotation_columns(structure, weight.device)
+    return cols.expand(structure.out_features, structure.num_groups, structure.block_k)
 
 
 def _padded_columns(structure: SS1Structure) -> int:
@@ -25,7 +58,7 @@ def sketch(x: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     """
     pad = _padded_columns(structure) - structure.in_features
     x_padded = F.pad(x, (0, pad))
-    index = structure.sketch_index(x.device)  # (K_red, c)
+    index = _sketch_index(structure, x.device)  # (K_red, c)
     gathered = x_padded[:, index]  # (M, K_red, c)
     return gathered.sum(dim=-1)
 
@@ -35,23 +68,21 @@ def unsketch(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor
 
     Every dense column reads exactly one sketch column, so this is a gather, not a scatter.
     """
-    index = structure.sketch_index(grad_sketch.device)  # (K_red, c): dense col of (kk, r)
-    source = torch.empty(_padded_columns(structure), dtype=torch.int64, device=grad_sketch.device)
-    kk = torch.arange(structure.k_red, device=grad_sketch.device)[:, None].expand_as(index)
-    source[index.reshape(-1)] = kk.reshape(-1)
-    return grad_sketch[:, source[: structure.in_features]]
+    return grad_sketch[:, _unsketch_source(structure, grad_sketch.device)]
 
 
 def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     """``Wr: (N, K_red)``, row ``n`` of each group rotated by ``d(n // BN)`` (differentiable)."""
-    return weight.gather(1, structure.rotated_weight_index(weight.device))
+    grouped = weight.view(structure.out_features, structure.num_groups, structure.block_k)
+    return grouped.gather(2, _rotation_index(weight, structure)).view(structure.weight_shape)
 
 
 def unrotate_weight(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     """Adjoint of :func:`rotate_weight` (a permutation inside each row)."""
-    out = torch.empty_like(grad_rotated)
-    out.scatter_(1, structure.rotated_weight_index(grad_rotated.device), grad_rotated)
-    return out
+    shape = (structure.out_features, structure.num_groups, structure.block_k)
+    out = torch.empty(shape, dtype=grad_rotated.dtype, device=grad_rotated.device)
+    out.scatter_(2, _rotation_index(grad_rotated, structure), grad_rotated.reshape(shape))
+    return out.view(structure.weight_shape)
 
 
 def ss1_forward_reference(
