@@ -1,0 +1,132 @@
+"""``ss1bench bench`` and ``ss1bench report``: thin click wrappers over the runner and the report.
+
+Registered on the ``main`` group when ``ss1bench.cli`` imports this module. Heavy imports (torch,
+pandas, matplotlib) happen inside the commands, so ``ss1bench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ss1bench.cli import main
+
+from .schema import DTYPES, MODES, PROVIDER_NAMES
+from .shapes import SHAPE_SET_NAMES
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    values = _split(text)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise click.BadParameter(f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(allowed)}",
+                                 param_hint=option)
+    return values
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in _split(text)]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+    if not values or min(values) <= 0:
+        raise click.BadParameter(f"{text!r}: give positive integers", param_hint=option)
+    return values
+
+
+@main.command()
+@click.option("--shapes", "shape_sets", default=None, metavar="SETS",
+              help=f"Comma-separated shape sets: {', '.join(SHAPE_SET_NAMES)} "
+                   "(default gpt2 unless --shape is given).")
+@click.option("--shape", "custom_shapes", multiple=True, metavar="MxKxN",
+              help="A custom shape, e.g. 4096x768x3072 (repeatable).")
+@click.option("--m", "m_values", default=None, metavar="M,...",
+              help="Replace the shape sets' M values (rows of x), e.g. 1,64,4096.")
+@click.option("--redn-factors", default="2,4,8,16", show_default=True, help="Reduction factors c.")
+@click.option("--dtype", "dtypes", default="fp16", show_default=True, help=f"Comma-separated: {', '.join(DTYPES)}.")
+@click.option("--mode", "modes", default="fwd", show_default=True,
+              help="fwd, fwd+bwd, or both comma-separated (forward+backward times one forward and "
+                   "one backward together).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder for the CSV and its JSON sidecar (default reports/<GPU>).")
+@click.option("--warmup-ms", default=25, show_default=True, help="do_bench warm-up time per timing.")
+@click.option("--rep-ms", default=100, show_default=True, help="do_bench timed repetitions per timing.")
+@click.option("--dry-run", is_flag=True, help="List the work and exit (no GPU needed).")
+def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_dir, warmup_ms, rep_ms,
+          dry_run) -> None:
+    """Time SS1 against dense (cuBLAS), the ideal, and low-rank/Monarch at equal parameters."""
+    from ss1bench.structure import validate_reduction_factor
+
+    from .shapes import resolve_shapes
+
+    set_names = _choices("--shapes", shape_sets, SHAPE_SET_NAMES) if shape_sets else (
+        [] if custom_shapes else ["gpt2"])
+    factors = _ints("--redn-factors", redn_factors)
+    for factor in factors:
+        try:
+            validate_reduction_factor(factor)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--redn-factors") from None
+    dtype_list = _choices("--dtype", dtypes, DTYPES)
+    mode_list = _choices("--mode", modes, MODES)
+    try:
+        shapes = resolve_shapes(set_names, list(custom_shapes), _ints("--m", m_values) if m_values else None)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--shape") from None
+
+    from .runner import output_stem, plan, timings_in
+
+    cases = plan(shapes, factors, dtype_list, mode_list)
+    stem = output_stem(set_names + (["custom"] if custom_shapes else []), dtype_list, mode_list)
+    if dry_run:
+        for case in cases:
+            click.echo(case.describe())
+        providers = ", ".join(PROVIDER_NAMES)
+        click.echo(f"{len(cases)} cases x providers ({providers}); {timings_in(cases)} timings; "
+                   f"output {out_dir or 'reports/<GPU>'}/{stem}.csv")
+        return
+
+    import torch
+
+    if not torch.cuda.is_available():
+        click.echo("error: ss1bench bench needs a CUDA GPU and none is visible "
+                   "(use --dry-run to list the work, or ss1bench report on existing results)", err=True)
+        raise SystemExit(2)
+
+    from ss1bench.tuning.gpu import normalize_gpu_name
+
+    from .runner import run, summary_table
+
+    out = out_dir or Path("reports") / normalize_gpu_name(torch.cuda.get_device_name())
+    args = {"shapes": set_names, "custom_shapes": list(custom_shapes), "m_values": m_values,
+            "redn_factors": factors, "dtypes": dtype_list, "modes": mode_list, "warmup_ms": warmup_ms,
+            "rep_ms": rep_ms}
+    csv_path, frame = run(cases, out, stem, args, warmup_ms=warmup_ms, rep_ms=rep_ms, echo=click.echo)
+    click.echo(summary_table(frame))
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        click.echo(f"{len(failed)} provider timings failed (status column); first: {failed.iloc[0]['status']}")
+    click.echo(f"wrote {csv_path} and {csv_path.with_suffix('.json')}")
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the PNGs and summary.md (default: the first result's folder).")
+def report(results, out_dir) -> None:
+    """Plots and a markdown summary from bench CSVs (files, or folders of bench_*.csv); no GPU needed."""
+    from ss1bench.report import ReportError, write_report
+
+    out = out_dir or (results[0] if results[0].is_dir() else results[0].parent)
+    try:
+        written = write_report(list(results), out)
+    except ReportError as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+    for path in written:
+        click.echo(f"wrote {path}")

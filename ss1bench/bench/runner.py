@@ -1,0 +1,542 @@
+"""The benchmark runner: SS1 against dense and structured peers, side by side, one CSV.
+
+Providers are data (``schema.PROVIDERS``); each measured provider has a builder here that returns
+an ``nn.Module`` plus its settings, and one function times them all the same way:
+``triton.testing.do_bench`` (L2 flushed before every call) median and 20th/80th percentiles, on
+random inputs (never zeros). In ``fwd`` mode the module runs under ``torch.no_grad()``; in
+``fwd+bwd`` mode one call is forward plus ``backward(dy)`` with gradients for x, the weights and
+the bias (reset to None before each call). Yardsticks (DESIGN.md section 4): dense = cuBLAS
+``F.linear``; ideal = max(cuBLAS at K/c, memory floor at the copy bandwidth measured once per run).
+
+Run order: dtype, mode, shape (the dense layer is timed once per shape), then c. A shape two
+sets share (BERT's and GPT-2's layers coincide) is timed once and its rows are written under each
+set. The CSV and its JSON sidecar are rewritten after every shape, so an interrupted run keeps
+what it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ss1bench.layer import SSL, choose_structure
+from ss1bench.structure import SS1Structure
+from ss1bench.tuning.gpu import normalize_gpu_name
+
+from .peers import LowRankLinear, MonarchLinear
+from .schema import CASE_KEY, FLOP_COUNTS, MEMORY_FLOOR, PROVIDERS, QUANTILES, RESULT_COLUMNS, mode_slug
+from .shapes import Shape
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+#: Copy-bandwidth probe: 1 GiB read + 1 GiB written, far beyond any L2 (50-60 MiB on H100/H200),
+#: so it measures HBM. BASELINES.md's H200 figure (4.23 TB/s) was measured this way.
+COPY_BYTES = 1 << 30
+
+#: do_bench defaults (ms of warm-up and of timed repetitions); ``--warmup-ms``/``--rep-ms`` change them.
+DEFAULT_WARMUP_MS = 25
+DEFAULT_REP_MS = 100
+
+#: Hash seed of the SS1 layers timed (SSL's default; the seed does not change the work done).
+LAYER_SEED = 1024
+
+#: Seed of the private generator that fills inputs and weights (the global RNG is untouched).
+INPUT_SEED = 0
+
+
+# ---- work items -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: a shape at one reduction factor, dtype and mode."""
+
+    shape: Shape
+    redn_factor: int
+    dtype: str
+    mode: str
+
+    def describe(self) -> str:
+        s = self.shape
+        return (f"{self.dtype} {self.mode:<7} {s.shape_set:<6} M={s.m:<6} K={s.k:<6} N={s.n:<6} "
+                f"c={self.redn_factor:<2} ({s.layer})")
+
+
+def plan(shapes: list[Shape], redn_factors: list[int], dtypes: list[str], modes: list[str]) -> list[Case]:
+    """Every case, in run order (dtype, mode, shape, c)."""
+    return [Case(shape, c, dtype, mode) for dtype in dtypes for mode in modes for shape in shapes
+            for c in redn_factors]
+
+
+def measured_provider_names() -> list[str]:
+    return [p.name for p in PROVIDERS if p.measured]
+
+
+def timings_in(cases: list[Case]) -> int:
+    """do_bench calls a run makes: the dense layer once per shape, the others once per case.
+
+    A shape that two sets share is timed once.
+    """
+    per_case = len(measured_provider_names()) - 1
+    shapes = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n) for c in cases}
+    unique_cases = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n, c.redn_factor) for c in cases}
+    return len(shapes) + per_case * len(unique_cases)
+
+
+# ---- providers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    """A provider ready to time: its module, input width and what the CSV says about it."""
+
+    module: nn.Module
+    in_features: int
+    weight_params: int
+    forward_flops: int
+    detail: str = ""
+    block_k: int | None = None
+    block_n: int | None = None
+    launch_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def _fill_(module: nn.Module, generator: torch.Generator) -> None:
+    """Refill every parameter from ``generator``: U(-1/sqrt(fan), 1/sqrt(fan)), never zeros."""
+    with torch.no_grad():
+        for param in module.parameters():
+            fan = param.shape[-1] if param.dim() > 1 else param.numel()
+            values = torch.rand(param.shape, generator=generator, device=param.device, dtype=torch.float32)
+            param.copy_(values.mul_(2.0).sub_(1.0).div_(math.sqrt(fan)))
+
+
+def _format_config(config) -> str:
+    """``fused:128x128x64/w8/s3/g8`` or ``sketch_gemm:32x128/w4`` (the fields each algorithm uses)."""
+    algorithm = getattr(config, "algorithm", "fused")
+    if algorithm == "sketch_gemm":
+        return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
+    text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
+    text += f"/g{config.group_m}"
+    return text + (f"/split{config.split_m}" if config.split_m > 1 else "")
+
+
+def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device, heuristic: bool) -> str:
+    """The launch configs this SS1 provider will use, per kernel (resolved the way the op does)."""
+    from ss1bench.kernels.config import Problem, heuristic_config, resolve_launch_config
+    from ss1bench.kernels.ss1 import device_limits
+
+    name, limit = device_limits(device)
+    kinds = ("forward",) if case.mode == "fwd" else ("forward", "grad_input", "grad_weight")
+    parts = []
+    for kind in kinds:
+        problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
+                          structure.block_k, structure.block_n, case.dtype, name)
+        config = heuristic_config(problem, limit) if heuristic else resolve_launch_config(problem, limit)
+        parts.append(f"{kind}={_format_config(config)}")
+    return " ".join(parts)
+
+
+def _forced_heuristic(device: torch.device) -> contextlib.AbstractContextManager:
+    from ss1bench.kernels.config import heuristic_config, override_launch_config
+    from ss1bench.kernels.ss1 import device_limits
+
+    limit = device_limits(device)[1]
+    return override_launch_config(lambda problem: heuristic_config(problem, limit))
+
+
+def build_provider(name: str, case: Case, structure: SS1Structure, device: torch.device,
+                   dtype: torch.dtype) -> Built:
+    """The module timed for provider ``name`` on ``case``; ``structure`` is the case's SS1 layer's."""
+    m, k, n, c = case.shape.m, case.shape.k, case.shape.n, case.redn_factor
+    if name == "dense":
+        module = nn.Linear(k, n, bias=True, device=device, dtype=dtype)
+        return Built(module, k, n * k, 2 * m * n * k, "cuBLAS F.linear")
+    if name == "dense_reduced":
+        k_ideal = math.ceil(k / c)
+        module = nn.Linear(k_ideal, n, bias=True, device=device, dtype=dtype)
+        return Built(module, k_ideal, n * k_ideal, 2 * m * n * k_ideal, f"cuBLAS F.linear, K/c={k_ideal}")
+    if name in ("ss1_tuned", "ss1_heuristic"):
+        heuristic = name == "ss1_heuristic"
+        layer = SSL(k, n, bias=True, redn_factor=c, seed=structure.seed, device=device, dtype=dtype,
+                    block_k=structure.block_k, block_n=structure.block_n)
+        return Built(layer, k, layer.weight.numel(), 2 * m * n * structure.k_red,
+                     _launch_detail(structure, m, case, device, heuristic),
+                     structure.block_k, structure.block_n,
+                     (lambda: _forced_heuristic(device)) if heuristic else contextlib.nullcontext)
+    if name == "lowrank":
+        lowrank = LowRankLinear.matching(structure, bias=True, device=device, dtype=dtype)
+        return Built(lowrank, k, lowrank.weight_params, lowrank.flops(m), f"rank={lowrank.rank}")
+    if name == "monarch":
+        monarch = MonarchLinear.matching(structure, bias=True, device=device, dtype=dtype)
+        return Built(monarch, k, monarch.weight_params, monarch.flops(m),
+                     f"blocks={monarch.num_blocks} width={monarch.width} hidden={monarch.hidden}")
+    raise ValueError(f"no builder for provider {name!r}")
+
+
+# ---- measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    median_ms: float = math.nan
+    p20_ms: float = math.nan
+    p80_ms: float = math.nan
+    peak_mem_mib: float = math.nan
+    status: str = "ok"
+
+
+def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES, warmup_ms: int = DEFAULT_WARMUP_MS,
+                           rep_ms: int = DEFAULT_REP_MS) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written, do_bench median)."""
+    import triton.testing
+
+    source = torch.full((nbytes // 2,), 1.5, dtype=torch.float16, device=device)
+    target = torch.empty_like(source)
+    ms = triton.testing.do_bench(lambda: target.copy_(source), warmup=warmup_ms, rep=rep_ms,
+                                 return_mode="median")
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def memory_floor_bytes(m: int, k: int, n: int, k_red: int, element_size: int, mode: str) -> int:
+    """Bytes SS1 must move at least (see ``schema.MEMORY_FLOOR``)."""
+    elements = m * k + n * k_red + n + m * n
+    if mode == "fwd+bwd":
+        elements += (m * n + m * k + n * k_red) + (m * k + n * k_red + n)
+    return elements * element_size
+
+
+def _one_line_error(error: BaseException) -> str:
+    message = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {message[0] if message else ''}".strip()
+    return text[:200]
+
+
+def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_ms: int, rep_ms: int) -> Timing:
+    """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward)."""
+    import triton.testing
+
+    module = built.module
+    backward = dy is not None
+    params = list(module.parameters())
+    for param in params:
+        param.requires_grad_(backward)
+    x.requires_grad_(backward)
+    if backward:
+        def call() -> None:
+            module(x).backward(dy)
+        grads = [x, *params]
+    else:
+        def call() -> None:
+            module(x)
+        grads = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(built.launch_context())
+        if not backward:
+            stack.enter_context(torch.no_grad())
+        call()  # compiles (Triton) and warms cuBLAS before peak memory is read
+        for tensor in grads or ():
+            tensor.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+        median, p20, p80 = triton.testing.do_bench(call, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
+                                                   quantiles=list(QUANTILES))
+    for tensor in grads or ():
+        tensor.grad = None
+    return Timing(median, p20, p80, peak)
+
+
+# ---- rows -------------------------------------------------------------------------------------
+
+
+def _row(case: Case, gpu: str, provider: str, structure: SS1Structure, built: Built | None, timing: Timing,
+         dense_ms: float, ideal_ms: float) -> dict:
+    s = case.shape
+    scale = 3 if case.mode == "fwd+bwd" else 1
+    dense_flops = scale * 2 * s.m * s.n * s.k
+    flops = scale * built.forward_flops if built is not None else math.nan
+    ms = timing.median_ms
+
+    def ratio(numerator: float, denominator: float) -> float:
+        return numerator / denominator if denominator > 0 and not math.isnan(denominator) else math.nan
+
+    return {
+        "gpu": gpu, "dtype": case.dtype, "mode": case.mode, "shape_set": s.shape_set, "layer": s.layer,
+        "M": s.m, "K": s.k, "N": s.n, "redn_factor": case.redn_factor, "provider": provider,
+        "status": timing.status,
+        "block_k": built.block_k if built is not None else None,
+        "block_n": built.block_n if built is not None else None,
+        "k_red": structure.k_red,
+        "detail": built.detail if built is not None else "",
+        "weight_params": built.weight_params if built is not None else None,
+        "flops": flops, "dense_flops": dense_flops,
+        "median_ms": ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
+        "tflops": ratio(flops, ms) * 1e-9, "dense_equiv_tflops": ratio(dense_flops, ms) * 1e-9,
+        "dense_ms": dense_ms, "ideal_ms": ideal_ms,
+        "speedup_vs_dense": ratio(dense_ms, ms), "fraction_of_ideal": ratio(ideal_ms, ms),
+        "peak_mem_mib": timing.peak_mem_mib,
+    }
+
+
+# ---- metadata ---------------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def use_tuning_database(gpu: str) -> str:
+    """Make sure SSL layers read the tuning database (idempotent); describe the files for ``gpu``.
+
+    Lookup order is the layer's: the user file (``SS1BENCH_DB`` or the user data dir), then the
+    shipped ``tuning_db/<GPU>.json``. The description goes into the run's metadata.
+    """
+    from ss1bench.tuning.db import shipped_db_path, user_db_path
+    from ss1bench.tuning.lookup import install_database_hooks
+
+    install_database_hooks()
+    files = [f"user {path}" for path in [user_db_path(gpu)] if path.is_file()]
+    shipped = shipped_db_path(gpu)
+    if shipped.is_file():
+        files.append(f"shipped {shipped}")
+    return "; ".join(files) or f"no database file for {gpu} (SS1 launches fall back to the heuristic)"
+
+
+@dataclass
+class RunInfo:
+    """What the JSON sidecar records about a run."""
+
+    gpu: str
+    device_name: str
+    database: str
+    copy_bandwidth_gbs: float
+    args: dict
+    started: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"))
+
+    def metadata(self, cases_total: int, cases_done: int, wall_s: float, complete: bool) -> dict:
+        import triton
+
+        return {
+            "gpu": self.gpu, "device_name": self.device_name,
+            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda, "date": self.started, "git_commit": _git_commit(),
+            "database": self.database, "copy_bandwidth_gbs": self.copy_bandwidth_gbs,
+            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call",
+            "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
+            "providers": {p.name: p.description for p in PROVIDERS},
+            "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
+            "wall_s": round(wall_s, 1), "complete": complete, "command": " ".join(sys.argv),
+        }
+
+
+def output_stem(set_names: list[str], dtypes: list[str], modes: list[str]) -> str:
+    """File name stem of a run's CSV and sidecar, e.g. ``bench_gpt2_fp16_fwd``."""
+    return "bench_" + "_".join(["-".join(set_names) or "custom", "-".join(dtypes),
+                                "-".join(mode_slug(m) for m in modes)])
+
+
+# ---- progress ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """One line with count, percent and ETA on stderr: redrawn on a terminal, else every 15 s."""
+
+    def __init__(self, total: int, stream=None, interval_s: float = 15.0) -> None:
+        self.total, self.done = total, 0
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.interval_s = interval_s
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not self.tty and now - self.last < self.interval_s and self.done < self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {100 * self.done / self.total:3.0f}% "
+                f"elapsed {_duration(elapsed)} eta {_duration(eta)}  {label}")
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if self.done == self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def case_structure(case: Case, device: torch.device, dtype: torch.dtype) -> SS1Structure:
+    """The structure ``SSL(K, N, redn_factor=c)`` gets on this device: tuning database, else defaults."""
+    return choose_structure(case.shape.k, case.shape.n, case.redn_factor, LAYER_SEED, None, None, dtype, device)
+
+
+class _Inputs:
+    """Random inputs of one shape, made once per width and shared by every provider."""
+
+    def __init__(self, m: int, n: int, backward: bool, generator: torch.Generator, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.m, self.generator, self.device, self.dtype = m, generator, device, dtype
+        self.by_width: dict[int, torch.Tensor] = {}
+        self.dy = self._random((m, n)) if backward else None
+
+    def _random(self, shape: tuple[int, int]) -> torch.Tensor:
+        values = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32)
+        return values.to(self.dtype)
+
+    def x(self, width: int) -> torch.Tensor:
+        if width not in self.by_width:
+            self.by_width[width] = self._random((self.m, width))
+        return self.by_width[width]
+
+
+def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inputs, device: torch.device,
+                   dtype: torch.dtype, warmup_ms: int, rep_ms: int) -> tuple[Built | None, Timing]:
+    """Build, fill from the run's generator and time one provider; a failure becomes a status."""
+    built = None
+    try:
+        built = build_provider(name, case, structure, device, dtype)
+        _fill_(built.module, inputs.generator)
+        return built, time_module(built, inputs.x(built.in_features), inputs.dy, warmup_ms, rep_ms)
+    except Exception as error:  # a failed provider is a CSV row, not a crashed run
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        return built, Timing(status=_one_line_error(error))
+
+
+def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _Inputs, device: torch.device,
+                dtype: torch.dtype, warmup_ms: int, rep_ms: int, on_case: Callable[[Case], None]) -> list[dict]:
+    """Rows of every case of one (dtype, mode, shape): the dense layer once, then each c."""
+    rows = []
+    first = shape_cases[0]
+    dense = _time_provider("dense", first, case_structure(first, device, dtype), inputs, device, dtype,
+                           warmup_ms, rep_ms)
+    dense_ms = dense[1].median_ms
+    for case in shape_cases:
+        structure = case_structure(case, device, dtype)
+        results = {"dense": dense}
+        for name in measured_provider_names():
+            if name != "dense":
+                results[name] = _time_provider(name, case, structure, inputs, device, dtype, warmup_ms, rep_ms)
+        s = case.shape
+        floor_ms = memory_floor_bytes(s.m, s.k, s.n, structure.k_red, dtype.itemsize, case.mode) / bandwidth * 1e3
+        reduced_ms = results["dense_reduced"][1].median_ms
+        ideal_ms = max(reduced_ms, floor_ms) if not math.isnan(reduced_ms) else math.nan
+        results["memory_floor"] = (None, Timing(median_ms=floor_ms))
+        for provider in PROVIDERS:
+            built, timing = results[provider.name]
+            row = _row(case, gpu, provider.name, structure, built, timing, dense_ms, ideal_ms)
+            if provider.name == "memory_floor":  # a bound, not a layer: no FLOPs, no spread
+                row.update(weight_params=s.n * structure.k_red, tflops=math.nan, dense_equiv_tflops=math.nan,
+                           detail=f"{bandwidth / 1e12:.2f} TB/s copy bandwidth (read + write)")
+            rows.append(row)
+        on_case(case)
+    return rows
+
+
+def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int = DEFAULT_WARMUP_MS,
+        rep_ms: int = DEFAULT_REP_MS, device: torch.device | None = None,
+        echo: Callable[[str], None] = print):
+    """Time every case; write ``out_dir/stem.csv`` and ``stem.json``. Returns (csv path, DataFrame)."""
+    import pandas as pd
+
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    device_name = torch.cuda.get_device_name(device)
+    gpu = normalize_gpu_name(device_name)
+    database = use_tuning_database(gpu)
+    echo(f"{device_name} ({gpu}); tuning database: {database}")
+    bandwidth = measure_copy_bandwidth(device)
+    torch.cuda.empty_cache()  # give the probe's 2 GiB back
+    echo(f"copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write); {len(cases)} cases, "
+         f"{timings_in(cases)} timings")
+    info = RunInfo(gpu, device_name, database, round(bandwidth / 1e9, 1), args)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+    rows: list[dict] = []
+    start = time.monotonic()
+    generator = torch.Generator(device=device).manual_seed(INPUT_SEED)
+    progress = Progress(len(cases))
+
+    def flush(complete: bool):
+        frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
+            {"block_k": "Int64", "block_n": "Int64", "weight_params": "Int64"})
+        frame.to_csv(csv_path, index=False)
+        metadata = info.metadata(len(cases), progress.done, time.monotonic() - start, complete)
+        json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        return frame
+
+    groups: dict[tuple[str, str, Shape], list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.dtype, case.mode, case.shape), []).append(case)
+    timed: dict[tuple, list[dict]] = {}  # (dtype, mode, M, K, N, c...) -> rows, for shapes sets share
+    for (dtype_name, mode, shape), shape_cases in groups.items():
+        key = (dtype_name, mode, shape.m, shape.k, shape.n, tuple(c.redn_factor for c in shape_cases))
+        if key in timed:
+            rows.extend({**row, "shape_set": shape.shape_set, "layer": shape.layer} for row in timed[key])
+            for case in shape_cases:
+                progress.step(case.describe() + " (timed above, same shape)")
+            continue
+        dtype = TORCH_DTYPES[dtype_name]
+        inputs = _Inputs(shape.m, shape.n, mode == "fwd+bwd", generator, device, dtype)
+        timed[key] = _shape_rows(shape_cases, gpu, bandwidth, inputs, device, dtype, warmup_ms, rep_ms,
+                                 lambda case: progress.step(case.describe()))
+        rows.extend(timed[key])
+        del inputs
+        torch.cuda.empty_cache()
+        flush(complete=False)
+    return csv_path, flush(complete=True)
+
+
+def summary_table(frame) -> str:
+    """One line per case: SS1 (tuning database) against dense and the ideal, with the heuristic's and
+    the peers' speedups (a shape two sets share is listed once)."""
+    import pandas as pd
+
+    speedups = {(row["provider"], *(row[k] for k in CASE_KEY)): row["speedup_vs_dense"]
+                for row in frame.to_dict("records")}
+    lines = []
+    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    ss1 = ss1.drop_duplicates(subset=["dtype", "mode", "M", "K", "N", "redn_factor"])
+    for row in ss1.to_dict("records"):
+        key = tuple(row[k] for k in CASE_KEY)
+        lines.append({
+            "dtype": row["dtype"], "mode": row["mode"], "M": row["M"], "K": row["K"], "N": row["N"],
+            "c": row["redn_factor"], "dense ms": row["dense_ms"], "ideal ms": row["ideal_ms"],
+            "SS1 ms": row["median_ms"], "speedup": row["speedup_vs_dense"], "of ideal": row["fraction_of_ideal"],
+            "heuristic x": speedups.get(("ss1_heuristic", *key)), "low-rank x": speedups.get(("lowrank", *key)),
+            "Monarch x": speedups.get(("monarch", *key)),
+        })
+    if not lines:
+        return "(no results)"
+    return pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.4g}")

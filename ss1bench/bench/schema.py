@@ -1,0 +1,111 @@
+"""What a benchmark results CSV holds: providers, columns and the definitions behind them.
+
+Shared by the runner (which writes the CSV) and the report (which only reads it), so this module
+imports nothing heavier than the standard library: the report runs offline, on any machine.
+
+One CSV row is one provider timed on one case ``(M, K, N, c, dtype, mode)``. Every case carries
+its own ``dense``, ``dense_reduced`` and ``memory_floor`` rows, so each group of rows with the same
+case key reads on its own (the dense layer does not depend on c: it is timed once per shape and
+its row is repeated in each c group of that shape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One thing timed (or derived) per case.
+
+    ``name`` is the CSV value, ``label`` the legend text, ``measured`` False for rows computed
+    from other measurements (no timing of their own).
+    """
+
+    name: str
+    label: str
+    measured: bool
+    description: str
+
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider("dense", "dense (cuBLAS)", True,
+             "F.linear on (M, K) x (N, K) with bias: the layer SS1 replaces"),
+    Provider("dense_reduced", "dense at K/c (compute ideal)", True,
+             "F.linear on (M, ceil(K/c)) x (N, ceil(K/c)) with bias: the GEMM SS1 reduces to"),
+    Provider("memory_floor", "memory floor", False,
+             "bytes SS1 must move (see MEMORY_FLOOR) at the copy bandwidth measured in the run"),
+    Provider("ss1_tuned", "SS1 (tuning database)", True,
+             "SSL layer as a user gets it: structure and launch configs from the tuning database "
+             "when it has them, else the heuristic"),
+    Provider("ss1_heuristic", "SS1 (heuristic)", True,
+             "the same SSL layer (same structure) with every launch forced to heuristic_config"),
+    Provider("lowrank", "low-rank", True,
+             "two linears K -> r -> N, r chosen so the weight count equals SS1's"),
+    Provider("monarch", "Monarch", True,
+             "two block-diagonal factors with a transpose permutation between them, "
+             "sized so the weight count equals SS1's"),
+)
+PROVIDER_NAMES = tuple(p.name for p in PROVIDERS)
+PROVIDER_LABELS = {p.name: p.label for p in PROVIDERS}
+SS1_PROVIDERS = ("ss1_tuned", "ss1_heuristic")
+PEER_PROVIDERS = ("lowrank", "monarch")
+
+MODES = ("fwd", "fwd+bwd")
+DTYPES = ("fp16", "bf16", "fp32")
+
+#: Columns of the results CSV, in order. A case is identified by CASE_KEY.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "gpu",                  # normalized GPU name (H200, A100, ...)
+    "dtype",                # fp16 | bf16 | fp32
+    "mode",                 # fwd | fwd+bwd
+    "shape_set",            # gpt2 | llama | bert | square | custom
+    "layer",                # which layer of the set the (K, N) pair is, e.g. "gpt2-small mlp.fc"
+    "M",                    # rows of x (tokens)
+    "K",                    # in_features
+    "N",                    # out_features
+    "redn_factor",          # c
+    "provider",             # one of PROVIDER_NAMES
+    "status",               # "ok", or a one-line error (then the timing columns are empty)
+    "block_k",              # SS1 structure (SS1 rows only)
+    "block_n",
+    "k_red",                # SS1 compressed width (every row: the case's SS1 layer)
+    "detail",               # provider settings: launch configs, rank, Monarch blocks
+    "weight_params",        # weights of this provider (bias excluded; all providers have N biases)
+    "flops",                # this provider's own FLOPs per call (see FLOP_COUNTS)
+    "dense_flops",          # the dense layer's FLOPs for the same case and mode
+    "median_ms",            # do_bench median
+    "p20_ms",               # do_bench 20th percentile (spread: p20..p80)
+    "p80_ms",               # do_bench 80th percentile
+    "tflops",               # flops / median time, TFLOP/s
+    "dense_equiv_tflops",   # dense_flops / median time, TFLOP/s (what a dense layer would need)
+    "dense_ms",             # the case's dense median
+    "ideal_ms",             # max(dense_reduced median, memory floor)
+    "speedup_vs_dense",     # dense_ms / median_ms
+    "fraction_of_ideal",    # ideal_ms / median_ms
+    "peak_mem_mib",         # torch.cuda.max_memory_allocated during one call minus the allocation before
+)
+CASE_KEY = ("gpu", "dtype", "mode", "shape_set", "layer", "M", "K", "N", "redn_factor")
+
+#: Quantiles timed by do_bench: the median and the spread around it.
+QUANTILES = (0.5, 0.2, 0.8)
+
+FLOP_COUNTS = (
+    "Forward FLOPs, multiply-add = 2: dense 2·M·N·K; dense at K/c 2·M·N·ceil(K/c); "
+    "SS1 2·M·N·K_red (its GEMM; the sketch's M·K additions are not counted); "
+    "low-rank and Monarch 2·M·h·(K+N) (h = rank, or Monarch's per-block width). "
+    "Forward+backward: 3x the forward (input and weight gradients each cost one more GEMM). "
+    "`tflops` divides a provider's own FLOPs by its time; `dense_equiv_tflops` divides the dense "
+    "layer's FLOPs by it (the throughput a dense layer would need to match)."
+)
+MEMORY_FLOOR = (
+    "Memory floor, in elements of the dtype: forward moves x (M·K) + Wc (N·K_red) + bias (N) + "
+    "y (M·N); forward+backward adds dy (M·N) + x (M·K) + Wc (N·K_red) read and dx (M·K) + "
+    "dWc (N·K_red) + dbias (N) written. Bytes over the copy bandwidth measured once per run "
+    "(a device-to-device copy, bytes read + written)."
+)
+
+
+def mode_slug(mode: str) -> str:
+    """``fwd`` / ``fwdbwd``: the mode as it appears in file names."""
+    return mode.replace("+", "")

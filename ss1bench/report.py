@@ -1,0 +1,527 @@
+"""``ss1bench report``: PNG plots and a markdown summary from ``ss1bench bench`` CSVs.
+
+Runs offline on any machine (no GPU, no torch): it reads the CSVs (and their JSON sidecars),
+imports matplotlib lazily with the Agg backend, and writes, per dtype and mode:
+
+- ``speedup_vs_c_<dtype>_<mode>_<regime>.png``: speedup vs dense across c, one panel per layer
+  shape, with the ideal speedup (dense / ideal) drawn; regimes are the smallest M (decode) and
+  the largest M (prefill) in the results;
+- ``speedup_vs_m_<dtype>_<mode>.png``: SS1's speedup vs M from decode to prefill, per c, with
+  the ideal dashed;
+- ``fraction_of_ideal_<dtype>_<mode>.png``: heatmap of ideal / SS1 time, tuned and heuristic;
+- ``peers_<dtype>_<mode>_<regime>.png``: SS1 against low-rank and Monarch at equal parameters;
+
+and ``summary.md`` with the headline figures, the tables and the plots. Every number in the
+summary is a CSV value (or the median/min/max of CSV values, as labelled), formatted only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ss1bench.bench.schema import (
+    CASE_KEY,
+    DTYPES,
+    FLOP_COUNTS,
+    MEMORY_FLOOR,
+    MODES,
+    PROVIDER_LABELS,
+    RESULT_COLUMNS,
+    mode_slug,
+)
+
+#: Decode: at most this many rows (one token per sequence, batches up to 64; the kernels'
+#: config heuristic uses the same boundary). Prefill/training: at least PREFILL_MIN_M rows.
+DECODE_MAX_M = 64
+PREFILL_MIN_M = 1024
+
+#: Line and bar styles per provider, fixed so every plot reads the same.
+STYLE = {
+    "ss1_tuned": {"color": "#1f77b4", "marker": "o", "linestyle": "-"},
+    "ss1_heuristic": {"color": "#6baed6", "marker": "s", "linestyle": "--"},
+    "lowrank": {"color": "#ff7f0e", "marker": "^", "linestyle": "-"},
+    "monarch": {"color": "#2ca02c", "marker": "v", "linestyle": "-"},
+    "ideal": {"color": "black", "marker": None, "linestyle": "--"},
+}
+MODE_TITLES = {"fwd": "forward", "fwd+bwd": "forward + backward"}
+
+
+class ReportError(Exception):
+    """Results that cannot be reported (missing file, wrong columns); the message names the file."""
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def result_files(paths: list[Path]) -> list[Path]:
+    """CSV files named by ``paths``: files as given, folders expanded to their ``bench_*.csv``."""
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(path.glob("bench_*.csv"))
+            if not found:
+                raise ReportError(f"{path}: no bench_*.csv files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ReportError(f"{path}: no such file or folder")
+    return files
+
+
+def load_results(paths: list[Path]):
+    """(DataFrame of every row, [(csv path, sidecar metadata or None)]).
+
+    Rows repeated across files (same case and provider) keep the last file's.
+    """
+    import pandas as pd
+
+    frames, sources = [], []
+    for path in result_files(paths):
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path}: cannot read as CSV ({error})") from None
+        missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ReportError(f"{path}: not an ss1bench bench CSV (missing columns: {', '.join(missing)})")
+        sidecar = path.with_suffix(".json")
+        metadata = None
+        if sidecar.is_file():
+            try:
+                metadata = json.loads(sidecar.read_text())
+            except ValueError as error:
+                raise ReportError(f"{sidecar}: not valid JSON ({error})") from None
+        frames.append(frame[list(RESULT_COLUMNS)])
+        sources.append((path, metadata))
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.drop_duplicates(subset=[*CASE_KEY, "provider"], keep="last").reset_index(drop=True)
+    if frame.empty:
+        raise ReportError("the results hold no rows")
+    return frame, sources
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_ms(value) -> str:
+    return "–" if _missing(value) else f"{value:.4g}"
+
+
+def fmt_ratio(value) -> str:
+    return "–" if _missing(value) else f"{value:.2f}"
+
+
+def fmt_tflops(value) -> str:
+    return "–" if _missing(value) else f"{value:.1f}"
+
+
+def fmt_mib(value) -> str:
+    return "–" if _missing(value) else f"{value:.0f}"
+
+
+def _shape_title(k: int, n: int, layer: str) -> str:
+    return f"{layer}\nK={k} → N={n}"
+
+
+def _file_tag(shape_set: str, dtype: str, mode: str) -> str:
+    return f"{shape_set}_{dtype}_{mode_slug(mode)}"
+
+
+def _context(gpu: str, shape_set: str, dtype: str, mode: str) -> str:
+    return f"{gpu}, {shape_set} shapes, {dtype}, {MODE_TITLES[mode]}"
+
+
+def _rank(known: tuple[str, ...], value: str) -> int:
+    return known.index(value) if value in known else len(known)
+
+
+def _regime_name(m: int) -> str:
+    return "decode" if m <= DECODE_MAX_M else "prefill" if m >= PREFILL_MIN_M else f"M{m}"
+
+
+def _regimes(frame) -> list[tuple[str, int]]:
+    """The smallest and the largest M in ``frame`` (one entry if equal), each with its regime name."""
+    ms = sorted(int(m) for m in frame["M"].unique())
+    picked = [ms[0]] if ms[0] == ms[-1] else [ms[0], ms[-1]]
+    names = [_regime_name(m) for m in picked]
+    if len(set(names)) < len(names):
+        names = [f"M{m}" for m in picked]
+    return list(zip(names, picked, strict=True))
+
+
+# ---- plots ------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 9,
+                         "figure.dpi": 110, "savefig.dpi": 110})
+    return plt
+
+
+#: Smallest figure width (inches): two-line titles and a legend row fit without clipping.
+MIN_FIGURE_WIDTH = 9.0
+
+
+def _figure(plt, nrows: int, ncols: int, width: float, height: float, **kwargs):
+    """A constrained-layout figure at least MIN_FIGURE_WIDTH wide; returns (fig, axes grid)."""
+    return plt.subplots(nrows, ncols, figsize=(max(width, MIN_FIGURE_WIDTH), height), squeeze=False,
+                        layout="constrained", **kwargs)
+
+
+def _grid(plt, count: int, ncols_max: int = 4, panel=(3.6, 2.9)):
+    ncols = min(count, ncols_max)
+    nrows = math.ceil(count / ncols)
+    fig, axes = _figure(plt, nrows, ncols, panel[0] * ncols, panel[1] * nrows + 1.3)
+    flat = axes.ravel()
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _log_axis(ax, axis: str, ticks=None) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
+    set_scale("log", base=2 if axis == "x" and ticks is not None else 10)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if ticks is not None:
+        target.set_ticks(list(ticks))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _speedup_axis(ax, values) -> None:
+    """Log y axis with plain-number ticks spanning ``values`` and 1 (dense)."""
+    finite = [v for v in values if not _missing(v) and v > 0] + [1.0]
+    low, high = min(finite), max(finite)
+    ax.set_yscale("log")
+    ax.set_ylim(low / 1.4, high * 1.4)
+    candidates = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    ticks = [t for t in candidates if low / 1.4 <= t <= high * 1.4]
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.axhline(1.0, color="0.55", linewidth=1, linestyle=":", zorder=0)
+    ax.grid(True, which="major", axis="y", color="0.9", linewidth=0.6)
+
+
+def _layer_shapes(frame) -> list[tuple[int, int, str]]:
+    shapes = frame[["K", "N", "layer"]].drop_duplicates(subset=["K", "N"])
+    return [(int(r.K), int(r.N), str(r.layer)) for r in shapes.itertuples()]
+
+
+def _finish(fig, plt, what: str, context: str, path: Path, handles=None, labels=None, ncol=None) -> Path:
+    """Two-line title (what, then GPU/set/dtype/mode), legend row below the panels, save, close."""
+    fig.suptitle(f"{what}\n{context}", fontsize=11)
+    if handles:
+        width = fig.get_size_inches()[0]
+        longest = max(len(label) for label in labels)
+        fit = max(1, int(width / (0.3 + 0.075 * longest)))  # legend columns that fit the width
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol or len(handles), fit),
+                   frameon=False)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_speedup_vs_c(plt, frame, context: str, tag: str, regime: str, m: int, out: Path) -> Path:
+    part = frame[frame["M"] == m]
+    shapes = _layer_shapes(part)
+    fig, axes = _grid(plt, len(shapes))
+    handles = {}
+    for ax, (k, n, layer) in zip(axes, shapes, strict=True):
+        cell = part[(part["K"] == k) & (part["N"] == n)]
+        values = []
+        for provider in ("ss1_tuned", "ss1_heuristic", "lowrank", "monarch"):
+            rows = cell[cell["provider"] == provider].sort_values("redn_factor")
+            (line,) = ax.plot(rows["redn_factor"], rows["speedup_vs_dense"], label=PROVIDER_LABELS[provider],
+                              **STYLE[provider])
+            handles.setdefault(PROVIDER_LABELS[provider], line)
+            values.extend(rows["speedup_vs_dense"])
+        ideal = cell[cell["provider"] == "ss1_tuned"].sort_values("redn_factor")
+        ideal_speedup = ideal["dense_ms"] / ideal["ideal_ms"]
+        (line,) = ax.plot(ideal["redn_factor"], ideal_speedup, label="ideal (dense / ideal time)",
+                          **STYLE["ideal"])
+        handles.setdefault("ideal (dense / ideal time)", line)
+        values.extend(ideal_speedup)
+        _log_axis(ax, "x", ticks=sorted(cell["redn_factor"].unique()))
+        _speedup_axis(ax, values)
+        ax.set_title(_shape_title(k, n, layer))
+        ax.set_xlabel("reduction factor c")
+        ax.set_ylabel("speedup vs dense (×)")
+    what = f"Speedup vs dense (cuBLAS) across c at M={m} ({regime}); dotted line = dense"
+    return _finish(fig, plt, what, context, out / f"speedup_vs_c_{tag}_{regime}.png",
+                   list(handles.values()), list(handles))
+
+
+def plot_speedup_vs_m(plt, frame, context: str, tag: str, out: Path) -> Path:
+    shapes = _layer_shapes(frame)
+    factors = sorted(frame["redn_factor"].unique())
+    colors = plt.get_cmap("viridis")([i / max(len(factors) - 1, 1) * 0.85 for i in range(len(factors))])
+    fig, axes = _grid(plt, len(shapes))
+    handles = {}
+    for ax, (k, n, layer) in zip(axes, shapes, strict=True):
+        cell = frame[(frame["K"] == k) & (frame["N"] == n) & (frame["provider"] == "ss1_tuned")]
+        values = []
+        for color, c in zip(colors, factors, strict=True):
+            rows = cell[cell["redn_factor"] == c].sort_values("M")
+            (line,) = ax.plot(rows["M"], rows["speedup_vs_dense"], color=color, marker="o")
+            ideal = rows["dense_ms"] / rows["ideal_ms"]
+            (ideal_line,) = ax.plot(rows["M"], ideal, color=color, linestyle="--", linewidth=1)
+            handles.setdefault(f"SS1 c={c}", line)
+            handles.setdefault(f"ideal c={c} (dashed)", ideal_line)
+            values.extend(rows["speedup_vs_dense"])
+            values.extend(ideal)
+        _log_axis(ax, "x", ticks=sorted(cell["M"].unique()))
+        ax.tick_params(axis="x", labelrotation=45)
+        _speedup_axis(ax, values)
+        ax.set_title(_shape_title(k, n, layer))
+        ax.set_xlabel("M (rows of x: tokens)")
+        ax.set_ylabel("speedup vs dense (×)")
+    # Column-major legend: each column pairs SS1 at one c with its ideal.
+    order = [key for c in factors for key in (f"SS1 c={c}", f"ideal c={c} (dashed)")]
+    what = "SS1 (tuning database) speedup vs dense from decode to prefill; dotted line = dense"
+    return _finish(fig, plt, what, context, out / f"speedup_vs_m_{tag}.png", [handles[key] for key in order],
+                   order, ncol=2 * len(factors))
+
+
+def plot_fraction_heatmap(plt, frame, context: str, tag: str, out: Path) -> Path:
+    import numpy as np
+
+    factors = sorted(frame["redn_factor"].unique())
+    order = {(k, n): i for i, (k, n, _) in enumerate(_layer_shapes(frame))}  # the shape sets' order
+    cases = frame[["K", "N", "M", "layer"]].drop_duplicates(subset=["K", "N", "M"])
+    cases = cases.assign(order=[order[(k, n)] for k, n in zip(cases["K"], cases["N"], strict=True)])
+    cases = cases.sort_values(["order", "M"])
+    labels = [f"{r.layer} ({r.K}→{r.N})  M={r.M}" for r in cases.itertuples()]
+    boundaries = [i - 0.5 for i, (a, b) in enumerate(zip(cases["order"], cases["order"].iloc[1:], strict=False), 1)
+                  if a != b]
+    panels = ("ss1_tuned", "ss1_heuristic")
+    fig, axes = _figure(plt, 1, len(panels), 4.0 + 1.0 * len(factors) * len(panels) + 1.5,
+                        max(3.6, 1.6 + 0.26 * len(labels)), sharey=True)
+    image = None
+    for ax, provider in zip(axes[0], panels, strict=True):
+        part = frame[frame["provider"] == provider].set_index(["K", "N", "M", "redn_factor"])["fraction_of_ideal"]
+        grid = np.full((len(labels), len(factors)), np.nan)
+        for i, r in enumerate(cases.itertuples()):
+            for j, c in enumerate(factors):
+                grid[i, j] = part.get((r.K, r.N, r.M, c), np.nan)
+        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                value = grid[i, j]
+                text = "failed" if np.isnan(value) else f"{value:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="black" if not np.isnan(value) and value > 0.6 else "white")
+        for y in boundaries:
+            ax.axhline(y, color="white", linewidth=2)
+        ax.set_xticks(range(len(factors)), [str(c) for c in factors])
+        ax.set_xlabel("reduction factor c")
+        ax.set_title(PROVIDER_LABELS[provider])
+    axes[0][0].set_yticks(range(len(labels)), labels)
+    fig.colorbar(image, ax=list(axes[0]), label="fraction of ideal\n(ideal time / SS1 time)", shrink=0.8,
+                 aspect=30)
+    return _finish(fig, plt, "Fraction of ideal (1.0 = at the ideal; values above 1 are shown at full colour)",
+                   context, out / f"fraction_of_ideal_{tag}.png")
+
+
+def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Path) -> Path:
+    import numpy as np
+
+    part = frame[frame["M"] == m]
+    factors = sorted(part["redn_factor"].unique())
+    shapes = _layer_shapes(part)
+    providers = ("ss1_tuned", "lowrank", "monarch")
+    fig, axes = _figure(plt, 1, len(factors), 2.2 + 2.6 * len(factors), 2.2 + 0.55 * len(shapes), sharey=True)
+    bar = 0.8 / len(providers)
+    positions = np.arange(len(shapes))
+    for ax, c in zip(axes[0], factors, strict=True):
+        values = []
+        for index, provider in enumerate(providers):
+            rows = part[(part["provider"] == provider) & (part["redn_factor"] == c)].set_index(["K", "N"])
+            speedups = [rows["speedup_vs_dense"].get((k, n), np.nan) for k, n, _ in shapes]
+            offsets = positions + (index - (len(providers) - 1) / 2) * bar
+            ax.barh(offsets, speedups, height=bar, color=STYLE[provider]["color"], label=PROVIDER_LABELS[provider])
+            for y, value in zip(offsets, speedups, strict=True):
+                if np.isnan(value):
+                    ax.text(0.02, y, f"{PROVIDER_LABELS[provider]}: failed", va="center", fontsize=7,
+                            color=STYLE[provider]["color"], transform=ax.get_yaxis_transform())
+            values.extend(speedups)
+        ax.axvline(1.0, color="0.3", linewidth=1, linestyle=":")
+        finite = [v for v in values if not np.isnan(v)] + [1.0]
+        ax.set_xlim(0, max(finite) * 1.12)
+        ax.set_title(f"c = {c}")
+        ax.set_xlabel("speedup vs dense (×)")
+        ax.grid(True, axis="x", color="0.9", linewidth=0.6)
+    axes[0][0].set_yticks(positions, [f"{layer}\n{k}→{n}" for k, n, layer in shapes])
+    axes[0][0].invert_yaxis()  # first shape on top (the axes share y)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    what = f"SS1 vs low-rank and Monarch at equal parameter count, M={m} ({regime}); dotted line = dense"
+    return _finish(fig, plt, what, context, out / f"peers_{tag}_{regime}.png", handles, labels)
+
+
+# ---- markdown ---------------------------------------------------------------------------------
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def _spread(values) -> str:
+    """``median (min–max)`` of the finite values, or ``–``."""
+    finite = [float(v) for v in values if not _missing(v)]
+    if not finite:
+        return "–"
+    finite.sort()
+    middle = len(finite) // 2
+    median = finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
+    return f"{median:.2f} ({finite[0]:.2f}–{finite[-1]:.2f})"
+
+
+def headline_rows(frame) -> list[list[str]]:
+    """Per dtype, mode and c: SS1 (database) speedup and fraction of ideal, decode and prefill."""
+    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
+    # A shape two sets share counts once.
+    ss1 = ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+    rows = []
+    for (dtype, mode, c), part in ss1.groupby(["dtype", "mode", "redn_factor"], sort=True):
+        decode = part[part["M"] <= DECODE_MAX_M]
+        prefill = part[part["M"] >= PREFILL_MIN_M]
+        rows.append([dtype, mode, str(c),
+                     _spread(decode["speedup_vs_dense"]), _spread(decode["fraction_of_ideal"]),
+                     _spread(prefill["speedup_vs_dense"]), _spread(prefill["fraction_of_ideal"])])
+    return rows
+
+
+HEADLINE_HEADER = ["dtype", "mode", "c", "decode speedup vs dense", "decode fraction of ideal",
+                   "prefill speedup vs dense", "prefill fraction of ideal"]
+CASE_HEADER = ["layer", "M", "K", "N", "c", "dense ms", "ideal ms", "SS1 ms", "SS1 p20–p80 ms",
+               "speedup vs dense", "fraction of ideal", "SS1 heuristic ms", "heuristic speedup",
+               "low-rank speedup", "Monarch speedup", "SS1 TFLOP/s", "dense-equiv. TFLOP/s", "SS1 peak MiB"]
+
+
+def case_rows(frame) -> list[list[str]]:
+    """One row per case (sorted by K, N, M, c), numbers straight from the CSV."""
+    lookup = {(row["provider"], *(row[k] for k in CASE_KEY)): row for row in frame.to_dict("records")}
+    tuned = frame[frame["provider"] == "ss1_tuned"].sort_values(["K", "N", "M", "redn_factor"])
+    rows = []
+    for row in tuned.to_dict("records"):
+        key = tuple(row[k] for k in CASE_KEY)
+
+        def other(provider: str, column: str, key=key):
+            found = lookup.get((provider, *key))
+            return found[column] if found is not None else math.nan
+
+        ok = row["status"] == "ok"
+        rows.append([
+            str(row["layer"]), str(row["M"]), str(row["K"]), str(row["N"]), str(row["redn_factor"]),
+            fmt_ms(row["dense_ms"]), fmt_ms(row["ideal_ms"]),
+            fmt_ms(row["median_ms"]) if ok else "failed",
+            f"{fmt_ms(row['p20_ms'])}–{fmt_ms(row['p80_ms'])}" if ok else "–",
+            fmt_ratio(row["speedup_vs_dense"]), fmt_ratio(row["fraction_of_ideal"]),
+            fmt_ms(other("ss1_heuristic", "median_ms")), fmt_ratio(other("ss1_heuristic", "speedup_vs_dense")),
+            fmt_ratio(other("lowrank", "speedup_vs_dense")), fmt_ratio(other("monarch", "speedup_vs_dense")),
+            fmt_tflops(row["tflops"]), fmt_tflops(row["dense_equiv_tflops"]), fmt_mib(row["peak_mem_mib"]),
+        ])
+    return rows
+
+
+def _sources_table(sources) -> list[str]:
+    header = ["results", "GPU", "torch", "triton", "date (UTC)", "git commit", "tuning database",
+              "copy bandwidth GB/s", "complete"]
+    rows = []
+    for path, meta in sources:
+        meta = meta or {}
+        rows.append([f"`{path.name}`", str(meta.get("device_name", "–")), str(meta.get("torch", "–")),
+                     str(meta.get("triton", "–")), str(meta.get("date", "–")),
+                     f"`{str(meta.get('git_commit') or '–')[:12]}`", str(meta.get("database", "–")),
+                     str(meta.get("copy_bandwidth_gbs", "–")), str(meta.get("complete", "–"))])
+    return _md_table(header, rows)
+
+
+def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]], out: Path) -> Path:
+    gpus = ", ".join(sorted(frame["gpu"].astype(str).unique()))
+    lines = [f"# SS1 benchmark report: {gpus}", "",
+             "Made by `ss1bench report` from `ss1bench bench` results; every number below is a CSV value "
+             "(or, in the headline, the median and range of CSV values).", ""]
+    lines += [*_sources_table(sources), ""]
+    lines += ["## Definitions", "",
+              "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
+              "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
+              "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
+              "- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
+              "from the tuning database when it has them); **SS1 (heuristic)**: the same layer with every "
+              "launch forced to the default heuristic config.",
+              "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
+              "(to within half a rank step).",
+              f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
+              f"{FLOP_COUNTS}",
+              f"- {MEMORY_FLOOR}",
+              f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
+    lines += ["## Headline: SS1 (tuning database)", "",
+              "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets).", ""]
+    lines += [*_md_table(HEADLINE_HEADER, headline_rows(frame)), ""]
+    for (shape_set, dtype, mode), paths in plots.items():
+        part = frame[(frame["shape_set"] == shape_set) & (frame["dtype"] == dtype) & (frame["mode"] == mode)]
+        lines += [f"## {shape_set} shapes, {dtype}, {MODE_TITLES[mode]}", ""]
+        for path in paths:
+            lines += [f"![{path.stem}]({path.name})", ""]
+        rows = case_rows(part)
+        lines += [f"<details><summary>All {len(rows)} cases (SS1 rows of the CSV, with dense, ideal and the "
+                  "peers)</summary>", "", *_md_table(CASE_HEADER, rows), "", "</details>", ""]
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        lines += ["## Failed timings", ""]
+        lines += _md_table(["dtype", "mode", "M", "K", "N", "c", "provider", "status"],
+                           [[str(r.dtype), str(r.mode), str(r.M), str(r.K), str(r.N), str(r.redn_factor),
+                             str(r.provider), str(r.status).replace("|", "/")] for r in failed.itertuples()])
+        lines.append("")
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+
+def write_report(paths: list[Path], out: Path) -> list[Path]:
+    """Read the results and write every plot and ``summary.md`` into ``out``; returns the paths."""
+    frame, sources = load_results(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
+    plots: dict[tuple[str, str, str], list[Path]] = {}
+    set_order = {name: i for i, name in enumerate(dict.fromkeys(frame["shape_set"]))}
+    groups = sorted(frame.groupby(["shape_set", "dtype", "mode"], sort=False),
+                    key=lambda item: (set_order[item[0][0]], _rank(DTYPES, item[0][1]), _rank(MODES, item[0][2])))
+    for (shape_set, dtype, mode), part in groups:
+        gpu = ", ".join(sorted(part["gpu"].astype(str).unique()))
+        context, tag = _context(gpu, shape_set, dtype, mode), _file_tag(shape_set, dtype, mode)
+        written = plots.setdefault((shape_set, dtype, mode), [])
+        for regime, m in _regimes(part):
+            written.append(plot_speedup_vs_c(plt, part, context, tag, regime, m, out))
+        if part["M"].nunique() > 1:
+            written.append(plot_speedup_vs_m(plt, part, context, tag, out))
+        written.append(plot_fraction_heatmap(plt, part, context, tag, out))
+        for regime, m in _regimes(part):
+            written.append(plot_peers(plt, part, context, tag, regime, m, out))
+    summary = write_summary(frame, sources, plots, out)
+    return [path for group in plots.values() for path in group] + [summary]

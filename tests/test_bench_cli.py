@@ -1,0 +1,71 @@
+"""``ss1bench bench`` through click's CliRunner: dry run, no-GPU error, option errors."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+
+from ss1bench.cli import main
+
+
+def test_dry_run_lists_the_work_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["bench", "--dry-run", "--shapes", "llama", "--m", "1,4096",
+                                       "--redn-factors", "4,16", "--dtype", "fp16,bf16", "--mode", "fwd,fwd+bwd",
+                                       "--shape", "8x300x64"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    work = lines[:-1]
+    # 4 llama layers x 2 M + 1 custom shape, x 2 c x 2 dtypes x 2 modes.
+    assert len(work) == (4 * 2 + 1) * 2 * 2 * 2
+    assert work[0].split()[:2] == ["fp16", "fwd"] and "K=4096" in work[0] and "c=4" in work[0]
+    assert any("M=8" in line and "K=300" in line and "N=64" in line and "custom" in line for line in work)
+    assert lines[-1].startswith("72 cases")
+    for provider in ("dense", "dense_reduced", "memory_floor", "ss1_tuned", "ss1_heuristic", "lowrank", "monarch"):
+        assert provider in lines[-1]
+    assert "bench_llama-custom_fp16-bf16_fwd-fwdbwd.csv" in lines[-1]
+
+
+def test_bench_without_cuda_exits_2_with_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["bench", "--shapes", "gpt2", "--redn-factors", "4"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "CUDA" in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_bad_options_exit_2():
+    runner = CliRunner()
+    for args in (["--shapes", "gpt5"], ["--redn-factors", "3"], ["--dtype", "fp8"], ["--mode", "bwd"],
+                 ["--shape", "12x34"], ["--m", "0"]):
+        result = runner.invoke(main, ["bench", "--dry-run", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
+    """With a (pretend) GPU: the command builds the cases, names the output and prints the summary."""
+    import pandas as pd
+
+    from ss1bench.bench import runner
+    from ss1bench.bench.schema import RESULT_COLUMNS
+
+    seen = {}
+
+    def fake_run(cases, out_dir, stem, args, warmup_ms, rep_ms, echo):
+        seen.update(cases=cases, out_dir=out_dir, stem=stem, args=args, warmup_ms=warmup_ms, rep_ms=rep_ms)
+        return out_dir / f"{stem}.csv", pd.DataFrame(columns=list(RESULT_COLUMNS))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["bench", "--shape", "16x768x3072", "--redn-factors", "2,8", "--dtype", "bf16",
+                                       "--mode", "fwd+bwd", "--rep-ms", "40", "--warmup-ms", "5"])
+    assert result.exit_code == 0, result.output
+    assert [(c.shape.m, c.shape.k, c.shape.n, c.redn_factor, c.dtype, c.mode) for c in seen["cases"]] == [
+        (16, 768, 3072, 2, "bf16", "fwd+bwd"), (16, 768, 3072, 8, "bf16", "fwd+bwd")]
+    assert str(seen["out_dir"]) == "reports/H200" and seen["stem"] == "bench_custom_bf16_fwdbwd"
+    assert (seen["warmup_ms"], seen["rep_ms"]) == (5, 40)
+    assert "(no results)" in result.output and "wrote reports/H200/bench_custom_bf16_fwdbwd.csv" in result.output

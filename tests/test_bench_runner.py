@@ -1,0 +1,177 @@
+"""The benchmark runner end to end on CPU: the CUDA timing calls are replaced by stand-ins, the
+providers' modules run for real (SS1 through its pure-torch path), and the CSV it writes is
+checked column by column."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from ss1bench.bench import runner
+from ss1bench.bench.runner import Progress, memory_floor_bytes, plan, timings_in
+from ss1bench.bench.schema import PROVIDER_NAMES, RESULT_COLUMNS
+from ss1bench.bench.shapes import Shape, resolve_shapes
+
+BANDWIDTH = 4.0e12  # bytes/s the copy probe "measures"
+
+
+@pytest.fixture
+def cpu_as_cuda(monkeypatch):
+    """Stand-ins for the CUDA-only calls; do_bench calls ``fn`` once and returns fixed quantiles.
+
+    The returned medians cycle through 0.01..0.07 ms so the derived columns differ between providers.
+    """
+    calls = []
+
+    def fake_do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+        for tensor in grad_to_none or ():
+            tensor.grad = None
+        fn()
+        calls.append(fn)
+        median = 0.01 * (len(calls) % 7 + 1)  # differs between providers
+        return [median, 0.9 * median, 1.2 * median] if quantiles else median
+
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(runner, "measure_copy_bandwidth", lambda device: BANDWIDTH)
+    for name, value in [("synchronize", None), ("reset_peak_memory_stats", None), ("empty_cache", None)]:
+        monkeypatch.setattr(torch.cuda, name, lambda *a, value=value, **k: value)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H200")
+    # The runner installs the database hooks; record that instead of changing global state.
+    import ss1bench.tuning.lookup
+
+    monkeypatch.setattr(ss1bench.tuning.lookup, "install_database_hooks", lambda: calls.append("hooks"))
+    return calls
+
+
+def _shapes() -> list[Shape]:
+    # Two sets sharing one layer (timed once, reported under both), odd K/N, M = 1.
+    return [Shape("setA", "a.one", 1, 96, 80), Shape("setA", "a.two", 8, 64, 48),
+            Shape("setB", "b.same", 8, 64, 48)]
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode, monkeypatch):
+    user_db = tmp_path / "user-db"
+    user_db.mkdir()
+    (user_db / "H200.json").write_text("{}")
+    monkeypatch.setenv("SS1BENCH_DB", str(user_db))
+    cases = plan(_shapes(), [2, 4], ["fp32"], [mode])
+    csv_path, frame = runner.run(cases, tmp_path, "bench_test", {"note": "cpu"}, device=torch.device("cpu"),
+                                 echo=lambda _: None)
+    written = pd.read_csv(csv_path)
+    assert list(written.columns) == list(RESULT_COLUMNS)
+    assert len(written) == len(cases) * len(PROVIDER_NAMES)
+    assert (written["status"] == "ok").all(), written.loc[written["status"] != "ok", "status"].tolist()
+    assert set(written["gpu"]) == {"H200"}
+    # The shared (M, K, N) shape: timed once, identical timings under both sets.
+    assert cpu_as_cuda[0] == "hooks"  # SSL layers read the database during the run
+    assert len(cpu_as_cuda) - 1 == timings_in(cases)
+    shared = written[(written["K"] == 64) & (written["N"] == 48)]
+    a = shared[shared["shape_set"] == "setA"].drop(columns=["shape_set", "layer"]).reset_index(drop=True)
+    b = shared[shared["shape_set"] == "setB"].drop(columns=["shape_set", "layer"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+    scale = 3 if mode == "fwd+bwd" else 1
+    for _, group in written.groupby(["shape_set", "M", "K", "N", "redn_factor"]):
+        rows = group.set_index("provider")
+        dense_ms = rows.loc["dense", "median_ms"]
+        floor = rows.loc["memory_floor"]
+        m, k, n, k_red = (int(floor[c]) for c in ("M", "K", "N", "k_red"))
+        assert floor["median_ms"] == pytest.approx(memory_floor_bytes(m, k, n, k_red, 4, mode) / BANDWIDTH * 1e3)
+        ideal = max(rows.loc["dense_reduced", "median_ms"], floor["median_ms"])
+        for provider, row in rows.iterrows():
+            assert row["dense_ms"] == dense_ms and row["ideal_ms"] == pytest.approx(ideal)
+            assert row["speedup_vs_dense"] == pytest.approx(dense_ms / row["median_ms"])
+            assert row["fraction_of_ideal"] == pytest.approx(ideal / row["median_ms"])
+            assert row["dense_flops"] == scale * 2 * m * n * k
+            if provider != "memory_floor":
+                assert row["p20_ms"] < row["median_ms"] < row["p80_ms"]
+                assert row["tflops"] == pytest.approx(row["flops"] / row["median_ms"] * 1e-9)
+                assert row["peak_mem_mib"] == 3.0
+        assert rows.loc["ss1_tuned", "flops"] == scale * 2 * m * n * k_red
+        assert rows.loc["dense_reduced", "flops"] == scale * 2 * m * n * math.ceil(k / rows.iloc[0]["redn_factor"])
+        ss1_params = rows.loc["ss1_tuned", "weight_params"]
+        assert ss1_params == n * k_red
+        for peer in ("lowrank", "monarch"):
+            assert abs(rows.loc[peer, "weight_params"] - ss1_params) <= (k + n) / 2
+        assert rows.loc["ss1_tuned", "block_k"] == rows.loc["ss1_heuristic", "block_k"]
+        assert "forward=" in rows.loc["ss1_heuristic", "detail"]
+        if mode == "fwd+bwd":
+            assert "grad_weight=" in rows.loc["ss1_tuned", "detail"]
+
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    for key in ("gpu", "device_name", "torch", "triton", "date", "git_commit", "database", "copy_bandwidth_gbs"):
+        assert key in meta
+    assert meta["complete"] is True and meta["cases_done"] == len(cases)
+    assert meta["copy_bandwidth_gbs"] == BANDWIDTH / 1e9
+    assert meta["database"].startswith(f"user {user_db / 'H200.json'}")
+    assert frame.shape == written.shape
+    # End-of-run table: one line per distinct (M, K, N, c), the shared shape listed once.
+    assert len(runner.summary_table(frame).splitlines()) == 1 + 2 * 2
+
+
+def test_failed_provider_is_a_row_not_a_crash(tmp_path, cpu_as_cuda, monkeypatch):
+    real_build = runner.build_provider
+
+    def build(name, *args, **kwargs):
+        if name == "monarch":
+            raise RuntimeError("out of shared memory\nsecond line")
+        return real_build(name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "build_provider", build)
+    cases = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd"])
+    _, frame = runner.run(cases, tmp_path, "bench_fail", {}, device=torch.device("cpu"), echo=lambda _: None)
+    monarch = frame[frame["provider"] == "monarch"].iloc[0]
+    assert monarch["status"] == "RuntimeError: out of shared memory"
+    assert math.isnan(monarch["median_ms"]) and math.isnan(monarch["speedup_vs_dense"])
+    assert (frame[frame["provider"] != "monarch"]["status"] == "ok").all()
+
+
+def test_inputs_are_random_never_zero(cpu_as_cuda, monkeypatch):
+    seen = []
+    real_time = runner.time_module
+
+    def spy(built, x, dy, warmup_ms, rep_ms):
+        seen.append((x, [p.detach().clone() for p in built.module.parameters()]))
+        return real_time(built, x, dy, warmup_ms, rep_ms)
+
+    monkeypatch.setattr(runner, "time_module", spy)
+    inputs = runner._Inputs(4, 48, True, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd+bwd"])[0]
+    structure = runner.case_structure(case, torch.device("cpu"), torch.float32)
+    for name in ("dense", "ss1_tuned", "lowrank", "monarch"):
+        _, timing = runner._time_provider(name, case, structure, inputs, torch.device("cpu"), torch.float32, 1, 1)
+        assert timing.status == "ok"
+    for x, params in seen:
+        assert (x != 0).float().mean() > 0.99
+        for param in params:
+            assert (param != 0).float().mean() > 0.99 and param.abs().max() <= 1
+
+
+def test_plan_order_and_counts():
+    shapes = resolve_shapes(["gpt2", "bert"], ["4x300x64"], [1, 4096])
+    cases = plan(shapes, [2, 4], ["fp16", "bf16"], ["fwd", "fwd+bwd"])
+    assert len(cases) == len(shapes) * 2 * 2 * 2
+    assert [c.dtype for c in cases[:3]] == ["fp16"] * 3 and cases[-1].dtype == "bf16"
+    # Every BERT layer is also a GPT-2 layer: timed once.
+    distinct = {(s.m, s.k, s.n) for s in shapes}
+    assert timings_in(cases) == 4 * (len(distinct) + 5 * 2 * len(distinct))
+
+
+def test_progress_line_reports_eta():
+    import io
+
+    stream = io.StringIO()
+    progress = Progress(3, stream=stream, interval_s=0.0)
+    for label in ("a", "b", "c"):
+        progress.step(label)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("[3/3] 100%") and "eta 0s" in lines[-1]

@@ -1,0 +1,177 @@
+"""``ss1bench report`` on a small fixture CSV with the runner's exact columns: every file is
+written and the summary's numbers are the CSV's."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ss1bench.bench.schema import PROVIDERS, RESULT_COLUMNS
+from ss1bench.cli import main
+from ss1bench.report import CASE_HEADER, HEADLINE_HEADER
+
+LAYERS = [("gpt2-small mlp.fc", 768, 3072), ("gpt2-small mlp.proj", 3072, 768)]
+M_VALUES = [16, 4096]
+FACTORS = [2, 4]
+
+
+def _fixture_frame() -> pd.DataFrame:
+    """Plausible timings with every derived column computed as the runner does."""
+    rows = []
+    for index, (layer, k, n) in enumerate(LAYERS):
+        for m in M_VALUES:
+            dense = 2 * m * n * k / 500e12 * 1e3 + 0.011
+            for c in FACTORS:
+                k_red = k // c
+                floor = 2 * (m * k + n * k_red + n + m * n) / 4.2e12 * 1e3
+                reduced = dense / c + 0.004
+                ideal = max(reduced, floor)
+                times = {"dense": dense, "dense_reduced": reduced, "memory_floor": floor,
+                         "ss1_tuned": ideal / (0.45 + 0.1 * index + 0.05 * c), "ss1_heuristic": ideal / 0.3,
+                         "lowrank": reduced * 1.25, "monarch": reduced * 1.9}
+                for provider in PROVIDERS:
+                    ms = times[provider.name]
+                    ss1 = provider.name.startswith("ss1")
+                    flops = math.nan if provider.name == "memory_floor" else 2 * m * n * k_red
+                    status = "ok"
+                    if (provider.name, m, k, c) == ("monarch", 16, 768, 4):  # one failed timing
+                        status, ms = "RuntimeError: out of memory", math.nan
+                    rows.append({
+                        "gpu": "H200", "dtype": "fp16", "mode": "fwd", "shape_set": "gpt2", "layer": layer,
+                        "M": m, "K": k, "N": n, "redn_factor": c, "provider": provider.name, "status": status,
+                        "block_k": 64 if ss1 else None, "block_n": 128 if ss1 else None, "k_red": k_red,
+                        "detail": "forward=128x128x64/w8/s3/g8" if ss1 else "", "weight_params": n * k_red,
+                        "flops": flops, "dense_flops": 2 * m * n * k, "median_ms": ms,
+                        "p20_ms": ms * 0.97 if provider.measured else math.nan,
+                        "p80_ms": ms * 1.04 if provider.measured else math.nan,
+                        "tflops": flops / ms * 1e-9, "dense_equiv_tflops": 2 * m * n * k / ms * 1e-9,
+                        "dense_ms": dense, "ideal_ms": ideal, "speedup_vs_dense": dense / ms,
+                        "fraction_of_ideal": ideal / ms,
+                        "peak_mem_mib": 20.0 + index if provider.measured else math.nan,
+                    })
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    frame = _fixture_frame()
+    frame.to_csv(folder / "bench_gpt2_fp16_fwd.csv", index=False)
+    (folder / "bench_gpt2_fp16_fwd.json").write_text(json.dumps({
+        "device_name": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "date": "2026-01-01T00:00:00+00:00",
+        "git_commit": "0123456789abcdef", "database": "shipped tuning_db/H200.json", "copy_bandwidth_gbs": 4230.0,
+        "complete": True}))
+    out = folder / "out"
+    result = CliRunner().invoke(main, ["report", str(folder / "bench_gpt2_fp16_fwd.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, frame, result.output
+
+
+def test_report_writes_every_file(report_dir):
+    out, _, output = report_dir
+    tag = "gpt2_fp16_fwd"
+    expected = {f"speedup_vs_c_{tag}_decode.png", f"speedup_vs_c_{tag}_prefill.png", f"speedup_vs_m_{tag}.png",
+                f"fraction_of_ideal_{tag}.png", f"peers_{tag}_decode.png", f"peers_{tag}_prefill.png", "summary.md"}
+    assert {p.name for p in out.iterdir()} == expected
+    for name in expected:
+        assert (out / name).stat().st_size > 1000, name
+        assert f"wrote {out / name}" in output
+    summary = (out / "summary.md").read_text()
+    for name in expected - {"summary.md"}:
+        assert f"]({name})" in summary, f"{name} is not embedded"
+    for text in ("NVIDIA H200", "2.11.0", "3.6.0", "`0123456789ab`", "shipped tuning_db/H200.json", "4230.0"):
+        assert text in summary
+
+
+def _tables(markdown: str) -> list[tuple[list[str], list[list[str]]]]:
+    tables, current = [], None
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if current is None:
+                current = (cells, [])
+                tables.append(current)
+            elif not all(re.fullmatch(r"-+", cell) for cell in cells):
+                current[1].append(cells)
+        else:
+            current = None
+    return tables
+
+
+def _close(text: str, value: float, decimals: int | None = None, digits: int | None = None) -> bool:
+    """``text`` is ``value`` printed with ``decimals`` places or ``digits`` significant digits."""
+    if math.isnan(value):
+        return text == "–"
+    number = float(text)
+    if decimals is not None:
+        return abs(number - value) <= 0.5 * 10 ** -decimals + 1e-12
+    return abs(number - value) <= 0.5 * 10 ** (math.floor(math.log10(abs(value))) - digits + 1) * (1 + 1e-9)
+
+
+def test_summary_numbers_equal_the_csv(report_dir):
+    out, frame, _ = report_dir
+    tables = _tables((out / "summary.md").read_text())
+    cases = next(rows for header, rows in tables if header == CASE_HEADER)
+    assert len(cases) == len(LAYERS) * len(M_VALUES) * len(FACTORS)
+    col = {name: i for i, name in enumerate(CASE_HEADER)}
+    for cells in cases:
+        m, k, n, c = (int(cells[col[name]]) for name in ("M", "K", "N", "c"))
+        rows = frame[(frame["M"] == m) & (frame["K"] == k) & (frame["N"] == n) & (frame["redn_factor"] == c)]
+        by = rows.set_index("provider")
+        ss1 = by.loc["ss1_tuned"]
+        assert cells[col["layer"]] == ss1["layer"]
+        assert _close(cells[col["dense ms"]], ss1["dense_ms"], digits=4)
+        assert _close(cells[col["ideal ms"]], ss1["ideal_ms"], digits=4)
+        assert _close(cells[col["SS1 ms"]], ss1["median_ms"], digits=4)
+        low, high = cells[col["SS1 p20–p80 ms"]].split("–")
+        assert _close(low, ss1["p20_ms"], digits=4) and _close(high, ss1["p80_ms"], digits=4)
+        assert _close(cells[col["speedup vs dense"]], ss1["speedup_vs_dense"], decimals=2)
+        assert _close(cells[col["fraction of ideal"]], ss1["fraction_of_ideal"], decimals=2)
+        assert _close(cells[col["SS1 heuristic ms"]], by.loc["ss1_heuristic", "median_ms"], digits=4)
+        assert _close(cells[col["heuristic speedup"]], by.loc["ss1_heuristic", "speedup_vs_dense"], decimals=2)
+        assert _close(cells[col["low-rank speedup"]], by.loc["lowrank", "speedup_vs_dense"], decimals=2)
+        assert _close(cells[col["Monarch speedup"]], by.loc["monarch", "speedup_vs_dense"], decimals=2)
+        assert _close(cells[col["SS1 TFLOP/s"]], ss1["tflops"], decimals=1)
+        assert _close(cells[col["dense-equiv. TFLOP/s"]], ss1["dense_equiv_tflops"], decimals=1)
+        assert _close(cells[col["SS1 peak MiB"]], ss1["peak_mem_mib"], decimals=0)
+
+    headline = next(rows for header, rows in tables if header == HEADLINE_HEADER)
+    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    assert [int(cells[2]) for cells in headline] == FACTORS
+    for cells in headline:
+        part = ss1[ss1["redn_factor"] == int(cells[2])]
+        for index, (regime, column) in enumerate([(16, "speedup_vs_dense"), (16, "fraction_of_ideal"),
+                                                  (4096, "speedup_vs_dense"), (4096, "fraction_of_ideal")]):
+            values = part[part["M"] == regime][column]
+            match = re.fullmatch(r"(\S+) \((\S+)–(\S+)\)", cells[3 + index])
+            assert match, cells[3 + index]
+            for text, value in zip(match.groups(), (values.median(), values.min(), values.max()), strict=True):
+                assert _close(text, value, decimals=2), (cells, column)
+
+    failed = next(rows for header, rows in tables if "status" in header)
+    assert failed == [["fp16", "fwd", "16", "768", "3072", "4", "monarch", "RuntimeError: out of memory"]]
+
+
+def test_report_rejects_a_csv_without_the_columns(tmp_path):
+    bad = tmp_path / "bench_bad.csv"
+    pd.DataFrame({"M": [1], "K": [2]}).to_csv(bad, index=False)
+    result = CliRunner().invoke(main, ["report", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {bad}: not an ss1bench bench CSV")
+    assert result.output.count("\n") == 1
+
+
+def test_report_reads_a_folder(tmp_path):
+    with pytest.raises(Exception, match="no bench_"):
+        from ss1bench.report import result_files
+
+        result_files([tmp_path])
+    (tmp_path / "bench_x.csv").write_text("a\n1\n")
+    from ss1bench.report import result_files
+
+    assert result_files([tmp_path]) == [tmp_path / "bench_x.csv"]
