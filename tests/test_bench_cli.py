@@ -53,7 +53,7 @@ def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_run(cases, out_dir, stem, args, warmup_ms, rep_ms, echo):
+    def fake_run(cases, out_dir, stem, args, warmup_ms, rep_ms, echo, cuda_graph=False):
         seen.update(cases=cases, out_dir=out_dir, stem=stem, args=args, warmup_ms=warmup_ms, rep_ms=rep_ms)
         return out_dir / f"{stem}.csv", pd.DataFrame(columns=list(RESULT_COLUMNS))
 

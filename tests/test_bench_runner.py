@@ -139,7 +139,7 @@ def test_inputs_are_random_never_zero(cpu_as_cuda, monkeypatch):
     seen = []
     real_time = runner.time_module
 
-    def spy(built, x, dy, warmup_ms, rep_ms):
+    def spy(built, x, dy, warmup_ms, rep_ms, cuda_graph=False):
         seen.append((x, [p.detach().clone() for p in built.module.parameters()]))
         return real_time(built, x, dy, warmup_ms, rep_ms)
 

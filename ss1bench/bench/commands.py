@@ -56,8 +56,10 @@ def _ints(option: str, text: str) -> list[int]:
               help="Output folder for the CSV and its JSON sidecar (default reports/<GPU>).")
 @click.option("--warmup-ms", default=25, show_default=True, help="do_bench warm-up time per timing.")
 @click.option("--rep-ms", default=100, show_default=True, help="do_bench timed repetitions per timing.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Time forward calls as CUDA-graph replays (no host launch overhead, for every provider).")
 @click.option("--dry-run", is_flag=True, help="List the work and exit (no GPU needed).")
-def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_dir, warmup_ms, rep_ms,
+def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_dir, warmup_ms, rep_ms, cuda_graph,
           dry_run) -> None:
     """Time SS1 against dense (cuBLAS), the ideal, and low-rank/Monarch at equal parameters."""
     from ss1bench.structure import validate_reduction_factor
@@ -105,8 +107,9 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
     out = out_dir or Path("reports") / normalize_gpu_name(torch.cuda.get_device_name())
     args = {"shapes": set_names, "custom_shapes": list(custom_shapes), "m_values": m_values,
             "redn_factors": factors, "dtypes": dtype_list, "modes": mode_list, "warmup_ms": warmup_ms,
-            "rep_ms": rep_ms}
-    csv_path, frame = run(cases, out, stem, args, warmup_ms=warmup_ms, rep_ms=rep_ms, echo=click.echo)
+            "rep_ms": rep_ms, "cuda_graph": cuda_graph}
+    csv_path, frame = run(cases, out, stem, args, warmup_ms=warmup_ms, rep_ms=rep_ms, echo=click.echo,
+                          cuda_graph=cuda_graph)
     click.echo(summary_table(frame))
     failed = frame[frame["status"] != "ok"]
     if len(failed):

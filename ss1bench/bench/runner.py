@@ -222,8 +222,14 @@ def _one_line_error(error: BaseException) -> str:
     return text[:200]
 
 
-def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_ms: int, rep_ms: int) -> Timing:
-    """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward)."""
+def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_ms: int, rep_ms: int,
+                cuda_graph: bool = False) -> Timing:
+    """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward).
+
+    With ``cuda_graph`` (forward only) the call is captured once in a CUDA graph and its replays
+    are timed: host-side launch overhead (Python, dispatch, Triton's launcher) drops out for every
+    provider alike, which is how decode steps are served in practice.
+    """
     import triton.testing
 
     module = built.module
@@ -253,11 +259,26 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
         call()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+        if cuda_graph and not backward:
+            call = _graphed(call)
         median, p20, p80 = triton.testing.do_bench(call, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
                                                    quantiles=list(QUANTILES))
     for tensor in grads or ():
         tensor.grad = None
     return Timing(median, p20, p80, peak)
+
+
+def _graphed(call: Callable[[], None]) -> Callable[[], None]:
+    """Capture ``call`` (already warmed up) in a CUDA graph; return its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay
 
 
 # ---- rows -------------------------------------------------------------------------------------
@@ -344,7 +365,8 @@ class RunInfo:
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             "cuda": torch.version.cuda, "date": self.started, "git_commit": _git_commit(),
             "database": self.database, "copy_bandwidth_gbs": self.copy_bandwidth_gbs,
-            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call",
+            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call"
+                      + ("; forward calls replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
             "providers": {p.name: p.description for p in PROVIDERS},
             "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
@@ -421,13 +443,14 @@ class _Inputs:
 
 
 def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inputs, device: torch.device,
-                   dtype: torch.dtype, warmup_ms: int, rep_ms: int) -> tuple[Built | None, Timing]:
+                   dtype: torch.dtype, warmup_ms: int, rep_ms: int,
+                   cuda_graph: bool = False) -> tuple[Built | None, Timing]:
     """Build, fill from the run's generator and time one provider; a failure becomes a status."""
     built = None
     try:
         built = build_provider(name, case, structure, device, dtype)
         _fill_(built.module, inputs.generator)
-        return built, time_module(built, inputs.x(built.in_features), inputs.dy, warmup_ms, rep_ms)
+        return built, time_module(built, inputs.x(built.in_features), inputs.dy, warmup_ms, rep_ms, cuda_graph)
     except Exception as error:  # a failed provider is a CSV row, not a crashed run
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
@@ -435,19 +458,21 @@ def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inpu
 
 
 def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _Inputs, device: torch.device,
-                dtype: torch.dtype, warmup_ms: int, rep_ms: int, on_case: Callable[[Case], None]) -> list[dict]:
+                dtype: torch.dtype, warmup_ms: int, rep_ms: int, on_case: Callable[[Case], None],
+                cuda_graph: bool = False) -> list[dict]:
     """Rows of every case of one (dtype, mode, shape): the dense layer once, then each c."""
     rows = []
     first = shape_cases[0]
     dense = _time_provider("dense", first, case_structure(first, device, dtype), inputs, device, dtype,
-                           warmup_ms, rep_ms)
+                           warmup_ms, rep_ms, cuda_graph)
     dense_ms = dense[1].median_ms
     for case in shape_cases:
         structure = case_structure(case, device, dtype)
         results = {"dense": dense}
         for name in measured_provider_names():
             if name != "dense":
-                results[name] = _time_provider(name, case, structure, inputs, device, dtype, warmup_ms, rep_ms)
+                results[name] = _time_provider(name, case, structure, inputs, device, dtype, warmup_ms, rep_ms,
+                                                cuda_graph)
         s = case.shape
         floor_ms = memory_floor_bytes(s.m, s.k, s.n, structure.k_red, dtype.itemsize, case.mode) / bandwidth * 1e3
         reduced_ms = results["dense_reduced"][1].median_ms
@@ -466,7 +491,7 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
 
 def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int = DEFAULT_WARMUP_MS,
         rep_ms: int = DEFAULT_REP_MS, device: torch.device | None = None,
-        echo: Callable[[str], None] = print):
+        echo: Callable[[str], None] = print, cuda_graph: bool = False):
     """Time every case; write ``out_dir/stem.csv`` and ``stem.json``. Returns (csv path, DataFrame)."""
     import pandas as pd
 
@@ -510,7 +535,7 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
         dtype = TORCH_DTYPES[dtype_name]
         inputs = _Inputs(shape.m, shape.n, mode == "fwd+bwd", generator, device, dtype)
         timed[key] = _shape_rows(shape_cases, gpu, bandwidth, inputs, device, dtype, warmup_ms, rep_ms,
-                                 lambda case: progress.step(case.describe()))
+                                 lambda case: progress.step(case.describe()), cuda_graph)
         rows.extend(timed[key])
         del inputs
         torch.cuda.empty_cache()
