@@ -129,7 +129,8 @@ class SSL(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
+        # Like nn.Linear under autocast: lower-precision compute for float32 inputs; float64 stays.
+        if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None

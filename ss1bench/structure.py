@@ -39,6 +39,8 @@ MIN_BLOCK = 16
 #: Largest structural block_k: keeps every hash product below 2**31 (terms are reduced mod BK,
 #: so the largest intermediate is 3 * BK**2).
 MAX_BLOCK_K = 16384
+#: Largest seed: the seed is saved in state dicts as an int64 tensor.
+MAX_SEED = 2**63 - 1
 #: Largest structural block_n (block_n never enters hash arithmetic beyond j = n // BN).
 MAX_BLOCK_N = 1 << 20
 
@@ -111,7 +113,7 @@ class SS1Structure:
         in_features: K, size of each input row.
         out_features: N, size of each output row.
         redn_factor: c, a power of two in 1..32.
-        seed: seeds the hash numbers (R1, R2, R3).
+        seed: seeds the hash numbers (R1, R2, R3); an int in [0, 2**63 - 1].
         block_k: BK, structural block along K (power of two, 16..16384).
         block_n: BN, structural block along N (power of two, >= 16).
     """
@@ -130,7 +132,9 @@ class SS1Structure:
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         validate_reduction_factor(self.redn_factor)
-        _check_int("seed", self.seed)
+        seed = _check_int("seed", self.seed)
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an int in [0, 2**63 - 1] (it is saved as int64), got {seed}")
         validate_block("block_k", self.block_k, MAX_BLOCK_K)
         validate_block("block_n", self.block_n, MAX_BLOCK_N)
         object.__setattr__(self, "hash", hash_numbers(self.seed))
