@@ -1,0 +1,366 @@
+"""``ss1bench tune`` and ``ss1bench db``: click wrappers over :mod:`.runner` and :mod:`.db`.
+
+Registered on the ``main`` group when ``ss1bench.cli`` imports this module. torch and triton are
+imported inside the commands. Usage errors and missing prerequisites (no CUDA device, no device
+matching ``--gpu``, a bad ``--shape``, an unusable database file) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ss1bench.cli import main
+from ss1bench.kernels.config import FALLBACK_SHARED_MEMORY, KINDS
+from ss1bench.structure import REDUCTION_FACTORS
+
+from . import db as tdb
+from . import gpu as tgpu
+from .shapes import DEFAULT_M_BUCKETS, SHAPE_SET_NAMES, ShapeError, parse_m_buckets, resolve_layers
+
+DTYPE_CHOICES = ("fp16", "bf16", "fp32")
+
+
+def _fail(command: str, message: str, code: int = 2) -> None:
+    """One line on stderr, then exit ``code`` (no traceback, no usage block)."""
+    click.echo(f"ss1bench {command}: error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    values = list(dict.fromkeys(_split(text)))
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        _fail("tune", f"{option} {text!r}: choose from {', '.join(allowed)}")
+    return values
+
+
+def _redn_factors(text: str) -> list[int]:
+    try:
+        values = list(dict.fromkeys(int(v) for v in _split(text)))
+    except ValueError:
+        _fail("tune", f"--redn-factors {text!r} is not a comma-separated list of integers")
+    bad = [v for v in values if v not in REDUCTION_FACTORS]
+    if bad or not values:
+        _fail("tune", f"--redn-factors {text!r}: each must be one of {', '.join(map(str, REDUCTION_FACTORS))}")
+    return values
+
+
+def _plan_header(gpu: str, limit: int, layers, redn_factors, dtypes, kinds, source: str) -> str:
+    return (f"GPU {gpu} ({source}), shared memory {limit} B/block; {len(layers)} layers x c {redn_factors} x "
+            f"{dtypes}; kinds {list(kinds)}")
+
+
+@main.command("tune")
+@click.option("--gpu", default=None, help="Tune the visible device whose name normalizes to NAME (H200, A100, ...).")
+@click.option("--devices", default=None, help="'all' or comma-separated CUDA indices: one worker per GPU.")
+@click.option("--shapes", "shape_sets", default=None,
+              help=f"Comma-separated shape sets ({', '.join(SHAPE_SET_NAMES)}); default gpt2 unless --shape is given.")
+@click.option("--shape", "custom_shapes", multiple=True, help="A custom MxKxN shape (repeatable).")
+@click.option("--m-buckets", default=None,
+              help=f"M buckets for the shape sets (default {','.join(map(str, DEFAULT_M_BUCKETS))}).")
+@click.option("--redn-factors", default="2,4,8,16", show_default=True, help="Reduction factors c.")
+@click.option("--dtype", "dtypes", default="fp16", show_default=True, help="Comma-separated: fp16, bf16, fp32.")
+@click.option("--kinds", default="forward", show_default=True, help=f"Comma-separated kernels: {', '.join(KINDS)}.")
+@click.option("--db", "db_override", default=None,
+              help="Database to write: a .json file or a directory of <GPU>.json (default: $SS1BENCH_DB or the "
+                   "user data dir).")
+@click.option("--force", is_flag=True, help="Re-tune keys the database already has.")
+@click.option("--dry-run", is_flag=True, help="Print the work items and candidate counts; no GPU needed.")
+@click.option("--results-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV of every candidate (default: <user data dir>/results/tune-<GPU>-<time>.csv).")
+@click.option("--compile-workers", type=click.IntRange(min=0), default=None,
+              help="Processes compiling kernels ahead of timing (0: compile in the timing process).")
+@click.option("--no-structure-search", is_flag=True, help="Keep the default structure; tune launch configs only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factors, dtypes, kinds, db_override,
+                 force, dry_run, results_csv, compile_workers, no_structure_search, seed) -> None:
+    """Tune SS1 kernels on this machine's GPU and write the tuning database."""
+    from .tuner import TuneOptions
+
+    sets = _split(shape_sets) if shape_sets else ([] if custom_shapes else ["gpt2"])
+    try:
+        buckets = parse_m_buckets(m_buckets) if m_buckets else DEFAULT_M_BUCKETS
+        layers = resolve_layers(sets, list(custom_shapes), buckets)
+    except ShapeError as exc:
+        _fail("tune", str(exc))
+    factors = _redn_factors(redn_factors)
+    dtype_list = _choices("--dtype", dtypes, DTYPE_CHOICES)
+    kind_list = _choices("--kinds", kinds, KINDS)
+    options = TuneOptions(kinds=tuple(kind_list), structure_search=not no_structure_search, force=force)
+    from .runner import TuneRequest
+
+    command = "ss1bench tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    request = TuneRequest(layers, factors, dtype_list, options, db_override=db_override, results_csv=results_csv,
+                          compile_workers=compile_workers, seed=seed, command=command)
+    if dry_run:
+        _dry_run(request, gpu, devices)
+        return
+    try:
+        chosen = tgpu.select_devices(gpu, devices)
+    except tgpu.DeviceSelectionError as exc:
+        _fail("tune", str(exc))
+    _run(request, chosen)
+
+
+def _dry_run(request, gpu: str | None, devices: str | None) -> None:
+    from .runner import plan_for_gpu
+    from .space import launch_candidates
+    from .tuner import estimate_units, problem_for
+
+    name, limit, source = None, FALLBACK_SHARED_MEMORY, "no device: fallback limit"
+    visible = tgpu.list_devices()
+    if visible:
+        try:
+            device = tgpu.select_devices(gpu, devices)[0]
+            import torch
+
+            from ss1bench.kernels.ss1 import device_limits
+
+            _, limit = device_limits(torch.device("cuda", device.index))
+            name, source = device.gpu, f"cuda:{device.index} {device.name}"
+        except tgpu.DeviceSelectionError:
+            pass
+    if name is None and gpu:
+        name = tgpu.normalize_gpu_name(gpu)
+        if name in tgpu.KNOWN_SHARED_MEMORY:
+            limit, source = tgpu.KNOWN_SHARED_MEMORY[name], "not visible: limit from the known-GPU table"
+        else:
+            source = "not visible and not in the known-GPU table: fallback limit"
+    name = name or "UNKNOWN"
+    try:
+        todo, done, db_path, _database = plan_for_gpu(name, request)
+    except tdb.DatabaseError as exc:
+        _fail("tune", str(exc))
+    click.echo(_plan_header(name, limit, request.layers, request.redn_factors, request.dtypes,
+                            request.options.kinds, source))
+    click.echo(f"database: {db_path} ({'exists' if db_path.exists() else 'new'}); "
+               f"{len(todo)} items to tune, {len(done)} already tuned{' (--force)' if request.options.force else ''}")
+    header = f"{'item':34} {'structures':>10}  candidates per (kind, M): kept/pruned"
+    click.echo(header)
+    total_units = 0
+    for item in todo:
+        parts = []
+        for kind, m in item.pairs():
+            if (kind, m) not in item.todo:
+                parts.append(f"{kind[:3]}@{m}: recorded")
+                continue
+            candidates = launch_candidates(problem_for(item, kind, m, item.primary), limit)
+            parts.append(f"{kind[:3]}@{m}: {len(candidates.kept)}/{len(candidates.rejected)}")
+        units = estimate_units(item, request.options, limit, 132)
+        total_units += units
+        structures = f"{len(item.structures)}" + ("" if item.searches_structure else " (kept)")
+        click.echo(f"{item.label:34} {structures:>10}  " + ", ".join(parts))
+    click.echo(f"total: {len(todo)} items, about {total_units} measurements (gate + time each)")
+
+
+def _run(request, devices) -> None:
+    from .runner import plan_for_gpu, run_tuning
+
+    plans = {}
+    for device in devices:
+        if device.gpu in plans:
+            continue
+        try:
+            plans[device.gpu] = plan_for_gpu(device.gpu, request)
+        except tdb.DatabaseError as exc:
+            _fail("tune", str(exc))
+    if request.results_csv is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        request.results_csv = tdb.user_data_dir() / "results" / f"tune-{devices[0].gpu}-{stamp}.csv"
+    request.results_csv.parent.mkdir(parents=True, exist_ok=True)
+    for gpu, (todo, done, db_path, _database) in plans.items():
+        names = ", ".join(d.describe() for d in devices if d.gpu == gpu)
+        click.echo(f"{gpu}: {names}; database {db_path}; {len(todo)} items to tune, {len(done)} already tuned")
+    if not any(plan[0] for plan in plans.values()):
+        click.echo("nothing to tune (every key is in the database; --force re-tunes)")
+        return
+    reports = run_tuning(request, devices, plans, click.echo)
+    _print_summary(reports, request, plans)
+    if any(r.error for r in reports):
+        raise SystemExit(1)
+
+
+def _fmt_ms(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def _print_summary(reports, request, plans) -> None:
+    rows = [row for report in reports for row in report.summary]
+    if rows:
+        click.echo("")
+        click.echo(f"{'dtype':5} {'K':>6} {'N':>6} {'c':>3} {'struct':>7} {'kind':11} {'M':>6}  {'config':30} "
+                   f"{'ms':>9} {'dense ms':>9} {'speedup':>7} {'ok/fail':>8}")
+        for r in rows:
+            speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+            click.echo(f"{r['dtype']:5} {r['K']:>6} {r['N']:>6} {r['c']:>3} {r['structure']:>7} {r['kind']:11} "
+                       f"{r['M']:>6}  {r['config']:30} {_fmt_ms(r['ms']):>9} {_fmt_ms(r['dense_ms']):>9} "
+                       f"{speed:>7} {str(r['ok']) + '/' + str(r['failed']):>8}")
+    click.echo("")
+    for report in reports:
+        click.echo(
+            f"{report.device}: {report.items} items, {report.measurements} candidates measured "
+            f"({report.failed_gate} failed the gate, {report.failed_run} failed to compile or run), "
+            f"{report.records} records written; compile workers {report.compile_workers} "
+            f"({report.compile_worker_s:.0f} s of compiling), first launches in the timing process "
+            f"{report.first_launch_s:.1f} s ({report.slow_first_launches} over 0.5 s)"
+            + (f"; compile pool unavailable: {report.pool_error}" if report.pool_error else ""))
+        if report.error:
+            click.echo(f"{report.device}: {report.error}", err=True)
+    for gpu, plan in plans.items():
+        database = tdb.read_database(plan[2])
+        if database is not None:
+            wall = database.metadata.get("tuning_wall_time_s")
+            click.echo(f"{gpu}: database {plan[2]} (tuning wall time {wall} s)")
+    if request.results_csv is not None:
+        click.echo(f"results: {request.results_csv}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ss1bench db
+# ---------------------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_command() -> None:
+    """Inspect, validate and merge tuning databases."""
+
+
+def _current_gpu(gpu: str | None) -> str | None:
+    if gpu:
+        return tgpu.normalize_gpu_name(gpu)
+    visible = tgpu.list_devices()
+    if not visible:
+        return None
+    index = tgpu.current_device_index()
+    return next((d.gpu for d in visible if d.index == index), visible[0].gpu)
+
+
+def _all_files(db_override: str | None) -> list:
+    location = tdb.user_location(db_override)
+    files: list = []
+    if location.suffix == ".json":
+        files.append(location)
+    elif location.is_dir():
+        files.extend(sorted(location.glob("*.json")))
+    files.extend(tdb.shipped_db_path(g) for g in tdb.shipped_gpus())
+    return files
+
+
+def _files_for(files: tuple[str, ...], gpu: str | None, db_override: str | None) -> list:
+    if files:
+        return [Path(f) for f in files]
+    if gpu:
+        candidates = [tdb.user_db_path(gpu, db_override), tdb.shipped_db_path(gpu)]
+        return [f for f in candidates if f.is_file()]
+    return _all_files(db_override)
+
+
+def _read(path):
+    if isinstance(path, Path):
+        database = tdb.read_database(path)
+        if database is None:
+            raise tdb.DatabaseError(f"{path}: no such file")
+        return database
+    return tdb.parse_text(path.read_text(encoding="utf-8"), path)
+
+
+@db_command.command("path")
+@click.option("--gpu", default=None, help="GPU name (default: the current CUDA device).")
+@click.option("--db", "db_override", default=None, help="Database override (as for tune).")
+def db_path_command(gpu, db_override) -> None:
+    """Where the user and shipped databases are (looked up in this order)."""
+    name = _current_gpu(gpu)
+    if name is None:
+        click.echo(f"user:    {tdb.user_location(db_override)}  (<GPU>.json inside unless it is a .json file)")
+        click.echo(f"shipped: {tdb.shipped_dir()}  ({', '.join(tdb.shipped_gpus()) or 'no files'})")
+        return
+    user = tdb.user_db_path(name, db_override)
+    shipped = tdb.shipped_db_path(name)
+    click.echo(f"user:    {user}  ({'exists' if user.is_file() else 'missing'})")
+    click.echo(f"shipped: {shipped}  ({'exists' if shipped.is_file() else 'missing'})")
+
+
+@db_command.command("show")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--gpu", default=None, help="GPU name (default: the current CUDA device, else every file).")
+@click.option("--db", "db_override", default=None, help="Database override (as for tune).")
+@click.option("--launch/--no-launch", default=True, help="List launch records too.")
+def db_show_command(files, gpu, db_override, launch) -> None:
+    """Print databases: metadata, recommended structures and launch configs."""
+    from ss1bench.kernels.config import LaunchConfig
+
+    from .space import describe
+
+    paths = _files_for(files, gpu if gpu else (None if files else _current_gpu(None)), db_override)
+    if not paths:
+        click.echo("no tuning database files found")
+        return
+    for path in paths:
+        try:
+            database = _read(path)
+        except tdb.DatabaseError as exc:
+            _fail("db show", str(exc))
+        meta = database.metadata
+        click.echo(f"== {path}  (GPU {database.gpu}; {meta.get('device_name', '?')}; torch {meta.get('torch', '?')}, "
+                   f"triton {meta.get('triton', '?')}; {meta.get('date', '?')}; tuning wall time "
+                   f"{meta.get('tuning_wall_time_s', '?')} s)")
+        click.echo(f"structures ({len(database.structures)}): what a new SSL layer gets")
+        for key in sorted(database.structures, key=lambda k: tdb.StructureKey.parse(k)):
+            record = database.structures[key]
+            times = record.get("relative_time", {})
+            note = "searched" if record.get("searched", True) else "default kept (not searched)"
+            click.echo(f"  {key:24} block_k={record['block_k']:<4} block_n={record['block_n']:<4} {note}"
+                       + (f"  relative time {times}" if times else ""))
+        if launch:
+            click.echo(f"launch configs ({len(database.launch)}):")
+            for key in sorted(database.launch, key=lambda k: tdb.LaunchKey.parse(k)):
+                record = database.launch[key]
+                config = describe(LaunchConfig.from_dict(record["config"]))
+                click.echo(f"  {key:46} {config:30} {record['ms']:.4f} ms  dense {record['dense_ms']:.4f} ms  "
+                           f"{record['speedup']:.2f}x")
+
+
+@db_command.command("validate")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--db", "db_override", default=None, help="Database override (as for tune).")
+def db_validate_command(files, db_override) -> None:
+    """Check database files (default: every user and shipped file); exit 1 if any is invalid."""
+    paths = [Path(f) for f in files] if files else _all_files(db_override)
+    if not paths:
+        click.echo("no tuning database files found")
+        return
+    bad = 0
+    for path in paths:
+        try:
+            database = _read(path)
+        except tdb.DatabaseError as exc:
+            bad += 1
+            click.echo(f"invalid: {exc}")
+            continue
+        click.echo(f"ok: {path} (GPU {database.gpu}: {len(database.structures)} structures, "
+                   f"{len(database.launch)} launch configs)")
+    if bad:
+        raise SystemExit(1)
+
+
+@db_command.command("merge")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--into", "target", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Database file to merge into (created if missing), e.g. tuning_db/H200.json.")
+def db_merge_command(sources, target) -> None:
+    """Merge database files into one (a key both have: the newer record wins)."""
+    try:
+        merged, changed = tdb.merge_files([Path(s) for s in sources], target)
+    except tdb.DatabaseError as exc:
+        _fail("db merge", str(exc))
+    click.echo(f"{target}: {changed} records added or updated; now {len(merged.structures)} structures, "
+               f"{len(merged.launch)} launch configs (GPU {merged.gpu})")

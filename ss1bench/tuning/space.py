@@ -1,0 +1,266 @@
+"""The search space: launch-config candidates per kernel and M regime, and structure candidates.
+
+Every candidate is a :class:`~ss1bench.kernels.config.LaunchConfig`; none changes the function (the
+kernels are correct for any tile). Both algorithms are in the space: ``fused`` (one Triton GEMM
+gathering the sketch on load: tiles, warps, stages, group size, split_m for grad_weight) and
+``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps). Candidates are
+pruned before anything is compiled:
+
+- shared memory: :func:`~ss1bench.kernels.config.shared_memory_bytes` (which counts the c member
+  loads of the sketched operand per pipeline stage) against the device's opt-in limit;
+- registers: fp32 tiles live across the K loop, per thread (see :data:`MAX_ACC_PER_THREAD`);
+- size: tiles larger than the (power-of-two rounded) problem only add masked work, so the grid's
+  tiles are clamped to the problem first (duplicates dropped).
+
+Structures ``(block_k, block_n)`` are a different axis: they change the function and the model,
+so the tuner only picks among those the original project explored (``block_k <= 128``,
+``block_n <= 256``) that keep the compressed weight as small as the default does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+
+from ss1bench.kernels.config import (
+    DECODE_MAX_M,
+    KINDS,
+    LaunchConfig,
+    Problem,
+    heuristic_config,
+    shared_memory_bytes,
+)
+from ss1bench.structure import DEFAULT_BLOCK_N, default_block_k
+
+#: Largest fp32 accumulator tile per thread. 128 x 256 over 8 warps (128 per thread) is the
+#: largest tile of Triton's Hopper matmul configs; 255 registers per thread is the hardware cap,
+#: so a bigger accumulator spills before its operands are even counted.
+MAX_ACC_PER_THREAD = 128
+#: Largest accumulator + fp32 sketch tile per thread: the forward and grad_weight kernels sum the
+#: c member loads into an fp32 (TILE_M x TILE_K) tile next to the accumulator. 192 leaves ~60
+#: registers for addresses, masks and the hash; 128 x 128 x 64 over 4 warps (128 + 64) is the
+#: largest tile that passes.
+MAX_LIVE_FP32_PER_THREAD = 192
+#: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
+DEFAULT_SM_COUNT = 132
+
+#: Structural block sizes the tuner may choose from (DESIGN.md section 2: block_n <= 256,
+#: block_k <= 128). block_k 16 leaves only two distinct shifts per block, so it is offered only
+#: when nothing larger keeps the compressed weight as small.
+STRUCTURE_BLOCK_K = (128, 64, 32, 16)
+STRUCTURE_BLOCK_N = (64, 128, 256)
+#: At most this many block_k values (the largest with the least padding) enter the search.
+MAX_STRUCTURE_BLOCK_K = 2
+
+
+def _pow2_at_least(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+def is_decode(m: int) -> bool:
+    return m <= DECODE_MAX_M
+
+
+# ---------------------------------------------------------------------------------------------
+# structures
+# ---------------------------------------------------------------------------------------------
+
+
+def k_red_of(in_features: int, redn_factor: int, block_k: int) -> int:
+    return -(-in_features // (redn_factor * block_k)) * block_k
+
+
+def default_structure(in_features: int, redn_factor: int) -> tuple[int, int]:
+    """The structure a layer gets without the database (``ss1bench.structure`` defaults)."""
+    return default_block_k(in_features, redn_factor), DEFAULT_BLOCK_N
+
+
+def structure_candidates(in_features: int, out_features: int, redn_factor: int) -> list[tuple[int, int]]:
+    """``(block_k, block_n)`` pairs to compare, the default first.
+
+    block_k: the largest :data:`MAX_STRUCTURE_BLOCK_K` values of :data:`STRUCTURE_BLOCK_K` whose
+    ``K_red`` equals the smallest possible (a structure that pads more would store more weights:
+    a different model size, not a speed choice). block_n: :data:`STRUCTURE_BLOCK_N` up to N
+    rounded up to a power of two.
+    """
+    default = default_structure(in_features, redn_factor)
+    sizes = {bk: k_red_of(in_features, redn_factor, bk) for bk in STRUCTURE_BLOCK_K}
+    smallest = min(sizes.values())
+    block_ks = [bk for bk in STRUCTURE_BLOCK_K if sizes[bk] == smallest][:MAX_STRUCTURE_BLOCK_K]
+    block_ns = [bn for bn in STRUCTURE_BLOCK_N if bn <= max(16, _pow2_at_least(out_features))]
+    pairs = [default] + [(bk, bn) for bk in block_ks for bn in block_ns]
+    return list(dict.fromkeys(pairs))
+
+
+# ---------------------------------------------------------------------------------------------
+# launch configs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CandidateSet:
+    """Configs to try for one problem, and what was pruned with the reason."""
+
+    problem: Problem
+    kept: list[LaunchConfig] = field(default_factory=list)
+    rejected: list[tuple[LaunchConfig, str]] = field(default_factory=list)
+
+
+def _decode_row_tiles(m: int) -> tuple[int, ...]:
+    """Row tiles for decode: 16 (tl.dot's floor) and M rounded up when that is larger."""
+    return tuple(dict.fromkeys((16, min(max(16, _pow2_at_least(m)), DECODE_MAX_M))))
+
+
+def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
+    """The raw (unpruned) grid for ``kind`` at ``m`` rows and reduction factor c."""
+    configs: list[LaunchConfig] = []
+    if kind == "forward":
+        if is_decode(m):
+            # Weight-read bound: many narrow N tiles keep SMs busy; deep K tiles keep bytes in flight.
+            for tm, tn, tk, (w, s) in itertools.product(
+                    _decode_row_tiles(m), (32, 64, 128), (64, 128, 256), ((4, 3), (4, 4), (2, 4))):
+                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+        else:
+            # c member tiles per stage: high c wants shorter row tiles and fewer stages.
+            row_tiles, stages = ((64, 128, 256), (3, 4)) if redn_factor <= 4 else ((32, 64, 128), (2, 3))
+            for tm, tn, tk, w, s in itertools.product(row_tiles, (64, 128, 256), (32, 64), (4, 8), stages):
+                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+    elif kind == "grad_input":
+        # Output tile M x K_red (tile_k wide), reduction over N (tile_n deep).
+        if is_decode(m):
+            for tm, tk, tn, (w, s) in itertools.product(
+                    _decode_row_tiles(m), (32, 64, 128), (64, 128, 256), ((4, 3), (4, 4), (2, 4))):
+                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+        else:
+            for tm, tk, tn, w, s in itertools.product((64, 128, 256), (64, 128, 256), (32, 64), (4, 8), (3, 4)):
+                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+    elif kind == "grad_weight":
+        # Output tile N x K_red, reduction over M (tile_m deep, split over split_m programs).
+        if is_decode(m):
+            for tm, tn, tk, w in itertools.product(_decode_row_tiles(m), (64, 128), (64, 128), (4, 8)):
+                configs.append(LaunchConfig(tm, tn, tk, w, num_stages=2, group_m=8))
+        else:
+            row_tiles, stages = ((32, 64), (3, 4)) if redn_factor <= 4 else ((16, 32), (2, 3))
+            for tm, tn, tk, w, s in itertools.product(row_tiles, (64, 128, 256), (64, 128), (4, 8), stages):
+                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+    else:
+        raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KINDS}")
+    # sketch_gemm: a memory-bound sketch (or unsketch) kernel plus a cuBLAS product; only the
+    # sketch tile and its warps apply, the other fields stay at fixed values so equal launches
+    # compare equal.
+    row_tiles = tuple(t for t in (16, 32, 64) if t <= max(16, _pow2_at_least(m)))
+    for tm, tk, w in itertools.product(row_tiles, (64, 128, 256), (4, 8)):
+        configs.append(sketch_gemm_config(tm, tk, w))
+    return configs
+
+
+def sketch_gemm_config(tile_m: int, tile_k: int, num_warps: int) -> LaunchConfig:
+    """The canonical ``sketch_gemm`` config for a sketch tile (the heuristic's form)."""
+    return LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=tile_k, num_warps=num_warps, num_stages=1,
+                        algorithm="sketch_gemm")
+
+
+def _with_splits(config: LaunchConfig, problem: Problem, sm_count: int) -> list[LaunchConfig]:
+    """grad_weight: the config unsplit, and split over M just enough to fill the GPU once."""
+    if config.algorithm != "fused":
+        return [config]
+    tiles = -(-problem.out_features // config.tile_n) * -(-problem.k_red // config.tile_k)
+    split = 1
+    while tiles * split < sm_count and problem.m // (split * 2) >= 4 * config.tile_m and split < 64:
+        split *= 2
+    return [config] if split == 1 else [config, dataclasses.replace(config, split_m=split)]
+
+
+def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]:
+    """(accumulator, accumulator + fp32 sketch) elements per thread for ``kind``."""
+    threads = 32 * config.num_warps
+    if config.algorithm == "sketch_gemm":  # the sketch kernel: one fp32 (tile_m x tile_k) tile
+        return 0.0, config.tile_m * config.tile_k / threads
+    if kind == "forward":
+        acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
+    elif kind == "grad_input":
+        acc, sketch = config.tile_m * config.tile_k, 0
+    else:
+        acc, sketch = config.tile_n * config.tile_k, config.tile_m * config.tile_k
+    return acc / threads, (acc + sketch) / threads
+
+
+def rejection_reason(config: LaunchConfig, problem: Problem, shared_memory_limit: int) -> str | None:
+    """Why ``config`` cannot or should not run ``problem`` (None: keep it)."""
+    acc, live = live_fp32_per_thread(config, problem.kind)
+    if acc > MAX_ACC_PER_THREAD:
+        return f"registers: {acc:.0f} fp32 accumulator elements per thread > {MAX_ACC_PER_THREAD}"
+    if live > MAX_LIVE_FP32_PER_THREAD:
+        return f"registers: {live:.0f} live fp32 elements per thread > {MAX_LIVE_FP32_PER_THREAD}"
+    smem = shared_memory_bytes(config, problem)
+    if smem > shared_memory_limit:
+        return f"shared memory: {smem} B > {shared_memory_limit} B"
+    m_cap = max(16, _pow2_at_least(problem.m))
+    n_cap = max(16, _pow2_at_least(problem.out_features))
+    k_cap = max(16, _pow2_at_least(problem.k_red))
+    if config.tile_m > m_cap:
+        return f"size: tile_m {config.tile_m} > {m_cap} (M={problem.m})"
+    if config.tile_n > n_cap and config.algorithm == "fused":
+        return f"size: tile_n {config.tile_n} > {n_cap} (N={problem.out_features})"
+    if config.tile_k > k_cap:
+        return f"size: tile_k {config.tile_k} > {k_cap} (K_red={problem.k_red})"
+    return None
+
+
+def clamp_to_problem(config: LaunchConfig, problem: Problem) -> LaunchConfig:
+    """Tiles no larger than the problem rounded up to a power of two (so a small problem still
+    gets a spread of candidates instead of losing every large-tile one)."""
+    caps = {"tile_m": max(16, _pow2_at_least(problem.m)), "tile_k": max(16, _pow2_at_least(problem.k_red))}
+    if config.algorithm == "fused":
+        caps["tile_n"] = max(16, _pow2_at_least(problem.out_features))
+    changes = {name: cap for name, cap in caps.items() if getattr(config, name) > cap}
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int = DEFAULT_SM_COUNT) -> CandidateSet:
+    """Pruned launch configs for ``problem``; the heuristic config (what runs untuned) comes first,
+    so a tuned winner is never slower than the default as measured."""
+    result = CandidateSet(problem)
+    grid = _grid(problem.kind, problem.m, problem.redn_factor)
+    if problem.kind == "grad_weight" and not is_decode(problem.m):
+        grid = [split for config in grid for split in _with_splits(config, problem, sm_count)]
+    baseline = heuristic_config(problem, shared_memory_limit)
+    seen: set[LaunchConfig] = set()
+    for config in [baseline, *(clamp_to_problem(c, problem) for c in grid)]:
+        if config in seen:
+            continue
+        seen.add(config)
+        reason = rejection_reason(config, problem, shared_memory_limit)
+        # The heuristic stays even when larger than the problem: it is the baseline to beat.
+        if reason is None or (config is baseline and reason.startswith("size")):
+            result.kept.append(config)
+        else:
+            result.rejected.append((config, reason))
+    return result
+
+
+def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int,
+                tried: set[LaunchConfig]) -> list[LaunchConfig]:
+    """Neighbours of a screening winner not in the grid: other group sizes (prefill: L2 reuse of
+    the tile order) and one pipeline stage more or less. Pruned like the grid."""
+    if config.algorithm != "fused":
+        return []  # the sketch kernel has no reduction loop and no tile order to refine
+    variants: list[LaunchConfig] = []
+    if not is_decode(problem.m):
+        variants += [dataclasses.replace(config, group_m=g) for g in (1, 4, 16)]
+    variants += [dataclasses.replace(config, num_stages=s) for s in (config.num_stages - 1, config.num_stages + 1)
+                 if 1 <= s <= 6]
+    kept = []
+    for variant in variants:
+        if variant not in tried and rejection_reason(variant, problem, shared_memory_limit) is None:
+            kept.append(variant)
+    return list(dict.fromkeys(kept))
+
+
+def describe(config: LaunchConfig) -> str:
+    """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split); ``sketch+gemm 32x128 w4``."""
+    if config.algorithm == "sketch_gemm":
+        return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
+    text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
+    return text + (f" split{config.split_m}" if config.split_m > 1 else "")

@@ -1,0 +1,86 @@
+"""The layer reads the database: structure advisor and launch-config hook (device name mocked)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+import torch
+
+from ss1bench.kernels.config import LaunchConfig, Problem, resolve_launch_config
+from ss1bench.layer import choose_structure
+from ss1bench.tuning import db as tdb
+from ss1bench.tuning import lookup
+
+TUNED = LaunchConfig(64, 128, 32, num_warps=4, num_stages=4, group_m=4)
+H200 = "NVIDIA H200"
+
+
+def record(config: LaunchConfig) -> dict:
+    return {"config": config.to_dict(), "ms": 0.05, "dense_ms": 0.1, "speedup": 2.0, "gate_rel_err": 2e-4,
+            "gate_max_err": 1e-3, "date": "2026-01-01T00:00:00Z", "triton": version("triton")}
+
+
+@pytest.fixture
+def database(tmp_path, monkeypatch):
+    """A user database for H200 with a structure and one launch record; the global lookup reset."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(tdb, "shipped_dir", lambda: shipped)
+    monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
+    updates = tdb.TuningDatabase(gpu="H200")
+    updates.structures["fp16/K768/N3072/c4"] = {"block_k": 32, "block_n": 256, "searched": True}
+    updates.launch[tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
+    tdb.write_records(tmp_path / "user" / "H200.json", updates)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    lookup.install_database_hooks()  # idempotent; other tests may have replaced the advisor
+    lookup.DATABASE.reset()
+    yield
+    lookup.DATABASE.reset()
+
+
+def test_new_layer_takes_its_structure_from_the_database(database):
+    cuda = torch.device("cuda", 0)
+    structure = choose_structure(768, 3072, 4, 1024, None, None, torch.float16, cuda)
+    assert (structure.block_k, structure.block_n) == (32, 256)
+    explicit = choose_structure(768, 3072, 4, 1024, 64, None, torch.float16, cuda)
+    assert (explicit.block_k, explicit.block_n) == (64, 256)  # explicit arguments win
+    for dtype, device in ((torch.bfloat16, cuda), (torch.float32, cuda), (torch.float16, torch.device("cpu"))):
+        default = choose_structure(768, 3072, 4, 1024, None, None, dtype, device)
+        assert (default.block_k, default.block_n) == (64, 128)  # untuned dtype or a CPU layer: defaults
+
+
+def test_forward_takes_the_launch_config_of_the_nearest_bucket(database):
+    for m in (4096, 2048, 32768):
+        problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", H200)
+        assert resolve_launch_config(problem, 232448) == TUNED
+    other_structure = Problem("forward", 4096, 768, 3072, 4, 64, 128, "fp16", H200)
+    assert resolve_launch_config(other_structure, 232448) != TUNED  # the heuristic
+    assert lookup.DATABASE.launch_config(Problem("forward", 4096, 768, 3072, 4, 32, 256, "fp16", "")) is None
+
+
+def test_unknown_gpu_logs_once(database, caplog):
+    with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
+        for m in (1, 2, 3):
+            problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", "Tesla T4")
+            assert lookup.DATABASE.launch_config(problem) is None
+    assert caplog.text.count("no ss1bench tuning database for GPU T4") == 1
+
+
+def test_importing_ss1bench_installs_the_hooks_and_does_not_touch_cuda():
+    code = ("import torch\n"
+            "def boom(*a, **k):\n    raise SystemExit('CUDA queried at import')\n"
+            "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.get_device_name = boom\n"
+            "torch.cuda.current_device = torch.cuda.get_device_properties = boom\n"
+            "import ss1bench, ss1bench.cli, ss1bench.layer as layer\n"
+            "from ss1bench.kernels import config\n"
+            "from ss1bench.tuning import lookup\n"
+            "assert layer._structure_advisor == lookup.DATABASE.structure\n"
+            "assert config._hooks == [lookup.DATABASE.launch_config]\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
