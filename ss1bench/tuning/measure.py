@@ -9,7 +9,7 @@ instead and the main process times whatever is ready:
 
 1. the launcher runs in the main process with its kernels' ``run`` temporarily replaced by a
    recorder (:func:`capture_launches`): the exact arguments a launch would pass are captured, with
-   no compile and no launch;
+   no compile and no launch (``sketch_gemm``'s cuBLAS product does run, on uninitialized buffers);
 2. a worker process replays them through ``JITFunction.warmup`` (tensors become dtypes, which
    Triton wraps in ``MockTensor``): the kernel is compiled into Triton's on-disk cache, nothing
    runs on the GPU;
@@ -17,11 +17,13 @@ instead and the main process times whatever is ready:
    compile). :attr:`KernelBench.first_launch_s` adds up what first launches cost, so a run shows
    whether the prewarm hit.
 
-Threads were measured and rejected on this code (CPU box, triton 3.9, ``triton.compile`` of the
-forward kernel for sm_90): 4 compiles took 9.1 s serially and 10.8 s on 2 threads, so the Python
-front end and MLIR passes hold the GIL; a thread pool would also stall the main thread's launch
-loop inside ``do_bench`` and inflate timings. Processes have neither problem; on the 16-core H200
-host the gain is what ``ss1bench tune --compile-workers 0`` versus the default shows.
+Why processes, not threads: a compile thread in the timing process competes for its GIL, and a
+launch delayed inside ``do_bench``'s timed region inflates the measurement; worker processes
+leave the timing process alone. (Not measured on a GPU host yet: on the 1-core CPU box this was
+written on, 4 sm_90 compiles of the forward kernel took 9.1 s serially, 10.8 s on 2 threads and
+11.2 s on 2 processes, i.e. no core to gain from. On the H200 host, compare a run with
+``--compile-workers 0`` against the default; the summary's "first launches in the timing
+process" line shows how much compiling was left to the timing process.)
 """
 
 from __future__ import annotations
