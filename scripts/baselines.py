@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import triton
 
 from ss1bench import SSL
+from ss1bench.bench.runner import measure_copy_bandwidth, memory_floor_bytes
 
 # (M, K, N, c, original SS1 ms) from BASELINES.md.
 ROWS = [
@@ -33,14 +34,6 @@ ROWS = [
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second of a large device-to-device copy (read + write counted)."""
-    src = torch.randn(512 * 1024 * 1024 // 4, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
-
-
 def time_row(m: int, k: int, n: int, c: int, dtype: torch.dtype, bandwidth: float, backward: bool) -> dict:
     layer = SSL(k, n, redn_factor=c, seed=1, device="cuda", dtype=dtype)
     x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -53,7 +46,7 @@ def time_row(m: int, k: int, n: int, c: int, dtype: torch.dtype, bandwidth: floa
         dense = triton.testing.do_bench(lambda: F.linear(x, w_dense, bias), return_mode="median")
         reduced = triton.testing.do_bench(lambda: F.linear(x_small, w_small, bias), return_mode="median")
         ss1 = triton.testing.do_bench(lambda: layer(x), return_mode="median")
-    floor_ms = (m * k + n * k_small + n + m * n) * x.element_size() / bandwidth * 1e3
+    floor_ms = memory_floor_bytes(m, k, n, k_small, x.element_size(), "fwd") / bandwidth * 1e3
     ideal = max(reduced, floor_ms)
     row = dict(M=m, K=k, N=n, c=c, block_k=layer.block_k, block_n=layer.block_n, dense_ms=dense,
                reduced_ms=reduced, floor_ms=floor_ms, ideal_ms=ideal, ss1_ms=ss1, speedup=dense / ss1,
@@ -107,7 +100,7 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype]
-    bandwidth = copy_bandwidth()
+    bandwidth = measure_copy_bandwidth(torch.device("cuda"))
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = []
     for m, k, n, c, original in ROWS:

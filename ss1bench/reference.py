@@ -35,11 +35,8 @@ def _unsketch_source(structure: SS1Structure, device: torch.device) -> torch.Ten
 
 @functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
 def _rotation_columns(structure: SS1Structure, device: torch.device) -> torch.Tensor:
-    """``(N, 1, BK)``: Wc column (inside its group) read at each rotated position, per row."""
-    bk = structure.block_k
-    d = structure.block_rotations().repeat_interleave(structure.block_n)[: structure.out_features]
-    t = torch.arange(bk, dtype=torch.int64)
-    return ((t[None, :] - d[:, None]) % bk)[:, None, :].to(device)
+    """``(N, 1, BK)``: :meth:`SS1Structure.rotation_columns`, shaped to broadcast over groups."""
+    return structure.rotation_columns(device)[:, None, :]
 
 
 def _rotation_index(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:

@@ -214,19 +214,16 @@ class SS1Structure:
         index = base[:, None, :] + u
         return index.reshape(self.k_red, c).to(device)
 
-    def rotated_weight_index(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Column of ``Wc`` read at each position of the rotated weight: ``(N, K_red)`` int64.
+    def rotation_columns(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Column of ``Wc`` (inside its group) read at each rotated position: ``(N, BK)`` int64.
 
-        ``Wr[n, it*BK + t] = Wc[n, it*BK + ((t - d(j)) mod BK)]``, ``j = n // BN``; then
-        ``y = sketch(x) @ Wr.T``.
+        ``Wr[n, it*BK + t] = Wc[n, it*BK + cols[n, t]]``, ``cols[n, t] = (t - d(n // BN)) mod BK``;
+        then ``y = sketch(x) @ Wr.T``.
         """
         bk = self.block_k
         d = self.block_rotations().repeat_interleave(self.block_n)[: self.out_features]  # (N,)
         t = torch.arange(bk, dtype=torch.int64)
-        cols = (t[None, :] - d[:, None]) % bk  # (N, BK)
-        it = torch.arange(self.num_groups, dtype=torch.int64)
-        index = it[None, :, None] * bk + cols[:, None, :]  # (N, G, BK)
-        return index.reshape(self.out_features, self.k_red).to(device)
+        return ((t[None, :] - d[:, None]) % bk).to(device)
 
     def dense_index(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Column of ``Wc`` that each dense weight entry reads: ``(N, K)`` int64.
