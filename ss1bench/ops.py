@@ -116,24 +116,35 @@ def _(grad_out, x, weight_rows, in_features, redn_factor, seed, block_k, block_n
 # ---- autograd -------------------------------------------------------------------------------
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, *structure_args = inputs
-    ctx.structure_args = tuple(structure_args)
+def _save_inputs(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Keep only what the requested gradients need (x for dW, weight for dx)."""
     ctx.has_bias = bias is not None
     ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
                           weight if ctx.needs_input_grad[0] else None)
 
 
-def _backward(ctx, grad_out):
+def _gradients(ctx, grad_out: torch.Tensor, grad_input, grad_weight) -> tuple:
+    """``(dx, dW, db)``; ``grad_input(grad_out, weight)`` and ``grad_weight(grad_out, x)`` pick
+    the path (custom ops when traced, direct launchers in eager mode)."""
     x, weight = ctx.saved_tensors
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _ss1_grad_input_op(grad_out, weight, *ctx.structure_args)
-    if ctx.needs_input_grad[1]:
-        grad_w = _ss1_grad_weight_op(grad_out, x, grad_out.shape[1], *ctx.structure_args)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = grad_out.sum(dim=0)
-    return grad_x, grad_w, grad_b, None, None, None, None, None
+    grad_x = grad_input(grad_out, weight) if ctx.needs_input_grad[0] else None
+    grad_w = grad_weight(grad_out, x) if ctx.needs_input_grad[1] else None
+    grad_b = grad_out.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, *structure_args = inputs
+    ctx.structure_args = tuple(structure_args)
+    _save_inputs(ctx, x, weight, bias)
+
+
+def _backward(ctx, grad_out):
+    args = ctx.structure_args
+    grads = _gradients(ctx, grad_out,
+                       lambda g, weight: _ss1_grad_input_op(g, weight, *args),
+                       lambda g, x: _ss1_grad_weight_op(g, x, g.shape[1], *args))
+    return (*grads, None, None, None, None, None)
 
 
 torch.library.register_autograd("ss1bench::ss1_linear", _backward, setup_context=_setup_context)
@@ -148,23 +159,16 @@ class _EagerSS1Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, structure):
         ctx.structure = structure
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
-                              weight if ctx.needs_input_grad[0] else None)
+        _save_inputs(ctx, x, weight, bias)
         return _forward_impl(x, weight, bias, structure)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _grad_input_impl(grad_out, weight, ctx.structure)
-        if ctx.needs_input_grad[1]:
-            grad_w = _grad_weight_impl(grad_out, x, ctx.structure)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(dim=0)
-        return grad_x, grad_w, grad_b, None
+        structure = ctx.structure
+        grads = _gradients(ctx, grad_out,
+                           lambda g, weight: _grad_input_impl(g, weight, structure),
+                           lambda g, x: _grad_weight_impl(g, x, structure))
+        return (*grads, None)
 
 
 # ---- public entry point ---------------------------------------------------------------------
