@@ -298,28 +298,36 @@ class Tuner:
             gate, first_launch = self.bench.gate(case, config, dtype)
             measurement.first_launch_s = first_launch
             measurement.gate_rel_err, measurement.gate_max_err = gate.rel_err, gate.max_err_over_rms
-            if not gate.passed:
-                measurement.status, measurement.error = "failed_gate", gate.reason
-            else:
-                measurement.ms = self.bench.time(case, config, confirm=False)
         except MeasurementError as exc:
-            if exc.fatal:
-                raise TuningAborted(f"{self._label}: {exc}") from None
-            measurement.status, measurement.error = "failed_run", str(exc)
+            self._record_failure(measurement, exc)
+            gate = None
+        if gate is not None:
+            if gate.passed:
+                self._time_into(measurement, case, config, confirm=False)
+            else:
+                measurement.status, measurement.error = "failed_gate", gate.reason
         self.progress(1, 0, self._label)
         return measurement
 
-    def _retime(self, case, measurement: Measurement) -> Measurement:
+    def _record_failure(self, measurement: Measurement, exc) -> None:
+        """A failed compile/launch is recorded; a sticky device error ends the run."""
+        if exc.fatal:
+            raise TuningAborted(f"{self._label}: {exc}") from None
+        measurement.status, measurement.error = "failed_run", str(exc)
+
+    def _time_into(self, measurement: Measurement, case, config: LaunchConfig, confirm: bool) -> None:
         from .measure import MeasurementError
+
+        try:
+            measurement.ms = self.bench.time(case, config, confirm=confirm)
+        except MeasurementError as exc:
+            self._record_failure(measurement, exc)
+
+    def _retime(self, case, measurement: Measurement) -> Measurement:
 
         again = Measurement(case.kind, case.m, measurement.structure, measurement.config, "confirm", "ok",
                             gate_rel_err=measurement.gate_rel_err, gate_max_err=measurement.gate_max_err)
-        try:
-            again.ms = self.bench.time(case, measurement.config, confirm=True)
-        except MeasurementError as exc:
-            if exc.fatal:
-                raise TuningAborted(f"{self._label}: {exc}") from None
-            again.status, again.error = "failed_run", str(exc)
+        self._time_into(again, case, measurement.config, confirm=True)
         self.progress(1, 0, self._label)
         return again
 
