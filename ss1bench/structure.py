@@ -79,7 +79,9 @@ def hash_numbers(seed: int) -> tuple[int, int, int, int]:
     The global torch RNG is never touched.
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    r1, r2, r3 = torch.randint(0, HASH_PRIME, (3,), generator=generator).tolist()
+    # device="cpu": under `with torch.device("cuda")` (or meta) the draw must still use the CPU
+    # generator, and the numbers must not depend on where the layer lives.
+    r1, r2, r3 = torch.randint(0, HASH_PRIME, (3,), generator=generator, device="cpu").tolist()
     return HASH_PRIME, int(r1), int(r2), int(r3)
 
 
