@@ -23,10 +23,14 @@ StructureAdvisor = Callable[[int, int, int, torch.dtype, torch.device], "tuple[i
 _structure_advisor: StructureAdvisor | None = None
 
 
-def set_structure_advisor(advisor: StructureAdvisor | None) -> None:
-    """Install the function new layers ask for (block_k, block_n) when none are given."""
+def set_structure_advisor(advisor: StructureAdvisor | None) -> StructureAdvisor | None:
+    """Install the function new layers ask for (block_k, block_n) when none are given.
+
+    Returns the advisor it replaces, so a caller can put it back.
+    """
     global _structure_advisor
-    _structure_advisor = advisor
+    previous, _structure_advisor = _structure_advisor, advisor
+    return previous
 
 
 def choose_structure(in_features: int, out_features: int, redn_factor: int, seed: int,
@@ -42,8 +46,9 @@ def choose_structure(in_features: int, out_features: int, redn_factor: int, seed
         if _structure_advisor is not None:
             advice = _structure_advisor(
                 in_features, out_features, redn_factor,
-                dtype or torch.get_default_dtype(), torch.device(device) if device is not None else
-                torch.device("cpu"),
+                dtype or torch.get_default_dtype(),
+                # Where the layer's tensors will live: honours `with torch.device("cuda"):`.
+                torch.device(device) if device is not None else torch.get_default_device(),
             )
         if advice is not None:
             block_k = advice[0] if block_k is None else block_k

@@ -20,19 +20,19 @@ from ss1bench.structure import DEFAULT_BLOCK_N, REDUCTION_FACTORS, SS1Structure,
 
 @pytest.fixture
 def advisor_calls():
-    """Installs a recording advisor that recommends (64, 32); always puts None back."""
+    """Installs a recording advisor that recommends (64, 32); always puts the previous one back."""
     calls = []
 
     def advisor(in_features, out_features, redn_factor, dtype, device):
         calls.append((in_features, out_features, redn_factor, dtype, device))
         return (64, 32)
 
-    set_structure_advisor(advisor)
+    previous = set_structure_advisor(advisor)
     try:
         yield calls
     finally:
-        set_structure_advisor(None)
-    assert layer_module._structure_advisor is None
+        set_structure_advisor(previous)
+    assert layer_module._structure_advisor is previous
 
 
 # ---- construction --------------------------------------------------------------------------------
@@ -245,11 +245,11 @@ def test_structure_advisor_is_consulted_when_blocks_are_omitted(advisor_calls):
 
 
 def test_structure_advisor_without_opinion_falls_back_to_defaults():
-    set_structure_advisor(lambda *args: None)
+    previous = set_structure_advisor(lambda *args: None)
     try:
         layer = SSL(300, 70, redn_factor=4)
     finally:
-        set_structure_advisor(None)
+        set_structure_advisor(previous)
     assert (layer.block_k, layer.block_n) == (default_block_k(300, 4), DEFAULT_BLOCK_N)
 
 
@@ -365,3 +365,11 @@ def test_cpu_autocast_leaves_float64_alone(generator):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(x).dtype == torch.float64
         assert layer(x).dtype == torch.float64
+
+
+def test_structure_advisor_sees_the_default_device(advisor_calls):
+    """No device argument: the advisor is asked about torch's default device, not always the CPU."""
+    with torch.device("meta"):
+        layer = SSL(300, 70, redn_factor=4)
+    assert layer.weight.device.type == "meta"
+    assert advisor_calls[-1][4] == torch.device("meta")
