@@ -130,3 +130,13 @@ def test_torch_compile_and_cuda_graphs():
     xe = x.clone().requires_grad_()
     model(xe).float().sum().backward()
     assert_close("compiled grad", xg.grad, xe.grad.double(), 1e-3)
+
+
+def test_layer_built_under_default_cuda_device():
+    """`with torch.device("cuda")` builds on the GPU with the same hash as a CPU-built layer."""
+    with torch.device("cuda"):
+        layer = SSL(768, 3072, redn_factor=4, seed=5, dtype=torch.float16)
+    assert layer.weight.is_cuda
+    assert layer.structure.hash == SSL(768, 3072, redn_factor=4, seed=5, device="meta").structure.hash
+    x = torch.randn(3, 768, device="cuda", dtype=torch.float16)
+    assert_close("y", layer(x), x.double() @ layer.dense_weight().double().T + layer.bias.double())
