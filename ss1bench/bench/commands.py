@@ -57,7 +57,8 @@ def _ints(option: str, text: str) -> list[int]:
 @click.option("--warmup-ms", default=25, show_default=True, help="do_bench warm-up time per timing.")
 @click.option("--rep-ms", default=100, show_default=True, help="do_bench timed repetitions per timing.")
 @click.option("--cuda-graph", is_flag=True,
-              help="Time forward calls as CUDA-graph replays (no host launch overhead, for every provider).")
+              help="Time calls (forward, or forward+backward) as CUDA-graph replays: no host launch "
+                   "overhead, for every provider.")
 @click.option("--dry-run", is_flag=True, help="List the work and exit (no GPU needed).")
 def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_dir, warmup_ms, rep_ms, cuda_graph,
           dry_run) -> None:

@@ -33,6 +33,7 @@ from torch import nn
 
 from ss1bench.layer import SSL, choose_structure
 from ss1bench.structure import SS1Structure
+from ss1bench.timing import do_bench, graphed
 from ss1bench.tuning.gpu import normalize_gpu_name
 
 from .peers import LowRankLinear, MonarchLinear
@@ -128,7 +129,8 @@ def _format_config(config) -> str:
         return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
     text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
     text += f"/g{config.group_m}"
-    return text + (f"/split{config.split_m}" if config.split_m > 1 else "")
+    text += f"/split{config.split_m}" if config.split_m > 1 else ""
+    return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "")
 
 
 def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device, heuristic: bool) -> str:
@@ -199,12 +201,9 @@ class Timing:
 def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES, warmup_ms: int = DEFAULT_WARMUP_MS,
                            rep_ms: int = DEFAULT_REP_MS) -> float:
     """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written, do_bench median)."""
-    import triton.testing
-
     source = torch.full((nbytes // 2,), 1.5, dtype=torch.float16, device=device)
     target = torch.empty_like(source)
-    ms = triton.testing.do_bench(lambda: target.copy_(source), warmup=warmup_ms, rep=rep_ms,
-                                 return_mode="median")
+    ms = do_bench(lambda: target.copy_(source), warmup_ms, rep_ms)
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -226,12 +225,12 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
                 cuda_graph: bool = False) -> Timing:
     """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward).
 
-    With ``cuda_graph`` (forward only) the call is captured once in a CUDA graph and its replays
-    are timed: host-side launch overhead (Python, dispatch, Triton's launcher) drops out for every
-    provider alike, which is how decode steps are served in practice.
+    With ``cuda_graph`` the call (forward, or forward and backward) is captured once in a CUDA
+    graph and its replays are timed: host-side launch overhead (Python, dispatch, Triton's
+    launcher, autograd) drops out for every provider alike, which is how decode steps are served
+    and how graph-captured training steps run. The gradients then live in the graph's memory pool
+    and are overwritten by every replay.
     """
-    import triton.testing
-
     module = built.module
     backward = dy is not None
     params = list(module.parameters())
@@ -259,26 +258,18 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
         call()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-        if cuda_graph and not backward:
-            call = _graphed(call)
-        median, p20, p80 = triton.testing.do_bench(call, warmup=warmup_ms, rep=rep_ms, grad_to_none=grads,
-                                                   quantiles=list(QUANTILES))
-    for tensor in grads or ():
+        for tensor in grads or ():
+            tensor.grad = None
+        if cuda_graph:
+            call, grads = graphed(call), None
+        median, p20, p80 = do_bench(call, warmup_ms, rep_ms, quantiles=QUANTILES, grad_to_none=grads)
+    for tensor in [x, *params]:
         tensor.grad = None
     return Timing(median, p20, p80, peak)
 
 
-def _graphed(call: Callable[[], None]) -> Callable[[], None]:
-    """Capture ``call`` (already warmed up) in a CUDA graph; return its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph.replay
+#: Old private name, still imported by ss1bench.e2e (use ss1bench.timing.graphed).
+_graphed = graphed
 
 
 # ---- rows -------------------------------------------------------------------------------------
@@ -366,7 +357,7 @@ class RunInfo:
             "cuda": torch.version.cuda, "date": self.started, "git_commit": _git_commit(),
             "database": self.database, "copy_bandwidth_gbs": self.copy_bandwidth_gbs,
             "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call"
-                      + ("; forward calls replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
+                      + ("; every call replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
             "providers": {p.name: p.description for p in PROVIDERS},
             "args": self.args, "cases_total": cases_total, "cases_done": cases_done,

@@ -47,15 +47,18 @@ import torch
 from ss1bench import reference
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.structure import SS1Structure, cached_structure
+from ss1bench.timing import graph_bench_ms
 
 from .gate import GateResult, compare
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-#: do_bench settings. Screening ranks ~20-50 candidates per bucket, so it is short; the top few
-#: are re-timed longer. Medians of do_bench with the L2 flushed before every call (its default).
-SCREEN_WARMUP_MS, SCREEN_REP_MS = 2, 10
-CONFIRM_WARMUP_MS, CONFIRM_REP_MS = 5, 40
+#: do_bench settings. Screening ranks ~20-40 candidates per bucket, so it is short; the top few
+#: are re-timed longer. Medians of do_bench with the L2 flushed before every call (its default),
+#: of CUDA-graph replays (:func:`ss1bench.timing.graph_bench_ms`: the kernel's time, not the
+#: launcher's host time, which would swamp decode kernels of 5-15 us).
+SCREEN_WARMUP_MS, SCREEN_REP_MS = 1, 5
+CONFIRM_WARMUP_MS, CONFIRM_REP_MS = 3, 25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,10 +188,9 @@ def run_gate(case: Case, config: LaunchConfig) -> GateResult:
 
 
 def bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:
-    """Median milliseconds of ``fn`` (``triton.testing.do_bench``: L2 flushed before every call)."""
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    """Median milliseconds of ``fn`` replayed from a CUDA graph (L2 flushed before every replay);
+    eager ``do_bench`` when ``fn`` cannot be captured."""
+    return graph_bench_ms(fn, warmup_ms, rep_ms)[0]
 
 
 # ---------------------------------------------------------------------------------------------
