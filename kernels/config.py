@@ -44,9 +44,11 @@ class LaunchConfig:
 
     ``tile_m``, ``tile_n``, ``tile_k`` are the kernel's tile along M, N and K_red (powers of two,
     >= 16; independent of the structural block sizes). ``group_m`` is the grouped-ordering width
-    for L2 reuse; ``split_m`` splits the M reduction of ``grad_weight`` over that many programs.
-    With ``algorithm="sketch_gemm"`` only ``tile_m``, ``tile_k`` and ``num_warps`` apply (the
-    sketch kernel's tile); the product is cuBLAS's.
+    for L2 reuse; ``split_m`` splits the M reduction of ``grad_weight`` over that many programs;
+    ``split_k`` splits the K_red reduction of the fused ``forward`` over that many programs (fp32
+    partial sums, added in a fixed order: deterministic), for decode shapes whose output has too
+    few tiles to occupy the GPU. With ``algorithm="sketch_gemm"`` only ``tile_m``, ``tile_k`` and
+    ``num_warps`` apply (the sketch kernel's tile); the product is cuBLAS's.
     """
 
     tile_m: int = 64
@@ -57,6 +59,7 @@ class LaunchConfig:
     group_m: int = 8
     split_m: int = 1
     algorithm: str = "fused"
+    split_k: int = 1
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -67,7 +70,7 @@ class LaunchConfig:
                 raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
-        for name in ("num_stages", "group_m", "split_m"):
+        for name in ("num_stages", "group_m", "split_m", "split_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LaunchConfig.{name} must be a positive int, got {value!r}")
@@ -226,6 +229,25 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
+#: Streaming multiprocessors the decode split-K heuristic aims to cover (H100/H200 SXM: 132).
+TARGET_PROGRAMS = 128
+
+
+def decode_split_k(problem: Problem, tile_m: int, tile_n: int, tile_k: int, programs: int = TARGET_PROGRAMS) -> int:
+    """Power-of-two K_red split that brings a forward grid of output tiles up to ``programs``
+    programs, keeping at least two ``tile_k`` steps per program (1: no split).
+
+    A decode forward reads the compressed weight once; with N / tile_n output tiles (e.g. 24 for
+    N = 768) most SMs would idle while it streams in.
+    """
+    tiles = -(-problem.m // tile_m) * -(-problem.out_features // tile_n)
+    steps = -(-problem.k_red // tile_k)
+    split = 1
+    while tiles * split * 2 <= programs and steps // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
 def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
     """Default config: always launches (fits ``shared_memory_limit``), reasonable everywhere.
 
@@ -243,7 +265,8 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
     if problem.kind == "forward":
         if m <= DECODE_MAX_M:
             tile_m = max(16, min(_next_power_of_two(m), 64))
-            config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=4, num_stages=3)
+            config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=4, num_stages=3,
+                                  split_k=decode_split_k(problem, tile_m, 64, 128))
         else:
             config = LaunchConfig(tile_m=128, tile_n=128, tile_k=64, num_warps=8, num_stages=3)
     elif problem.kind == "grad_input":

@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
+#: The hash numbers are runtime arguments that Triton would otherwise specialize on (a value of 1
+#: or one divisible by 16 compiles another binary), so layers with the same tiles and c would not
+#: always share one kernel binary.
+HASH_ARGS = ["R0M", "R1M", "R2M", "R3M"]
+
+
 # ---------------------------------------------------------------------------------------------
 # @triton.jit helpers
 # ---------------------------------------------------------------------------------------------
@@ -106,17 +112,20 @@ def _rotated_weight_columns(kk, rot_n, BK: tl.constexpr, VEC: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_forward_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, partial_ptr,
     M, N, K, K_RED,
     stride_xm, stride_wn, stride_ym,
     R0M, R1M, R2M, R3M,
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     TILE_M: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """y tile = sketch(x) tile @ rotated weight tile (+ bias). With SPLIT_K > 1, program
+    (tile, s) covers the s-th slice of the K_red steps and writes its fp32 partial sum to
+    partial[s] (bias and cast happen in the reduction)."""
     pid = tl.program_id(0)
     pid_m, pid_n = _tile_ids(pid, tl.cdiv(M, TILE_M), tl.cdiv(N, TILE_N), GROUP_M)
     offs_m = pid_m * TILE_M + tl.arange(0, TILE_M)
@@ -128,7 +137,14 @@ def _ss1_forward_kernel(
     rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
 
     acc = tl.zeros((TILE_M, TILE_N), dtype=tl.float32)
-    for k0 in range(0, K_RED, TILE_K):
+    if SPLIT_K == 1:
+        k_begin = 0
+        k_end = K_RED
+    else:
+        steps = tl.cdiv(tl.cdiv(K_RED, TILE_K), SPLIT_K)
+        k_begin = tl.program_id(1) * steps * TILE_K
+        k_end = tl.minimum(k_begin + steps * TILE_K, K_RED)
+    for k0 in range(k_begin, k_end, TILE_K):
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
         xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
@@ -136,13 +152,18 @@ def _ss1_forward_kernel(
         w = tl.load(w_rows + w_cols, mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
         acc = tl.dot(xs.to(w.dtype), tl.trans(w), acc, input_precision=DOT_PRECISION)
 
+    if SPLIT_K > 1:
+        p_ptrs = (partial_ptr + tl.program_id(1).to(tl.int64) * M * N
+                  + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :])
+        tl.store(p_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+        return
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_grad_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
     M, N, K, K_RED,
@@ -180,7 +201,7 @@ def _ss1_grad_input_kernel(
         tl.store(dx_rows + col[None, :], out, mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_grad_weight_kernel(
     dy_ptr, x_ptr, dw_ptr,
     M, N, K, K_RED, ROWS_PER_SPLIT,
@@ -222,7 +243,7 @@ def _ss1_grad_weight_kernel(
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_sketch_kernel(
     x_ptr, xs_ptr, M, K, K_RED, stride_xm, stride_xsm,
     R0M, R1M, R2M, R3M,
@@ -240,7 +261,7 @@ def _ss1_sketch_kernel(
              mask=mask_m[:, None] & mask_kk[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_unsketch_kernel(
     dxs_ptr, dx_ptr, M, K, K_RED, stride_dxsm, stride_dxm,
     R0M, R1M, R2M, R3M,
@@ -260,7 +281,7 @@ def _ss1_unsketch_kernel(
                  mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_rotate_kernel(
     src_ptr, dst_ptr, N, K_RED, stride_src, stride_dst,
     R0M, R1M, R2M, R3M,
@@ -353,6 +374,12 @@ def _structure_args(structure: SS1Structure) -> dict:
                 BN=structure.block_n, VEC=VEC)
 
 
+def _check_split_k(kind: str, config: LaunchConfig) -> None:
+    if config.split_k > 1 and (kind != "forward" or config.algorithm != "fused"):
+        raise ValueError(f"split_k={config.split_k} applies to the fused forward kernel only, not to "
+                         f"{kind} ({config.algorithm})")
+
+
 def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,
             config: LaunchConfig | None, launch) -> None:
     """Run ``launch(cfg)`` with ``config`` if given (errors propagate: the caller pinned it),
@@ -360,12 +387,14 @@ def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, devi
     is an estimate), retry with a smaller heuristic config so the default path always launches.
     """
     if config is not None:
+        _check_split_k(kind, config)
         launch(config)
         return
     name, limit = device_limits(device)
     problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
                       structure.block_k, structure.block_n, dtype_name(dtype), name)
     cfg = resolve_launch_config(problem, limit)
+    _check_split_k(kind, cfg)
     while True:
         try:
             launch(cfg)
@@ -458,17 +487,24 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             else:
                 torch.addmm(bias, xs, wr.t(), out=y)
             return
-        grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n),)
+        split = cfg.split_k
+        partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+        grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n), split)
         _ss1_forward_kernel[grid](
-            x, weight, bias if bias is not None else y, y,
+            x, weight, bias if bias is not None else y, y, partial,
             m, n, k, k_red,
             x.stride(0), weight.stride(0), y.stride(0),
             **_structure_args(structure),
             HAS_BIAS=bias is not None,
             TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
-            DOT_PRECISION=_dot_precision(x.dtype),
+            SPLIT_K=split, DOT_PRECISION=_dot_precision(x.dtype),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+        if split > 1:  # the partials' sum in a fixed order, then bias and the cast
+            total = partial.sum(dim=0)
+            if bias is not None:
+                total += bias
+            y.copy_(total)
 
     _launch("forward", m, structure, x.dtype, x.device, config, launch)
     return y

@@ -111,6 +111,37 @@ def test_deterministic_weight_gradient_is_bitwise_repeatable(generator):
     assert_close("grad_weight", first, reference.ss1_grad_weight_reference(dy.double(), x.double(), structure))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("split_k", [2, 3, 8])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_split_k_matches_reference(generator, split_k, with_bias, dtype):
+    # K_red = 96 in 32-wide steps: 3 steps, so split 8 leaves programs with nothing to add
+    structure = SS1Structure(190, 45, 2, seed=9, block_k=16, block_n=16)
+    x = randn(5, 190, generator=generator).to(dtype)
+    w = randn(*structure.weight_shape, generator=generator).to(dtype)
+    b = randn(45, generator=generator).to(dtype) if with_bias else None
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=32, num_stages=1, split_k=split_k)
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned((5, 45), dtype, "cpu"))
+    y_ref = reference.ss1_forward_reference(x.double(), w.double(), None if b is None else b.double(), structure)
+    assert_close("y", y, y_ref)
+
+
+@pytest.mark.parametrize("kind", ["grad_input", "grad_weight", "sketch_gemm forward"])
+def test_split_k_outside_the_fused_forward_is_an_error(generator, kind):
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    x, dy = randn(3, 64, generator=generator), randn(3, 32, generator=generator)
+    w = randn(*structure.weight_shape, generator=generator)
+    algorithm = "sketch_gemm" if kind.startswith("sketch") else "fused"
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, split_k=2, algorithm=algorithm)
+    with pytest.raises(ValueError, match="split_k=2 applies to the fused forward kernel only"):
+        if kind == "grad_input":
+            kernels.ss1_grad_input(dy, w, structure, config)
+        elif kind == "grad_weight":
+            kernels.ss1_grad_weight(dy, x, structure, config)
+        else:
+            kernels.ss1_forward(x, w, None, structure, config)
+
+
 def test_launches_go_through_the_override_hook(generator):
     structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
     x = randn(3, 64, generator=generator)
