@@ -3,6 +3,9 @@
 #   tests      GPU tests; every measured error goes to $OUT/errors_all.csv
 #   baselines  scripts/baselines.py: eager forward/backward vs dense on the BASELINES.md rows
 #   bench      ss1bench bench (gpt2 + llama sets, fp16 forward, CUDA-graph timing)
+#   tune       the timed run (gpt2, c = 2/4/8/16, fp16, alone on GPU 0) and, with 4 GPUs, the
+#              rest of the shipped database (llama fp16+bf16, gpt2 bf16) on GPUs 1-3 at the same
+#              time, all into $OUT/db/H200.json (concurrent writers under the file lock)
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests bench" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -43,11 +46,42 @@ run_bench() {
     echo "bench rc=$?"; tail -40 "$OUT/bench.log"
 }
 
+run_tune() {
+    local gpus db common
+    gpus=$(nvidia-smi -L | wc -l)
+    db="$OUT/db/H200.json"
+    mkdir -p "$OUT/db"
+    common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db")
+    if [ "$gpus" -ge 4 ]; then
+        timeout 560 ss1bench tune "${common[@]}" --devices 1,2 --shapes llama --dtype fp16,bf16 \
+            --compile-workers 10 --results-csv "$OUT/tune_llama.csv" > "$OUT/tune_llama.log" 2>&1 &
+        timeout 560 ss1bench tune "${common[@]}" --devices 3 --shapes gpt2 --dtype bf16 \
+            --compile-workers 14 --results-csv "$OUT/tune_gpt2_bf16.csv" > "$OUT/tune_gpt2_bf16.log" 2>&1 &
+        workers=24
+    else
+        workers=0  # default: every core for the one device
+    fi
+    local wargs=()
+    [ "$workers" -gt 0 ] && wargs=(--compile-workers "$workers")
+    { time timeout 480 ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 --dtype fp16 "${wargs[@]}" \
+        --results-csv "$OUT/tune_gpt2_fp16.csv" ; } > "$OUT/tune_gpt2_fp16.log" 2>&1
+    echo "tune gpt2 fp16 rc=$?"; tail -8 "$OUT/tune_gpt2_fp16.log"
+    if [ "$gpus" -lt 4 ]; then
+        timeout "${REST_S:-60}" ss1bench tune "${common[@]}" --shapes gpt2,llama --dtype fp16,bf16 \
+            --results-csv "$OUT/tune_rest.csv" > "$OUT/tune_rest.log" 2>&1
+    fi
+    wait
+    for f in "$OUT"/tune_*.log; do echo "== $f"; grep -E "items to tune|wall|elapsed" "$f" | tail -3; done
+    ss1bench db validate "$db"; ss1bench db show "$db" --no-launch | head -5
+    python3 -m pytest -q -m gpu tests/test_tuning_gpu.py 2>&1 | tail -2
+}
+
 for stage in $STAGES; do
     case "$stage" in
         tests) run_tests ;;
         baselines) run_baselines ;;
         bench) run_bench ;;
-        *) echo "unknown stage $stage (tests, baselines, bench)"; exit 2 ;;
+        tune) run_tune ;;
+        *) echo "unknown stage $stage (tests, baselines, bench, tune)"; exit 2 ;;
     esac
 done

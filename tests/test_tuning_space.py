@@ -18,7 +18,7 @@ def problem(kind="forward", m=4096, k=768, n=3072, c=8, dtype="fp16") -> Problem
 
 def test_large_tiles_at_c8_are_rejected_at_227_kib():
     p = problem(c=8)
-    big = LaunchConfig(128, 128, 64, num_warps=8, num_stages=3)
+    big = LaunchConfig(64, 256, 64, num_warps=8, num_stages=3)
     assert shared_memory_bytes(big, p) > HOPPER
     assert space.rejection_reason(big, p, HOPPER).startswith("shared memory")
     candidates = space.launch_candidates(p, HOPPER)

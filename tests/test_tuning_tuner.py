@@ -167,6 +167,10 @@ def test_structure_search_end_to_end(factor, expect_other):
     written = {tdb.LaunchKey.parse(key).family[5:] for key in outcome.updates.launch}
     assert written == {primary, chosen}
     assert any(x.phase == "probe" and x.structure == other for x in outcome.measurements)
+    # structures are compared on the prefill bucket only; decode is measured on the winner alone
+    decode_probes = [x for x in outcome.measurements if x.structure == other and x.m == 16]
+    assert bool(decode_probes) == expect_other
+    assert all(x.phase in ("probe", "confirm") for x in decode_probes)
     rows = summary_rows(outcome)
     assert [row["structure"] for row in rows] == [f"{chosen[0]}x{chosen[1]}"] * 2
     assert all(row["speedup"] for row in rows)

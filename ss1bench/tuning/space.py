@@ -2,7 +2,8 @@
 
 Every candidate is a :class:`~ss1bench.kernels.config.LaunchConfig`; none changes the function (the
 kernels are correct for any tile). Both algorithms are in the space: ``fused`` (one Triton GEMM
-gathering the sketch on load: tiles, warps, stages, group size, split_m for grad_weight) and
+gathering the sketch on load: tiles, warps, stages, group size, split_m for grad_weight, split_k
+for the decode forward) and
 ``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps). Candidates are
 pruned before anything is compiled:
 
@@ -28,6 +29,7 @@ from ss1bench.kernels.config import (
     KINDS,
     LaunchConfig,
     Problem,
+    decode_split_k,
     heuristic_config,
     shared_memory_bytes,
 )
@@ -113,45 +115,54 @@ def _decode_row_tiles(m: int) -> tuple[int, ...]:
 
 
 def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
-    """The raw (unpruned) grid for ``kind`` at ``m`` rows and reduction factor c."""
+    """The raw (unpruned) grid for ``kind`` at ``m`` rows and reduction factor c.
+
+    Kept small on purpose (the issue's budget: the gpt2 set, four factors, in minutes): one
+    pipeline depth per regime here, the neighbouring depths and group sizes come from
+    :func:`refinements` around the screening winner only. The values are those that won or came
+    within a few percent on the H200 (tuning logs under ``reports/H200/raw``).
+    """
     configs: list[LaunchConfig] = []
     if kind == "forward":
         if is_decode(m):
             # Weight-read bound: many narrow N tiles keep SMs busy; deep K tiles keep bytes in flight.
-            for tm, tn, tk, (w, s) in itertools.product(
-                    _decode_row_tiles(m), (32, 64, 128), (64, 128, 256), ((4, 3), (4, 4), (2, 4))):
-                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+            # Each config also comes split over K_red when its grid is small (_with_k_splits).
+            for tm, tn, tk in itertools.product(_decode_row_tiles(m), (32, 64, 128), (64, 128, 256)):
+                configs.append(LaunchConfig(tm, tn, tk, 4, 4, group_m=8))
         else:
-            # c member tiles per stage: high c wants shorter row tiles and fewer stages.
-            row_tiles, stages = ((64, 128, 256), (3, 4)) if redn_factor <= 4 else ((32, 64, 128), (2, 3))
-            for tm, tn, tk, w, s in itertools.product(row_tiles, (64, 128, 256), (32, 64), (4, 8), stages):
-                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+            # c member tiles per stage: high c wants shorter row tiles.
+            row_tiles = (64, 128) if redn_factor <= 4 else (32, 64)
+            for tm, tn, tk, w in itertools.product(row_tiles, (64, 128, 256), (32, 64), (4, 8)):
+                configs.append(LaunchConfig(tm, tn, tk, w, 3, group_m=8))
     elif kind == "grad_input":
         # Output tile M x K_red (tile_k wide), reduction over N (tile_n deep).
         if is_decode(m):
-            for tm, tk, tn, (w, s) in itertools.product(
-                    _decode_row_tiles(m), (32, 64, 128), (64, 128, 256), ((4, 3), (4, 4), (2, 4))):
-                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+            for tm, tk, tn, w in itertools.product(_decode_row_tiles(m), (32, 64, 128), (64, 128, 256), (2, 4)):
+                configs.append(LaunchConfig(tm, tn, tk, w, 4, group_m=8))
         else:
-            for tm, tk, tn, w, s in itertools.product((64, 128, 256), (64, 128, 256), (32, 64), (4, 8), (3, 4)):
-                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+            for tm, tk, tn, w in itertools.product((64, 128), (64, 128, 256), (32, 64), (4, 8)):
+                configs.append(LaunchConfig(tm, tn, tk, w, 3, group_m=8))
     elif kind == "grad_weight":
         # Output tile N x K_red, reduction over M (tile_m deep, split over split_m programs).
         if is_decode(m):
             for tm, tn, tk, w in itertools.product(_decode_row_tiles(m), (64, 128), (64, 128), (4, 8)):
                 configs.append(LaunchConfig(tm, tn, tk, w, num_stages=2, group_m=8))
         else:
-            row_tiles, stages = ((32, 64), (3, 4)) if redn_factor <= 4 else ((16, 32), (2, 3))
-            for tm, tn, tk, w, s in itertools.product(row_tiles, (64, 128, 256), (64, 128), (4, 8), stages):
-                configs.append(LaunchConfig(tm, tn, tk, w, s, group_m=8))
+            row_tiles = (32, 64) if redn_factor <= 4 else (16, 32)
+            for tm, tn, tk, w in itertools.product(row_tiles, (64, 128, 256), (64, 128), (4, 8)):
+                configs.append(LaunchConfig(tm, tn, tk, w, 3, group_m=8))
     else:
         raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KINDS}")
     # sketch_gemm: a memory-bound sketch (or unsketch) kernel plus a cuBLAS product; only the
     # sketch tile and its warps apply, the other fields stay at fixed values so equal launches
-    # compare equal.
-    row_tiles = tuple(t for t in (16, 32, 64) if t <= max(16, _pow2_at_least(m)))
-    for tm, tk, w in itertools.product(row_tiles, (64, 128, 256), (4, 8)):
-        configs.append(sketch_gemm_config(tm, tk, w))
+    # compare equal. At decode sizes it also rotates the whole weight per call (three weight
+    # passes where the fused kernel makes one), so one canonical candidate stands for it there.
+    if is_decode(m):
+        configs.append(sketch_gemm_config(16, 128, 4))
+    else:
+        for tm, tk in itertools.product((16, 32, 64), (64, 128, 256)):
+            configs.append(sketch_gemm_config(tm, tk, 4))
+        configs += [sketch_gemm_config(64, tk, 8) for tk in (128, 256)]
     return configs
 
 
@@ -170,6 +181,15 @@ def _with_splits(config: LaunchConfig, problem: Problem, sm_count: int) -> list[
     while tiles * split < sm_count and problem.m // (split * 2) >= 4 * config.tile_m and split < 64:
         split *= 2
     return [config] if split == 1 else [config, dataclasses.replace(config, split_m=split)]
+
+
+def _with_k_splits(config: LaunchConfig, problem: Problem, sm_count: int) -> list[LaunchConfig]:
+    """Decode forward: the config unsplit, and its K_red split that fills the GPU once
+    (:func:`~ss1bench.kernels.config.decode_split_k`), if any."""
+    if config.algorithm != "fused":
+        return [config]
+    split = decode_split_k(problem, config.tile_m, config.tile_n, config.tile_k, sm_count)
+    return [config] if split == 1 else [config, dataclasses.replace(config, split_k=split)]
 
 
 def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]:
@@ -225,6 +245,9 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     grid = _grid(problem.kind, problem.m, problem.redn_factor)
     if problem.kind == "grad_weight" and not is_decode(problem.m):
         grid = [split for config in grid for split in _with_splits(config, problem, sm_count)]
+    if problem.kind == "forward" and is_decode(problem.m):
+        grid = [split for config in grid for split in _with_k_splits(clamp_to_problem(config, problem), problem,
+                                                                      sm_count)]
     baseline = heuristic_config(problem, shared_memory_limit)
     seen: set[LaunchConfig] = set()
     for config in [baseline, *(clamp_to_problem(c, problem) for c in grid)]:
@@ -263,4 +286,5 @@ def describe(config: LaunchConfig) -> str:
     if config.algorithm == "sketch_gemm":
         return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
     text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
-    return text + (f" split{config.split_m}" if config.split_m > 1 else "")
+    text += f" split{config.split_m}" if config.split_m > 1 else ""
+    return text + (f" splitk{config.split_k}" if config.split_k > 1 else "")

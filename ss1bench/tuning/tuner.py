@@ -10,12 +10,15 @@ recorded for it):
 3. **confirm**: re-time the best :attr:`TuneOptions.top_confirm` with longer runs, next to the
    dense cuBLAS baseline; the fastest confirmed config is the record;
 4. **probe** the other structure candidates with the primary's best :attr:`TuneOptions.probe_top`
-   configs (each gated too).
+   configs (each gated too), on the prefill pairs (:func:`structure_pairs`).
 
-The structure recorded for the item is the one with the lowest geometric-mean time over all its
-``(kind, M)`` pairs, relative to the primary at the same configs; it must beat the primary by
+The structure recorded for the item is the one with the lowest geometric-mean time over the
+probed pairs, relative to the primary at the same configs; it must beat the primary by
 :attr:`TuneOptions.structure_min_gain` (else the default stays: structure is part of the model,
-so it is not changed for noise). Records are written after each item (resume point).
+so it is not changed for noise). Only prefill pairs are probed because decode is bound by the read
+of the compressed weight, whose size the candidates share (they all have the least padding); when
+a structure other than the primary wins, its decode pairs are then timed with the primary's best
+configs so that every bucket gets a record. Records are written after each item (resume point).
 
 Compiles run ahead in a process pool (:mod:`.measure`); pairs are pipelined one step: pair i+1 is
 screened while the compiles that pair i's refinement and probes need run in the pool. Everything
@@ -40,7 +43,7 @@ from .shapes import Layer
 #: Columns of the results CSV (one row per candidate, pruned ones included).
 CSV_FIELDS = (
     "gpu", "device_name", "dtype", "kind", "M", "K", "N", "c", "block_k", "block_n", "phase", "status",
-    "algorithm", "tile_m", "tile_n", "tile_k", "num_warps", "num_stages", "group_m", "split_m",
+    "algorithm", "tile_m", "tile_n", "tile_k", "num_warps", "num_stages", "group_m", "split_m", "split_k",
     "ms", "dense_ms", "speedup", "gate_rel_err", "gate_max_err", "first_launch_s", "error",
 )
 
@@ -95,6 +98,11 @@ class WorkItem:
     def pairs(self) -> list[tuple[str, int]]:
         return [(kind, m) for kind in self.kinds for m in self.m_buckets]
 
+    def structure_pairs(self) -> list[tuple[str, int]]:
+        """The pairs on which structures are compared: the prefill ones (all pairs if none is)."""
+        prefill = [(kind, m) for kind, m in self.pairs() if not space.is_decode(m)]
+        return prefill or self.pairs()
+
 
 def plan_work(layers: list[Layer], redn_factors: list[int], dtypes: list[str], options: TuneOptions,
               database: TuningDatabase | None) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -146,14 +154,16 @@ def estimate_units(item: WorkItem, options: TuneOptions, shared_memory_limit: in
     """Measurements an item will take (the progress bar's unit)."""
     units = 0
     others = len(item.structures) - 1
+    compared = set(item.structure_pairs())
     for kind, m in item.pairs():
+        probed = others if (kind, m) in compared else 0
         if (kind, m) in item.todo:
             kept = len(space.launch_candidates(problem_for(item, kind, m, item.primary), shared_memory_limit,
                                                sm_count).kept)
             units += kept + (3 if options.refine else 0) + options.top_confirm + 1
-            units += others * min(options.probe_top, kept)
+            units += probed * min(options.probe_top, kept)
         elif item.searches_structure:
-            units += 1 + others
+            units += 1 + probed
     return units
 
 
@@ -398,8 +408,9 @@ class Tuner:
             self._precompile(item, kind, m, item.primary, state["refinements"], item_index)
         probe_configs = [x.config for x in ranking[: self.options.probe_top if full else 1]]
         state["probe_configs"] = probe_configs
-        for other in item.structures[1:]:
-            self._precompile(item, kind, m, other, probe_configs, item_index)
+        if (kind, m) in item.structure_pairs():
+            for other in item.structures[1:]:
+                self._precompile(item, kind, m, other, probe_configs, item_index)
         return state
 
     def _finish(self, item: WorkItem, state: dict, measurements: list[Measurement],
@@ -436,10 +447,13 @@ class Tuner:
         results[(item.primary, kind, m)] = result
         # the structure comparison: primary's screening times of the probe configs
         probe_configs = state["probe_configs"]
-        primary_times = [by_config[c].ms for c in probe_configs if c in by_config]
+        probes[(item.primary, kind, m)] = [by_config[c] for c in probe_configs if c in by_config]
+        _release(case)
+        if (kind, m) not in item.structure_pairs():
+            return
+        primary_times = [x.ms for x in probes[(item.primary, kind, m)]]
         if primary_times:
             per_structure[item.primary][(kind, m)] = min(primary_times)
-        _release(case)
         for other in item.structures[1:]:
             other_structure = self._structure(item, other)
             try:
@@ -461,16 +475,30 @@ class Tuner:
 
     def _confirm_structure(self, item: WorkItem, chosen: tuple[int, int], probes: dict, results: dict,
                            measurements: list[Measurement]) -> None:
-        """Re-time the chosen structure's probe configs with long runs; its best become records."""
+        """Re-time the chosen structure's probe configs with long runs; its best become records.
+
+        Pairs that were not probed (decode) are first measured on the chosen structure with the
+        primary's best configs (gated like any candidate)."""
         structure = self._structure(item, chosen)
+        compared = set(item.structure_pairs())
         for kind, m in item.pairs():
-            ok = probes.get((chosen, kind, m), [])
-            result = results.get((chosen, kind, m))
-            if not ok or result is None:
-                continue
+            primary_result = results.get((item.primary, kind, m))
             try:
                 case = self.bench.prepare(kind, m, structure, item.dtype)
             except Exception:  # no record for this pair then
+                continue
+            if (kind, m) not in compared and primary_result is not None:
+                configs = [x.config for x in probes.get((item.primary, kind, m), [])]
+                tried = [self._measure(case, config, "probe", chosen, item.dtype) for config in configs]
+                measurements.extend(tried)
+                probes[(chosen, kind, m)] = [x for x in tried if x.ok]
+                results[(chosen, kind, m)] = PairResult(kind, m, chosen, dense_ms=primary_result.dense_ms,
+                                                        ok=len(probes[(chosen, kind, m)]),
+                                                        failed=len(tried) - len(probes[(chosen, kind, m)]))
+            ok = probes.get((chosen, kind, m), [])
+            result = results.get((chosen, kind, m))
+            if not ok or result is None:
+                _release(case)
                 continue
             retimed = [self._retime(case, x) for x in ok]
             _release(case)
