@@ -71,7 +71,9 @@ run_tune() {
             --results-csv "$OUT/tune_rest.csv" > "$OUT/tune_rest.log" 2>&1
     fi
     wait
-    for f in "$OUT"/tune_*.log; do echo "== $f"; grep -E "items to tune|wall|elapsed" "$f" | tail -3; done
+    for f in "$OUT"/tune_*.log; do echo "== $f"; grep -E "items to tune|real|ETA" "$f" | tail -3; done
+    # every candidate's row, one archive (few files come back from a device call)
+    (cd "$OUT" && tar czf tune_results.tgz tune_*.csv && rm -f tune_*.csv)
     ss1bench db validate "$db"; ss1bench db show "$db" --no-launch | head -5
     python3 -m pytest -q -m gpu tests/test_tuning_gpu.py 2>&1 | tail -2
 }
