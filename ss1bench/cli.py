@@ -40,5 +40,6 @@ def info() -> None:
 
 
 # Commands from other modules register here (one line each).
+from . import e2e as _e2e  # noqa: E402, F401  (registers e2e)
 from .bench import commands as _bench_commands  # noqa: E402, F401  (registers bench, report)
 from .tuning import commands as _tuning_commands  # noqa: E402, F401  (registers tune, db)

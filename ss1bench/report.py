@@ -13,6 +13,10 @@ imports matplotlib lazily with the Agg backend, and writes, per dtype and mode:
 
 and ``summary.md`` with the headline figures, the tables and the plots. Every number in the
 summary is a CSV value (or the median/min/max of CSV values, as labelled), formatted only.
+
+Rows of ``ss1bench e2e`` (``shape_set`` ``"e2e"``: whole models, not layers) have no ideal and no
+peers; they get their own plot, ``e2e_speedup_<gpu>_<dtype>.png`` (speedup vs c per model and
+phase), and an "End-to-end models" section in the summary. Bench and e2e CSVs mix freely.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ STYLE = {
 }
 MODE_TITLES = {"fwd": "forward", "fwd+bwd": "forward + backward"}
 
+#: ``shape_set`` of ``ss1bench e2e`` rows (whole models; ``layer`` is ``"<model> <phase>"``).
+E2E_SHAPE_SET = "e2e"
+#: e2e phases in report order with their panel titles (``ss1bench.e2e.PHASES``; not imported: the
+#: report stays torch-free).
+E2E_PHASE_TITLES = {"prefill": "prefill: one forward over batch × seq tokens",
+                    "decode": "decode: one new token per sequence, KV cache of seq tokens"}
+E2E_PHASES = tuple(E2E_PHASE_TITLES)
+#: Result files a folder argument expands to.
+RESULT_GLOBS = ("bench_*.csv", "e2e_*.csv")
+
 
 class ReportError(Exception):
     """Results that cannot be reported (missing file, wrong columns); the message names the file."""
@@ -56,14 +70,15 @@ class ReportError(Exception):
 
 
 def result_files(paths: list[Path]) -> list[Path]:
-    """CSV files named by ``paths``: files as given, folders expanded to their ``bench_*.csv``."""
+    """CSV files named by ``paths``: files as given, folders expanded to their ``bench_*.csv`` and
+    ``e2e_*.csv``."""
     files: list[Path] = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted(path.glob("bench_*.csv"))
+            found = [file for pattern in RESULT_GLOBS for file in sorted(path.glob(pattern))]
             if not found:
-                raise ReportError(f"{path}: no bench_*.csv files in this folder")
+                raise ReportError(f"{path}: no {' or '.join(RESULT_GLOBS)} files in this folder")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -376,6 +391,54 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
     return _finish(fig, plt, what, context, out / f"peers_{tag}_{regime}.png", handles, labels)
 
 
+def _e2e_rows(frame):
+    """SS1 rows of e2e results with ``model`` and ``phase`` split out of ``layer`` (one per case)."""
+    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    parts = ss1["layer"].astype(str).str.rsplit(" ", n=1)
+    ss1 = ss1.assign(model=[p[0] for p in parts], phase=[p[-1] for p in parts])
+    return ss1.drop_duplicates(subset=["gpu", "dtype", "model", "phase", "M", "redn_factor"], keep="last")
+
+
+def plot_e2e_speedup(plt, frame, context: str, tag: str, out: Path) -> Path:
+    """Bars of SS1's end-to-end speedup over the dense model: one panel per phase, one bar group per
+    model (and tokens per call), one bar per c, the value written on each bar."""
+    import numpy as np
+
+    ss1 = _e2e_rows(frame)
+    phases = sorted(ss1["phase"].unique(), key=lambda phase: _rank(E2E_PHASES, phase))
+    factors = sorted(ss1["redn_factor"].unique())
+    colors = plt.get_cmap("viridis")([i / max(len(factors) - 1, 1) * 0.85 for i in range(len(factors))])
+    most_groups = max(len(ss1[ss1["phase"] == phase][["model", "M"]].drop_duplicates()) for phase in phases)
+    panel_width = max(3.6, 1.0 + most_groups * (0.5 + 0.32 * len(factors)))
+    fig, axes = _figure(plt, 1, len(phases), panel_width * len(phases), 4.4, sharey=True)
+    bar = 0.8 / len(factors)
+    highest = 1.0
+    for ax, phase in zip(axes[0], phases, strict=True):
+        part = ss1[ss1["phase"] == phase]
+        groups = list(dict.fromkeys(zip(part["model"], part["M"], strict=True)))
+        positions = np.arange(len(groups))
+        for index, (color, c) in enumerate(zip(colors, factors, strict=True)):
+            speedups = part[part["redn_factor"] == c].set_index(["model", "M"])["speedup_vs_dense"]
+            values = [float(speedups.get(group, np.nan)) for group in groups]
+            offsets = positions + (index - (len(factors) - 1) / 2) * bar
+            ax.bar(offsets, np.nan_to_num(values), width=bar, color=color, label=f"SS1 c = {c}")
+            for x, value in zip(offsets, values, strict=True):
+                text = "failed" if np.isnan(value) else f"{value:.2f}"
+                ax.text(x, 0 if np.isnan(value) else value, text, ha="center", va="bottom", fontsize=7,
+                        rotation=90 if len(factors) > 3 else 0)
+            highest = max([highest, *(v for v in values if not np.isnan(v))])
+        ax.axhline(1.0, color="0.3", linewidth=1, linestyle=":")
+        ax.set_xticks(positions, [f"{model}\n{m} tokens" for model, m in groups])
+        ax.set_title(E2E_PHASE_TITLES.get(phase, phase))
+        ax.set_xlabel("model (tokens per call)")
+        ax.grid(True, axis="y", color="0.9", linewidth=0.6)
+    axes[0][0].set_ylabel("speedup vs dense model (×)")  # the panels share y
+    axes[0][0].set_ylim(0, highest * 1.25)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    what = "End-to-end speedup of the SS1 model over the dense model (dense time / SS1 time); dotted line = dense"
+    return _finish(fig, plt, what, context, out / f"e2e_speedup_{tag}.png", handles, labels)
+
+
 # ---- markdown ---------------------------------------------------------------------------------
 
 
@@ -444,6 +507,62 @@ def case_rows(frame) -> list[list[str]]:
     return rows
 
 
+E2E_HEADER = ["GPU", "dtype", "model", "phase", "tokens (M)", "c", "dense ms", "SS1 ms", "SS1 p20–p80 ms",
+              "speedup vs dense", "SS1 tokens/s", "linear weights dense", "linear weights SS1", "timing"]
+
+
+def _detail_field(detail, key: str) -> str:
+    """The value of ``key=value`` in an e2e ``detail`` (``"; "``-separated), or ``–``."""
+    for part in str(detail if not _missing(detail) else "").split("; "):
+        name, _, value = part.partition("=")
+        if name == key:
+            return value
+    return "–"
+
+
+def e2e_table_rows(frame) -> list[list[str]]:
+    """One row per (GPU, dtype, model, phase, tokens, c), in the results' order, numbers from the CSV
+    (SS1 tokens/s = M / SS1 time)."""
+    dense = {tuple(row[k] for k in CASE_KEY): row for row in frame[frame["provider"] == "dense"].to_dict("records")}
+    rows = []
+    for row in _e2e_rows(frame).to_dict("records"):
+        ok = row["status"] == "ok"
+        dense_row = dense.get(tuple(row[k] for k in CASE_KEY), {})
+        weights = [dense_row.get("weight_params"), row["weight_params"]]
+        rows.append([
+            str(row["gpu"]), str(row["dtype"]), str(row["model"]), str(row["phase"]), str(row["M"]),
+            str(row["redn_factor"]), fmt_ms(row["dense_ms"]), fmt_ms(row["median_ms"]) if ok else "failed",
+            f"{fmt_ms(row['p20_ms'])}–{fmt_ms(row['p80_ms'])}" if ok else "–",
+            fmt_ratio(row["speedup_vs_dense"]),
+            "–" if not ok else f"{row['M'] / row['median_ms'] * 1e3:,.0f}",
+            *("–" if _missing(w) else f"{int(w):,}" for w in weights),
+            _detail_field(row["detail"], "timing").replace("|", "/"),
+        ])
+    return rows
+
+
+def _e2e_section(frame, plots: list[Path]) -> list[str]:
+    lines = ["## End-to-end models", "",
+             "Made by `ss1bench e2e`: whole Hugging Face models built from their configs (random weights), "
+             "dense against the same model converted with `convert_to_ss_linear` (every eligible linear layer; "
+             "a tied LM head stays dense), timed in the same run. **prefill**: one forward over batch × seq "
+             "tokens; **decode**: one new token per sequence against a KV cache of seq tokens. **tokens (M)**: "
+             "tokens per call; **speedup vs dense** = dense time / SS1 time; **SS1 tokens/s** = M / SS1 time; "
+             "**linear weights**: weights of all linear layers (SS1: compressed). There is no ideal end to end.",
+             ""]
+    for path in plots:
+        lines += [f"![{path.stem}]({path.name})", ""]
+    lines += [*_md_table(E2E_HEADER, e2e_table_rows(frame)), ""]
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        lines += ["### Failed end-to-end timings", ""]
+        lines += _md_table(["GPU", "dtype", "model and phase", "c", "provider", "status"],
+                           [[str(r.gpu), str(r.dtype), str(r.layer), str(r.redn_factor), str(r.provider),
+                             str(r.status).replace("|", "/")] for r in failed.itertuples()])
+        lines.append("")
+    return lines
+
+
 def _sources_table(sources) -> list[str]:
     header = ["results", "GPU", "torch", "triton", "date (UTC)", "git commit", "tuning database",
               "copy bandwidth GB/s", "complete"]
@@ -457,25 +576,43 @@ def _sources_table(sources) -> list[str]:
     return _md_table(header, rows)
 
 
-def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]], out: Path) -> Path:
+def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]], out: Path,
+                  e2e_plots: list[Path] | None = None) -> Path:
+    """``summary.md``: sources, then the layer benchmark (headline, per-set sections, failures) when
+    ``frame`` has bench rows, then the end-to-end section when it has e2e rows."""
     gpus = ", ".join(sorted(frame["gpu"].astype(str).unique()))
+    is_e2e = frame["shape_set"] == E2E_SHAPE_SET
+    bench, e2e = frame[~is_e2e], frame[is_e2e]
+    commands = " and ".join(name for name, part in (("`ss1bench bench`", bench), ("`ss1bench e2e`", e2e))
+                            if len(part))
     lines = [f"# SS1 benchmark report: {gpus}", "",
-             "Made by `ss1bench report` from `ss1bench bench` results; every number below is a CSV value "
+             f"Made by `ss1bench report` from {commands} results; every number below is a CSV value "
              "(or, in the headline, the median and range of CSV values).", ""]
     lines += [*_sources_table(sources), ""]
-    lines += ["## Definitions", "",
-              "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
-              "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
-              "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
-              "- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
-              "from the tuning database when it has them); **SS1 (heuristic)**: the same layer with every "
-              "launch forced to the default heuristic config.",
-              "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
-              "(to within half a rank step).",
-              f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
-              f"{FLOP_COUNTS}",
-              f"- {MEMORY_FLOOR}",
-              f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
+    if len(bench):
+        lines += _bench_sections(bench, plots)
+    if len(e2e):
+        lines += _e2e_section(e2e, e2e_plots or [])
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> list[str]:
+    """Definitions, headline, per-set plots and cases, and failed timings of layer-benchmark rows."""
+    lines = ["## Definitions", "",
+             "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
+             "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
+             "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
+             "- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
+             "from the tuning database when it has them); **SS1 (heuristic)**: the same layer with every "
+             "launch forced to the default heuristic config.",
+             "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
+             "(to within half a rank step).",
+             f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
+             f"{FLOP_COUNTS}",
+             f"- {MEMORY_FLOOR}",
+             f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
     lines += ["## Headline: SS1 (tuning database)", "",
               "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets).", ""]
     lines += [*_md_table(HEADLINE_HEADER, headline_rows(frame)), ""]
@@ -494,9 +631,7 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]],
                            [[str(r.dtype), str(r.mode), str(r.M), str(r.K), str(r.N), str(r.redn_factor),
                              str(r.provider), str(r.status).replace("|", "/")] for r in failed.itertuples()])
         lines.append("")
-    path = out / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 # ---- entry point ------------------------------------------------------------------------------
@@ -509,8 +644,10 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     plots: dict[tuple[str, str, str], list[Path]] = {}
-    set_order = {name: i for i, name in enumerate(dict.fromkeys(frame["shape_set"]))}
-    groups = sorted(frame.groupby(["shape_set", "dtype", "mode"], sort=False),
+    is_e2e = frame["shape_set"] == E2E_SHAPE_SET
+    bench, e2e = frame[~is_e2e], frame[is_e2e]
+    set_order = {name: i for i, name in enumerate(dict.fromkeys(bench["shape_set"]))}
+    groups = sorted(bench.groupby(["shape_set", "dtype", "mode"], sort=False),
                     key=lambda item: (set_order[item[0][0]], _rank(DTYPES, item[0][1]), _rank(MODES, item[0][2])))
     for (shape_set, dtype, mode), part in groups:
         gpu = ", ".join(sorted(part["gpu"].astype(str).unique()))
@@ -523,5 +660,12 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
         written.append(plot_fraction_heatmap(plt, part, context, tag, out))
         for regime, m in _regimes(part):
             written.append(plot_peers(plt, part, context, tag, regime, m, out))
-    summary = write_summary(frame, sources, plots, out)
-    return [path for group in plots.values() for path in group] + [summary]
+    e2e_plots = []
+    e2e_groups = sorted(e2e.groupby(["gpu", "dtype"], sort=False),
+                        key=lambda item: (str(item[0][0]), _rank(DTYPES, item[0][1])))
+    for (gpu, dtype), part in e2e_groups:
+        if (part["provider"] == "ss1_tuned").any():
+            e2e_plots.append(plot_e2e_speedup(plt, part, f"{gpu}, {dtype}, inference forward (no_grad)",
+                                              f"{gpu}_{dtype}", out))
+    summary = write_summary(frame, sources, plots, out, e2e_plots)
+    return [path for group in plots.values() for path in group] + e2e_plots + [summary]

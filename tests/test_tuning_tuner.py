@@ -371,6 +371,31 @@ def test_compile_pool_runs_urgent_tasks_first():
     assert started == ["item5-0", "item1", "item5-1", "item5-2"]
 
 
+def test_compile_pool_shutdown_does_not_wait_for_a_stuck_compile():
+    import multiprocessing
+    import time as time_module
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool = measure._PriorityPool(executor, limit=1, function=time_module.sleep)
+    stuck = pool.submit(60, priority=0)
+    queued = pool.submit(60, priority=1)
+    deadline = time_module.monotonic() + 30
+    while not executor._processes and time_module.monotonic() < deadline:
+        time_module.sleep(0.05)
+    workers = list(executor._processes.values())
+    start = time_module.monotonic()
+    pool.shutdown()
+    assert time_module.monotonic() - start < 10
+    # the executor's own thread may reap the worker first: allow it a moment to notice
+    deadline = time_module.monotonic() + 5
+    while any(worker.exitcode is None for worker in workers) and time_module.monotonic() < deadline:
+        time_module.sleep(0.05)
+    assert workers and all(worker.exitcode is not None for worker in workers)
+    assert queued.cancelled()
+    del stuck
+
+
 def test_structure_record_is_not_replaced_by_an_unsearched_one():
     layers = [Layer(768, 3072, (16,), ("x",))]
     first = tuner(FakeBench()).tune_item(plan_work(layers, [4], ["fp16"], TuneOptions(), None)[0][0])

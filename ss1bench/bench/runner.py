@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import math
 import platform
@@ -268,10 +269,6 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
     return Timing(median, p20, p80, peak)
 
 
-#: Old private name, still imported by ss1bench.e2e (use ss1bench.timing.graphed).
-_graphed = graphed
-
-
 # ---- rows -------------------------------------------------------------------------------------
 
 
@@ -319,6 +316,11 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "") if commit else None
 
 
+def _digest(path: Path) -> str:
+    """First 12 hex digits of the file's sha256 (which database a result was measured with)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def use_tuning_database(gpu: str) -> str:
     """Make sure SSL layers read the tuning database (idempotent); describe the files for ``gpu``.
 
@@ -329,10 +331,10 @@ def use_tuning_database(gpu: str) -> str:
     from ss1bench.tuning.lookup import install_database_hooks
 
     install_database_hooks()
-    files = [f"user {path}" for path in [user_db_path(gpu)] if path.is_file()]
+    files = [f"user {path} (sha256 {_digest(path)})" for path in [user_db_path(gpu)] if path.is_file()]
     shipped = shipped_db_path(gpu)
-    if shipped.is_file():
-        files.append(f"shipped {shipped}")
+    if shipped.is_file():  # named inside the package: the same on every machine
+        files.append(f"shipped ss1bench/tuning_db/{shipped.name} (sha256 {_digest(shipped)})")
     return "; ".join(files) or f"no database file for {gpu} (SS1 launches fall back to the heuristic)"
 
 

@@ -401,11 +401,20 @@ class _PriorityPool:
         self._pump()
 
     def shutdown(self) -> None:
+        """Cancel what is queued and stop the workers now (a compile in flight is abandoned: its
+        result would only warm the disk cache). Workers are terminated rather than joined so that
+        a tuning process never waits at exit on a compiler that hangs."""
         with self._lock:
             pending, self._heap = self._heap, []
         for *_rest, future in pending:
             future.cancel()
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
 
 
 class KernelBench:

@@ -305,6 +305,10 @@ def _run_processes(assignments, request: TuneRequest, progress: ProgressLine) ->
             reports.append(message[1])
     for process in processes:
         process.join(timeout=30)
+    for process in processes:  # its report (and its records) are in: never wait on a stuck exit
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=10)
     for (device, _items), process in zip(assignments, processes, strict=True):
         if process.exitcode not in (0, None) and not any(r.device == device.describe() for r in reports):
             reports.append(DeviceReport(device=device.describe(), gpu=device.gpu,

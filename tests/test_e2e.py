@@ -1,0 +1,404 @@
+"""``ss1bench e2e`` on the CPU: the work list, the option and prerequisite errors, the model table
+(tiny variants of every model), the decode step's fixed-length cache, the whole timing path with
+an injected fake timer, and ``ss1bench report`` on the CSV it writes (alone and mixed with a
+bench CSV)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from ss1bench.bench.schema import RESULT_COLUMNS
+from ss1bench.cli import main
+from ss1bench.layer import SSL
+
+transformers = pytest.importorskip("transformers")
+
+from ss1bench import e2e  # noqa: E402  (after the importorskip: the module is useless without transformers)
+from ss1bench.report import E2E_HEADER  # noqa: E402
+
+#: Tiny sizes for every model of the table (same architecture, seconds on a CPU).
+TINY = {
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 256, "bos_token_id": 1, "eos_token_id": 1},
+    "gpt2-medium": {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 256, "bos_token_id": 1,
+                    "eos_token_id": 1},
+    "bert-base": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+                  "vocab_size": 256},
+    "bert-large": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
+                   "vocab_size": 256},
+    "llama-1b": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 256},
+}
+CPU = torch.device("cpu")
+
+
+def _dense_kinds(model: nn.Module) -> list[str]:
+    """Paths of the nn.Linear / HF Conv1D layers left in ``model``."""
+    return [path for path, module in model.named_modules()
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def test_dry_run_lists_the_work_and_weight_counts_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["e2e", "--dry-run", "--model", "gpt2,bert-base", "--redn-factor", "2,4",
+                                       "--batch", "2", "--seq", "128"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    work = lines[:-1]
+    # gpt2: prefill and decode; BERT (an encoder): prefill only; each at c = 2 and 4.
+    assert [line.split()[:3] for line in work] == [
+        ["gpt2", "prefill", "c=2"], ["gpt2", "prefill", "c=4"], ["gpt2", "decode", "c=2"], ["gpt2", "decode", "c=4"],
+        ["bert-base", "prefill", "c=2"], ["bert-base", "prefill", "c=4"]]
+    assert all("tokens=256 " in line for line in work if " prefill " in line)  # batch x seq
+    assert all("tokens=2 " in line for line in work if " decode " in line)  # one new token per sequence
+    # GPT-2 small by hand: 12 blocks of qkv (768 -> 2304), proj (768 -> 768), fc (768 -> 3072), fc-proj
+    # (3072 -> 768), plus the tied LM head (50257 x 768), which stays dense.
+    h, vocab = 768, 50257
+    dense = 12 * (h * 3 * h + h * h + 2 * h * 4 * h) + vocab * h
+    # c = 4: K_red = K/4 for every converted layer (768 -> 192, 3072 -> 768, no padding).
+    ss1 = 12 * (3 * h * 192 + h * 192 + 4 * h * 192 + h * 768) + vocab * h
+    gpt2_c4 = next(line for line in work if line.startswith("gpt2") and "prefill" in line and "c=4" in line)
+    assert f"linear weights {dense:,} dense -> {ss1:,} SS1" in gpt2_c4
+    assert "48/49 layers SS1" in gpt2_c4
+    assert "73/73 layers SS1" in work[-1]  # BERT: every linear layer, the pooler included
+    assert lines[-1].startswith("6 (model, phase, c) pairs")
+    assert "; 9 timings;" in lines[-1]  # dense once per (model, phase): 3, SS1 once per pair: 6
+    assert "e2e_gpt2-bert-base_fp16_b2_s128.csv" in lines[-1]
+
+
+def test_timings_count_dense_once_per_model_and_phase():
+    work = e2e.plan(["gpt2", "bert-base"], [2, 4, 8], batch=1, seq=8)
+    assert len(work) == 2 * 3 + 1 * 3
+    assert e2e.timings_in(work) == 3 + len(work)  # dense: gpt2 prefill, gpt2 decode, bert prefill
+
+
+def test_without_cuda_exits_2_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["e2e", "--model", "gpt2", "--redn-factor", "4"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "CUDA" in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    assert not list(tmp_path.rglob("*")), "nothing is written"
+
+
+def test_unknown_model_is_a_usage_error_naming_the_valid_ones():
+    result = CliRunner().invoke(main, ["e2e", "--dry-run", "--model", "gpt2,gpt5"])
+    assert result.exit_code == 2
+    assert "gpt5" in result.output and "Traceback" not in result.output
+    for name in e2e.MODEL_NAMES:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("args", [["--redn-factor", "3"], ["--redn-factor", "x"], ["--dtype", "fp8"],
+                                  ["--batch", "0"], ["--seq", "-1"]])
+def test_bad_options_exit_2(args):
+    result = CliRunner().invoke(main, ["e2e", "--dry-run", *args])
+    assert result.exit_code == 2, (args, result.output)
+    assert "Traceback" not in result.output
+
+
+def test_missing_transformers_exits_2_with_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
+    result = CliRunner().invoke(main, ["e2e", "--dry-run"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "pip install transformers" in result.output
+
+
+# ---- model table ------------------------------------------------------------------------------
+
+
+def test_model_table_has_the_published_shapes():
+    shapes = {}
+    for name in e2e.MODEL_NAMES:
+        model_class, config = e2e.build_config(name)
+        assert model_class.__name__ == e2e.MODELS[name].model_class
+        shapes[name] = (*e2e.model_dims(config), config.num_hidden_layers, config.num_attention_heads)
+    assert shapes == {"gpt2": (768, 3072, 12, 12), "gpt2-medium": (1024, 4096, 24, 16),
+                      "bert-base": (768, 3072, 12, 12), "bert-large": (1024, 4096, 24, 16),
+                      "llama-1b": (2048, 8192, 16, 32)}
+    _, llama = e2e.build_config("llama-1b")
+    assert (llama.num_key_value_heads, llama.vocab_size, llama.tie_word_embeddings) == (8, 128256, True)
+    rope = getattr(llama, "rope_parameters", None) or {"rope_theta": getattr(llama, "rope_theta", None)}
+    assert rope["rope_theta"] == 500000.0
+    assert [name for name in e2e.MODEL_NAMES if e2e.MODELS[name].decoder] == ["gpt2", "gpt2-medium", "llama-1b"]
+
+
+def test_position_limits_cover_the_run():
+    # GPT-2 has 1024 learned positions: a decode step after a 1024-token prompt needs position 1024.
+    assert e2e.build_config("gpt2", seq=1024)[1].n_positions == 1025
+    assert e2e.build_config("gpt2", seq=100)[1].n_positions == 1024  # never lowered
+    assert e2e.build_config("bert-base", seq=1024)[1].max_position_embeddings == 1024  # BERT's default: 512
+    assert e2e.build_config("llama-1b", seq=1024)[1].max_position_embeddings == 131072
+
+
+@pytest.mark.parametrize("name", list(e2e.MODELS))
+def test_tiny_models_build_and_convert_to_ssl(name):
+    model = e2e.build_model(name, CPU, torch.float32, seq=16, overrides=TINY[name])
+    assert type(model).__name__ == e2e.MODELS[name].model_class
+    assert not model.training
+    assert model.config._attn_implementation == "sdpa"
+    dense_paths = _dense_kinds(model)
+    assert dense_paths
+    dense_weights = e2e.linear_weight_params(model)
+    assert dense_weights == sum(model.get_submodule(path).weight.numel() for path in dense_paths)
+
+    from ss1bench import convert_to_ss_linear
+
+    converted = convert_to_ss_linear(model, 2, project=False)
+    # Only a tied LM head (GPT-2, Llama-3.2: tie_word_embeddings) stays dense.
+    assert _dense_kinds(converted) == (["lm_head"] if e2e.MODELS[name].decoder else [])
+    ssl = [module for module in converted.modules() if isinstance(module, SSL)]
+    assert len(ssl) == len(dense_paths) - len(_dense_kinds(converted))
+    assert e2e.linear_weight_params(converted) < dense_weights
+    hidden, intermediate = e2e.model_dims(converted.config)
+    structure = e2e.mlp_structure(converted, hidden, intermediate)
+    assert structure is not None and structure.redn_factor == 2 and structure.k_red == hidden // 2
+    ids = torch.randint(1, 256, (2, 16))
+    with torch.no_grad():
+        out = converted(ids)
+    assert (out.logits if hasattr(out, "logits") else out.last_hidden_state).shape[:2] == (2, 16)
+
+
+def test_build_model_leaves_the_global_rng_alone():
+    before = torch.random.get_rng_state()
+    first = e2e.build_model("gpt2", CPU, torch.float32, overrides=TINY["gpt2"])
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second = e2e.build_model("gpt2", CPU, torch.float32, overrides=TINY["gpt2"])
+    assert torch.equal(first.transformer.h[0].mlp.c_fc.weight, second.transformer.h[0].mlp.c_fc.weight)
+
+
+# ---- decode step ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-1b"])
+def test_decode_step_keeps_the_cache_length_fixed(name):
+    model = e2e.build_model(name, CPU, torch.float32, seq=12, overrides=TINY[name])
+    generator = torch.Generator().manual_seed(0)
+    inputs = e2e.Inputs.random(256, 3, 12, generator, CPU)
+    assert int(inputs.prompt.min()) >= 1 and int(inputs.new_ids.min()) >= 1  # never zeros
+    with torch.no_grad():
+        step = e2e.DecodeStep(model, inputs.prompt, inputs.new_ids)
+        assert step.cache.get_seq_length() == 12
+        outputs = []
+        for _ in range(4):
+            outputs.append(step().logits)
+            assert step.cache.get_seq_length() == 12
+        full = model(torch.cat([inputs.prompt, inputs.new_ids], dim=1), use_cache=False).logits[:, -1:]
+    assert outputs[0].shape == (3, 1, 256)
+    for logits in outputs[1:]:  # the same cache every step, so the same answer
+        torch.testing.assert_close(logits, outputs[0])
+    torch.testing.assert_close(outputs[0], full, rtol=1e-4, atol=1e-4)  # and the cache is the prompt's
+
+
+# ---- timing core ------------------------------------------------------------------------------
+
+
+class FakeTimer:
+    """Stands in for do_bench: runs the call once, returns a new median per timing (p20/p80 around it)."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.fail_on = fail_on
+        self.values = itertools.count(3)
+
+    def __call__(self, call, warmup_ms, rep_ms):
+        self.calls.append((warmup_ms, rep_ms))
+        if len(self.calls) == self.fail_on:
+            raise RuntimeError("fake timer failed\nsecond line")
+        call()
+        median = 0.5 * next(self.values)
+        return median, 0.9 * median, 1.2 * median
+
+
+MODELS_RUN = ["gpt2", "bert-base", "llama-1b"]
+FACTORS = [2, 4]
+BATCH, SEQ = 2, 8
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    timer = FakeTimer()
+    args = {"models": MODELS_RUN, "redn_factors": FACTORS}
+    stem = e2e.output_stem(MODELS_RUN, "fp32", BATCH, SEQ)
+    csv_path, frame = e2e.run(MODELS_RUN, FACTORS, BATCH, SEQ, "fp32", folder, stem, args, device=CPU, timer=timer,
+                              warmup_ms=7, rep_ms=11, echo=lambda line: None, overrides=TINY)
+    return csv_path, frame, timer
+
+
+def test_run_writes_the_bench_csv_layout(e2e_run):
+    csv_path, frame, timer = e2e_run
+    assert csv_path.name == "e2e_gpt2-bert-base-llama-1b_fp32_b2_s8.csv"
+    written = pd.read_csv(csv_path)
+    assert tuple(written.columns) == RESULT_COLUMNS == tuple(frame.columns)
+    assert len(frame) == len(written)
+    pairs = e2e.plan(MODELS_RUN, FACTORS, BATCH, SEQ)
+    assert len(written) == 2 * len(pairs)
+    assert list(written["provider"]) == ["dense", "ss1_tuned"] * len(pairs)
+    assert set(written["shape_set"]) == {"e2e"} and set(written["mode"]) == {"fwd"}
+    assert set(written["status"]) == {"ok"}
+    assert timer.calls == [(7, 11)] * e2e.timings_in(pairs)  # dense once per (model, phase)
+    assert list(written["layer"].str.split().str[0].drop_duplicates()) == MODELS_RUN
+
+    # speedup = dense_ms / median_ms, dense_ms = the dense row's median of the same (model, phase, c).
+    assert (written["speedup_vs_dense"] - written["dense_ms"] / written["median_ms"]).abs().max() < 1e-12
+    for (_, _), group in written.groupby(["layer", "redn_factor"]):
+        dense, ss1 = group.iloc[0], group.iloc[1]
+        assert dense["provider"] == "dense" and dense["median_ms"] == ss1["dense_ms"] == dense["dense_ms"]
+        assert ss1["weight_params"] < dense["weight_params"]
+        assert ss1["flops"] == 2 * ss1["M"] * ss1["weight_params"]
+        assert ss1["dense_flops"] == dense["flops"]
+        assert math.isnan(ss1["ideal_ms"]) and math.isnan(ss1["fraction_of_ideal"])
+        assert ss1["k_red"] == dense["k_red"] == ss1["K"] // ss1["redn_factor"]
+        assert ss1["block_k"] > 0 and math.isnan(dense["block_k"])
+    # a dense timing is repeated in each c group, not re-timed
+    dense_rows = written[written["provider"] == "dense"]
+    assert (dense_rows.groupby("layer")["median_ms"].nunique() == 1).all()
+
+
+def test_rows_describe_the_model(e2e_run):
+    _, frame, _ = e2e_run
+    rows = {(r["layer"], r["redn_factor"], r["provider"]): r for r in frame.to_dict("records")}
+    gpt2 = rows[("gpt2 prefill", 2, "ss1_tuned")]
+    assert (gpt2["M"], gpt2["K"], gpt2["N"]) == (BATCH * SEQ, 64, 256)  # hidden, 4 x hidden
+    decode = rows[("llama-1b decode", 4, "dense")]
+    assert (decode["M"], decode["K"], decode["N"]) == (BATCH, 64, 128)
+    assert ("bert-base decode", 2, "dense") not in rows
+    for row in frame.to_dict("records"):
+        detail = dict(part.split("=", 1) for part in row["detail"].split("; "))
+        assert float(detail["tokens/s"]) == pytest.approx(row["M"] / row["median_ms"] * 1e3, abs=0.5)
+        assert detail["timing"] == "eager" and detail["attention"] == "sdpa"
+    assert rows[("gpt2 decode", 2, "ss1_tuned")]["detail"].endswith("linear layers=8/9 SS1 (project=False)")
+
+
+def test_run_writes_the_sidecar(e2e_run):
+    csv_path, _, _ = e2e_run
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    for key in ("gpu", "torch", "triton", "date", "git_commit", "database", "args", "models", "phases"):
+        assert key in meta, key
+    assert meta["gpu"] == "CPU" and meta["complete"] is True
+    assert meta["args"] == {"models": MODELS_RUN, "redn_factors": FACTORS}
+    assert meta["models"]["llama-1b"]["config"]["hidden_size"] == 64
+    assert set(meta["providers"]) == {"dense", "ss1_tuned"}
+    assert "copy_bandwidth_gbs" not in meta  # a layer-benchmark quantity
+
+
+def test_summary_table_lists_every_pair(e2e_run):
+    _, frame, _ = e2e_run
+    table = e2e.summary_table(frame).splitlines()
+    assert table[0].split() == ["model", "phase", "c", "tokens", "dense", "ms", "SS1", "ms", "speedup", "dense",
+                                "tok/s", "SS1", "tok/s"]
+    assert len(table) == 1 + len(e2e.plan(MODELS_RUN, FACTORS, BATCH, SEQ))
+
+
+def test_failures_become_status_rows_and_the_run_goes_on(tmp_path):
+    broken = {**TINY, "gpt2": {**TINY["gpt2"], "n_head": 3}}  # 64 is not a multiple of 3 heads
+    timer = FakeTimer(fail_on=2)  # bert-base: dense timed first, then SS1 at c=2 fails
+    _, frame = e2e.run(["gpt2", "bert-base"], [2], 1, 4, "fp32", tmp_path, "e2e_fail", {}, device=CPU, timer=timer,
+                       echo=lambda line: None, overrides=broken)
+    gpt2 = frame[frame["layer"].str.startswith("gpt2")]
+    assert len(gpt2) == 4 and gpt2["status"].str.contains("divisible|head", regex=True).all()
+    assert gpt2["median_ms"].isna().all()
+    bert = frame[frame["layer"] == "bert-base prefill"].set_index("provider")
+    assert bert.loc["dense", "status"] == "ok"
+    assert bert.loc["ss1_tuned", "status"] == "RuntimeError: fake timer failed"
+    assert math.isnan(bert.loc["ss1_tuned", "speedup_vs_dense"])
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "e2e_fail.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = (out / "summary.md").read_text()
+    assert "### Failed end-to-end timings" in summary and "RuntimeError: fake timer failed" in summary
+
+
+def test_cuda_graph_falls_back_to_eager_and_says_so():
+    """On the CPU capture always fails: the row is timed eagerly on a freshly built call."""
+    timer, built = FakeTimer(), []
+
+    def make_call():
+        built.append(1)
+        return lambda: torch.ones(4).sum()
+
+    timing, mode = e2e.time_call(make_call, CPU, timer, cuda_graph=True)
+    assert timing.status == "ok" and timing.median_ms == 1.5
+    assert mode.startswith("eager (CUDA graph capture failed: ")
+    assert len(built) == 2 and len(timer.calls) == 1
+    failed, _ = e2e.time_call(lambda: (lambda: 1 / 0), CPU, timer)
+    assert failed.status == "ZeroDivisionError: division by zero" and math.isnan(failed.median_ms)
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+
+def _tables(markdown: str) -> dict[tuple[str, ...], list[list[str]]]:
+    tables, current = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if current is None:
+                current = tables.setdefault(tuple(cells), [])
+            elif not all(re.fullmatch(r"-+", cell) for cell in cells):
+                current.append(cells)
+        else:
+            current = None
+    return tables
+
+
+def test_report_on_an_e2e_csv(e2e_run, tmp_path):
+    csv_path, frame, _ = e2e_run
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(csv_path.parent), "--out", str(out)])  # a folder works
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"e2e_speedup_CPU_fp32.png", "summary.md"}
+    assert (out / "e2e_speedup_CPU_fp32.png").stat().st_size > 10_000
+    summary = (out / "summary.md").read_text()
+    assert "## End-to-end models" in summary and "](e2e_speedup_CPU_fp32.png)" in summary
+    assert "## Headline" not in summary  # no layer-benchmark rows, no layer-benchmark sections
+    rows = _tables(summary)[tuple(E2E_HEADER)]
+    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    assert len(rows) == len(ss1)
+    col = {name: i for i, name in enumerate(E2E_HEADER)}
+    for cells, row in zip(rows, ss1.to_dict("records"), strict=True):
+        assert f"{cells[col['model']]} {cells[col['phase']]}" == row["layer"]
+        assert int(cells[col["c"]]) == row["redn_factor"] and int(cells[col["tokens (M)"]]) == row["M"]
+        assert float(cells[col["speedup vs dense"]]) == pytest.approx(row["speedup_vs_dense"], abs=0.005)
+        assert float(cells[col["SS1 ms"]]) == pytest.approx(row["median_ms"], rel=1e-3)
+        assert int(cells[col["linear weights SS1"]].replace(",", "")) == row["weight_params"]
+        assert cells[col["timing"]] == "eager"
+
+
+def test_report_on_bench_and_e2e_csvs_together(e2e_run, tmp_path):
+    from test_report import _fixture_frame  # the bench fixture of tests/test_report.py
+
+    csv_path, _, _ = e2e_run
+    bench = tmp_path / "bench_gpt2_fp16_fwd.csv"
+    _fixture_frame().to_csv(bench, index=False)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(bench), str(csv_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"e2e_speedup_CPU_fp32.png", "summary.md", "speedup_vs_c_gpt2_fp16_fwd_decode.png",
+            "peers_gpt2_fp16_fwd_prefill.png"} <= names
+    assert not any(name.startswith(("speedup_vs_c_e2e", "peers_e2e", "fraction_of_ideal_e2e")) for name in names)
+    summary = (out / "summary.md").read_text()
+    assert "## Headline" in summary and "## End-to-end models" in summary
+    assert "## e2e shapes" not in summary
+    tables = _tables(summary)
+    assert len(tables[tuple(E2E_HEADER)]) == len(e2e.plan(MODELS_RUN, FACTORS, BATCH, SEQ))
+    headline = next(rows for header, rows in tables.items() if header[:3] == ("dtype", "mode", "c"))
+    assert [cells[0] for cells in headline] == ["fp16", "fp16"]  # the bench rows only
