@@ -7,6 +7,8 @@
 #              of the shipped database (llama fp16+bf16, gpt2 bf16) on GPUs 1-3 at the same time,
 #              all into one database (concurrent writers under the file lock) -> $OUT/H200.json
 #   release    (4 GPUs) tune, then bench/e2e/GPU tests with that database -> $OUT/results.tgz
+#   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
+#   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests bench" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -100,6 +102,25 @@ run_release() {
     tail -3 "$work/pytest_gpu.log"
 }
 
+run_e2e() {
+    # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
+        --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$OUT" \
+        > "$OUT/e2e_decoders.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model bert-base,bert-large \
+        --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$OUT" \
+        > "$OUT/e2e_encoders.log" 2>&1
+    wait
+    tail -22 "$OUT/e2e_decoders.log"; tail -10 "$OUT/e2e_encoders.log"
+}
+
+run_e2e_profile() {
+    # where the prefill time goes: linear kernels against the rest (scripts/e2e_profile.py)
+    timeout -k 5 240 python3 scripts/e2e_profile.py --model gpt2,gpt2-medium,bert-base,bert-large \
+        --redn-factor 2,4,8 --out "$OUT/e2e_profile.csv" > "$OUT/e2e_profile.log" 2>&1
+    cat "$OUT/e2e_profile.log"
+}
+
 for stage in $STAGES; do
     case "$stage" in
         tests) run_tests ;;
@@ -107,6 +128,8 @@ for stage in $STAGES; do
         bench) run_bench ;;
         tune) run_tune ;;
         release) run_release ;;
-        *) echo "unknown stage $stage (tests, baselines, bench, tune, release)"; exit 2 ;;
+        e2e) run_e2e ;;
+        e2e_profile) run_e2e_profile ;;
+        *) echo "unknown stage $stage (tests, baselines, bench, tune, release, e2e, e2e_profile)"; exit 2 ;;
     esac
 done

@@ -340,10 +340,10 @@ def time_call(make_call: Callable[[], Callable[[], object]], device: torch.devic
 
     The call runs once before timing (Triton compiles, cuBLAS picks algorithms, the tuning
     database is read) and once more for peak memory (CUDA only: the allocator's peak during the
-    call minus what was allocated before it). With ``cuda_graph`` its CUDA-graph replay is timed;
-    when capture fails, a fresh call (a half-captured decode step's cache cannot be trusted) is
-    timed eagerly and the mode says why. Any failure, building the call included, becomes the
-    Timing's one-line status: one failed row never ends the run.
+    call minus what was allocated before it). Eager calls are timed; with ``cuda_graph`` the call
+    is then captured and its replays timed too, and the faster of the two is kept (the mode says
+    which, and why eager when capture failed or the graph was slower). Any failure, building the
+    call included, becomes the Timing's one-line status: one failed row never ends the run.
     """
     mode = "eager"
     try:
@@ -358,14 +358,22 @@ def time_call(make_call: Callable[[], Callable[[], object]], device: torch.devic
                 call()
                 torch.cuda.synchronize(device)
                 peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            timed = call
+            quantiles = timer(call, warmup_ms, rep_ms)
             if cuda_graph:
-                timed, mode = _capture(call, device)
-                if timed is None:
-                    call = None  # release it (and a decode step's cache) before building the next
-                    timed = make_call()
-                    timed()
-            median, p20, p80 = timer(timed, warmup_ms, rep_ms)
+                # The replay is kept only when it is faster: a graph can be slower than eager calls
+                # (BERT on an H200: 29 ms replayed, 9 ms eager; SDPA picks another kernel under
+                # capture), and a user would run whichever is faster.
+                replay, captured = _capture(call, device)
+                if replay is None:
+                    mode = captured
+                else:
+                    graph_quantiles = timer(replay, warmup_ms, rep_ms)
+                    if graph_quantiles[0] <= quantiles[0]:
+                        quantiles, mode = graph_quantiles, "cuda-graph"
+                    else:
+                        mode = f"eager (faster than its CUDA graph: {graph_quantiles[0]:.3g} ms)"
+                    replay = None
+            median, p20, p80 = quantiles
         return Timing(median, p20, p80, peak), mode
     except Exception as error:  # a failed timing is a CSV row, not a crashed run
         if isinstance(error, torch.cuda.OutOfMemoryError):

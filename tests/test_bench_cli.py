@@ -69,3 +69,11 @@ def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
     assert str(seen["out_dir"]) == "reports/H200" and seen["stem"] == "bench_custom_bf16_fwdbwd"
     assert (seen["warmup_ms"], seen["rep_ms"]) == (5, 40)
     assert "(no results)" in result.output and "wrote reports/H200/bench_custom_bf16_fwdbwd.csv" in result.output
+
+
+def test_recorded_command_keeps_file_names_not_folders():
+    from ss1bench.cli import command_line
+
+    text = command_line(["tune", "--db", "/somewhere/db/H200.json", "--results-csv=/x/y/run.csv", "--shape",
+                         "64x512x1024", "--out", "reports/H200/"])
+    assert text == "ss1bench tune --db H200.json --results-csv=run.csv --shape 64x512x1024 --out H200"

@@ -327,7 +327,7 @@ def test_failures_become_status_rows_and_the_run_goes_on(tmp_path):
 
 
 def test_cuda_graph_falls_back_to_eager_and_says_so():
-    """On the CPU capture always fails: the row is timed eagerly on a freshly built call."""
+    """On the CPU capture always fails: the eager timing (taken first) is the row's."""
     timer, built = FakeTimer(), []
 
     def make_call():
@@ -337,9 +337,20 @@ def test_cuda_graph_falls_back_to_eager_and_says_so():
     timing, mode = e2e.time_call(make_call, CPU, timer, cuda_graph=True)
     assert timing.status == "ok" and timing.median_ms == 1.5
     assert mode.startswith("eager (CUDA graph capture failed: ")
-    assert len(built) == 2 and len(timer.calls) == 1
+    assert len(built) == 1 and len(timer.calls) == 1
     failed, _ = e2e.time_call(lambda: (lambda: 1 / 0), CPU, timer)
     assert failed.status == "ZeroDivisionError: division by zero" and math.isnan(failed.median_ms)
+
+
+@pytest.mark.parametrize("graph_ms, expect_graph", [(1.0, True), (3.0, False)])
+def test_cuda_graph_replay_is_kept_only_when_faster(monkeypatch, graph_ms, expect_graph):
+    def timer(call, warmup_ms, rep_ms):
+        return (graph_ms, graph_ms, graph_ms) if call == "replay" else (2.0, 1.9, 2.1)
+
+    monkeypatch.setattr(e2e, "_capture", lambda call, device: ("replay", "cuda-graph"))
+    timing, mode = e2e.time_call(lambda: (lambda: None), CPU, timer, cuda_graph=True)
+    assert timing.median_ms == (graph_ms if expect_graph else 2.0)
+    assert mode == "cuda-graph" if expect_graph else mode.startswith("eager (faster than its CUDA graph: 3 ms")
 
 
 # ---- report -----------------------------------------------------------------------------------

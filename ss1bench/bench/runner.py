@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ss1bench.cli import command_line
 from ss1bench.layer import SSL, choose_structure
 from ss1bench.structure import SS1Structure
 from ss1bench.timing import do_bench, graphed
@@ -363,7 +364,7 @@ class RunInfo:
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
             "providers": {p.name: p.description for p in PROVIDERS},
             "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
-            "wall_s": round(wall_s, 1), "complete": complete, "command": " ".join(sys.argv),
+            "wall_s": round(wall_s, 1), "complete": complete, "command": command_line(),
         }
 
 

@@ -8,13 +8,11 @@ matching ``--gpu``, a bad ``--shape``, an unusable database file) print one line
 from __future__ import annotations
 
 import datetime
-import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from ss1bench.cli import main
+from ss1bench.cli import command_line, main
 from ss1bench.kernels.config import FALLBACK_SHARED_MEMORY, KINDS
 from ss1bench.structure import REDUCTION_FACTORS
 
@@ -98,7 +96,7 @@ def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factor
     options = TuneOptions(kinds=tuple(kind_list), structure_search=not no_structure_search, force=force)
     from .runner import TuneRequest
 
-    command = "ss1bench tune " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = command_line()
     request = TuneRequest(layers, factors, dtype_list, options, db_override=db_override, results_csv=results_csv,
                           compile_workers=compile_workers, seed=seed, command=command)
     if dry_run:
