@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -306,6 +307,11 @@ def _row(case: Case, gpu: str, provider: str, structure: SS1Structure, built: Bu
 
 
 def _git_commit() -> str | None:
+    """HEAD of the checkout (``-dirty`` with uncommitted changes); ``SS1BENCH_GIT_COMMIT`` wins
+    (a copy of the tree on a remote machine may carry a stale ``.git``)."""
+    override = os.environ.get("SS1BENCH_GIT_COMMIT")
+    if override:
+        return override
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
