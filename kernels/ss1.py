@@ -31,6 +31,7 @@ import triton.language as tl
 from ss1bench.structure import VEC, SS1Structure
 
 from .config import LaunchConfig, Problem, resolve_launch_config, shrink_config
+from .launch import launch as launch_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -429,7 +430,8 @@ def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch
     """``xs: (M, K_red)`` for ``x: (M, K)`` (row-major last dim)."""
     m = x.shape[0]
     xs = torch.empty((m, structure.k_red), dtype=x.dtype, device=x.device)
-    _ss1_sketch_kernel[_sketch_grid(m, structure.k_red, cfg)](
+    launch_kernel(
+        _ss1_sketch_kernel, _sketch_grid(m, structure.k_red, cfg),
         x, xs, m, structure.in_features, structure.k_red, x.stride(0), xs.stride(0),
         **_structure_args(structure), TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, num_warps=cfg.num_warps,
     )
@@ -439,7 +441,8 @@ def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch
 def unsketch(dxs: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig, out: torch.Tensor) -> None:
     """``out: (M, K) = unsketch(dxs: (M, K_red))``."""
     m = dxs.shape[0]
-    _ss1_unsketch_kernel[_sketch_grid(m, structure.k_red, cfg)](
+    launch_kernel(
+        _ss1_unsketch_kernel, _sketch_grid(m, structure.k_red, cfg),
         dxs, out, m, structure.in_features, structure.k_red, dxs.stride(0), out.stride(0),
         **_structure_args(structure), TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, num_warps=cfg.num_warps,
     )
@@ -451,7 +454,8 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
     n, k_red = structure.weight_shape
     out = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device) if out is None else out
     grid = (triton.cdiv(n, ROTATE_TILE_N), triton.cdiv(k_red, ROTATE_TILE_K))
-    _ss1_rotate_kernel[grid](
+    launch_kernel(
+        _ss1_rotate_kernel, grid,
         weight, out, n, k_red, weight.stride(0), out.stride(0), **_structure_args(structure),
         TILE_N=ROTATE_TILE_N, TILE_K=ROTATE_TILE_K, INVERSE=inverse, num_warps=4,
     )
@@ -490,7 +494,8 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         split = cfg.split_k
         partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
         grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(n, cfg.tile_n), split)
-        _ss1_forward_kernel[grid](
+        launch_kernel(
+            _ss1_forward_kernel, grid,
             x, weight, bias if bias is not None else y, y, partial,
             m, n, k, k_red,
             x.stride(0), weight.stride(0), y.stride(0),
@@ -532,7 +537,8 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
             unsketch(torch.mm(grad_out, rotate_weight(weight, structure)), structure, cfg, dx)
             return
         grid = (triton.cdiv(m, cfg.tile_m) * triton.cdiv(k_red, cfg.tile_k),)
-        _ss1_grad_input_kernel[grid](
+        launch_kernel(
+            _ss1_grad_input_kernel, grid,
             grad_out, weight, dx,
             m, n, k, k_red,
             grad_out.stride(0), weight.stride(0), dx.stride(0),
@@ -591,7 +597,8 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
         else:
             target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
         grid = (triton.cdiv(n, cfg.tile_n) * triton.cdiv(k_red, cfg.tile_k), splits)
-        _ss1_grad_weight_kernel[grid](
+        launch_kernel(
+            _ss1_grad_weight_kernel, grid,
             grad_out, x, target,
             m, n, k, k_red, rows_per_split,
             grad_out.stride(0), x.stride(0), target.stride(0) if target.dim() == 3 else 0, target.stride(-2),

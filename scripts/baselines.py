@@ -73,6 +73,7 @@ def host_overhead(dtype: torch.dtype, calls: int = 2000) -> None:
 
     layer = SSL(768, 3072, redn_factor=4, seed=1, device="cuda", dtype=dtype)
     x = torch.randn(1, 768, device="cuda", dtype=dtype)
+    x128 = torch.randn(128, 768, device="cuda", dtype=dtype)
     w_dense = torch.randn(3072, 768, device="cuda", dtype=dtype)
     s, w, b = layer.structure, layer.weight.detach(), layer.bias.detach()
     cases = {
@@ -80,6 +81,7 @@ def host_overhead(dtype: torch.dtype, calls: int = 2000) -> None:
         "triton launcher": lambda: kernels.ss1_forward(x, w, b, s),
         "custom op (no grad)": lambda: ss1_linear(x, w, b, s),
         "SSL module (no grad)": lambda: layer(x),
+        "SSL module (no grad), sketch+cuBLAS, M=128": lambda: layer(x128),
     }
     for name, fn in cases.items():
         with torch.no_grad():
@@ -98,8 +100,18 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
+    parser.add_argument("--host-only", action="store_true",
+                        help="only the host-overhead table, with and without the direct launch path")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype]
+    if args.host_only:
+        import os
+
+        for setting in ("0", "1"):
+            os.environ["SS1BENCH_DIRECT_LAUNCH"] = setting
+            print(f"SS1BENCH_DIRECT_LAUNCH={setting}")
+            host_overhead(dtype)
+        return
     bandwidth = measure_copy_bandwidth(torch.device("cuda"))
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = []

@@ -9,6 +9,7 @@
 #   release    (4 GPUs) tune, then bench/e2e/GPU tests with that database -> $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
+#   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests bench" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -114,6 +115,21 @@ run_e2e() {
     tail -22 "$OUT/e2e_decoders.log"; tail -10 "$OUT/e2e_encoders.log"
 }
 
+run_final() {
+    # (2 GPUs) GPU tests on one, host overhead and the e2e models on the other
+    (CUDA_VISIBLE_DEVICES=0 SS1BENCH_ERRORS_CSV=/tmp/errors.csv timeout -k 5 200 python3 -m pytest -q -m gpu -n 6 \
+        tests/test_gpu.py tests/test_tuning_gpu.py > "$OUT/pytest_gpu.log" 2>&1; echo "gpu tests rc=$?") &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
+        > "$OUT/host_overhead.log" 2>&1
+    cat "$OUT/host_overhead.log"
+    E2E_S=${E2E_S:-150}
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 $E2E_S ss1bench e2e --model bert-base,bert-large,gpt2,gpt2-medium,llama-1b \
+        --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$OUT" > "$OUT/e2e.log" 2>&1
+    tail -32 "$OUT/e2e.log"
+    wait
+    tail -3 "$OUT/pytest_gpu.log"
+}
+
 run_e2e_profile() {
     # where the prefill time goes: linear kernels against the rest (scripts/e2e_profile.py)
     timeout -k 5 240 python3 scripts/e2e_profile.py --model gpt2,gpt2-medium,bert-base,bert-large \
@@ -130,6 +146,7 @@ for stage in $STAGES; do
         release) run_release ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
+        final) run_final ;;
         *) echo "unknown stage $stage (tests, baselines, bench, tune, release, e2e, e2e_profile)"; exit 2 ;;
     esac
 done

@@ -140,3 +140,31 @@ def test_layer_built_under_default_cuda_device():
     assert layer.structure.hash == SSL(768, 3072, redn_factor=4, seed=5, device="meta").structure.hash
     x = torch.randn(3, 768, device="cuda", dtype=torch.float16)
     assert_close("y", layer(x), x.double() @ layer.dense_weight().double().T + layer.bias.double())
+
+
+def test_direct_launch_path_matches_triton_launches_and_respects_alignment(monkeypatch):
+    """kernels/launch.py reuses a compiled binary only for the same specialization: a launch on
+    a misaligned view after an aligned one must compile its own (and be right)."""
+    from ss1bench.kernels import launch as direct
+    from ss1bench.kernels import ss1 as kernels
+
+    device, dtype = "cuda", torch.float16
+    structure = SS1Structure(768, 3072, 4, seed=3, block_k=default_block_k(768, 4), block_n=128)
+    generator = torch.Generator(device=device).manual_seed(0)
+    weight = torch.randn(structure.weight_shape, generator=generator, device=device).to(dtype) / 30
+    bias = torch.randn(3072, generator=generator, device=device).to(dtype)
+    flat = torch.randn(5 * 768 + 1, generator=generator, device=device).to(dtype)
+    aligned, misaligned = flat[:5 * 768].view(5, 768), flat[1:].view(5, 768)
+    assert misaligned.data_ptr() % 16 != 0
+    results = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", setting)
+        direct.clear()
+        for name, x in (("aligned", aligned), ("misaligned", misaligned), ("aligned again", aligned)):
+            for _ in range(2):  # the second call of a key takes the direct path
+                y = kernels.ss1_forward(x, weight, bias, structure, out=poisoned((5, 3072), dtype, device))
+            expected = reference.ss1_forward_reference(x.double(), weight.double(), bias.double(), structure)
+            assert_close(f"{name} (direct launch {setting})", y, expected, TOLERANCE[dtype])
+            results[(setting, name)] = y
+    for name in ("aligned", "misaligned"):
+        assert torch.equal(results[("0", name)], results[("1", name)])

@@ -1,0 +1,129 @@
+"""A direct launch path for compiled Triton kernels: the host cost of a launch, not the kernel.
+
+``kernel[grid](*args, **kwargs)`` re-derives, on every call, which compiled binary the arguments
+select (binding, specialization, cache key) before launching it. On an H200 host that cost
+60-80 us per launch, more than a decode-sized SS1 kernel runs, and an SSL layer launches one or
+two kernels per call. :func:`launch` keeps, per kernel, the compiled binary for each
+*specialization key* and launches it through ``CompiledKernel[grid]`` directly.
+
+The key is at least as fine as Triton's own specialization, so a cached binary is only reused
+where Triton would pick the same one:
+
+- constexpr parameters: their values;
+- tensors: dtype and whether the data pointer is 16-byte aligned;
+- integers: whether the value is 1, divisible by 16, and its integer type range (parameters in
+  ``do_not_specialize``: the range only); floats and bools: their type (bools: their value);
+- ``num_warps``, ``num_stages`` and the current CUDA device.
+
+The first call for a key goes through ``kernel[grid]`` (which compiles, or loads Triton's cache)
+and keeps the binary it returns. In the interpreter (``TRITON_INTERPRET=1``), for arguments of
+other types, while a kernel's ``run`` is replaced on the instance (the tuner's compile capture),
+or with ``SS1BENCH_DIRECT_LAUNCH=0``, every call takes the normal path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class _KernelInfo:
+    """What the launch path needs to know about one ``@triton.jit`` function."""
+
+    __slots__ = ("binaries", "constexpr", "names", "no_specialize")
+
+    def __init__(self, kernel) -> None:
+        params = kernel.params
+        self.names = tuple(p.name for p in params)
+        self.constexpr = tuple(bool(p.is_constexpr) for p in params)
+        self.no_specialize = tuple(bool(p.do_not_specialize) for p in params)
+        self.binaries: dict[tuple, Any] = {}
+
+
+#: id(kernel) -> its info, or False where the direct path cannot be used for it.
+_INFO: dict[int, _KernelInfo | bool] = {}
+
+
+def enabled() -> bool:
+    """Whether launches may bypass ``kernel[grid]`` (not in the interpreter, not switched off)."""
+    if os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") == "0":
+        return False
+    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def _int_range(value: int) -> int:
+    if _INT32[0] <= value <= _INT32[1]:
+        return 32
+    return 64 if _INT64[0] <= value <= _INT64[1] else 65
+
+
+def spec(value: Any, no_specialize: bool) -> tuple | None:
+    """The specialization key of one runtime argument, or None when it is of a type this path
+    does not key (the caller then takes the normal launch path)."""
+    if isinstance(value, torch.Tensor):
+        return ("t", value.dtype, value.data_ptr() % 16 == 0)
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int):
+        if no_specialize:
+            return ("i", _int_range(value))
+        return ("i", _int_range(value), value == 1, value % 16 == 0)
+    if isinstance(value, float):
+        return ("f",)
+    return None
+
+
+def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, device: int) -> tuple | None:
+    parts: list = [device, num_warps, num_stages]
+    for value, constexpr, no_specialize in zip(values, info.constexpr, info.no_specialize, strict=True):
+        if constexpr:
+            parts.append(("c", value))
+            continue
+        part = spec(value, no_specialize)
+        if part is None:
+            return None
+        parts.append(part)
+    return tuple(parts)
+
+
+def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``, through the cached binary when there is one."""
+    # "run" set on the instance: someone intercepts launches (the tuner's compile capture)
+    if not enabled() or "run" in getattr(kernel, "__dict__", {}):
+        kernel[grid](*args, **kwargs)
+        return
+    info = _INFO.get(id(kernel))
+    if info is None:
+        try:
+            info = _KernelInfo(kernel)
+        except AttributeError:  # a Triton without the parameter metadata this path reads
+            info = None
+        _INFO[id(kernel)] = info or False
+    if not info:
+        kernel[grid](*args, **kwargs)
+        return
+    num_warps, num_stages = kwargs.get("num_warps"), kwargs.get("num_stages")
+    try:
+        values = [*args, *(kwargs[name] for name in info.names[len(args):])]
+    except KeyError:  # a parameter left to its default: let Triton bind it
+        kernel[grid](*args, **kwargs)
+        return
+    key = specialization_key(info, values, num_warps, num_stages, torch.cuda.current_device())
+    binary = info.binaries.get(key) if key is not None else None
+    if binary is None:
+        compiled = kernel[grid](*args, **kwargs)
+        if key is not None and hasattr(compiled, "function") and hasattr(compiled, "__getitem__"):
+            info.binaries[key] = compiled
+        return
+    grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+    binary[grid3](*values, stream=torch.cuda.current_stream().cuda_stream)
+
+
+def clear() -> None:
+    """Forget every cached binary (tests; Triton's own caches are untouched)."""
+    _INFO.clear()

@@ -1,0 +1,144 @@
+"""The direct launch path (kernels/launch.py) with a stand-in kernel: which calls reuse a cached
+binary, and that the binary gets every argument in parameter order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ss1bench.kernels import launch as direct
+
+
+class FakeParam(SimpleNamespace):
+    pass
+
+
+class FakeBinary:
+    function = object()
+
+    def __init__(self, launches: list) -> None:
+        self.launches = launches
+
+    def __getitem__(self, grid):
+        def runner(*args, stream=None):
+            self.launches.append(("direct", grid, args, stream))
+        return runner
+
+
+PARAMS = (FakeParam(name="x", is_constexpr=False, do_not_specialize=False),
+          FakeParam(name="n", is_constexpr=False, do_not_specialize=False),
+          FakeParam(name="seed", is_constexpr=False, do_not_specialize=True),
+          FakeParam(name="BLOCK", is_constexpr=True, do_not_specialize=False))
+
+
+class FakeKernel:
+    """Parameters: x (tensor), n (int), seed (int, not specialized), BLOCK (constexpr)."""
+
+    params = PARAMS
+
+    def __init__(self) -> None:
+        self.launches: list = []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.launches.append(("triton", grid, args, kwargs))
+            return FakeBinary(self.launches)
+        return run
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("SS1BENCH_DIRECT_LAUNCH", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(cuda_stream=1234))
+    direct.clear()
+    yield FakeKernel()
+    direct.clear()
+
+
+def paths(kernel) -> list[str]:
+    return [entry[0] for entry in kernel.launches]
+
+
+def test_second_launch_with_the_same_specialization_is_direct(kernel):
+    x = torch.zeros(64)
+    direct.launch(kernel, (4,), x, 32, seed=5, BLOCK=16, num_warps=4)
+    direct.launch(kernel, (8, 2), x, 48, seed=7, BLOCK=16, num_warps=4)
+    assert paths(kernel) == ["triton", "direct"]
+    _, grid, args, stream = kernel.launches[1]
+    assert grid == (8, 2, 1) and stream == 1234
+    assert args[1:] == (48, 7, 16) and args[0] is x  # every parameter, constexprs included, in order
+
+
+@pytest.mark.parametrize("change", ["misaligned tensor", "dtype", "int one", "int not multiple of 16",
+                                    "int64 range", "constexpr", "num_warps", "no-specialize int64"])
+def test_a_different_specialization_goes_through_triton(kernel, change):
+    base = torch.zeros(64)
+    args = {"x": base, "n": 32, "seed": 5, "BLOCK": 16, "num_warps": 4}
+    direct.launch(kernel, (1,), args["x"], args["n"], seed=args["seed"], BLOCK=args["BLOCK"], num_warps=4)
+    changed = dict(args)
+    if change == "misaligned tensor":
+        changed["x"] = base[1:]
+    elif change == "dtype":
+        changed["x"] = base.double()
+    elif change == "int one":
+        changed["n"] = 1
+    elif change == "int not multiple of 16":
+        changed["n"] = 33
+    elif change == "int64 range":
+        changed["n"] = 2**40
+    elif change == "constexpr":
+        changed["BLOCK"] = 32
+    elif change == "num_warps":
+        changed["num_warps"] = 8
+    else:
+        changed["seed"] = 2**40
+    direct.launch(kernel, (1,), changed["x"], changed["n"], seed=changed["seed"], BLOCK=changed["BLOCK"],
+                  num_warps=changed["num_warps"])
+    assert paths(kernel) == ["triton", "triton"]
+
+
+def test_unspecialized_int_values_share_a_binary(kernel):
+    x = torch.zeros(64)
+    for seed in (5, 16, 1, 12345):
+        direct.launch(kernel, (1,), x, 32, seed=seed, BLOCK=16)
+    assert paths(kernel) == ["triton", "direct", "direct", "direct"]
+
+
+@pytest.mark.parametrize("setting", ["interpreter", "switched off"])
+def test_interpreter_and_switch_take_the_normal_path(kernel, monkeypatch, setting):
+    if setting == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", "0")
+    x = torch.zeros(64)
+    for _ in range(3):
+        direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    assert paths(kernel) == ["triton"] * 3
+
+
+def test_an_argument_of_another_type_is_never_cached(kernel):
+    for _ in range(2):
+        direct.launch(kernel, (1,), None, 32, seed=5, BLOCK=16)
+    assert paths(kernel) == ["triton", "triton"]
+
+
+def test_an_intercepted_kernel_is_launched_the_normal_way(kernel):
+    x = torch.zeros(64)
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)  # cached
+    kernel.run = lambda *args, **kwargs: None  # what the tuner's compile capture does
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    assert paths(kernel) == ["triton", "triton"]
+
+
+def test_a_kernel_without_parameter_metadata_is_launched_the_normal_way(kernel):
+    del FakeKernel.params  # class attribute: restored below
+    try:
+        for _ in range(2):
+            direct.launch(kernel, (1,), torch.zeros(64), 32, seed=5, BLOCK=16)
+    finally:
+        FakeKernel.params = PARAMS
+    assert paths(kernel) == ["triton", "triton"]
