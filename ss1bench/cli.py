@@ -13,24 +13,6 @@ import click
 from . import __version__
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    """The command as run, for result metadata: ``ss1bench <args>``, each argument that is a path
-    reduced to its file name (results travel between machines; their folders mean nothing there)."""
-    import os
-    import shlex
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-
-    def portable(arg: str) -> str:
-        name, sep, value = arg.partition("=")
-        if sep and os.sep in value:
-            return f"{name}={os.path.basename(value.rstrip(os.sep))}"
-        return os.path.basename(arg.rstrip(os.sep)) if os.sep in arg else arg
-
-    return " ".join(["ss1bench", *(shlex.quote(portable(a)) for a in args)])
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ss1bench")
 def main() -> None:

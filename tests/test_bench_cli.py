@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -72,8 +73,19 @@ def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
 
 
 def test_recorded_command_keeps_file_names_not_folders():
-    from ss1bench.cli import command_line
+    from ss1bench.provenance import command_line
 
     text = command_line(["tune", "--db", "/somewhere/db/H200.json", "--results-csv=/x/y/run.csv", "--shape",
                          "64x512x1024", "--out", "reports/H200/"])
     assert text == "ss1bench tune --db H200.json --results-csv=run.csv --shape 64x512x1024 --out H200"
+
+
+@pytest.mark.parametrize("module", ["ss1bench.bench.runner", "ss1bench.e2e", "ss1bench.tuning.commands",
+                                    "ss1bench.report", "ss1bench.cli"])
+def test_every_entry_module_imports_first(module):
+    """No import cycle bites a program that imports one of these before anything else."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ss1bench.cli import command_line
 from ss1bench.layer import SSL, choose_structure
+from ss1bench.provenance import command_line
 from ss1bench.structure import SS1Structure
 from ss1bench.timing import do_bench, graphed
 from ss1bench.tuning.gpu import normalize_gpu_name

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from ss1bench.cli import command_line, main
+from ss1bench.cli import main
 from ss1bench.kernels.config import FALLBACK_SHARED_MEMORY, KINDS
+from ss1bench.provenance import command_line
 from ss1bench.structure import REDUCTION_FACTORS
 
 from . import db as tdb
