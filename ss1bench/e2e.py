@@ -21,8 +21,9 @@ SSL's structure comes from the tuning database for the run's GPU and dtype (the 
 built on the device in the dtype, so the conversion sees both).
 
 Times are ``triton.testing.do_bench`` median and 20th/80th percentiles (``schema.QUANTILES``), as
-in the layer benchmark; ``--cuda-graph`` replays the timed call from a CUDA graph (best effort: a
-call that cannot be captured is timed eagerly and its row says so in ``detail``).
+in the layer benchmark. With ``--cuda-graph`` each call is timed eagerly and as a CUDA-graph replay
+and the faster is kept (a graph can replay slower than eager calls: BERT on an H200); the row's
+``detail`` says which, and why eager when capture failed.
 
 The CSV has the layer benchmark's columns (``schema.RESULT_COLUMNS``) so that ``ss1bench report``
 reads it. Per (model, phase, c) there are two rows, providers ``dense`` and ``ss1_tuned``, with:
@@ -137,7 +138,7 @@ PROVIDER_DESCRIPTIONS = {
                  "SSL structure and launch configs from the tuning database when it has them",
 }
 E2E_TIMING = ("triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call; with --cuda-graph "
-              "each call is replayed from a CUDA graph where capture succeeds (else eager: see the row's detail)")
+              "each call is timed eagerly and as a CUDA-graph replay, and the faster is kept (see the row's detail)")
 E2E_FLOPS = ("Linear-layer FLOPs per call, 2 * M * weight_params (M = tokens of the call; SS1 layers count "
              "N * K_red weights, so their sketch additions are not counted). Attention scores, softmax, norms "
              "and embeddings are not counted; BERT's pooler runs on one token per sequence but is counted "
@@ -705,8 +706,8 @@ def _dry_run(models: list[str], factors: list[int], batch: int, seq: int, stem: 
 @click.option("--rep-ms", default=E2E_REP_MS, show_default=True, type=click.IntRange(min=1),
               help="do_bench timed repetitions per timing.")
 @click.option("--cuda-graph", is_flag=True,
-              help="Replay each timed call from a CUDA graph (no host launch overhead); a call that cannot be "
-                   "captured is timed eagerly and its row's detail says so.")
+              help="Also time each call as a CUDA-graph replay (no host launch overhead) and keep the faster "
+                   "of eager and replay; the row's detail says which.")
 @click.option("--dry-run", is_flag=True, help="List the work and the linear weight counts, and exit (no GPU needed).")
 def e2e_command(models, redn_factors, batch, seq, dtype, out_dir, warmup_ms, rep_ms, cuda_graph, dry_run) -> None:
     """Time whole models (GPT-2, BERT, Llama-1B shapes), dense against SS1: prefill and decode."""
