@@ -128,3 +128,24 @@ def test_shape_sets_and_custom_shapes():
     with pytest.raises(shapes.ShapeError, match="unknown shape set"):
         shapes.resolve_layers(["gpt5"], [])
     assert shapes.parse_m_buckets("4096, 1,16") == (1, 16, 4096)
+
+
+@pytest.mark.parametrize("n, k, c, tile_k, expected", [
+    (768, 768, 2, 128, 1),     # K_red 384: 3 steps of 128, too few to split
+    (768, 768, 2, 64, 2),      # 6 steps: 2 programs of 3 steps (4 would leave 1 step each)
+    (14336, 4096, 2, 128, 1),  # 224 output tiles already fill the GPU
+    (1024, 4096, 4, 128, 4),   # 16 tiles, 8 steps: split 4 -> 64 programs of 2 steps
+])
+def test_decode_split_k_fills_the_gpu_but_keeps_two_steps_per_program(n, k, c, tile_k, expected):
+    from ss1bench.kernels.config import decode_split_k
+
+    p = Problem("forward", 1, k, n, c, *space.default_structure(k, c), "fp16")
+    assert decode_split_k(p, 16, 64, tile_k) == expected
+
+
+def test_decode_candidates_include_a_k_split_and_the_heuristic_uses_one():
+    p = problem(kind="forward", m=1, k=3072, n=768, c=2)
+    candidates = space.launch_candidates(p, HOPPER)
+    assert any(config.split_k > 1 for config in candidates.kept)
+    assert heuristic_config(p, HOPPER).split_k > 1
+    assert all(config.split_k == 1 for config in space.launch_candidates(problem(m=4096), HOPPER).kept)
