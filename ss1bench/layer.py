@@ -194,10 +194,10 @@ class SSL(nn.Module):
                         prefix.rstrip(".") or "SSL", *new_blocks, self.block_k, self.block_n)
             self.structure = SS1Structure(self.in_features, self.out_features, self.redn_factor,
                                           self.seed, *new_blocks)
-            with torch.no_grad():
-                self.weight = nn.Parameter(
-                    self.weight.new_empty(self.structure.weight_shape), requires_grad=self.weight.requires_grad
-                )
+            # The same Parameter object with new storage: an optimizer built before the load keeps
+            # updating this layer's weight (its per-parameter state, if any, must come from the
+            # same checkpoint: it has the checkpoint's shapes).
+            self.weight.data = self.weight.new_empty(self.structure.weight_shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -293,6 +293,19 @@ def test_state_dict_round_trip_adopts_checkpoint_blocks(caplog, generator):
     assert not [r for r in caplog.records if r.name == "ss1bench.layer"]
 
 
+def test_optimizer_built_before_adopting_checkpoint_blocks_still_trains_the_layer(generator):
+    source = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    target = SSL(300, 70, redn_factor=4, seed=9, block_k=16, block_n=64)
+    weight = target.weight
+    optimizer = torch.optim.SGD(target.parameters(), lr=0.1)
+    target.load_state_dict(source.state_dict())
+    assert target.weight is weight and weight.shape == source.weight.shape != (70, 80)
+    before = weight.detach().clone()
+    target(randn(5, 300, generator=generator)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(weight.detach(), before)  # the optimizer updated the loaded weight
+
+
 def test_state_dict_loads_into_a_meta_layer(generator):
     source = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
     target = SSL(300, 70, redn_factor=4, seed=9, device="meta")
