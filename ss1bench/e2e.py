@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,8 +70,9 @@ from ss1bench.bench.runner import (
     Timing,
     _one_line_error,
     use_tuning_database,
+    write_results,
 )
-from ss1bench.bench.schema import DTYPES, QUANTILES, RESULT_COLUMNS
+from ss1bench.bench.schema import DTYPES, QUANTILES
 from ss1bench.cli import main
 from ss1bench.convert import _layer_kind, conversion_report, convert_to_ss_linear
 from ss1bench.layer import SSL
@@ -373,7 +373,6 @@ def time_call(make_call: Callable[[], Callable[[], object]], device: torch.devic
                         quantiles, mode = graph_quantiles, "cuda-graph"
                     else:
                         mode = f"eager (faster than its CUDA graph: {graph_quantiles[0]:.3g} ms)"
-                    replay = None
             median, p20, p80 = quantiles
         return Timing(median, p20, p80, peak), mode
     except Exception as error:  # a failed timing is a CSV row, not a crashed run
@@ -581,13 +580,6 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
 # ---- the run ----------------------------------------------------------------------------------
 
 
-def _frame(rows: list[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
-        {"block_k": "Int64", "block_n": "Int64", "k_red": "Int64", "weight_params": "Int64"})
-
-
 def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int, dtype_name: str, out_dir: Path,
         stem: str, args: dict, *, device: torch.device | None = None, timer: Timer = do_bench_timer,
         warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS, cuda_graph: bool = False,
@@ -622,16 +614,13 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
     progress = Progress(timings_in(work))
 
     def flush(complete: bool):
-        frame = _frame(rows)
-        frame.to_csv(csv_path, index=False)
         metadata = info.metadata(progress.total, progress.done, time.monotonic() - start, complete)
         for key in ("copy_bandwidth_gbs", "memory_floor"):  # layer-benchmark only
             metadata.pop(key, None)
         metadata.update(timing=E2E_TIMING, flop_counts=E2E_FLOPS, providers=PROVIDER_DESCRIPTIONS,
                         phases=PHASE_DESCRIPTIONS, models=configs,
                         conversion="convert_to_ss_linear(copy, c, project=False)")
-        json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
-        return frame
+        return write_results(rows, metadata, csv_path, json_path)
 
     for name in models:
         rows.extend(model_rows(name, redn_factors, batch, seq, dtype_name, gpu, device, generator, timer,

@@ -328,6 +328,18 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
+def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: Path):
+    """Write the results CSV (:data:`RESULT_COLUMNS`; integer columns that SS1-less rows leave
+    empty as nullable ints) and its JSON sidecar; return the DataFrame. Shared with ``e2e``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
+        {"block_k": "Int64", "block_n": "Int64", "k_red": "Int64", "weight_params": "Int64"})
+    frame.to_csv(csv_path, index=False)
+    json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+    return frame
+
+
 def use_tuning_database(gpu: str) -> str:
     """Make sure SSL layers read the tuning database (idempotent); describe the files for ``gpu``.
 
@@ -493,7 +505,6 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
         rep_ms: int = DEFAULT_REP_MS, device: torch.device | None = None,
         echo: Callable[[str], None] = print, cuda_graph: bool = False):
     """Time every case; write ``out_dir/stem.csv`` and ``stem.json``. Returns (csv path, DataFrame)."""
-    import pandas as pd
 
     device = device or torch.device("cuda", torch.cuda.current_device())
     device_name = torch.cuda.get_device_name(device)
@@ -514,12 +525,8 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
     progress = Progress(len(cases))
 
     def flush(complete: bool):
-        frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
-            {"block_k": "Int64", "block_n": "Int64", "weight_params": "Int64"})
-        frame.to_csv(csv_path, index=False)
         metadata = info.metadata(len(cases), progress.done, time.monotonic() - start, complete)
-        json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        return frame
+        return write_results(rows, metadata, csv_path, json_path)
 
     groups: dict[tuple[str, str, Shape], list[Case]] = {}
     for case in cases:
