@@ -49,11 +49,14 @@ class _KernelInfo:
 _INFO: dict[int, _KernelInfo | bool] = {}
 
 
+def interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET`` set to anything but 0)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def enabled() -> bool:
     """Whether launches may bypass ``kernel[grid]`` (not in the interpreter, not switched off)."""
-    if os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") == "0":
-        return False
-    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    return os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") != "0" and not interpreting()
 
 
 def _int_range(value: int) -> int:

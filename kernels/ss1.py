@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 import triton
@@ -31,6 +30,7 @@ import triton.language as tl
 from ss1bench.structure import VEC, SS1Structure
 
 from .config import LaunchConfig, Problem, resolve_launch_config, shrink_config
+from .launch import interpreting
 from .launch import launch as launch_kernel
 
 logger = logging.getLogger(__name__)
@@ -336,10 +336,6 @@ def device_limits(device: torch.device) -> tuple[str, int]:
     return "", FALLBACK_SHARED_MEMORY
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
                   device: torch.device) -> None:
     if tensor.device != device:
@@ -351,7 +347,7 @@ def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype
 
 
 def _check_device(device: torch.device) -> None:
-    if device.type != "cuda" and not _interpreting():
+    if device.type != "cuda" and not interpreting():
         raise ValueError(
             f"the SS1 Triton kernels need CUDA tensors (got {device}); use the reference op on CPU "
             "or set TRITON_INTERPRET=1 to run them in Triton's interpreter"

@@ -66,7 +66,4 @@ def graph_bench_ms(fn: Callable[[], object], warmup_ms: float, rep_ms: float) ->
             raise
         torch.cuda.synchronize()
         return do_bench(fn, warmup_ms, rep_ms), False
-    try:
-        return do_bench(replay, warmup_ms, rep_ms), True
-    finally:
-        del replay
+    return do_bench(replay, warmup_ms, rep_ms), True
