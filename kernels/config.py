@@ -25,8 +25,19 @@ KINDS = ("forward", "grad_input", "grad_weight")
 #: ``fused``: one Triton GEMM kernel that gathers the sketch on load (one launch; best when the
 #: weight read dominates, i.e. decode). ``sketch_gemm``: a memory-bound Triton sketch/unsketch
 #: kernel plus a cuBLAS product on the row-rotated weight (the product runs at library speed;
-#: best for large M). Both compute the same function.
-ALGORITHMS = ("fused", "sketch_gemm")
+#: best for large M). ``resident`` (forward only, K_red <= RESIDENT_MAX_K_RED): a Triton kernel
+#: whose programs gather the sketch of a row block once, whole K_red wide, and keep it on chip
+#: while they sweep the N tiles (x read once, no sketch round trip through memory: best for
+#: large M at high c). All compute the same function.
+#: ``gemv`` (forward only, decode): one program per (N tile, row), the product on CUDA cores in
+#: fp32 (no 16-row tl.dot minimum, so M = 1 does not pay for 16 rows).
+ALGORITHMS = ("fused", "sketch_gemm", "resident", "gemv")
+
+#: Widest sketch row (K_red rounded up to a power of two) the ``resident`` kernel holds on chip.
+RESIDENT_MAX_K_RED = 512
+#: Programs the ``resident`` forward aims for when it splits N among programs (two per SM on an
+#: H100/H200), see :func:`resident_chunks`.
+RESIDENT_TARGET_PROGRAMS = 256
 
 #: Shared memory assumed when the device cannot be asked (CPU interpreter, unknown GPU).
 #: 99 KiB is the opt-in limit of the smallest current NVIDIA parts (sm_86/sm_89); the H100/H200
@@ -48,7 +59,11 @@ class LaunchConfig:
     ``split_k`` splits the K_red reduction of the fused ``forward`` over that many programs (fp32
     partial sums, added in a fixed order: deterministic), for decode shapes whose output has too
     few tiles to occupy the GPU. With ``algorithm="sketch_gemm"`` only ``tile_m``, ``tile_k`` and
-    ``num_warps`` apply (the sketch kernel's tile); the product is cuBLAS's.
+    ``num_warps`` apply (the sketch kernel's tile); the product is cuBLAS's. With
+    ``algorithm="resident"`` (forward only) the reduction is the whole K_red in one step, so
+    ``tile_k`` does not apply (canonical value: :func:`resident_width`); ``num_stages`` pipelines
+    the weight tiles of the N sweep. With ``algorithm="gemv"`` (forward only) ``tile_m`` does not
+    apply (one row per program; canonical value 16).
     """
 
     tile_m: int = 64
@@ -179,6 +194,13 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
     size = element_size(problem.dtype)
     if config.algorithm == "sketch_gemm":
         return 0  # the sketch kernels have no reduction loop: nothing is pipelined
+    if config.algorithm == "gemv":  # weight tiles pipelined over the K_red loop; the sketch is one row
+        return size * config.tile_n * config.tile_k * max(config.num_stages, 1)
+    if config.algorithm == "resident":
+        # the resident sketch tile (a tl.dot operand) and one weight tile per stage of the N loop
+        width = resident_width(problem.k_red)
+        stages = max(config.num_stages, 1)
+        return size * width * (config.tile_m + config.tile_n * stages) + 4 * config.tile_m * config.tile_n // 2
     c = problem.redn_factor
     tm, tn, tk = config.tile_m, config.tile_n, config.tile_k
     if problem.kind == "forward":
@@ -229,6 +251,23 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
+def resident_width(k_red: int) -> int:
+    """Width of the ``resident`` kernel's sketch tile: K_red rounded up to a power of two (>= 16)."""
+    return max(16, _next_power_of_two(k_red))
+
+
+def resident_chunks(m: int, n: int, tile_m: int, tile_n: int,
+                    programs: int = RESIDENT_TARGET_PROGRAMS) -> tuple[int, int]:
+    """``(chunks, tiles per chunk)``: the ``resident`` forward splits the N tiles of each row block
+    into chunks, one program each, so that the grid has about ``programs`` programs. Each chunk
+    gathers its row block's sketch again (x from L2, the chunks of a row block run side by side),
+    so the split goes no further than needed to fill the GPU."""
+    row_blocks = -(-m // tile_m)
+    n_tiles = -(-n // tile_n)
+    per_program = -(-n_tiles // max(1, min(n_tiles, -(-programs // row_blocks))))
+    return -(-n_tiles // per_program), per_program
+
+
 #: Streaming multiprocessors the decode split-K heuristic aims to cover (H100/H200 SXM: 132).
 TARGET_PROGRAMS = 128
 
@@ -263,6 +302,11 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
         return LaunchConfig(tile_m=32, tile_n=64, tile_k=128, num_warps=4, num_stages=1,
                             algorithm="sketch_gemm")
     if problem.kind == "forward":
+        if m == 1:
+            # One row: the CUDA-core GEMV reached 0.74-1.16 of ideal on the H200 where the 16-row
+            # tl.dot kernel reached 0.52-0.86 (gpt2/llama shapes, c = 4..16, fp16 and bf16).
+            return LaunchConfig(tile_m=16, tile_n=16, tile_k=min(256, max(16, _next_power_of_two(problem.k_red))),
+                                num_warps=4, num_stages=3, group_m=1, algorithm="gemv")
         if m <= DECODE_MAX_M:
             tile_m = max(16, min(_next_power_of_two(m), 64))
             config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=4, num_stages=3,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import torch
 import triton
@@ -29,7 +30,15 @@ import triton.language as tl
 
 from ss1bench.structure import VEC, SS1Structure
 
-from .config import LaunchConfig, Problem, resolve_launch_config, shrink_config
+from .config import (
+    RESIDENT_MAX_K_RED,
+    LaunchConfig,
+    Problem,
+    resident_chunks,
+    resident_width,
+    resolve_launch_config,
+    shrink_config,
+)
 from .launch import interpreting
 from .launch import launch as launch_kernel
 
@@ -165,6 +174,75 @@ def _ss1_forward_kernel(
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_resident_forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K, K_RED, TILES_PER_PROGRAM,
+    stride_xm, stride_wn, stride_ym,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_N: tl.constexpr, KR: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Forward with the sketch resident on chip: program (chunk, row block) gathers the sketch of
+    its TILE_M rows once, the whole K_red (padded to KR) wide, then sweeps TILES_PER_PROGRAM
+    consecutive N tiles, each one product over all of K_red. x is read once per chunk and the
+    sketch never goes to memory, so for high c (small K_red) the kernel streams x in and y out."""
+    pid_chunk = tl.program_id(0)
+    offs_m = tl.program_id(1) * TILE_M + tl.arange(0, TILE_M)
+    mask_m = offs_m < M
+    kk = tl.arange(0, KR)
+    mask_kk = kk < K_RED
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC).to(w_ptr.dtype.element_ty)
+    first = pid_chunk * TILES_PER_PROGRAM
+    last = tl.minimum(first + TILES_PER_PROGRAM, tl.cdiv(N, TILE_N))
+    for tile in range(first, last):
+        offs_n = tile * TILE_N + tl.arange(0, TILE_N)
+        mask_n = offs_n < N
+        w_cols = _rotated_weight_columns(kk, _row_rotations(offs_n, R2M, C, BK, BN, VEC), BK, VEC)
+        w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + w_cols,
+                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        acc = tl.dot(xs, tl.trans(w), input_precision=DOT_PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_gemv_forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K, K_RED,
+    stride_xm, stride_wn, stride_ym,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr,
+):
+    """Forward for a few rows without tl.dot (whose 16-row minimum would pad M = 1 sixteen-fold):
+    program (N tile, row) gathers its row's sketch one TILE_K chunk at a time and reduces the
+    rotated weight tile against it in fp32 on the CUDA cores. Weight-read bound, like decode."""
+    offs_n = tl.program_id(0) * TILE_N + tl.arange(0, TILE_N)
+    row = tl.program_id(1)
+    mask_n = offs_n < N
+    x_row = x_ptr + row.to(tl.int64) * stride_xm + tl.zeros((1, 1), dtype=tl.int64)
+    row_mask = tl.full((1,), 1, tl.int1)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
+    acc = tl.zeros((TILE_N,), dtype=tl.float32)
+    for k0 in range(0, K_RED, TILE_K):
+        kk = k0 + tl.arange(0, TILE_K)
+        mask_kk = kk < K_RED
+        xs = _load_sketch(x_row, kk, row_mask, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (1, TILE_K)
+        w = tl.load(w_rows + _rotated_weight_columns(kk, rot_n, BK, VEC),
+                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        # round the sketch to the input dtype first, as the tensor-core paths do
+        acc += tl.sum(w.to(tl.float32) * xs.to(w_ptr.dtype.element_ty).to(tl.float32), axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row.to(tl.int64) * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_grad_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
     M, N, K, K_RED,
@@ -244,6 +322,19 @@ def _ss1_grad_weight_kernel(
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _sketch_tile(x_ptr, xs_ptr, pid_m, pid_k, M, K, K_RED, stride_xm, stride_xsm, R0M, R1M, R3M,
+                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, TILE_M: tl.constexpr, TILE_K: tl.constexpr):
+    offs_m = pid_m * TILE_M + tl.arange(0, TILE_M)
+    kk = pid_k * TILE_K + tl.arange(0, TILE_K)
+    mask_m = offs_m < M
+    mask_kk = kk < K_RED
+    rows64 = offs_m.to(tl.int64)[:, None]
+    xs = _load_sketch(x_ptr + rows64 * stride_xm, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
+    tl.store(xs_ptr + rows64 * stride_xsm + kk[None, :], xs.to(xs_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_kk[None, :])
+
+
 @triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_sketch_kernel(
     x_ptr, xs_ptr, M, K, K_RED, stride_xm, stride_xsm,
@@ -252,14 +343,30 @@ def _ss1_sketch_kernel(
     TILE_M: tl.constexpr, TILE_K: tl.constexpr,
 ):
     """xs (M, K_RED) = sketch(x): memory-bound, reads x once and writes xs once."""
-    offs_m = tl.program_id(0) * TILE_M + tl.arange(0, TILE_M)
-    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
-    mask_m = offs_m < M
-    mask_kk = kk < K_RED
-    rows64 = offs_m.to(tl.int64)[:, None]
-    xs = _load_sketch(x_ptr + rows64 * stride_xm, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
-    tl.store(xs_ptr + rows64 * stride_xsm + kk[None, :], xs.to(xs_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_kk[None, :])
+    _sketch_tile(x_ptr, xs_ptr, tl.program_id(0), tl.program_id(1), M, K, K_RED, stride_xm, stride_xsm,
+                 R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_sketch_rotate_kernel(
+    x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm, stride_w, stride_wr,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
+):
+    """The forward's two memory-bound passes in one launch: the first programs write
+    xs = sketch(x) (TILE_M x TILE_K tiles), the others Wr = rotate(Wc) (ROT_N x ROT_K tiles)."""
+    pid = tl.program_id(0)
+    sketch_cols = tl.cdiv(K_RED, TILE_K)
+    sketch_programs = tl.cdiv(M, TILE_M) * sketch_cols
+    if pid < sketch_programs:
+        _sketch_tile(x_ptr, xs_ptr, pid // sketch_cols, pid % sketch_cols, M, K, K_RED, stride_xm, stride_xsm,
+                     R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
+    else:
+        pid -= sketch_programs
+        rot_cols = tl.cdiv(K_RED, ROT_K)
+        _rotate_tile(w_ptr, wr_ptr, pid // rot_cols, pid % rot_cols, N, K_RED, stride_w, stride_wr, R2M,
+                     C, BK, BN, VEC, ROT_N, ROT_K, False)
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
@@ -282,16 +389,12 @@ def _ss1_unsketch_kernel(
                  mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
 
 
-@triton.jit(do_not_specialize=HASH_ARGS)
-def _ss1_rotate_kernel(
-    src_ptr, dst_ptr, N, K_RED, stride_src, stride_dst,
-    R0M, R1M, R2M, R3M,
-    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
-    TILE_N: tl.constexpr, TILE_K: tl.constexpr, INVERSE: tl.constexpr,
-):
-    """Wr = rotate(Wc) (INVERSE=False) or dWc = unrotate(dWr) (INVERSE=True), both (N, K_RED)."""
-    offs_n = tl.program_id(0) * TILE_N + tl.arange(0, TILE_N)
-    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+@triton.jit
+def _rotate_tile(src_ptr, dst_ptr, pid_n, pid_k, N, K_RED, stride_src, stride_dst, R2M,
+                 C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+                 TILE_N: tl.constexpr, TILE_K: tl.constexpr, INVERSE: tl.constexpr):
+    offs_n = pid_n * TILE_N + tl.arange(0, TILE_N)
+    kk = pid_k * TILE_K + tl.arange(0, TILE_K)
     mask = (offs_n < N)[:, None] & (kk < K_RED)[None, :]
     rows64 = offs_n.to(tl.int64)[:, None]
     rotated = _rotated_weight_columns(kk, _row_rotations(offs_n, R2M, C, BK, BN, VEC), BK, VEC)
@@ -301,6 +404,18 @@ def _ss1_rotate_kernel(
     else:
         tile = tl.load(src_ptr + rows64 * stride_src + rotated, mask=mask)
         tl.store(dst_ptr + rows64 * stride_dst + kk[None, :], tile, mask=mask)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_rotate_kernel(
+    src_ptr, dst_ptr, N, K_RED, stride_src, stride_dst,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_N: tl.constexpr, TILE_K: tl.constexpr, INVERSE: tl.constexpr,
+):
+    """Wr = rotate(Wc) (INVERSE=False) or dWc = unrotate(dWr) (INVERSE=True), both (N, K_RED)."""
+    _rotate_tile(src_ptr, dst_ptr, tl.program_id(0), tl.program_id(1), N, K_RED, stride_src, stride_dst, R2M,
+                 C, BK, BN, VEC, TILE_N, TILE_K, INVERSE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,10 +486,17 @@ def _structure_args(structure: SS1Structure) -> dict:
                 BN=structure.block_n, VEC=VEC)
 
 
-def _check_split_k(kind: str, config: LaunchConfig) -> None:
+def _check_config(kind: str, config: LaunchConfig, structure: SS1Structure) -> None:
+    """Errors for configs that name a variant the kernel ``kind`` does not have."""
     if config.split_k > 1 and (kind != "forward" or config.algorithm != "fused"):
         raise ValueError(f"split_k={config.split_k} applies to the fused forward kernel only, not to "
                          f"{kind} ({config.algorithm})")
+    if config.algorithm in ("resident", "gemv") and kind != "forward":
+        raise ValueError(f"algorithm {config.algorithm!r} applies to the forward kernel only, not to {kind}")
+    if config.algorithm == "resident":
+        if resident_width(structure.k_red) > RESIDENT_MAX_K_RED:
+            raise ValueError(f"algorithm 'resident' holds a whole sketch row on chip: K_red={structure.k_red} "
+                             f"is over its limit of {RESIDENT_MAX_K_RED}")
 
 
 def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,
@@ -384,14 +506,14 @@ def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, devi
     is an estimate), retry with a smaller heuristic config so the default path always launches.
     """
     if config is not None:
-        _check_split_k(kind, config)
+        _check_config(kind, config, structure)
         launch(config)
         return
     name, limit = device_limits(device)
     problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
                       structure.block_k, structure.block_n, dtype_name(dtype), name)
     cfg = resolve_launch_config(problem, limit)
-    _check_split_k(kind, cfg)
+    _check_config(kind, cfg, structure)
     while True:
         try:
             launch(cfg)
@@ -434,6 +556,25 @@ def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch
     return xs
 
 
+def sketch_and_rotate(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
+                      cfg: LaunchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sketch(x), rotate(weight))`` in one launch (the forward's two memory-bound passes)."""
+    m = x.shape[0]
+    n, k_red = structure.weight_shape
+    xs = torch.empty((m, k_red), dtype=x.dtype, device=x.device)
+    wr = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device)
+    programs = (math.prod(_sketch_grid(m, k_red, cfg))
+                + triton.cdiv(n, ROTATE_TILE_N) * triton.cdiv(k_red, ROTATE_TILE_K))
+    launch_kernel(
+        _ss1_sketch_rotate_kernel, (programs,),
+        x, xs, weight, wr, m, n, structure.in_features, k_red, x.stride(0), xs.stride(0),
+        weight.stride(0), wr.stride(0), **_structure_args(structure),
+        TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, ROT_N=ROTATE_TILE_N, ROT_K=ROTATE_TILE_K,
+        num_warps=cfg.num_warps,
+    )
+    return xs, wr
+
+
 def unsketch(dxs: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig, out: torch.Tensor) -> None:
     """``out: (M, K) = unsketch(dxs: (M, K_red))``."""
     m = dxs.shape[0]
@@ -458,6 +599,24 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
     return out
 
 
+def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
+                      structure: SS1Structure, cfg: LaunchConfig) -> None:
+    """The ``resident`` forward: grid (N chunks, row blocks), chunks from :func:`resident_chunks`."""
+    m, n = y.shape
+    width = resident_width(structure.k_red)
+    chunks, per_program = resident_chunks(m, n, cfg.tile_m, cfg.tile_n)
+    launch_kernel(
+        _ss1_resident_forward_kernel, (chunks, triton.cdiv(m, cfg.tile_m)),
+        x, weight, bias if bias is not None else y, y,
+        m, n, structure.in_features, structure.k_red, per_program,
+        x.stride(0), weight.stride(0), y.stride(0),
+        **_structure_args(structure),
+        HAS_BIAS=bias is not None,
+        TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, KR=width, DOT_PRECISION=_dot_precision(x.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
 def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 structure: SS1Structure, config: LaunchConfig | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
@@ -480,8 +639,20 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     x, weight = _row_major(x), _row_major(weight)
 
     def launch(cfg: LaunchConfig) -> None:
+        if cfg.algorithm == "resident":
+            _resident_forward(x, weight, bias, y, structure, cfg)
+            return
+        if cfg.algorithm == "gemv":
+            launch_kernel(
+                _ss1_gemv_forward_kernel, (triton.cdiv(n, cfg.tile_n), m),
+                x, weight, bias if bias is not None else y, y, m, n, k, k_red,
+                x.stride(0), weight.stride(0), y.stride(0), **_structure_args(structure),
+                HAS_BIAS=bias is not None, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+            return
         if cfg.algorithm == "sketch_gemm":
-            xs, wr = sketch(x, structure, cfg), rotate_weight(weight, structure)
+            xs, wr = sketch_and_rotate(x, weight, structure, cfg)
             if bias is None:
                 torch.mm(xs, wr.t(), out=y)
             else:

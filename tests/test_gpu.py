@@ -16,6 +16,7 @@ import torch
 from conftest import TOLERANCE, assert_close, dtype_id, poisoned
 
 from ss1bench import SSL, reference
+from ss1bench.kernels.config import LaunchConfig
 from ss1bench.structure import SS1Structure, default_block_k
 
 pytestmark = pytest.mark.gpu
@@ -87,6 +88,38 @@ def test_kernels_match_float64_reference(family, k, n, c, dtype):
                                        ("grad_weight", dw, dw_ref)):
             _record(name, (m, k, n), c, dtype, _rel(actual, expected) if not actual.isnan().any() else float("nan"))
             assert_close(f"{name} M{m}", actual, expected, TOLERANCE[dtype])
+
+
+# One pinned config per forward variant (the tuning database may pick any of them per shape).
+FORWARD_CONFIGS = {
+    "fused": LaunchConfig(64, 128, 64, 4, 3),
+    "fused-splitk": LaunchConfig(16, 64, 64, 4, 3, split_k=2),
+    "sketch_gemm": LaunchConfig(32, 64, 128, 4, 1, algorithm="sketch_gemm"),
+    "resident": LaunchConfig(64, 128, 256, 4, 2, group_m=1, algorithm="resident"),
+    "gemv": LaunchConfig(16, 32, 256, 4, 3, group_m=1, algorithm="gemv"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("variant", list(FORWARD_CONFIGS))
+@pytest.mark.parametrize(("k", "n", "c"), [(768, 3072, 4), (3072, 768, 16), (1000, 1100, 8)],
+                         ids=lambda v: str(v))
+def test_every_forward_variant_matches_float64_reference(k, n, c, variant, dtype):
+    from ss1bench.kernels import ss1 as kernels
+
+    device = "cuda"
+    generator = torch.Generator(device=device).manual_seed(k + n + c)
+    structure = SS1Structure(k, n, c, seed=7 + c, block_k=default_block_k(k, c), block_n=128)
+    weight = ((torch.rand(structure.weight_shape, generator=generator, device=device) * 2 - 1) / k**0.5).to(dtype)
+    bias = torch.randn(n, generator=generator, device=device).to(dtype)
+    for m in (1, 37, 300):
+        x = torch.randn(m, k, generator=generator, device=device).to(dtype)
+        y = kernels.ss1_forward(x, weight, bias, structure, FORWARD_CONFIGS[variant],
+                                out=poisoned((m, n), dtype, device))
+        y_ref = reference.ss1_forward_reference(x.double(), weight.double(), bias.double(), structure)
+        _record(f"forward[{variant}]", (m, k, n), c, dtype,
+                _rel(y, y_ref) if not y.isnan().any() else float("nan"))
+        assert_close(f"forward[{variant}] M{m}", y, y_ref, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)

@@ -142,6 +142,51 @@ def test_split_k_outside_the_fused_forward_is_an_error(generator, kind):
             kernels.ss1_forward(x, w, None, structure, config)
 
 
+# Forward-only variants: the resident-sketch kernel and the CUDA-core GEMV (several tiles,
+# warps and stages; with K_red 16..96 every shape above fits the resident kernel).
+FORWARD_ONLY_CONFIGS = [
+    LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, algorithm="resident"),
+    LaunchConfig(tile_m=32, tile_n=64, tile_k=128, num_warps=4, num_stages=2, algorithm="resident"),
+    LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, algorithm="gemv"),
+    LaunchConfig(tile_m=16, tile_n=32, tile_k=64, num_warps=4, num_stages=3, algorithm="gemv"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("config", FORWARD_ONLY_CONFIGS, ids=_cfg_id)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_only_algorithms_match_reference(problem, config, dtype, with_bias):
+    structure, t = problem
+    x, w, b = (t[key].to(dtype) for key in ("x", "weight", "bias"))
+    b = b if with_bias else None
+    y_ref = reference.ss1_forward_reference(x.double(), w.double(), None if b is None else b.double(), structure)
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned(y_ref.shape, dtype, "cpu"))
+    assert_close("y", y, y_ref)
+
+
+@pytest.mark.parametrize("algorithm", ["resident", "gemv"])
+@pytest.mark.parametrize("kind", ["grad_input", "grad_weight"])
+def test_forward_only_algorithms_refuse_backward_kernels(generator, algorithm, kind):
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    x, dy = randn(3, 64, generator=generator), randn(3, 32, generator=generator)
+    w = randn(*structure.weight_shape, generator=generator)
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, algorithm=algorithm)
+    with pytest.raises(ValueError, match=f"algorithm '{algorithm}' applies to the forward kernel only"):
+        if kind == "grad_input":
+            kernels.ss1_grad_input(dy, w, structure, config)
+        else:
+            kernels.ss1_grad_weight(dy, x, structure, config)
+
+
+def test_resident_refuses_a_sketch_row_wider_than_it_holds(generator):
+    structure = SS1Structure(1100, 16, 2, seed=1, block_k=16, block_n=16)  # K_red = 560 > 512
+    x = randn(2, 1100, generator=generator)
+    w = randn(*structure.weight_shape, generator=generator)
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, algorithm="resident")
+    with pytest.raises(ValueError, match="K_red=560 is over its limit of 512"):
+        kernels.ss1_forward(x, w, None, structure, config)
+
+
 def test_launches_go_through_the_override_hook(generator):
     structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
     x = randn(3, 64, generator=generator)

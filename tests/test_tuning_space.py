@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ss1bench.kernels.config import LaunchConfig, Problem, heuristic_config, shared_memory_bytes
+from ss1bench.kernels.config import LaunchConfig, Problem, heuristic_config, resident_width, shared_memory_bytes
 from ss1bench.tuning import gpu as tgpu
 from ss1bench.tuning import shapes, space
 
@@ -16,9 +16,9 @@ def problem(kind="forward", m=4096, k=768, n=3072, c=8, dtype="fp16") -> Problem
     return Problem(kind, m, k, n, c, bk, bn, dtype, "NVIDIA H200")
 
 
-def test_large_tiles_at_c8_are_rejected_at_227_kib():
-    p = problem(c=8)
-    big = LaunchConfig(64, 256, 64, num_warps=8, num_stages=3)
+def test_large_tiles_at_c16_are_rejected_at_227_kib():
+    p = problem(c=16)
+    big = LaunchConfig(64, 256, 32, num_warps=8, num_stages=3)
     assert shared_memory_bytes(big, p) > HOPPER
     assert space.rejection_reason(big, p, HOPPER).startswith("shared memory")
     candidates = space.launch_candidates(p, HOPPER)
@@ -41,7 +41,34 @@ def test_candidates_start_with_the_heuristic_and_pass_every_rule(kind, m):
     for config in candidates.kept[1:]:
         assert space.rejection_reason(config, p, HOPPER) is None
     algorithms = {config.algorithm for config in candidates.kept}
-    assert algorithms == {"fused", "sketch_gemm"}
+    expected = {"fused", "sketch_gemm"}
+    if kind == "forward" and m <= space.GEMV_MAX_M:
+        expected.add("gemv")
+    if kind == "forward" and m > 64 and p.k_red <= space.RESIDENT_TUNE_MAX_K_RED:
+        expected.add("resident")
+    assert algorithms == expected
+
+
+@pytest.mark.parametrize("m, k, c, expected", [
+    (16384, 768, 4, True),     # K_red 192: width 256
+    (16384, 3072, 4, False),   # K_red 768: wider than the tuner offers
+    (64, 768, 16, False),      # decode: the fused kernel covers it
+])
+def test_resident_candidates_only_for_narrow_prefill_sketches(m, k, c, expected):
+    p = problem(m=m, k=k, n=768, c=c)
+    resident = [cfg for cfg in space.launch_candidates(p, HOPPER).kept if cfg.algorithm == "resident"]
+    assert bool(resident) == expected
+    for cfg in resident:
+        assert cfg.tile_k == resident_width(p.k_red)  # the whole sketch row in one step
+        assert shared_memory_bytes(cfg, p) <= HOPPER
+
+
+def test_gemv_candidates_only_for_the_smallest_decode_sizes():
+    for m, expected in ((1, True), (16, True), (17, False), (4096, False)):
+        kept = space.launch_candidates(problem(m=m, c=8), HOPPER).kept
+        assert any(cfg.algorithm == "gemv" for cfg in kept) == expected
+    assert not any(cfg.algorithm == "gemv"
+                   for cfg in space.launch_candidates(problem(kind="grad_input", m=1, c=8), HOPPER).kept)
 
 
 def test_register_rule():
@@ -144,8 +171,11 @@ def test_decode_split_k_fills_the_gpu_but_keeps_two_steps_per_program(n, k, c, t
 
 
 def test_decode_candidates_include_a_k_split_and_the_heuristic_uses_one():
-    p = problem(kind="forward", m=1, k=3072, n=768, c=2)
+    p = problem(kind="forward", m=16, k=3072, n=768, c=2)
     candidates = space.launch_candidates(p, HOPPER)
     assert any(config.split_k > 1 for config in candidates.kept)
     assert heuristic_config(p, HOPPER).split_k > 1
+    # one row: the heuristic is the GEMV, its K tile no wider than K_red needs
+    one_row = heuristic_config(problem(kind="forward", m=1, k=768, n=768, c=16), HOPPER)
+    assert (one_row.algorithm, one_row.tile_k) == ("gemv", 64)
     assert all(config.split_k == 1 for config in space.launch_candidates(problem(m=4096), HOPPER).kept)

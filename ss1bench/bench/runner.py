@@ -130,6 +130,10 @@ def _format_config(config) -> str:
     algorithm = getattr(config, "algorithm", "fused")
     if algorithm == "sketch_gemm":
         return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
+    if algorithm == "gemv":
+        return f"gemv:{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
+    if algorithm == "resident":
+        return f"resident:{config.tile_m}x{config.tile_n}/w{config.num_warps}/s{config.num_stages}"
     text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
     text += f"/g{config.group_m}"
     text += f"/split{config.split_m}" if config.split_m > 1 else ""

@@ -1,10 +1,11 @@
 """The search space: launch-config candidates per kernel and M regime, and structure candidates.
 
 Every candidate is a :class:`~ss1bench.kernels.config.LaunchConfig`; none changes the function (the
-kernels are correct for any tile). Both algorithms are in the space: ``fused`` (one Triton GEMM
+kernels are correct for any tile). All three algorithms are in the space: ``fused`` (one Triton GEMM
 gathering the sketch on load: tiles, warps, stages, group size, split_m for grad_weight, split_k
 for the decode forward) and
-``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps). Candidates are
+``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps) and, for the
+forward with K_red <= 512, ``resident`` (row tile, N tile, warps, stages). Candidates are
 pruned before anything is compiled:
 
 - shared memory: :func:`~ss1bench.kernels.config.shared_memory_bytes` (which counts the c member
@@ -27,10 +28,12 @@ from dataclasses import dataclass, field
 from ss1bench.kernels.config import (
     DECODE_MAX_M,
     KINDS,
+    RESIDENT_MAX_K_RED,
     LaunchConfig,
     Problem,
     decode_split_k,
     heuristic_config,
+    resident_width,
     shared_memory_bytes,
 )
 from ss1bench.structure import DEFAULT_BLOCK_N, default_block_k
@@ -44,6 +47,11 @@ MAX_ACC_PER_THREAD = 128
 #: registers for addresses, masks and the hash; 128 x 128 x 64 over 4 warps (128 + 64) is the
 #: largest tile that passes.
 MAX_LIVE_FP32_PER_THREAD = 192
+#: The tuner offers ``resident`` up to this sketch width: at 256 and 512 it lost to sketch + cuBLAS
+#: on every gpt2/llama prefill shape probed on the H200 (1.0-4x slower), at 64-128 it won by 5-20%.
+RESIDENT_TUNE_MAX_K_RED = 256
+#: The tuner offers ``gemv`` up to this many rows (one program per row re-reads the weight tile).
+GEMV_MAX_M = 16
 #: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
 DEFAULT_SM_COUNT = 132
 
@@ -130,10 +138,13 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
             for tm, tn, tk in itertools.product(_decode_row_tiles(m), (32, 64, 128), (64, 128, 256)):
                 configs.append(LaunchConfig(tm, tn, tk, 4, 4, group_m=8))
         else:
-            # c member tiles per stage: high c wants shorter row tiles.
+            # The fused kernel lost to sketch + cuBLAS on all but one gpt2/llama prefill item on
+            # the H200 (1.2-4.8x slower, reports/H200/raw/tune_*.csv.gz), so only the tiles that
+            # were its best there stay: wide N tiles, c member tiles per stage (high c: short rows).
             row_tiles = (64, 128) if redn_factor <= 4 else (32, 64)
-            for tm, tn, tk, w in itertools.product(row_tiles, (64, 128, 256), (32, 64), (4, 8)):
-                configs.append(LaunchConfig(tm, tn, tk, w, 3, group_m=8))
+            for tm, w in itertools.product(row_tiles, (4, 8)):
+                configs.append(LaunchConfig(tm, 256, 32, w, 3, group_m=8))
+            configs.append(LaunchConfig(128, 128, 64, 8, 3, group_m=8))
     elif kind == "grad_input":
         # Output tile M x K_red (tile_k wide), reduction over N (tile_n deep).
         if is_decode(m):
@@ -164,6 +175,26 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
             configs.append(sketch_gemm_config(tm, tk, 4))
         configs += [sketch_gemm_config(64, tk, 8) for tk in (128, 256)]
     return configs
+
+
+def _resident_grid(problem: Problem) -> list[LaunchConfig]:
+    """``resident`` forward candidates (none when K_red is too wide to hold on chip). Its
+    reduction is the whole K_red in one step, so ``tile_k`` is fixed at that width."""
+    width = resident_width(problem.k_red)
+    if problem.kind != "forward" or width > RESIDENT_MAX_K_RED:
+        return []
+    if is_decode(problem.m) or width > RESIDENT_TUNE_MAX_K_RED:
+        return []
+    return [LaunchConfig(64, tn, width, w, 2, group_m=1, algorithm="resident")
+            for tn, w in itertools.product((64, 128, 256), (4, 8))]
+
+
+def _gemv_grid(problem: Problem) -> list[LaunchConfig]:
+    """``gemv`` forward candidates for the smallest decode sizes (M <= :data:`GEMV_MAX_M`)."""
+    if problem.kind != "forward" or problem.m > GEMV_MAX_M:
+        return []
+    return [LaunchConfig(16, tn, tk, 4, 3, group_m=1, algorithm="gemv")
+            for tn, tk in itertools.product((16, 32, 64), (128, 256))]
 
 
 def sketch_gemm_config(tile_m: int, tile_k: int, num_warps: int) -> LaunchConfig:
@@ -197,7 +228,11 @@ def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]
     threads = 32 * config.num_warps
     if config.algorithm == "sketch_gemm":  # the sketch kernel: one fp32 (tile_m x tile_k) tile
         return 0.0, config.tile_m * config.tile_k / threads
-    if kind == "forward":
+    if config.algorithm == "gemv":  # one fp32 (tile_n x tile_k) product tile, a tile_n accumulator
+        return config.tile_n / threads, config.tile_n * (config.tile_k + 1) / threads
+    if kind == "forward" and config.algorithm == "resident":  # the sketch row block is summed in fp32
+        acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
+    elif kind == "forward":
         acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
     elif kind == "grad_input":
         acc, sketch = config.tile_m * config.tile_k, 0
@@ -221,7 +256,7 @@ def rejection_reason(config: LaunchConfig, problem: Problem, shared_memory_limit
     k_cap = max(16, _pow2_at_least(problem.k_red))
     if config.tile_m > m_cap:
         return f"size: tile_m {config.tile_m} > {m_cap} (M={problem.m})"
-    if config.tile_n > n_cap and config.algorithm == "fused":
+    if config.tile_n > n_cap and config.algorithm != "sketch_gemm":
         return f"size: tile_n {config.tile_n} > {n_cap} (N={problem.out_features})"
     if config.tile_k > k_cap:
         return f"size: tile_k {config.tile_k} > {k_cap} (K_red={problem.k_red})"
@@ -232,7 +267,7 @@ def clamp_to_problem(config: LaunchConfig, problem: Problem) -> LaunchConfig:
     """Tiles no larger than the problem rounded up to a power of two (so a small problem still
     gets a spread of candidates instead of losing every large-tile one)."""
     caps = {"tile_m": max(16, _pow2_at_least(problem.m)), "tile_k": max(16, _pow2_at_least(problem.k_red))}
-    if config.algorithm == "fused":
+    if config.algorithm != "sketch_gemm":
         caps["tile_n"] = max(16, _pow2_at_least(problem.out_features))
     changes = {name: cap for name, cap in caps.items() if getattr(config, name) > cap}
     return dataclasses.replace(config, **changes) if changes else config
@@ -242,7 +277,7 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     """Pruned launch configs for ``problem``; the heuristic config (what runs untuned) comes first,
     so a tuned winner is never slower than the default as measured."""
     result = CandidateSet(problem)
-    grid = _grid(problem.kind, problem.m, problem.redn_factor)
+    grid = _grid(problem.kind, problem.m, problem.redn_factor) + _resident_grid(problem) + _gemv_grid(problem)
     if problem.kind == "grad_weight" and not is_decode(problem.m):
         grid = [split for config in grid for split in _with_splits(config, problem, sm_count)]
     if problem.kind == "forward" and is_decode(problem.m):
@@ -267,10 +302,10 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
                 tried: set[LaunchConfig]) -> list[LaunchConfig]:
     """Neighbours of a screening winner not in the grid: other group sizes (prefill: L2 reuse of
     the tile order) and one pipeline stage more or less. Pruned like the grid."""
-    if config.algorithm != "fused":
+    if config.algorithm == "sketch_gemm":
         return []  # the sketch kernel has no reduction loop and no tile order to refine
     variants: list[LaunchConfig] = []
-    if not is_decode(problem.m):
+    if not is_decode(problem.m) and config.algorithm == "fused":
         variants += [dataclasses.replace(config, group_m=g) for g in (1, 4, 16)]
     variants += [dataclasses.replace(config, num_stages=s) for s in (config.num_stages - 1, config.num_stages + 1)
                  if 1 <= s <= 6]
@@ -285,6 +320,10 @@ def describe(config: LaunchConfig) -> str:
     """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split); ``sketch+gemm 32x128 w4``."""
     if config.algorithm == "sketch_gemm":
         return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
+    if config.algorithm == "gemv":
+        return f"gemv {config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages}"
+    if config.algorithm == "resident":
+        return f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps} s{config.num_stages}"
     text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
     text += f" split{config.split_m}" if config.split_m > 1 else ""
     return text + (f" splitk{config.split_k}" if config.split_k > 1 else "")
