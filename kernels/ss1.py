@@ -493,10 +493,9 @@ def _check_config(kind: str, config: LaunchConfig, structure: SS1Structure) -> N
                          f"{kind} ({config.algorithm})")
     if config.algorithm in ("resident", "gemv") and kind != "forward":
         raise ValueError(f"algorithm {config.algorithm!r} applies to the forward kernel only, not to {kind}")
-    if config.algorithm == "resident":
-        if resident_width(structure.k_red) > RESIDENT_MAX_K_RED:
-            raise ValueError(f"algorithm 'resident' holds a whole sketch row on chip: K_red={structure.k_red} "
-                             f"is over its limit of {RESIDENT_MAX_K_RED}")
+    if config.algorithm == "resident" and resident_width(structure.k_red) > RESIDENT_MAX_K_RED:
+        raise ValueError(f"algorithm 'resident' holds a whole sketch row on chip: K_red={structure.k_red} "
+                         f"is over its limit of {RESIDENT_MAX_K_RED}")
 
 
 def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,

@@ -230,9 +230,7 @@ def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]
         return 0.0, config.tile_m * config.tile_k / threads
     if config.algorithm == "gemv":  # one fp32 (tile_n x tile_k) product tile, a tile_n accumulator
         return config.tile_n / threads, config.tile_n * (config.tile_k + 1) / threads
-    if kind == "forward" and config.algorithm == "resident":  # the sketch row block is summed in fp32
-        acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
-    elif kind == "forward":
+    if kind == "forward":  # (resident: tile_k is the whole sketch row, summed in fp32 too)
         acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
     elif kind == "grad_input":
         acc, sketch = config.tile_m * config.tile_k, 0
@@ -323,7 +321,8 @@ def describe(config: LaunchConfig) -> str:
     if config.algorithm == "gemv":
         return f"gemv {config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages}"
     if config.algorithm == "resident":
-        return f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps} s{config.num_stages}"
+        return (f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps}"
+                f" s{config.num_stages}")
     text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
     text += f" split{config.split_m}" if config.split_m > 1 else ""
     return text + (f" splitk{config.split_k}" if config.split_k > 1 else "")
