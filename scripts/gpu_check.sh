@@ -6,7 +6,7 @@
 #   tune       (4 GPUs) the timed run (gpt2, c = 2/4/8/16, fp16, alone on GPU 0) and the rest
 #              of the shipped database (llama fp16+bf16, gpt2 bf16) on GPUs 1-3 at the same time,
 #              all into one database (concurrent writers under the file lock) -> $OUT/H200.json
-#   release    (4 GPUs) tune, then bench/e2e/GPU tests with that database -> $OUT/results.tgz
+#   release    (4 GPUs) tune, then bench/e2e/GPU tests/baselines with that database -> $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -92,7 +92,9 @@ run_release() {
     (CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype bf16 --mode fwd --out "$work/bench" \
         > "$work/bench_bf16_fwd.log" 2>&1;
      CUDA_VISIBLE_DEVICES=1 SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 $(( $(left) - 10 )) \
-        python3 -m pytest -q -m gpu -n 6 tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1) &
+        python3 -m pytest -q -m gpu -n 6 tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1;
+     CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 10 )) python3 scripts/baselines.py \
+        --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
     CUDA_VISIBLE_DEVICES=2 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd+bwd --out "$work/bench" \
         > "$work/bench_fp16_fwdbwd.log" 2>&1 &
     CUDA_VISIBLE_DEVICES=3 timeout -k 5 "$t" "${b[@]}" --dtype bf16 --mode fwd+bwd --out "$work/bench" \
@@ -101,6 +103,7 @@ run_release() {
     (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
     for f in "$work"/bench_*.log "$work/e2e.log"; do echo "== $f"; tail -4 "$f"; done
     tail -3 "$work/pytest_gpu.log"
+    tail -22 "$work/baselines.log"
 }
 
 run_e2e() {
