@@ -7,6 +7,7 @@
 #              of the shipped database (llama fp16+bf16, gpt2 bf16) on GPUs 1-3 at the same time,
 #              all into one database (concurrent writers under the file lock) -> $OUT/H200.json
 #   release    (4 GPUs) tune, then bench/e2e/GPU tests/baselines with that database -> $OUT/results.tgz
+#   release2   (2 GPUs) re-tune the fp16 entries, bench fp16 fwd and fwd+bwd -> $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -106,6 +107,34 @@ run_release() {
     tail -22 "$work/baselines.log"
 }
 
+run_release2() {
+    # (2 GPUs, when 4 are not lent) re-tune the fp16 entries of the shipped database (gpt2 on GPU 0,
+    # llama on GPU 1; bf16 entries kept), then bench fp16 fwd and fwd+bwd with it -> $OUT/results.tgz
+    local work=/tmp/ss1work db
+    mkdir -p "$work/db" "$work/bench"
+    db="$work/db/H200.json"
+    cp tuning_db/H200.json "$db"
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --compile-workers 14)
+    timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
+        --results-csv "$work/tune_llama_fp16.csv" > "$work/tune_llama_fp16.log" 2>&1 &
+    { time timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
+        --results-csv "$work/tune_gpt2_fp16.csv" ; } > "$work/tune_gpt2_fp16.log" 2>&1
+    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_fp16.log"))"
+    wait
+    for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
+    local t=$(( $(left) - 8 ))
+    echo "after tuning: ${t}s left"
+    local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30)
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd --out "$work/bench" \
+        > "$work/bench_fp16_fwd.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd+bwd --out "$work/bench" \
+        > "$work/bench_fp16_fwdbwd.log" 2>&1
+    wait
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
+    for f in "$work"/bench_*.log; do echo "== $f"; tail -4 "$f"; done
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -147,6 +176,7 @@ for stage in $STAGES; do
         bench) run_bench ;;
         tune) run_tune ;;
         release) run_release ;;
+        release2) run_release2 ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
