@@ -114,7 +114,7 @@ run_release2() {
     mkdir -p "$work/db" "$work/bench"
     db="$work/db/H200.json"
     cp tuning_db/H200.json "$db"
-    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --compile-workers 14)
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --compile-workers 14 --force)
     timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
         --results-csv "$work/tune_llama_fp16.csv" > "$work/tune_llama_fp16.log" 2>&1 &
     { time timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
@@ -131,8 +131,12 @@ run_release2() {
     CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd+bwd --out "$work/bench" \
         > "$work/bench_fp16_fwdbwd.log" 2>&1
     wait
+    # GPU tests in whatever time is left (both GPUs)
+    SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 $(( $(left) - 12 )) python3 -m pytest -q -m gpu -n 8 \
+        tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1
     (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
     for f in "$work"/bench_*.log; do echo "== $f"; tail -4 "$f"; done
+    tail -5 "$work/pytest_gpu.log"
 }
 
 run_e2e() {
