@@ -68,8 +68,8 @@ run_tune() {
         --compile-workers 14 --results-csv "$work/tune_gpt2_bf16.csv" > "$work/tune_gpt2_bf16.log" 2>&1 &
     # the issue's timed run, alone on its GPU
     { time timeout -k 5 300 ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 --dtype fp16 \
-        --compile-workers 24 --results-csv "$work/tune_gpt2_fp16.csv" ; } > "$work/tune_gpt2_fp16.log" 2>&1
-    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_fp16.log"))"
+        --compile-workers 24 --results-csv "$work/tune_gpt2_${DTYPE:-fp16}.csv" ; } > "$work/tune_gpt2_${DTYPE:-fp16}.log" 2>&1
+    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_${DTYPE:-fp16}.log"))"
     wait
     cp "$db" "$OUT/H200.json"
     for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
@@ -85,7 +85,7 @@ run_release() {
     t=$(( $(left) - 5 ))
     echo "after tuning: ${t}s left"
     local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30)
-    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd --out "$work/bench" \
+    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd --out "$work/bench" \
         > "$work/bench_fp16_fwd.log" 2>&1;
      CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 10 )) ss1bench e2e \
         --model gpt2,gpt2-medium,bert-base,bert-large --redn-factor 2,4,8 --dtype fp16 --cuda-graph \
@@ -96,7 +96,7 @@ run_release() {
         python3 -m pytest -q -m gpu -n 6 tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1;
      CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 10 )) python3 scripts/baselines.py \
         --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
-    CUDA_VISIBLE_DEVICES=2 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd+bwd --out "$work/bench" \
+    CUDA_VISIBLE_DEVICES=2 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd+bwd --out "$work/bench" \
         > "$work/bench_fp16_fwdbwd.log" 2>&1 &
     CUDA_VISIBLE_DEVICES=3 timeout -k 5 "$t" "${b[@]}" --dtype bf16 --mode fwd+bwd --out "$work/bench" \
         > "$work/bench_bf16_fwdbwd.log" 2>&1 &
@@ -108,28 +108,28 @@ run_release() {
 }
 
 run_release2() {
-    # (2 GPUs, when 4 are not lent) re-tune the fp16 entries of the shipped database (gpt2 on GPU 0,
-    # llama on GPU 1; bf16 entries kept), then bench fp16 fwd and fwd+bwd with it -> $OUT/results.tgz
+    # (2 GPUs, when 4 are not lent) re-tune the $DTYPE (default fp16) entries of the shipped database (gpt2 on GPU 0,
+    # llama on GPU 1; other dtypes kept), then bench that dtype fwd and fwd+bwd with it -> $OUT/results.tgz
     local work=/tmp/ss1work db
     mkdir -p "$work/db" "$work/bench"
     db="$work/db/H200.json"
     cp tuning_db/H200.json "$db"
-    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --compile-workers 14 --force)
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype "${DTYPE:-fp16}" --compile-workers 14 --force)
     timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
-        --results-csv "$work/tune_llama_fp16.csv" > "$work/tune_llama_fp16.log" 2>&1 &
+        --results-csv "$work/tune_llama_${DTYPE:-fp16}.csv" > "$work/tune_llama_${DTYPE:-fp16}.log" 2>&1 &
     { time timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
-        --results-csv "$work/tune_gpt2_fp16.csv" ; } > "$work/tune_gpt2_fp16.log" 2>&1
-    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_fp16.log"))"
+        --results-csv "$work/tune_gpt2_${DTYPE:-fp16}.csv" ; } > "$work/tune_gpt2_${DTYPE:-fp16}.log" 2>&1
+    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_${DTYPE:-fp16}.log"))"
     wait
     for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
     ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
     local t=$(( $(left) - 8 ))
     echo "after tuning: ${t}s left"
     local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30)
-    CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd --out "$work/bench" \
-        > "$work/bench_fp16_fwd.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype fp16 --mode fwd+bwd --out "$work/bench" \
-        > "$work/bench_fp16_fwdbwd.log" 2>&1
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd --out "$work/bench" \
+        > "$work/bench_${DTYPE:-fp16}_fwd.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd+bwd --out "$work/bench" \
+        > "$work/bench_${DTYPE:-fp16}_fwdbwd.log" 2>&1
     wait
     # GPU tests in whatever time is left (both GPUs)
     SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 $(( $(left) - 12 )) python3 -m pytest -q -m gpu -n 8 \
