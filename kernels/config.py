@@ -133,24 +133,32 @@ _hooks_lock = threading.Lock()
 #: Resolved configs, so a forward pass pays one dict lookup (the launch path is host-bound at
 #: decode sizes). Cleared whenever a hook is added or removed, or by invalidate_config_cache().
 _resolved: dict[tuple[Problem, int], LaunchConfig] = {}
+#: The launchers' own cache of resolved configs under a plain-tuple key (building a Problem and
+#: hashing it costs microseconds per launch); cleared together with ``_resolved``.
+launch_config_cache: dict[tuple, LaunchConfig] = {}
+
+
+def _forget_resolved() -> None:
+    _resolved.clear()
+    launch_config_cache.clear()
 
 
 def invalidate_config_cache() -> None:
     """Forget resolved configs (call after a hook's answers change, e.g. a database update)."""
-    _resolved.clear()
+    _forget_resolved()
 
 
 def register_config_hook(hook: ConfigHook) -> Callable[[], None]:
     """Add ``hook`` (newest first); returns a function that removes it."""
     with _hooks_lock:
         _hooks.append(hook)
-        _resolved.clear()
+        _forget_resolved()
 
     def remove() -> None:
         with _hooks_lock:
             if hook in _hooks:
                 _hooks.remove(hook)
-            _resolved.clear()
+            _forget_resolved()
 
     return remove
 

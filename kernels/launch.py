@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-_INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -60,7 +59,7 @@ def enabled() -> bool:
 
 
 def _int_range(value: int) -> int:
-    if _INT32[0] <= value <= _INT32[1]:
+    if -2147483648 <= value <= 2147483647:
         return 32
     return 64 if _INT64[0] <= value <= _INT64[1] else 65
 
@@ -82,15 +81,29 @@ def spec(value: Any, no_specialize: bool) -> tuple | None:
 
 
 def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, device: int) -> tuple | None:
+    """The key of one launch: :func:`spec` of each runtime argument, the constexpr values, the
+    compile options and the device, flattened into one tuple (this runs on every launch, so it
+    avoids a tuple per argument; each position's entries have types that cannot be confused)."""
+    if len(values) != len(info.constexpr):
+        raise ValueError(f"{len(values)} launch arguments for {len(info.constexpr)} kernel parameters")
     parts: list = [device, num_warps, num_stages]
-    for value, constexpr, no_specialize in zip(values, info.constexpr, info.no_specialize, strict=True):
+    append = parts.append
+    for value, constexpr, no_specialize in zip(values, info.constexpr, info.no_specialize, strict=False):
         if constexpr:
-            parts.append(("c", value))
-            continue
-        part = spec(value, no_specialize)
-        if part is None:
-            return None
-        parts.append(part)
+            append(value)
+        elif type(value) is int:  # exact type checks first: isinstance on torch.Tensor is slow
+            if no_specialize:
+                append(-_int_range(value))
+            else:
+                append(_int_range(value) * 4 + (value == 1) * 2 + (value % 16 == 0))
+        elif type(value) is not bool and isinstance(value, torch.Tensor):
+            append(value.dtype)
+            append(value.data_ptr() % 16 == 0)
+        else:
+            part = spec(value, no_specialize)
+            if part is None:
+                return None
+            append(part)
     return tuple(parts)
 
 
@@ -112,7 +125,7 @@ def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
         return
     num_warps, num_stages = kwargs.get("num_warps"), kwargs.get("num_stages")
     try:
-        values = [*args, *(kwargs[name] for name in info.names[len(args):])]
+        values = [*args, *[kwargs[name] for name in info.names[len(args):]]]
     except KeyError:  # a parameter left to its default: let Triton bind it
         kernel[grid](*args, **kwargs)
         return

@@ -47,29 +47,36 @@ def _check_reference_inputs(structure: SS1Structure, **tensors: torch.Tensor | N
 # ---- forward --------------------------------------------------------------------------------
 
 
+def _kernels():
+    """``ss1bench.kernels.ss1``, imported on first use (Triton loads only when a GPU path runs)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from .kernels import ss1
+
+        _KERNELS = ss1
+    return _KERNELS
+
+
+_KERNELS = None
+
+
 def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   structure: SS1Structure) -> torch.Tensor:
     if _use_kernels(x):
-        from .kernels.ss1 import ss1_forward
-
-        return ss1_forward(x, weight, bias, structure)
+        return _kernels().ss1_forward(x, weight, bias, structure)
     _check_reference_inputs(structure, x=x, weight=weight, bias=bias)
     return reference.ss1_forward_reference(x, weight, bias, structure)
 
 
 def _grad_input_impl(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     if _use_kernels(grad_out):
-        from .kernels.ss1 import ss1_grad_input
-
-        return ss1_grad_input(grad_out, weight, structure)
+        return _kernels().ss1_grad_input(grad_out, weight, structure)
     return reference.ss1_grad_input_reference(grad_out, weight, structure)
 
 
 def _grad_weight_impl(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     if _use_kernels(grad_out):
-        from .kernels.ss1 import ss1_grad_weight
-
-        return ss1_grad_weight(grad_out, x, structure)
+        return _kernels().ss1_grad_weight(grad_out, x, structure)
     return reference.ss1_grad_weight_reference(grad_out, x, structure)
 
 
@@ -197,8 +204,9 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     structure.check_weight(weight)
     if bias is not None and tuple(bias.shape) != (structure.out_features,):
         raise ValueError(f"bias must have shape ({structure.out_features},), got {tuple(bias.shape)}")
+    flat = x.dim() == 2
     leading = x.shape[:-1]
-    x2d = x.reshape(-1, structure.in_features)
+    x2d = x if flat else x.reshape(-1, structure.in_features)
     if torch.compiler.is_compiling():
         y = _ss1_linear_op(x2d, weight, bias, structure.in_features, structure.redn_factor, structure.seed,
                            structure.block_k, structure.block_n)
@@ -207,4 +215,4 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         y = _EagerSS1Linear.apply(x2d, weight, bias, structure)
     else:
         y = _forward_impl(x2d, weight, bias, structure)
-    return y.reshape(*leading, structure.out_features)
+    return y if flat else y.reshape(*leading, structure.out_features)

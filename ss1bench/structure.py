@@ -127,6 +127,10 @@ class SS1Structure:
     block_k: int
     block_n: int
     hash: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+    # derived once (read on every launch): (num_groups, k_red), kernel_hash(), the identifying ints
+    _sizes: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _kernel_hash: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+    key: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("in_features", "out_features"):
@@ -140,21 +144,27 @@ class SS1Structure:
         validate_block("block_k", self.block_k, MAX_BLOCK_K)
         validate_block("block_n", self.block_n, MAX_BLOCK_N)
         object.__setattr__(self, "hash", hash_numbers(self.seed))
+        groups = math.ceil(self.in_features / (self.redn_factor * self.block_k))
+        object.__setattr__(self, "_sizes", (groups, groups * self.block_k))
+        kernel_hash = (0, 0, 0, 0) if self.redn_factor == 1 else tuple(v % self.block_k for v in self.hash)
+        object.__setattr__(self, "_kernel_hash", kernel_hash)
+        object.__setattr__(self, "key", (self.in_features, self.out_features, self.redn_factor, self.seed,
+                                         self.block_k, self.block_n))
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def num_groups(self) -> int:
         """Number of compressed K blocks (groups of c dense blocks)."""
-        return math.ceil(self.in_features / (self.redn_factor * self.block_k))
+        return self._sizes[0]
 
     @property
     def k_red(self) -> int:
         """Columns of the compressed weight."""
-        return self.num_groups * self.block_k
+        return self._sizes[1]
 
     @property
     def weight_shape(self) -> tuple[int, int]:
-        return (self.out_features, self.k_red)
+        return (self.out_features, self._sizes[1])
 
     @property
     def compression(self) -> float:
@@ -167,9 +177,7 @@ class SS1Structure:
 
         All zero when ``c == 1`` (no shifts).
         """
-        if self.redn_factor == 1:
-            return (0, 0, 0, 0)
-        return tuple(value % self.block_k for value in self.hash)  # type: ignore[return-value]
+        return self._kernel_hash
 
     def shift(self, i: torch.Tensor | int, j: torch.Tensor | int) -> torch.Tensor:
         """``s(i, j)`` for dense K block ``i`` and N block ``j`` (broadcasting int64 tensors).

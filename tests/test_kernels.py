@@ -205,6 +205,28 @@ def test_launches_go_through_the_override_hook(generator):
     assert_close("y", y, reference.ss1_forward_reference(x.double(), w.double(), None, structure))
 
 
+def test_launch_config_cache_follows_the_hooks(generator):
+    # The launchers cache resolved configs; registering or removing a hook must drop that cache.
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    x = randn(3, 64, generator=generator)
+    w = randn(*structure.weight_shape, generator=generator)
+    picked = []
+
+    def pinned(algorithm):
+        def hook(problem):
+            picked.append(algorithm)
+            return LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, algorithm=algorithm)
+        return hook
+
+    expected = reference.ss1_forward_reference(x.double(), w.double(), None, structure)
+    with override_launch_config(pinned("fused")):
+        for _ in range(2):
+            assert_close("y", kernels.ss1_forward(x, w, None, structure), expected)
+    with override_launch_config(pinned("gemv")):
+        assert_close("y", kernels.ss1_forward(x, w, None, structure), expected)
+    assert picked == ["fused", "gemv"]  # resolved once per hook, then cached
+
+
 def test_empty_batch(generator):
     structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
     w = randn(*structure.weight_shape, generator=generator)
