@@ -8,6 +8,8 @@
 #              all into one database (concurrent writers under the file lock) -> $OUT/H200.json
 #   release    (4 GPUs) tune, then bench/e2e/GPU tests/baselines with that database -> $OUT/results.tgz
 #   release2   (2 GPUs) re-tune the fp16 entries, bench fp16 fwd and fwd+bwd -> $OUT/results.tgz
+#   backward   (2 GPUs) tune grad_input/grad_weight (decode buckets) for the shipped fp16 structures, then host cost,
+#              eager baselines and the fp16 fwd+bwd bench -> $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -139,6 +141,37 @@ run_release2() {
     tail -5 "$work/pytest_gpu.log"
 }
 
+run_backward() {
+    # (2 GPUs) tune the backward kernels (grad_input, grad_weight) of the shipped fp16 structures
+    # (forward records and structures kept: no --force), then host cost, eager baselines and the
+    # fp16 fwd+bwd bench with the result -> $OUT/results.tgz
+    local work=/tmp/ss1work db
+    mkdir -p "$work/db" "$work/bench"
+    db="$work/db/H200.json"
+    cp tuning_db/H200.json "$db"
+    # decode buckets only (the fwd+bwd never-worse misses are there; ~4500 measurements for gpt2):
+    # prefill launches keep the heuristic, since lookups do not cross the decode/prefill boundary
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --kinds grad_input,grad_weight
+                  --m-buckets 1,16,64 --compile-workers 14)
+    timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
+        --results-csv "$work/tune_llama_fp16_bwd.csv" > "$work/tune_llama_fp16_bwd.log" 2>&1 &
+    timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
+        --results-csv "$work/tune_gpt2_fp16_bwd.csv" > "$work/tune_gpt2_fp16_bwd.log" 2>&1
+    wait
+    for f in "$work"/tune_*_bwd.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
+    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
+        > "$work/host_overhead.log" 2>&1;
+     CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 10 )) python3 scripts/baselines.py \
+        --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 10 )) ss1bench bench --shapes gpt2,llama,bert \
+        --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30 --dtype fp16 --mode fwd+bwd \
+        --out "$work/bench" > "$work/bench_fp16_fwdbwd.log" 2>&1
+    wait
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
+    cat "$work/host_overhead.log"; tail -4 "$work/bench_fp16_fwdbwd.log"; tail -18 "$work/baselines.log"
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -181,6 +214,7 @@ for stage in $STAGES; do
         tune) run_tune ;;
         release) run_release ;;
         release2) run_release2 ;;
+        backward) run_backward ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;

@@ -63,6 +63,16 @@ def test_forward_takes_the_launch_config_of_the_nearest_bucket(database):
     assert lookup.DATABASE.launch_config(Problem("forward", 4096, 768, 3072, 4, 32, 256, "fp16", "")) is None
 
 
+def test_a_bucket_of_the_other_regime_is_not_used(database, caplog):
+    # The database has a prefill record only (M = 4096): decode-sized launches get the heuristic.
+    with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
+        for m in (1, 16, 64):
+            problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", H200)
+            assert lookup.DATABASE.launch_config(problem) is None
+    assert caplog.text.count("at decode sizes on H200: using the heuristic") == 1
+    assert lookup.DATABASE.launch_config(Problem("forward", 65, 768, 3072, 4, 32, 256, "fp16", H200)) == TUNED
+
+
 def test_unknown_gpu_logs_once(database, caplog):
     with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
         for m in (1, 2, 3):

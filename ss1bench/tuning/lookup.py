@@ -8,7 +8,8 @@
   the documented defaults (``ss1bench.structure``) apply.
 - each kernel launch without an explicit config asks :meth:`DatabaseLookup.launch_config` with its
   :class:`~ss1bench.kernels.config.Problem`: the record for its kind, dtype, K, N, c, structure and
-  M bucket (the nearest tuned bucket in log2 M when M itself was not tuned), else None and the
+  M bucket (the nearest tuned bucket in log2 M when M itself was not tuned, among the buckets of
+  its own regime: decode M <= 64 or prefill), else None and the
   heuristic (``ss1bench.kernels.config.heuristic_config``) runs.
 
 Nothing touches CUDA at import; the first lookup reads the files (user database first, then the
@@ -23,7 +24,7 @@ import logging
 import threading
 import warnings
 
-from ss1bench.kernels.config import LaunchConfig, Problem, register_config_hook
+from ss1bench.kernels.config import DECODE_MAX_M, LaunchConfig, Problem, register_config_hook
 
 from .db import DatabaseError, LaunchKey, StructureKey, TuningDatabase, load_chain, nearest_bucket
 from .gpu import normalize_gpu_name
@@ -140,7 +141,16 @@ class DatabaseLookup:
                                "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d on %s: using the "
                                "heuristic", *family, gpu)
             return None
-        bucket = nearest_bucket(problem.m, buckets.keys())
+        # A decode-sized config at a prefill M (or the reverse) is a worse guess than the
+        # heuristic, which is built for each regime: only buckets of M's own regime count.
+        decode = problem.m <= DECODE_MAX_M
+        same_regime = [b for b in buckets if (b <= DECODE_MAX_M) == decode]
+        if not same_regime:
+            self._log_once(("regime", gpu, family, decode),
+                           "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d at %s sizes on %s: "
+                           "using the heuristic", *family, "decode" if decode else "prefill", gpu)
+            return None
+        bucket = nearest_bucket(problem.m, same_regime)
         source, record = buckets[bucket]
         try:
             config = LaunchConfig.from_dict(record["config"])
