@@ -474,6 +474,38 @@ def headline_rows(frame) -> list[list[str]]:
     return rows
 
 
+#: Where the ideal (cuBLAS at K/c, or the memory floor) is at least this much faster than dense,
+#: SS1 is expected to beat dense; the report lists the cases where it does not.
+EXPECTED_WIN = 1.2
+SLOWER_SUMMARY_HEADER = ["dtype", "mode", "slower than dense", "of which decode", "of which prefill"]
+SLOWER_HEADER = ["layer", "dtype", "mode", "M", "K", "N", "c", "dense ms", "SS1 ms", "speedup vs dense",
+                 "ideal speedup", "launch configs"]
+
+
+def _expected_wins(frame):
+    """SS1 (database) rows, one per distinct case, where dense / ideal >= EXPECTED_WIN."""
+    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
+    ss1 = ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+    return ss1[ss1["dense_ms"] / ss1["ideal_ms"] >= EXPECTED_WIN]
+
+
+def slower_than_dense_rows(frame) -> tuple[list[list[str]], list[list[str]]]:
+    """(per dtype and mode: ``slower / expected wins``, decode and prefill counts; the slower cases,
+    sorted by speedup) among the cases the ideal says SS1 should win."""
+    expected = _expected_wins(frame)
+    slower = expected[expected["speedup_vs_dense"] < 1]
+    summary = []
+    for (dtype, mode), part in expected.groupby(["dtype", "mode"], sort=True):
+        lost = part[part["speedup_vs_dense"] < 1]
+        summary.append([dtype, mode, f"{len(lost)} of {len(part)}", str(int((lost["M"] <= DECODE_MAX_M).sum())),
+                        str(int((lost["M"] >= PREFILL_MIN_M).sum()))])
+    cases = [[str(r.layer), str(r.dtype), str(r.mode), str(r.M), str(r.K), str(r.N), str(r.redn_factor),
+              fmt_ms(r.dense_ms), fmt_ms(r.median_ms), fmt_ratio(r.speedup_vs_dense),
+              fmt_ratio(r.dense_ms / r.ideal_ms), str(r.detail).replace("|", "; ")]
+             for r in slower.sort_values(["speedup_vs_dense", "dtype", "mode"]).itertuples()]
+    return summary, cases
+
+
 HEADLINE_HEADER = ["dtype", "mode", "c", "decode speedup vs dense", "decode fraction of ideal",
                    "prefill speedup vs dense", "prefill fraction of ideal"]
 CASE_HEADER = ["layer", "M", "K", "N", "c", "dense ms", "ideal ms", "SS1 ms", "SS1 p20–p80 ms",
@@ -616,6 +648,15 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
     lines += ["## Headline: SS1 (tuning database)", "",
               "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets).", ""]
     lines += [*_md_table(HEADLINE_HEADER, headline_rows(frame)), ""]
+    summary, cases = slower_than_dense_rows(frame)
+    if summary:
+        lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster", "",
+                  f"Cases (distinct M, K, N, c per dtype and mode) where dense time / ideal time >= {EXPECTED_WIN}, "
+                  "i.e. SS1 should win, and SS1 (tuning database) is slower than dense.", "",
+                  *_md_table(SLOWER_SUMMARY_HEADER, summary), ""]
+        if cases:
+            lines += [f"<details><summary>The {len(cases)} slower cases, worst first</summary>", "",
+                      *_md_table(SLOWER_HEADER, cases), "", "</details>", ""]
     for (shape_set, dtype, mode), paths in plots.items():
         part = frame[(frame["shape_set"] == shape_set) & (frame["dtype"] == dtype) & (frame["mode"] == mode)]
         lines += [f"## {shape_set} shapes, {dtype}, {MODE_TITLES[mode]}", ""]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ss1bench.bench.schema import PROVIDERS, RESULT_COLUMNS
 from ss1bench.cli import main
-from ss1bench.report import CASE_HEADER, HEADLINE_HEADER
+from ss1bench.report import CASE_HEADER, EXPECTED_WIN, HEADLINE_HEADER, SLOWER_HEADER, SLOWER_SUMMARY_HEADER
 
 LAYERS = [("gpt2-small mlp.fc", 768, 3072), ("gpt2-small mlp.proj", 3072, 768)]
 M_VALUES = [16, 4096]
@@ -155,6 +155,22 @@ def test_summary_numbers_equal_the_csv(report_dir):
 
     failed = next(rows for header, rows in tables if "status" in header)
     assert failed == [["fp16", "fwd", "16", "768", "3072", "4", "monarch", "RuntimeError: out of memory"]]
+
+
+def test_slower_than_dense_cases_are_counted_from_the_csv(report_dir):
+    out, frame, _ = report_dir
+    tables = _tables((out / "summary.md").read_text())
+    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    expected = ss1[ss1["dense_ms"] / ss1["ideal_ms"] >= EXPECTED_WIN]
+    slower = expected[expected["speedup_vs_dense"] < 1]
+    assert 0 < len(slower) < len(expected)  # the fixture has both kinds
+    summary = next(rows for header, rows in tables if header == SLOWER_SUMMARY_HEADER)
+    decode = int((slower["M"] <= 64).sum())
+    assert summary == [["fp16", "fwd", f"{len(slower)} of {len(expected)}", str(decode), str(len(slower) - decode)]]
+    cases = next(rows for header, rows in tables if header == SLOWER_HEADER)
+    assert len(cases) == len(slower)
+    speedups = [float(cells[SLOWER_HEADER.index("speedup vs dense")]) for cells in cases]
+    assert speedups == sorted(speedups) and max(speedups) < 1
 
 
 def test_report_rejects_a_csv_without_the_columns(tmp_path):
