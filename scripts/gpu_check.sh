@@ -109,29 +109,39 @@ run_release() {
     tail -22 "$work/baselines.log"
 }
 
-run_release2() {
-    # (2 GPUs, when 4 are not lent) re-tune the $DTYPE (default fp16) entries of the shipped database (gpt2 on GPU 0,
-    # llama on GPU 1; other dtypes kept), then bench that dtype fwd and fwd+bwd with it -> $OUT/results.tgz
-    local work=/tmp/ss1work db
+# Tune gpt2 on GPU 0 and llama on GPU 1 into a copy of the shipped database, then install the
+# result (tuning_db/ and $OUT). Arguments: a suffix for the logs and CSVs, then `ss1bench tune` options.
+tune_two_gpus() {
+    local work=/tmp/ss1work suffix=$1 db
+    shift
     mkdir -p "$work/db" "$work/bench"
     db="$work/db/H200.json"
     cp tuning_db/H200.json "$db"
-    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype "${DTYPE:-fp16}" --compile-workers 14 --force)
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers 14 "$@")
     timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
-        --results-csv "$work/tune_llama_${DTYPE:-fp16}.csv" > "$work/tune_llama_${DTYPE:-fp16}.log" 2>&1 &
+        --results-csv "$work/tune_llama_$suffix.csv" > "$work/tune_llama_$suffix.log" 2>&1 &
     { time timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
-        --results-csv "$work/tune_gpt2_${DTYPE:-fp16}.csv" ; } > "$work/tune_gpt2_${DTYPE:-fp16}.log" 2>&1
-    echo "tune gpt2 fp16 rc=$? ($(grep real "$work/tune_gpt2_${DTYPE:-fp16}.log"))"
+        --results-csv "$work/tune_gpt2_$suffix.csv" ; } > "$work/tune_gpt2_$suffix.log" 2>&1
+    echo "tune gpt2 $suffix rc=$? ($(grep real "$work/tune_gpt2_$suffix.log"))"
     wait
-    for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    for f in "$work"/tune_*_"$suffix".log; do
+        echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"
+    done
     ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
+}
+
+run_release2() {
+    # (2 GPUs, when 4 are not lent) re-tune the $DTYPE (default fp16) entries of the shipped database (gpt2 on GPU 0,
+    # llama on GPU 1; other dtypes kept), then bench that dtype fwd and fwd+bwd with it -> $OUT/results.tgz
+    local work=/tmp/ss1work dtype=${DTYPE:-fp16}
+    tune_two_gpus "$dtype" --dtype "$dtype" --force
     local t=$(( $(left) - 8 ))
     echo "after tuning: ${t}s left"
     local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30)
-    CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd --out "$work/bench" \
-        > "$work/bench_${DTYPE:-fp16}_fwd.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype "${DTYPE:-fp16}" --mode fwd+bwd --out "$work/bench" \
-        > "$work/bench_${DTYPE:-fp16}_fwdbwd.log" 2>&1
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 "$t" "${b[@]}" --dtype "$dtype" --mode fwd --out "$work/bench" \
+        > "$work/bench_${dtype}_fwd.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 "$t" "${b[@]}" --dtype "$dtype" --mode fwd+bwd --out "$work/bench" \
+        > "$work/bench_${dtype}_fwdbwd.log" 2>&1
     wait
     # GPU tests in whatever time is left (both GPUs)
     SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 $(( $(left) - 12 )) python3 -m pytest -q -m gpu -n 8 \
@@ -145,21 +155,10 @@ run_backward() {
     # (2 GPUs) tune the backward kernels (grad_input, grad_weight) of the shipped fp16 structures
     # (forward records and structures kept: no --force), then host cost, eager baselines and the
     # fp16 fwd+bwd bench with the result -> $OUT/results.tgz
-    local work=/tmp/ss1work db
-    mkdir -p "$work/db" "$work/bench"
-    db="$work/db/H200.json"
-    cp tuning_db/H200.json "$db"
+    local work=/tmp/ss1work
     # decode buckets only (the fwd+bwd never-worse misses are there; ~4500 measurements for gpt2):
     # prefill launches keep the heuristic, since lookups do not cross the decode/prefill boundary
-    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --dtype fp16 --kinds grad_input,grad_weight
-                  --m-buckets 1,16,64 --compile-workers 14)
-    timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 1 --shapes llama \
-        --results-csv "$work/tune_llama_fp16_bwd.csv" > "$work/tune_llama_fp16_bwd.log" 2>&1 &
-    timeout -k 5 ${TUNE_S:-280} ss1bench tune "${common[@]}" --devices 0 --shapes gpt2 \
-        --results-csv "$work/tune_gpt2_fp16_bwd.csv" > "$work/tune_gpt2_fp16_bwd.log" 2>&1
-    wait
-    for f in "$work"/tune_*_bwd.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
-    ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
+    tune_two_gpus fp16_bwd --dtype fp16 --kinds grad_input,grad_weight --m-buckets 1,16,64
     (CUDA_VISIBLE_DEVICES=0 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
         > "$work/host_overhead.log" 2>&1;
      CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 10 )) python3 scripts/baselines.py \
