@@ -126,22 +126,6 @@ def test_forward_split_k_matches_reference(generator, split_k, with_bias, dtype)
     assert_close("y", y, y_ref)
 
 
-@pytest.mark.parametrize("kind", ["grad_input", "grad_weight", "sketch_gemm forward"])
-def test_split_k_outside_the_fused_forward_is_an_error(generator, kind):
-    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
-    x, dy = randn(3, 64, generator=generator), randn(3, 32, generator=generator)
-    w = randn(*structure.weight_shape, generator=generator)
-    algorithm = "sketch_gemm" if kind.startswith("sketch") else "fused"
-    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, split_k=2, algorithm=algorithm)
-    with pytest.raises(ValueError, match="split_k=2 applies to the fused forward kernel only"):
-        if kind == "grad_input":
-            kernels.ss1_grad_input(dy, w, structure, config)
-        elif kind == "grad_weight":
-            kernels.ss1_grad_weight(dy, x, structure, config)
-        else:
-            kernels.ss1_forward(x, w, None, structure, config)
-
-
 # Forward-only variants: the resident-sketch kernel and the CUDA-core GEMV (several tiles,
 # warps and stages; with K_red 16..96 every shape above fits the resident kernel).
 FORWARD_ONLY_CONFIGS = [
@@ -164,18 +148,30 @@ def test_forward_only_algorithms_match_reference(problem, config, dtype, with_bi
     assert_close("y", y, y_ref)
 
 
-@pytest.mark.parametrize("algorithm", ["resident", "gemv"])
-@pytest.mark.parametrize("kind", ["grad_input", "grad_weight"])
-def test_forward_only_algorithms_refuse_backward_kernels(generator, algorithm, kind):
+_SPLIT_K_ONLY_FUSED = "split_k=2 applies to the fused forward kernel only"
+
+
+@pytest.mark.parametrize(("kind", "fields", "message"), [
+    pytest.param("grad_input", dict(split_k=2), _SPLIT_K_ONLY_FUSED, id="split_k-grad_input"),
+    pytest.param("grad_weight", dict(split_k=2), _SPLIT_K_ONLY_FUSED, id="split_k-grad_weight"),
+    pytest.param("forward", dict(split_k=2, algorithm="sketch_gemm"), _SPLIT_K_ONLY_FUSED,
+                 id="split_k-sketch_gemm-forward"),
+    *[pytest.param(kind, dict(algorithm=algorithm), f"algorithm '{algorithm}' applies to the forward kernel only",
+                   id=f"{algorithm}-{kind}")
+      for algorithm in ("resident", "gemv") for kind in ("grad_input", "grad_weight")],
+])
+def test_a_config_for_a_variant_the_kernel_lacks_is_an_error(generator, kind, fields, message):
     structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
     x, dy = randn(3, 64, generator=generator), randn(3, 32, generator=generator)
     w = randn(*structure.weight_shape, generator=generator)
-    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, algorithm=algorithm)
-    with pytest.raises(ValueError, match=f"algorithm '{algorithm}' applies to the forward kernel only"):
+    config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, **fields)
+    with pytest.raises(ValueError, match=message):
         if kind == "grad_input":
             kernels.ss1_grad_input(dy, w, structure, config)
-        else:
+        elif kind == "grad_weight":
             kernels.ss1_grad_weight(dy, x, structure, config)
+        else:
+            kernels.ss1_forward(x, w, None, structure, config)
 
 
 def test_resident_refuses_a_sketch_row_wider_than_it_holds(generator):
