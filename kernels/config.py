@@ -255,13 +255,14 @@ def _largest_fitting(config: LaunchConfig, problem: Problem, limit: int) -> Laun
     return config
 
 
-def _next_power_of_two(value: int) -> int:
+def next_power_of_two(value: int) -> int:
+    """The smallest power of two >= ``value`` (1 for values <= 1)."""
     return 1 << max(value - 1, 0).bit_length()
 
 
 def resident_width(k_red: int) -> int:
     """Width of the ``resident`` kernel's sketch tile: K_red rounded up to a power of two (>= 16)."""
-    return max(16, _next_power_of_two(k_red))
+    return max(16, next_power_of_two(k_red))
 
 
 def resident_chunks(m: int, n: int, tile_m: int, tile_n: int,
@@ -313,16 +314,16 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
         if m == 1:
             # One row: the CUDA-core GEMV reached 0.74-1.16 of ideal on the H200 where the 16-row
             # tl.dot kernel reached 0.52-0.86 (gpt2/llama shapes, c = 4..16, fp16 and bf16).
-            return LaunchConfig(tile_m=16, tile_n=16, tile_k=min(256, max(16, _next_power_of_two(problem.k_red))),
+            return LaunchConfig(tile_m=16, tile_n=16, tile_k=min(256, max(16, next_power_of_two(problem.k_red))),
                                 num_warps=4, num_stages=3, group_m=1, algorithm="gemv")
         if m <= DECODE_MAX_M:
-            tile_m = max(16, min(_next_power_of_two(m), 64))
+            tile_m = max(16, min(next_power_of_two(m), 64))
             config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=4, num_stages=3,
                                   split_k=decode_split_k(problem, tile_m, 64, 128))
         else:
             config = LaunchConfig(tile_m=128, tile_n=128, tile_k=64, num_warps=8, num_stages=3)
     elif problem.kind == "grad_input":
-        tile_m = 128 if m > DECODE_MAX_M else max(16, min(_next_power_of_two(m), 64))
+        tile_m = 128 if m > DECODE_MAX_M else max(16, min(next_power_of_two(m), 64))
         config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=8, num_stages=3)
     elif problem.kind == "grad_weight":
         tiles = -(-problem.out_features // 128) * -(-problem.k_red // 128)

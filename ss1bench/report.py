@@ -461,9 +461,7 @@ def _spread(values) -> str:
 
 def headline_rows(frame) -> list[list[str]]:
     """Per dtype, mode and c: SS1 (database) speedup and fraction of ideal, decode and prefill."""
-    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
-    # A shape two sets share counts once.
-    ss1 = ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+    ss1 = _ss1_cases(frame)
     rows = []
     for (dtype, mode, c), part in ss1.groupby(["dtype", "mode", "redn_factor"], sort=True):
         decode = part[part["M"] <= DECODE_MAX_M]
@@ -482,10 +480,15 @@ SLOWER_HEADER = ["layer", "dtype", "mode", "M", "K", "N", "c", "dense ms", "SS1 
                  "ideal speedup", "launch configs"]
 
 
+def _ss1_cases(frame):
+    """Timed SS1 (database) rows, one per distinct case: a shape two sets share counts once."""
+    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
+    return ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+
+
 def _expected_wins(frame):
     """SS1 (database) rows, one per distinct case, where dense / ideal >= EXPECTED_WIN."""
-    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
-    ss1 = ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+    ss1 = _ss1_cases(frame)
     return ss1[ss1["dense_ms"] / ss1["ideal_ms"] >= EXPECTED_WIN]
 
 

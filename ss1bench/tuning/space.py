@@ -33,6 +33,7 @@ from ss1bench.kernels.config import (
     Problem,
     decode_split_k,
     heuristic_config,
+    next_power_of_two,
     resident_width,
     shared_memory_bytes,
 )
@@ -62,10 +63,6 @@ STRUCTURE_BLOCK_K = (128, 64, 32, 16)
 STRUCTURE_BLOCK_N = (64, 128, 256)
 #: At most this many block_k values (the largest with the least padding) enter the search.
 MAX_STRUCTURE_BLOCK_K = 2
-
-
-def _pow2_at_least(value: int) -> int:
-    return 1 << max(value - 1, 0).bit_length()
 
 
 def is_decode(m: int) -> bool:
@@ -98,7 +95,7 @@ def structure_candidates(in_features: int, out_features: int, redn_factor: int) 
     sizes = {bk: k_red_of(in_features, redn_factor, bk) for bk in STRUCTURE_BLOCK_K}
     smallest = min(sizes.values())
     block_ks = [bk for bk in STRUCTURE_BLOCK_K if sizes[bk] == smallest][:MAX_STRUCTURE_BLOCK_K]
-    block_ns = [bn for bn in STRUCTURE_BLOCK_N if bn <= max(16, _pow2_at_least(out_features))]
+    block_ns = [bn for bn in STRUCTURE_BLOCK_N if bn <= max(16, next_power_of_two(out_features))]
     pairs = [default] + [(bk, bn) for bk in block_ks for bn in block_ns]
     return list(dict.fromkeys(pairs))
 
@@ -119,7 +116,7 @@ class CandidateSet:
 
 def _decode_row_tiles(m: int) -> tuple[int, ...]:
     """Row tiles for decode: 16 (tl.dot's floor) and M rounded up when that is larger."""
-    return tuple(dict.fromkeys((16, min(max(16, _pow2_at_least(m)), DECODE_MAX_M))))
+    return tuple(dict.fromkeys((16, min(max(16, next_power_of_two(m)), DECODE_MAX_M))))
 
 
 def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
@@ -249,9 +246,9 @@ def rejection_reason(config: LaunchConfig, problem: Problem, shared_memory_limit
     smem = shared_memory_bytes(config, problem)
     if smem > shared_memory_limit:
         return f"shared memory: {smem} B > {shared_memory_limit} B"
-    m_cap = max(16, _pow2_at_least(problem.m))
-    n_cap = max(16, _pow2_at_least(problem.out_features))
-    k_cap = max(16, _pow2_at_least(problem.k_red))
+    m_cap = max(16, next_power_of_two(problem.m))
+    n_cap = max(16, next_power_of_two(problem.out_features))
+    k_cap = max(16, next_power_of_two(problem.k_red))
     if config.tile_m > m_cap:
         return f"size: tile_m {config.tile_m} > {m_cap} (M={problem.m})"
     if config.tile_n > n_cap and config.algorithm != "sketch_gemm":
@@ -264,9 +261,9 @@ def rejection_reason(config: LaunchConfig, problem: Problem, shared_memory_limit
 def clamp_to_problem(config: LaunchConfig, problem: Problem) -> LaunchConfig:
     """Tiles no larger than the problem rounded up to a power of two (so a small problem still
     gets a spread of candidates instead of losing every large-tile one)."""
-    caps = {"tile_m": max(16, _pow2_at_least(problem.m)), "tile_k": max(16, _pow2_at_least(problem.k_red))}
+    caps = {"tile_m": max(16, next_power_of_two(problem.m)), "tile_k": max(16, next_power_of_two(problem.k_red))}
     if config.algorithm != "sketch_gemm":
-        caps["tile_n"] = max(16, _pow2_at_least(problem.out_features))
+        caps["tile_n"] = max(16, next_power_of_two(problem.out_features))
     changes = {name: cap for name, cap in caps.items() if getattr(config, name) > cap}
     return dataclasses.replace(config, **changes) if changes else config
 
