@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 KINDS = ("forward", "grad_input", "grad_weight")
 
+
+def cdiv(a: int, b: int) -> int:
+    """Host-side ceiling division (``triton.cdiv`` is a JIT function: microseconds per call)."""
+    return -(-a // b)
+
 #: ``fused``: one Triton GEMM kernel that gathers the sketch on load (one launch; best when the
 #: weight read dominates, i.e. decode). ``sketch_gemm``: a memory-bound Triton sketch/unsketch
 #: kernel plus a cuBLAS product on the row-rotated weight (the product runs at library speed;
@@ -122,7 +127,7 @@ class Problem:
 
     @property
     def k_red(self) -> int:
-        groups = -(-self.in_features // (self.redn_factor * self.block_k))
+        groups = cdiv(self.in_features, self.redn_factor * self.block_k)
         return groups * self.block_k
 
 
@@ -271,10 +276,10 @@ def resident_chunks(m: int, n: int, tile_m: int, tile_n: int,
     into chunks, one program each, so that the grid has about ``programs`` programs. Each chunk
     gathers its row block's sketch again (x from L2, the chunks of a row block run side by side),
     so the split goes no further than needed to fill the GPU."""
-    row_blocks = -(-m // tile_m)
-    n_tiles = -(-n // tile_n)
-    per_program = -(-n_tiles // max(1, min(n_tiles, -(-programs // row_blocks))))
-    return -(-n_tiles // per_program), per_program
+    row_blocks = cdiv(m, tile_m)
+    n_tiles = cdiv(n, tile_n)
+    per_program = cdiv(n_tiles, max(1, min(n_tiles, cdiv(programs, row_blocks))))
+    return cdiv(n_tiles, per_program), per_program
 
 
 #: Streaming multiprocessors the decode split-K heuristic aims to cover (H100/H200 SXM: 132).
@@ -288,8 +293,8 @@ def decode_split_k(problem: Problem, tile_m: int, tile_n: int, tile_k: int, prog
     A decode forward reads the compressed weight once; with N / tile_n output tiles (e.g. 24 for
     N = 768) most SMs would idle while it streams in.
     """
-    tiles = -(-problem.m // tile_m) * -(-problem.out_features // tile_n)
-    steps = -(-problem.k_red // tile_k)
+    tiles = cdiv(problem.m, tile_m) * cdiv(problem.out_features, tile_n)
+    steps = cdiv(problem.k_red, tile_k)
     split = 1
     while tiles * split * 2 <= programs and steps // (split * 2) >= 2:
         split *= 2
@@ -326,7 +331,7 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
         tile_m = 128 if m > DECODE_MAX_M else max(16, min(next_power_of_two(m), 64))
         config = LaunchConfig(tile_m=tile_m, tile_n=64, tile_k=128, num_warps=8, num_stages=3)
     elif problem.kind == "grad_weight":
-        tiles = -(-problem.out_features // 128) * -(-problem.k_red // 128)
+        tiles = cdiv(problem.out_features, 128) * cdiv(problem.k_red, 128)
         # Enough programs to cover the GPU (~132 SMs on Hopper) when N x K_red is small.
         split_m = 1
         while tiles * split_m < 128 and m // (split_m * 2) >= 512:

@@ -34,6 +34,7 @@ from .config import (
     RESIDENT_MAX_K_RED,
     LaunchConfig,
     Problem,
+    cdiv,
     launch_config_cache,
     resident_chunks,
     resident_width,
@@ -424,11 +425,6 @@ def _ss1_rotate_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _cdiv(a: int, b: int) -> int:
-    """Host-side ceiling division (``triton.cdiv`` is a JIT function: microseconds per call)."""
-    return -(-a // b)
-
-
 def dtype_name(dtype: torch.dtype) -> str:
     try:
         return SUPPORTED_DTYPES[dtype]
@@ -556,7 +552,7 @@ ROTATE_TILE_N, ROTATE_TILE_K = 32, 128
 
 
 def _sketch_grid(m: int, k_red: int, cfg: LaunchConfig) -> tuple[int, int]:
-    return (_cdiv(m, cfg.tile_m), _cdiv(k_red, cfg.tile_k))
+    return (cdiv(m, cfg.tile_m), cdiv(k_red, cfg.tile_k))
 
 
 def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch.Tensor:
@@ -579,7 +575,7 @@ def sketch_and_rotate(x: torch.Tensor, weight: torch.Tensor, structure: SS1Struc
     xs = torch.empty((m, k_red), dtype=x.dtype, device=x.device)
     wr = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device)
     programs = (math.prod(_sketch_grid(m, k_red, cfg))
-                + _cdiv(n, ROTATE_TILE_N) * _cdiv(k_red, ROTATE_TILE_K))
+                + cdiv(n, ROTATE_TILE_N) * cdiv(k_red, ROTATE_TILE_K))
     launch_kernel(
         _ss1_sketch_rotate_kernel, (programs,),
         x, xs, weight, wr, m, n, structure.in_features, k_red, x.stride(0), xs.stride(0),
@@ -605,7 +601,7 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
     """``Wr = rotate(weight)`` or, with ``inverse``, ``dWc = unrotate(weight)``; both (N, K_red)."""
     n, k_red = structure.weight_shape
     out = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device) if out is None else out
-    grid = (_cdiv(n, ROTATE_TILE_N), _cdiv(k_red, ROTATE_TILE_K))
+    grid = (cdiv(n, ROTATE_TILE_N), cdiv(k_red, ROTATE_TILE_K))
     launch_kernel(
         _ss1_rotate_kernel, grid,
         weight, out, n, k_red, weight.stride(0), out.stride(0), **_structure_args(structure),
@@ -621,7 +617,7 @@ def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     width = resident_width(structure.k_red)
     chunks, per_program = resident_chunks(m, n, cfg.tile_m, cfg.tile_n)
     launch_kernel(
-        _ss1_resident_forward_kernel, (chunks, _cdiv(m, cfg.tile_m)),
+        _ss1_resident_forward_kernel, (chunks, cdiv(m, cfg.tile_m)),
         x, weight, bias if bias is not None else y, y,
         m, n, structure.in_features, structure.k_red, per_program,
         x.stride(0), weight.stride(0), y.stride(0),
@@ -659,7 +655,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             return
         if cfg.algorithm == "gemv":
             launch_kernel(
-                _ss1_gemv_forward_kernel, (_cdiv(n, cfg.tile_n), m),
+                _ss1_gemv_forward_kernel, (cdiv(n, cfg.tile_n), m),
                 x, weight, bias if bias is not None else y, y, m, n, k, k_red,
                 x.stride(0), weight.stride(0), y.stride(0), **_structure_args(structure),
                 HAS_BIAS=bias is not None, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
@@ -675,7 +671,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             return
         split = cfg.split_k
         partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
-        grid = (_cdiv(m, cfg.tile_m) * _cdiv(n, cfg.tile_n), split)
+        grid = (cdiv(m, cfg.tile_m) * cdiv(n, cfg.tile_n), split)
         launch_kernel(
             _ss1_forward_kernel, grid,
             x, weight, bias if bias is not None else y, y, partial,
@@ -718,7 +714,7 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
         if cfg.algorithm == "sketch_gemm":
             unsketch(torch.mm(grad_out, rotate_weight(weight, structure)), structure, cfg, dx)
             return
-        grid = (_cdiv(m, cfg.tile_m) * _cdiv(k_red, cfg.tile_k),)
+        grid = (cdiv(m, cfg.tile_m) * cdiv(k_red, cfg.tile_k),)
         launch_kernel(
             _ss1_grad_input_kernel, grid,
             grad_out, weight, dx,
@@ -769,8 +765,8 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
             rotate_weight(torch.mm(grad_out.t(), sketch(x, structure, cfg)), structure, inverse=True, out=dw)
             result["target"] = dw
             return
-        rows_per_split = _cdiv(_cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
-        splits = _cdiv(m, rows_per_split)
+        rows_per_split = cdiv(cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
+        splits = cdiv(m, rows_per_split)
         atomic = splits > 1 and not deterministic
         if splits == 1:
             target = dw
@@ -778,7 +774,7 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
             target = torch.zeros((n, k_red), dtype=torch.float32, device=x.device)
         else:
             target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
-        grid = (_cdiv(n, cfg.tile_n) * _cdiv(k_red, cfg.tile_k), splits)
+        grid = (cdiv(n, cfg.tile_n) * cdiv(k_red, cfg.tile_k), splits)
         launch_kernel(
             _ss1_grad_weight_kernel, grid,
             grad_out, x, target,

@@ -31,6 +31,7 @@ from ss1bench.kernels.config import (
     RESIDENT_MAX_K_RED,
     LaunchConfig,
     Problem,
+    cdiv,
     decode_split_k,
     heuristic_config,
     next_power_of_two,
@@ -75,7 +76,7 @@ def is_decode(m: int) -> bool:
 
 
 def k_red_of(in_features: int, redn_factor: int, block_k: int) -> int:
-    return -(-in_features // (redn_factor * block_k)) * block_k
+    return cdiv(in_features, redn_factor * block_k) * block_k
 
 
 def default_structure(in_features: int, redn_factor: int) -> tuple[int, int]:
@@ -204,7 +205,7 @@ def _with_splits(config: LaunchConfig, problem: Problem, sm_count: int) -> list[
     """grad_weight: the config unsplit, and split over M just enough to fill the GPU once."""
     if config.algorithm != "fused":
         return [config]
-    tiles = -(-problem.out_features // config.tile_n) * -(-problem.k_red // config.tile_k)
+    tiles = cdiv(problem.out_features, config.tile_n) * cdiv(problem.k_red, config.tile_k)
     split = 1
     while tiles * split < sm_count and problem.m // (split * 2) >= 4 * config.tile_m and split < 64:
         split *= 2
