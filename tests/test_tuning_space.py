@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ss1bench.kernels.config import LaunchConfig, Problem, heuristic_config, resident_width, shared_memory_bytes
+from ss1bench.kernels.config import (
+    RESIDENT_MAX_K_RED,
+    LaunchConfig,
+    Problem,
+    heuristic_config,
+    resident_width,
+    shared_memory_bytes,
+)
 from ss1bench.tuning import gpu as tgpu
 from ss1bench.tuning import shapes, space
 
@@ -55,6 +62,7 @@ def test_candidates_start_with_the_heuristic_and_pass_every_rule(kind, m):
     (64, 768, 16, False),      # decode: the fused kernel covers it
 ])
 def test_resident_candidates_only_for_narrow_prefill_sketches(m, k, c, expected):
+    assert space.RESIDENT_TUNE_MAX_K_RED <= RESIDENT_MAX_K_RED  # never offers what the kernel refuses
     p = problem(m=m, k=k, n=768, c=c)
     resident = [cfg for cfg in space.launch_candidates(p, HOPPER).kept if cfg.algorithm == "resident"]
     assert bool(resident) == expected

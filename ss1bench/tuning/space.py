@@ -1,11 +1,12 @@
 """The search space: launch-config candidates per kernel and M regime, and structure candidates.
 
 Every candidate is a :class:`~ss1bench.kernels.config.LaunchConfig`; none changes the function (the
-kernels are correct for any tile). All three algorithms are in the space: ``fused`` (one Triton GEMM
+kernels are correct for any tile). All four algorithms are in the space: ``fused`` (one Triton GEMM
 gathering the sketch on load: tiles, warps, stages, group size, split_m for grad_weight, split_k
-for the decode forward) and
+for the decode forward),
 ``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps) and, for the
-forward with K_red <= 512, ``resident`` (row tile, N tile, warps, stages). Candidates are
+forward, ``resident`` at prefill sizes with K_red <= :data:`RESIDENT_TUNE_MAX_K_RED` (N tile,
+warps) and ``gemv`` up to :data:`GEMV_MAX_M` rows (N tile, K tile). Candidates are
 pruned before anything is compiled:
 
 - shared memory: :func:`~ss1bench.kernels.config.shared_memory_bytes` (which counts the c member
@@ -28,7 +29,6 @@ from dataclasses import dataclass, field
 from ss1bench.kernels.config import (
     DECODE_MAX_M,
     KINDS,
-    RESIDENT_MAX_K_RED,
     LaunchConfig,
     Problem,
     cdiv,
@@ -51,7 +51,7 @@ MAX_ACC_PER_THREAD = 128
 MAX_LIVE_FP32_PER_THREAD = 192
 #: The tuner offers ``resident`` up to this sketch width: at 256 and 512 it lost to sketch + cuBLAS
 #: on every gpt2/llama prefill shape probed on the H200 (1.0-4x slower), at 64-128 it won by 5-20%.
-RESIDENT_TUNE_MAX_K_RED = 256
+RESIDENT_TUNE_MAX_K_RED = 256  # at most the kernel's own limit, kernels.config.RESIDENT_MAX_K_RED
 #: The tuner offers ``gemv`` up to this many rows (one program per row re-reads the weight tile).
 GEMV_MAX_M = 16
 #: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
@@ -179,9 +179,7 @@ def _resident_grid(problem: Problem) -> list[LaunchConfig]:
     """``resident`` forward candidates (none when K_red is too wide to hold on chip). Its
     reduction is the whole K_red in one step, so ``tile_k`` is fixed at that width."""
     width = resident_width(problem.k_red)
-    if problem.kind != "forward" or width > RESIDENT_MAX_K_RED:
-        return []
-    if is_decode(problem.m) or width > RESIDENT_TUNE_MAX_K_RED:
+    if problem.kind != "forward" or is_decode(problem.m) or width > RESIDENT_TUNE_MAX_K_RED:
         return []
     return [LaunchConfig(64, tn, width, w, 2, group_m=1, algorithm="resident")
             for tn, w in itertools.product((64, 128, 256), (4, 8))]
