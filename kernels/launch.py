@@ -64,26 +64,32 @@ def _int_range(value: int) -> int:
     return 64 if _INT64[0] <= value <= _INT64[1] else 65
 
 
+def _int_key(value: int, no_specialize: bool) -> int:
+    """An int argument's entry: its integer type, and (unless not specialized) whether it is 1 or
+    divisible by 16, as one int (negative: range only)."""
+    if no_specialize:
+        return -_int_range(value)
+    return _int_range(value) * 4 + (value == 1) * 2 + (value % 16 == 0)
+
+
 def spec(value: Any, no_specialize: bool) -> tuple | None:
-    """The specialization key of one runtime argument, or None when it is of a type this path
-    does not key (the caller then takes the normal launch path)."""
-    if isinstance(value, torch.Tensor):
-        return ("t", value.dtype, value.data_ptr() % 16 == 0)
+    """The key entries of one runtime argument, or None when it is of a type this path does not
+    key (the caller then takes the normal launch path)."""
     if isinstance(value, bool):
-        return ("b", value)
+        return (("b", value),)
+    if isinstance(value, torch.Tensor):
+        return (value.dtype, value.data_ptr() % 16 == 0)
     if isinstance(value, int):
-        if no_specialize:
-            return ("i", _int_range(value))
-        return ("i", _int_range(value), value == 1, value % 16 == 0)
+        return (_int_key(value, no_specialize),)
     if isinstance(value, float):
-        return ("f",)
+        return (("f",),)
     return None
 
 
 def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, device: int) -> tuple | None:
-    """The key of one launch: :func:`spec` of each runtime argument, the constexpr values, the
-    compile options and the device, flattened into one tuple (this runs on every launch, so it
-    avoids a tuple per argument; each position's entries have types that cannot be confused)."""
+    """The key of one launch: the constexpr values, :func:`spec` of each runtime argument, the
+    compile options and the device, flattened into one tuple (each position's entries have types
+    that cannot be confused)."""
     if len(values) != len(info.constexpr):
         raise ValueError(f"{len(values)} launch arguments for {len(info.constexpr)} kernel parameters")
     parts: list = [device, num_warps, num_stages]
@@ -91,19 +97,18 @@ def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, d
     for value, constexpr, no_specialize in zip(values, info.constexpr, info.no_specialize, strict=False):
         if constexpr:
             append(value)
-        elif type(value) is int:  # exact type checks first: isinstance on torch.Tensor is slow
-            if no_specialize:
-                append(-_int_range(value))
-            else:
-                append(_int_range(value) * 4 + (value == 1) * 2 + (value % 16 == 0))
+        # the two common cases inlined (this runs per launch): spec()'s entries, without the call
+        elif type(value) is int:
+            append(-_int_range(value) if no_specialize
+                   else _int_range(value) * 4 + (value == 1) * 2 + (value % 16 == 0))
         elif type(value) is not bool and isinstance(value, torch.Tensor):
             append(value.dtype)
             append(value.data_ptr() % 16 == 0)
         else:
-            part = spec(value, no_specialize)
-            if part is None:
+            entries = spec(value, no_specialize)
+            if entries is None:
                 return None
-            append(part)
+            parts.extend(entries)
     return tuple(parts)
 
 

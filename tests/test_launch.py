@@ -142,3 +142,17 @@ def test_a_kernel_without_parameter_metadata_is_launched_the_normal_way(kernel):
     finally:
         FakeKernel.params = PARAMS
     assert paths(kernel) == ["triton", "triton"]
+
+
+def test_inline_key_entries_equal_spec():
+    # specialization_key keys ints and tensors inline (per-launch cost); spec() must say the same
+    class Info:
+        constexpr = (False,) * 7
+        no_specialize = (False, True, False, False, False, False, False)
+
+    values = [1, 7, 32, 2**40, torch.zeros(3), True, 0.5]
+    key = direct.specialization_key(Info, values, 4, 2, 0)
+    expected = [entry for value, off in zip(values, Info.no_specialize, strict=True)
+                for entry in direct.spec(value, off)]
+    assert key == (0, 4, 2, *expected)
+    assert len(set(key[3:7])) == 4  # 1, unspecialized 7, 32 and a 64-bit value key differently
