@@ -126,6 +126,12 @@ def test_forward_split_k_matches_reference(generator, split_k, with_bias, dtype)
     assert_close("y", y, y_ref)
 
 
+def _small_problem(generator):
+    """(structure, x, weight) of a 3 x 64 -> 32 layer at c = 2: for tests about launch plumbing."""
+    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
+    return structure, randn(3, 64, generator=generator), randn(*structure.weight_shape, generator=generator)
+
+
 # Forward-only variants: the resident-sketch kernel and the CUDA-core GEMV (several tiles,
 # warps and stages; with K_red 16..96 every shape above fits the resident kernel).
 FORWARD_ONLY_CONFIGS = [
@@ -161,9 +167,8 @@ _SPLIT_K_ONLY_FUSED = "split_k=2 applies to the fused forward kernel only"
       for algorithm in ("resident", "gemv") for kind in ("grad_input", "grad_weight")],
 ])
 def test_a_config_for_a_variant_the_kernel_lacks_is_an_error(generator, kind, fields, message):
-    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
-    x, dy = randn(3, 64, generator=generator), randn(3, 32, generator=generator)
-    w = randn(*structure.weight_shape, generator=generator)
+    structure, x, w = _small_problem(generator)
+    dy = randn(3, 32, generator=generator)
     config = LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, **fields)
     with pytest.raises(ValueError, match=message):
         if kind == "grad_input":
@@ -184,9 +189,7 @@ def test_resident_refuses_a_sketch_row_wider_than_it_holds(generator):
 
 
 def test_launches_go_through_the_override_hook(generator):
-    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
-    x = randn(3, 64, generator=generator)
-    w = randn(*structure.weight_shape, generator=generator)
+    structure, x, w = _small_problem(generator)
     seen = []
 
     def hook(problem):
@@ -203,9 +206,7 @@ def test_launches_go_through_the_override_hook(generator):
 
 def test_launch_config_cache_follows_the_hooks(generator):
     # The launchers cache resolved configs; registering or removing a hook must drop that cache.
-    structure = SS1Structure(64, 32, 2, seed=1, block_k=16, block_n=16)
-    x = randn(3, 64, generator=generator)
-    w = randn(*structure.weight_shape, generator=generator)
+    structure, x, w = _small_problem(generator)
     picked = []
 
     def pinned(algorithm):
