@@ -67,8 +67,8 @@ class LaunchConfig:
     ``num_warps`` apply (the sketch kernel's tile); the product is cuBLAS's. With
     ``algorithm="resident"`` (forward only) the reduction is the whole K_red in one step, so
     ``tile_k`` does not apply (canonical value: :func:`resident_width`); ``num_stages`` pipelines
-    the weight tiles of the N sweep. With ``algorithm="gemv"`` (forward only) ``tile_m`` does not
-    apply (one row per program; canonical value 16).
+    the weight tiles of the N sweep. With ``algorithm="gemv"`` (forward only) ``tile_m`` is the
+    number of rows per program (a power of two, 1 allowed: no tensor-core 16-row minimum).
     """
 
     tile_m: int = 64
@@ -86,8 +86,10 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         for name in ("tile_m", "tile_n", "tile_k"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 16 or value & (value - 1):
-                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value!r}")
+            smallest = 1 if name == "tile_m" and self.algorithm == "gemv" else 16
+            if not isinstance(value, int) or value < smallest or value & (value - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two >= {smallest}"
+                                 f"{' for gemv' if smallest == 1 else ''}, got {value!r}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
         for name in ("num_stages", "group_m", "split_m", "split_k"):
@@ -207,8 +209,9 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
     size = element_size(problem.dtype)
     if config.algorithm == "sketch_gemm":
         return 0  # the sketch kernels have no reduction loop: nothing is pipelined
-    if config.algorithm == "gemv":  # weight tiles pipelined over the K_red loop; the sketch is one row
-        return size * config.tile_n * config.tile_k * max(config.num_stages, 1)
+    if config.algorithm == "gemv":  # weight tiles and the c member loads of the rows, pipelined over K_red
+        c = problem.redn_factor
+        return size * (config.tile_n + c * config.tile_m) * config.tile_k * max(config.num_stages, 1)
     if config.algorithm == "resident":
         # the resident sketch tile (a tl.dot operand) and one weight tile per stage of the N loop
         width = resident_width(problem.k_red)
@@ -319,7 +322,7 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
         if m == 1:
             # One row: the CUDA-core GEMV reached 0.74-1.16 of ideal on the H200 where the 16-row
             # tl.dot kernel reached 0.52-0.86 (gpt2/llama shapes, c = 4..16, fp16 and bf16).
-            return LaunchConfig(tile_m=16, tile_n=16, tile_k=min(256, max(16, next_power_of_two(problem.k_red))),
+            return LaunchConfig(tile_m=1, tile_n=16, tile_k=min(256, max(16, next_power_of_two(problem.k_red))),
                                 num_warps=4, num_stages=3, group_m=1, algorithm="gemv")
         if m <= DECODE_MAX_M:
             tile_m = max(16, min(next_power_of_two(m), 64))

@@ -175,6 +175,23 @@ def _ss1_forward_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit(do_not_specialize=["M", "N", "stride_ym"])  # M = 1 would become a constexpr (no .to)
+def _split_k_sum_kernel(partial_ptr, b_ptr, y_ptr, M, N, stride_ym,
+                        SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """y = sum_s partial[s] (+ bias), cast: the split-K forward's epilogue in one launch, the
+    partials added in a fixed order (s = 0, 1, ...), so the result is deterministic."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    size = M.to(tl.int64) * N
+    mask = offs < size
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for split in tl.static_range(SPLIT):
+        acc += tl.load(partial_ptr + split * size + offs, mask=mask, other=0.0)
+    cols = offs % N
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + (offs // N) * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_resident_forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -218,30 +235,36 @@ def _ss1_gemv_forward_kernel(
     stride_xm, stride_wn, stride_ym,
     R0M, R1M, R2M, R3M,
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
-    HAS_BIAS: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr,
 ):
     """Forward for a few rows without tl.dot (whose 16-row minimum would pad M = 1 sixteen-fold):
-    program (N tile, row) gathers its row's sketch one TILE_K chunk at a time and reduces the
-    rotated weight tile against it in fp32 on the CUDA cores. Weight-read bound, like decode."""
+    program (N tile, row block) gathers the sketch of its ROWS rows one TILE_K chunk at a time and
+    reduces the rotated weight tile against each row in fp32 on the CUDA cores, so the weight tile
+    is read once per ROWS rows. Weight-read bound, like decode."""
     offs_n = tl.program_id(0) * TILE_N + tl.arange(0, TILE_N)
-    row = tl.program_id(1)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     mask_n = offs_n < N
-    x_row = x_ptr + row.to(tl.int64) * stride_xm + tl.zeros((1, 1), dtype=tl.int64)
-    row_mask = tl.full((1,), 1, tl.int1)
+    mask_rows = rows < M
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
-    acc = tl.zeros((TILE_N,), dtype=tl.float32)
+    acc = tl.zeros((ROWS, TILE_N), dtype=tl.float32)
     for k0 in range(0, K_RED, TILE_K):
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
-        xs = _load_sketch(x_row, kk, row_mask, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (1, TILE_K)
-        w = tl.load(w_rows + _rotated_weight_columns(kk, rot_n, BK, VEC),
-                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (ROWS, TILE_K)
         # round the sketch to the input dtype first, as the tensor-core paths do
-        acc += tl.sum(w.to(tl.float32) * xs.to(w_ptr.dtype.element_ty).to(tl.float32), axis=1)
+        xs = xs.to(w_ptr.dtype.element_ty).to(tl.float32)
+        w = tl.load(w_rows + _rotated_weight_columns(kk, rot_n, BK, VEC),
+                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0).to(tl.float32)  # (TILE_N, TILE_K)
+        if ROWS == 1:  # a constexpr branch: the one-row product stays 2-D
+            acc += tl.sum(w * xs, axis=1)[None, :]
+        else:
+            acc += tl.sum(w[None, :, :] * xs[:, None, :], axis=2)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row.to(tl.int64) * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_rows[:, None] & mask_n[None, :])
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
@@ -547,6 +570,9 @@ def _check_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Ten
     return out
 
 
+#: Elements per program of the split-K epilogue (an element-wise pass over M x N).
+SPLIT_K_SUM_BLOCK = 1024
+
 #: Tile of the weight-rotation kernel (a permutation copy of N x K_red; memory-bound).
 ROTATE_TILE_N, ROTATE_TILE_K = 32, 128
 
@@ -655,10 +681,10 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             return
         if cfg.algorithm == "gemv":
             launch_kernel(
-                _ss1_gemv_forward_kernel, (cdiv(n, cfg.tile_n), m),
+                _ss1_gemv_forward_kernel, (cdiv(n, cfg.tile_n), cdiv(m, cfg.tile_m)),
                 x, weight, bias if bias is not None else y, y, m, n, k, k_red,
                 x.stride(0), weight.stride(0), y.stride(0), **_structure_args(structure),
-                HAS_BIAS=bias is not None, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
+                HAS_BIAS=bias is not None, ROWS=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
             return
@@ -683,11 +709,12 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             SPLIT_K=split, DOT_PRECISION=_dot_precision(x.dtype),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        if split > 1:  # the partials' sum in a fixed order, then bias and the cast
-            total = partial.sum(dim=0)
-            if bias is not None:
-                total += bias
-            y.copy_(total)
+        if split > 1:  # the partials' sum in a fixed order, then bias and the cast: one launch
+            launch_kernel(
+                _split_k_sum_kernel, (cdiv(m * n, SPLIT_K_SUM_BLOCK),),
+                partial, bias if bias is not None else y, y, m, n, y.stride(0),
+                SPLIT=split, HAS_BIAS=bias is not None, BLOCK=SPLIT_K_SUM_BLOCK, num_warps=4,
+            )
 
     _launch("forward", m, structure, x.dtype, x.device, config, launch)
     return y

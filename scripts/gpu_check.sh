@@ -10,6 +10,8 @@
 #   release2   (2 GPUs) re-tune the fp16 entries, bench fp16 fwd and fwd+bwd -> $OUT/results.tgz
 #   backward   (2 GPUs) tune grad_input/grad_weight (decode buckets) for the shipped fp16 structures, then host cost,
 #              eager baselines and the fp16 fwd+bwd bench -> $OUT/results.tgz
+#   decode4    (4 GPUs) re-tune the decode forward (M = 1, 16, 64) and tune the decode backward of the shipped
+#              fp16 and bf16 structures; GPU tests and host cost on GPU 3 first -> $OUT/H200.json, $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -171,6 +173,37 @@ run_backward() {
     cat "$work/host_overhead.log"; tail -4 "$work/bench_fp16_fwdbwd.log"; tail -18 "$work/baselines.log"
 }
 
+run_decode4() {
+    # (4 GPUs) decode buckets only, on the recorded structures (--no-structure-search: --force then
+    # keeps them): the forward re-tuned (new gemv rows, one-launch split-K), the backward tuned
+    local work=/tmp/ss1work db
+    mkdir -p "$work/db"
+    db="$work/db/H200.json"
+    cp tuning_db/H200.json "$db"
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers 12 --m-buckets 1,16,64
+                  --no-structure-search)
+    tune_both() {  # GPU shapes dtype: forward (forced), then the backward kernels
+        local tag="$2_$3"
+        timeout -k 5 $(( $(left) - 25 )) ss1bench tune "${common[@]}" --devices "$1" --shapes "$2" --dtype "$3" \
+            --force --results-csv "$work/tune_${tag}_dec.csv" > "$work/tune_${tag}_dec.log" 2>&1
+        timeout -k 5 $(( $(left) - 25 )) ss1bench tune "${common[@]}" --devices "$1" --shapes "$2" --dtype "$3" \
+            --kinds grad_input,grad_weight --results-csv "$work/tune_${tag}_bwd.csv" > "$work/tune_${tag}_bwd.log" 2>&1
+    }
+    tune_both 0 gpt2 fp16 &
+    tune_both 1 gpt2 bf16 &
+    tune_both 2 llama fp16 &
+    (CUDA_VISIBLE_DEVICES=3 SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 200 python3 -m pytest -q -m gpu -n 6 \
+        tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1
+     CUDA_VISIBLE_DEVICES=3 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
+        > "$work/host_overhead.log" 2>&1
+     tune_both 3 llama bf16) &
+    wait
+    ss1bench db validate "$db" && cp "$db" "$OUT/H200.json"
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' --exclude=db .)
+    for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    tail -4 "$work/pytest_gpu.log"; cat "$work/host_overhead.log"
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -214,6 +247,7 @@ for stage in $STAGES; do
         release) run_release ;;
         release2) run_release2 ;;
         backward) run_backward ;;
+        decode4) run_decode4 ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;

@@ -96,7 +96,8 @@ FORWARD_CONFIGS = {
     "fused-splitk": LaunchConfig(16, 64, 64, 4, 3, split_k=2),
     "sketch_gemm": LaunchConfig(32, 64, 128, 4, 1, algorithm="sketch_gemm"),
     "resident": LaunchConfig(64, 128, 256, 4, 2, group_m=1, algorithm="resident"),
-    "gemv": LaunchConfig(16, 32, 256, 4, 3, group_m=1, algorithm="gemv"),
+    "gemv": LaunchConfig(1, 32, 256, 4, 3, group_m=1, algorithm="gemv"),
+    "gemv-rows": LaunchConfig(4, 16, 128, 8, 3, group_m=1, algorithm="gemv"),
 }
 
 

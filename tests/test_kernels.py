@@ -133,12 +133,15 @@ def _small_problem(generator):
 
 
 # Forward-only variants: the resident-sketch kernel and the CUDA-core GEMV (several tiles,
-# warps and stages; with K_red 16..96 every shape above fits the resident kernel).
+# rows per program, warps and stages; with K_red 16..96 every shape above fits the resident kernel).
 FORWARD_ONLY_CONFIGS = [
     LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, algorithm="resident"),
     LaunchConfig(tile_m=32, tile_n=64, tile_k=128, num_warps=4, num_stages=2, algorithm="resident"),
-    LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, algorithm="gemv"),
-    LaunchConfig(tile_m=16, tile_n=32, tile_k=64, num_warps=4, num_stages=3, algorithm="gemv"),
+    LaunchConfig(tile_m=1, tile_n=16, tile_k=16, num_warps=1, num_stages=1, algorithm="gemv"),
+    LaunchConfig(tile_m=1, tile_n=32, tile_k=64, num_warps=4, num_stages=3, algorithm="gemv"),
+    # several rows per program (the last row block partly past M on the odd shapes)
+    LaunchConfig(tile_m=2, tile_n=16, tile_k=32, num_warps=2, num_stages=2, algorithm="gemv"),
+    LaunchConfig(tile_m=8, tile_n=32, tile_k=16, num_warps=4, num_stages=3, algorithm="gemv"),
 ]
 
 
@@ -284,3 +287,9 @@ class TestBadInput:
     def test_bad_launch_config(self):
         with pytest.raises(ValueError, match="tile_k must be a power of two >= 16"):
             LaunchConfig(tile_k=24)
+        # one row per program is a GEMV choice only; tensor-core tiles keep their 16-row floor
+        with pytest.raises(ValueError, match="tile_m must be a power of two >= 16, got 4"):
+            LaunchConfig(tile_m=4)
+        with pytest.raises(ValueError, match="tile_m must be a power of two >= 1 for gemv, got 3"):
+            LaunchConfig(tile_m=3, algorithm="gemv")
+        assert LaunchConfig(tile_m=1, algorithm="gemv").tile_m == 1

@@ -71,10 +71,18 @@ def test_resident_candidates_only_for_narrow_prefill_sketches(m, k, c, expected)
         assert shared_memory_bytes(cfg, p) <= HOPPER
 
 
-def test_gemv_candidates_only_for_the_smallest_decode_sizes():
-    for m, expected in ((1, True), (16, True), (17, False), (4096, False)):
+def test_gemv_candidates_only_for_decode_sizes():
+    for m, expected in ((1, True), (16, True), (64, True), (65, False), (4096, False)):
         kept = space.launch_candidates(problem(m=m, c=8), HOPPER).kept
-        assert any(cfg.algorithm == "gemv" for cfg in kept) == expected
+        gemv = [cfg for cfg in kept if cfg.algorithm == "gemv"]
+        assert bool(gemv) == expected
+        for cfg in gemv:  # rows per program: never more than M, never more row blocks than the cap
+            assert cfg.tile_m <= min(m, space.GEMV_MAX_ROWS)
+            assert -(-m // cfg.tile_m) <= space.GEMV_MAX_ROW_BLOCKS
+    assert {cfg.tile_m for cfg in space.launch_candidates(problem(m=1, c=8), HOPPER).kept
+            if cfg.algorithm == "gemv"} == {1}
+    assert {cfg.tile_m for cfg in space.launch_candidates(problem(m=64, c=8), HOPPER).kept
+            if cfg.algorithm == "gemv"} == {4, 8}
     assert not any(cfg.algorithm == "gemv"
                    for cfg in space.launch_candidates(problem(kind="grad_input", m=1, c=8), HOPPER).kept)
 
@@ -89,7 +97,8 @@ def test_register_rule():
 def test_tiles_larger_than_the_problem_are_dropped():
     p = problem(m=1, k=768, n=3072, c=16)  # K_red = 48
     candidates = space.launch_candidates(p, HOPPER)
-    assert all(config.tile_m == 16 for config in candidates.kept[1:])
+    # one row: tensor-core tiles at their 16-row floor, the GEMV one row per program
+    assert all(config.tile_m == (1 if config.algorithm == "gemv" else 16) for config in candidates.kept[1:])
     assert all(config.tile_k <= 64 for config in candidates.kept[1:])
 
 

@@ -197,6 +197,13 @@ def test_resume_skips_tuned_keys_and_force_redoes_them(tmp_path):
     # a structure search not yet done is still pending when asked for
     todo, _ = plan_work(layers, [4], ["fp16"], TuneOptions(), database)
     assert len(todo) == 1 and todo[0].searches_structure and todo[0].todo == []
+    # --force without the structure search re-tunes the launch records of the recorded structure,
+    # even one that is not the default (and writes no structure record over it)
+    key = tdb.StructureKey("fp16", 768, 3072, 4)
+    database.structures[key.text()] = dict(database.structures[key.text()], block_k=32, block_n=128)
+    todo, _ = plan_work(layers, [4], ["fp16"], dataclasses.replace(options, force=True), database)
+    assert todo[0].primary == (32, 128) != space.default_structure(768, 4)
+    assert todo[0].structure_recorded and len(todo[0].todo) == 2
 
 
 def test_resumed_item_with_structure_search_probes_recorded_configs():

@@ -6,7 +6,7 @@ gathering the sketch on load: tiles, warps, stages, group size, split_m for grad
 for the decode forward),
 ``sketch_gemm`` (a Triton sketch kernel plus cuBLAS: the sketch tile and warps) and, for the
 forward, ``resident`` at prefill sizes with K_red <= :data:`RESIDENT_TUNE_MAX_K_RED` (N tile,
-warps) and ``gemv`` up to :data:`GEMV_MAX_M` rows (N tile, K tile). Candidates are
+warps) and ``gemv`` up to :data:`GEMV_MAX_M` rows (rows per program, N tile, K tile). Candidates are
 pruned before anything is compiled:
 
 - shared memory: :func:`~ss1bench.kernels.config.shared_memory_bytes` (which counts the c member
@@ -52,8 +52,12 @@ MAX_LIVE_FP32_PER_THREAD = 192
 #: The tuner offers ``resident`` up to this sketch width: at 256 and 512 it lost to sketch + cuBLAS
 #: on every gpt2/llama prefill shape probed on the H200 (1.0-4x slower), at 64-128 it won by 5-20%.
 RESIDENT_TUNE_MAX_K_RED = 256  # at most the kernel's own limit, kernels.config.RESIDENT_MAX_K_RED
-#: The tuner offers ``gemv`` up to this many rows (one program per row re-reads the weight tile).
-GEMV_MAX_M = 16
+#: The tuner offers ``gemv`` up to this many rows (every row block re-reads the weight tile).
+GEMV_MAX_M = 64
+#: ... with at most this many rows per program (the fp32 product is ROWS x TILE_N x TILE_K) and at
+#: most this many row blocks (each re-reads the whole weight from L2).
+GEMV_MAX_ROWS = 8
+GEMV_MAX_ROW_BLOCKS = 16
 #: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
 DEFAULT_SM_COUNT = 132
 
@@ -186,11 +190,14 @@ def _resident_grid(problem: Problem) -> list[LaunchConfig]:
 
 
 def _gemv_grid(problem: Problem) -> list[LaunchConfig]:
-    """``gemv`` forward candidates for the smallest decode sizes (M <= :data:`GEMV_MAX_M`)."""
+    """``gemv`` forward candidates for decode sizes up to :data:`GEMV_MAX_M` rows: one row per
+    program, or a few (the weight tile read once per row block)."""
     if problem.kind != "forward" or problem.m > GEMV_MAX_M:
         return []
-    return [LaunchConfig(16, tn, tk, 4, 3, group_m=1, algorithm="gemv")
-            for tn, tk in itertools.product((16, 32, 64), (128, 256))]
+    rows = [r for r in (1, 2, 4, 8) if r <= min(problem.m, GEMV_MAX_ROWS) and cdiv(problem.m, r) <= GEMV_MAX_ROW_BLOCKS]
+    return [LaunchConfig(r, tn, tk, w, 3, group_m=1, algorithm="gemv")
+            for r, tn, tk in itertools.product(rows, (16, 32, 64), (128, 256))
+            for w in ((4,) if r == 1 else (4, 8))]
 
 
 def sketch_gemm_config(tile_m: int, tile_k: int, num_warps: int) -> LaunchConfig:
@@ -224,8 +231,9 @@ def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]
     threads = 32 * config.num_warps
     if config.algorithm == "sketch_gemm":  # the sketch kernel: one fp32 (tile_m x tile_k) tile
         return 0.0, config.tile_m * config.tile_k / threads
-    if config.algorithm == "gemv":  # one fp32 (tile_n x tile_k) product tile, a tile_n accumulator
-        return config.tile_n / threads, config.tile_n * (config.tile_k + 1) / threads
+    if config.algorithm == "gemv":  # one fp32 (rows x tile_n x tile_k) product, a rows x tile_n accumulator
+        rows = config.tile_m
+        return rows * config.tile_n / threads, rows * (config.tile_n * (config.tile_k + 1) + config.tile_k) / threads
     if kind == "forward":  # (resident: tile_k is the whole sketch row, summed in fp32 too)
         acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
     elif kind == "grad_input":
@@ -315,7 +323,8 @@ def describe(config: LaunchConfig) -> str:
     if config.algorithm == "sketch_gemm":
         return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
     if config.algorithm == "gemv":
-        return f"gemv {config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages}"
+        rows = f" rows{config.tile_m}" if config.tile_m > 1 else ""
+        return f"gemv {config.tile_n}x{config.tile_k}{rows} w{config.num_warps} s{config.num_stages}"
     if config.algorithm == "resident":
         return (f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps}"
                 f" s{config.num_stages}")

@@ -108,8 +108,10 @@ def plan_work(layers: list[Layer], redn_factors: list[int], dtypes: list[str], o
               database: TuningDatabase | None) -> tuple[list[WorkItem], list[WorkItem]]:
     """(items to tune, items already done), from the layers and what ``database`` holds.
 
-    Resume rules: a recorded structure is kept (unless ``force``) and only missing launch records
-    of it are tuned; an item whose structure and launch records all exist is done.
+    Resume rules: a recorded structure is kept and only missing launch records of it are tuned; an
+    item whose structure and launch records all exist is done. ``force`` re-tunes every launch
+    record asked for, and the structure too when ``structure_search`` is on (without it, the
+    recorded structure stays: re-tuning some buckets never moves a layer to another structure).
     """
     todo_items, done_items = [], []
     for dtype in dtypes:
@@ -117,7 +119,7 @@ def plan_work(layers: list[Layer], redn_factors: list[int], dtypes: list[str], o
             k, n = layer.in_features, layer.out_features
             for c in redn_factors:
                 existing = None
-                if database is not None and not options.force:
+                if database is not None and not (options.force and options.structure_search):
                     existing = database.structure(StructureKey(dtype, k, n, c))
                 searched = bool(existing and existing.get("searched", True))
                 if existing is not None:
