@@ -12,6 +12,8 @@
 #              eager baselines and the fp16 fwd+bwd bench -> $OUT/results.tgz
 #   decode4    (4 GPUs) re-tune the decode forward (M = 1, 16, 64) and tune the decode backward of the shipped
 #              fp16 and bf16 structures; GPU tests and host cost on GPU 3 first -> $OUT/H200.json, $OUT/results.tgz
+#   ship4      (4 GPUs) with the shipped database: host cost (quiet host), bench fp16/bf16 x fwd/fwd+bwd (one GPU
+#              each), then eager baselines, e2e (encoders, decoders) and $PROBE if set -> $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -204,6 +206,34 @@ run_decode4() {
     tail -4 "$work/pytest_gpu.log"; cat "$work/host_overhead.log"
 }
 
+run_ship4() {
+    local work=/tmp/ss1work/ship
+    mkdir -p "$work"
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
+        > "$work/host_overhead.log" 2>&1
+    local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30
+             --out "$work/bench")
+    local e=(ss1bench e2e --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$work/e2e")
+    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 "${b[@]}" --dtype fp16 --mode fwd > "$work/bench_fp16_fwd.log" 2>&1
+     CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 15 )) python3 scripts/baselines.py \
+        --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=1 timeout -k 5 200 "${b[@]}" --dtype bf16 --mode fwd > "$work/bench_bf16_fwd.log" 2>&1
+     CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model bert-base,bert-large \
+        > "$work/e2e_encoders.log" 2>&1) &
+    (CUDA_VISIBLE_DEVICES=2 timeout -k 5 200 "${b[@]}" --dtype fp16 --mode fwd+bwd > "$work/bench_fp16_fwdbwd.log" 2>&1
+     CUDA_VISIBLE_DEVICES=2 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model gpt2,gpt2-medium,llama-1b \
+        > "$work/e2e_decoders.log" 2>&1) &
+    CUDA_VISIBLE_DEVICES=3 timeout -k 5 200 "${b[@]}" --dtype bf16 --mode fwd+bwd > "$work/bench_bf16_fwdbwd.log" 2>&1
+    if [ -n "${PROBE:-}" ]; then
+        CUDA_VISIBLE_DEVICES=3 timeout -k 5 $(( $(left) - 15 )) python3 $PROBE > "$work/probe.log" 2>&1
+    fi
+    wait
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
+    cat "$work/host_overhead.log"
+    for f in "$work"/bench_*.log "$work"/e2e_*.log; do echo "== $f"; tail -3 "$f"; done
+    tail -14 "$work/baselines.log"
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -248,6 +278,7 @@ for stage in $STAGES; do
         release2) run_release2 ;;
         backward) run_backward ;;
         decode4) run_decode4 ;;
+        ship4) run_ship4 ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
