@@ -107,7 +107,7 @@ def main() -> None:
     if args.host_only:
         import os
 
-        for setting in ("0", "1"):
+        for setting in ("0", "1", "1", "0"):  # both orders: the host's state drifts during a run
             os.environ["SS1BENCH_DIRECT_LAUNCH"] = setting
             print(f"SS1BENCH_DIRECT_LAUNCH={setting}")
             host_overhead(dtype)
