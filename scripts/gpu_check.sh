@@ -14,6 +14,8 @@
 #              fp16 and bf16 structures; GPU tests and host cost on GPU 3 first -> $OUT/H200.json, $OUT/results.tgz
 #   ship4      (4 GPUs) with the shipped database: host cost (quiet host), bench fp16/bf16 x fwd/fwd+bwd (one GPU
 #              each), then eager baselines, e2e (encoders, decoders) and $PROBE if set -> $OUT/results.tgz
+#   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
+#              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -234,6 +236,34 @@ run_ship4() {
     tail -14 "$work/baselines.log"
 }
 
+run_bwd_prefill4() {
+    local work=/tmp/ss1work/bwdp db
+    mkdir -p "$work/db"
+    db="$work/db/H200.json"
+    cp tuning_db/H200.json "$db"
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers 12 --m-buckets 4096,16384
+                  --no-structure-search --kinds grad_input,grad_weight)
+    local i=0 shapes dtype
+    for shapes in gpt2 llama; do
+        for dtype in fp16 bf16; do
+            timeout -k 5 $(( $(left) - ${BENCH_S:-110} )) ss1bench tune "${common[@]}" --devices $i --shapes $shapes \
+                --dtype $dtype --results-csv "$work/tune_${shapes}_${dtype}_bwdp.csv" \
+                > "$work/tune_${shapes}_${dtype}_bwdp.log" 2>&1 &
+            i=$(( i + 1 ))
+        done
+    done
+    wait
+    ss1bench db validate "$db" && cp "$db" tuning_db/H200.json && cp "$db" "$OUT/H200.json"
+    local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30
+             --mode fwd+bwd --out "$work/bench")
+    CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 10 )) "${b[@]}" --dtype fp16 > "$work/bench_fp16_fwdbwd.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 10 )) "${b[@]}" --dtype bf16 > "$work/bench_bf16_fwdbwd.log" 2>&1
+    wait
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' --exclude=db .)
+    for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    for f in "$work"/bench_*.log; do echo "== $f"; tail -3 "$f"; done
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -279,6 +309,7 @@ for stage in $STAGES; do
         backward) run_backward ;;
         decode4) run_decode4 ;;
         ship4) run_ship4 ;;
+        bwd_prefill4) run_bwd_prefill4 ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
