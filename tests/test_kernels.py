@@ -114,14 +114,16 @@ def test_deterministic_weight_gradient_is_bitwise_repeatable(generator):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("split_k", [2, 3, 8])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_forward_split_k_matches_reference(generator, split_k, with_bias, dtype):
-    # K_red = 96 in 32-wide steps: 3 steps, so split 8 leaves programs with nothing to add
+@pytest.mark.parametrize("m", [1, 5, 37])
+def test_forward_split_k_matches_reference(generator, split_k, with_bias, dtype, m):
+    # K_red = 96 in 32-wide steps: 3 steps, so split 8 leaves programs with nothing to add; the
+    # epilogue sums 1024 elements per program: M = 37 (1665 outputs) takes two, the last partial
     structure = SS1Structure(190, 45, 2, seed=9, block_k=16, block_n=16)
-    x = randn(5, 190, generator=generator).to(dtype)
+    x = randn(m, 190, generator=generator).to(dtype)
     w = randn(*structure.weight_shape, generator=generator).to(dtype)
     b = randn(45, generator=generator).to(dtype) if with_bias else None
     config = LaunchConfig(tile_m=16, tile_n=16, tile_k=32, num_stages=1, split_k=split_k)
-    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned((5, 45), dtype, "cpu"))
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned((m, 45), dtype, "cpu"))
     y_ref = reference.ss1_forward_reference(x.double(), w.double(), None if b is None else b.double(), structure)
     assert_close("y", y, y_ref)
 
