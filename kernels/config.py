@@ -34,8 +34,8 @@ def cdiv(a: int, b: int) -> int:
 #: whose programs gather the sketch of a row block once, whole K_red wide, and keep it on chip
 #: while they sweep the N tiles (x read once, no sketch round trip through memory: best for
 #: large M at high c). All compute the same function.
-#: ``gemv`` (forward only, decode): one program per (N tile, row), the product on CUDA cores in
-#: fp32 (no 16-row tl.dot minimum, so M = 1 does not pay for 16 rows).
+#: ``gemv`` (forward only, decode): one program per (N tile, block of ``tile_m`` rows, 1-8), the
+#: product on CUDA cores in fp32 (no 16-row tl.dot minimum, so M = 1 does not pay for 16 rows).
 ALGORITHMS = ("fused", "sketch_gemm", "resident", "gemv")
 
 #: Widest sketch row (K_red rounded up to a power of two) the ``resident`` kernel holds on chip.
