@@ -72,7 +72,8 @@ def _plan_header(gpu: str, limit: int, layers, redn_factors, dtypes, kinds, sour
 @click.option("--db", "db_override", default=None,
               help="Database to write: a .json file or a directory of <GPU>.json (default: $SS1BENCH_DB or the "
                    "user data dir).")
-@click.option("--force", is_flag=True, help="Re-tune keys the database already has.")
+@click.option("--force", is_flag=True, help="Re-tune keys the database already has (with --no-structure-search "
+              "the recorded block sizes stay; with the search, it is redone).")
 @click.option("--dry-run", is_flag=True, help="Print the work items and candidate counts; no GPU needed.")
 @click.option("--results-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV of every candidate (default: <user data dir>/results/tune-<GPU>-<time>.csv).")
