@@ -49,8 +49,8 @@ def test_candidates_start_with_the_heuristic_and_pass_every_rule(kind, m):
         assert space.rejection_reason(config, p, HOPPER) is None
     algorithms = {config.algorithm for config in candidates.kept}
     expected = {"fused", "sketch_gemm"}
-    if kind == "forward" and m <= space.GEMV_MAX_M:
-        expected.add("gemv")
+    if kind == "forward" and (m == 1 or (m <= space.GEMV_MAX_M and p.k_red <= space.GEMV_ROWS_MAX_K_RED)):
+        expected.add("gemv")  # at M = 64 only several rows per program, kept at small K_red only
     if kind == "forward" and m > 64 and p.k_red <= space.RESIDENT_TUNE_MAX_K_RED:
         expected.add("resident")
     assert algorithms == expected
@@ -71,18 +71,23 @@ def test_resident_candidates_only_for_narrow_prefill_sketches(m, k, c, expected)
         assert shared_memory_bytes(cfg, p) <= HOPPER
 
 
-def test_gemv_candidates_only_for_decode_sizes():
-    for m, expected in ((1, True), (16, True), (64, True), (65, False), (4096, False)):
-        kept = space.launch_candidates(problem(m=m, c=8), HOPPER).kept
-        gemv = [cfg for cfg in kept if cfg.algorithm == "gemv"]
-        assert bool(gemv) == expected
-        for cfg in gemv:  # rows per program: never more than M, never more row blocks than the cap
-            assert cfg.tile_m <= min(m, space.GEMV_MAX_ROWS)
-            assert -(-m // cfg.tile_m) <= space.GEMV_MAX_ROW_BLOCKS
-    assert {cfg.tile_m for cfg in space.launch_candidates(problem(m=1, c=8), HOPPER).kept
-            if cfg.algorithm == "gemv"} == {1}
-    assert {cfg.tile_m for cfg in space.launch_candidates(problem(m=64, c=8), HOPPER).kept
-            if cfg.algorithm == "gemv"} == {4, 8}
+def _gemv_rows(m, c, k=768):
+    """The rows per program of the gemv candidates for an M x k -> 3072 forward at c."""
+    return {cfg.tile_m for cfg in space.launch_candidates(problem(m=m, k=k, c=c), HOPPER).kept
+            if cfg.algorithm == "gemv"}
+
+
+@pytest.mark.parametrize(("m", "c", "expected"), [
+    (1, 8, {1}), (1, 16, {1}),
+    (16, 8, {1}),                   # K_red 96: one row per program only
+    (16, 16, {1, 2, 4, 8}),         # K_red 48: several rows too
+    (64, 16, {4, 8}),               # at most 16 row blocks
+    (64, 8, set()),                 # neither: one row per program would be 64 row blocks
+    (65, 16, set()), (4096, 16, set()),
+])
+def test_gemv_candidates_only_for_decode_sizes(m, c, expected):
+    assert _gemv_rows(m, c) == expected
+    assert all(r <= min(m, space.GEMV_MAX_ROWS) and -(-m // r) <= space.GEMV_MAX_ROW_BLOCKS for r in expected)
     assert not any(cfg.algorithm == "gemv"
                    for cfg in space.launch_candidates(problem(kind="grad_input", m=1, c=8), HOPPER).kept)
 

@@ -58,6 +58,11 @@ GEMV_MAX_M = 64
 #: most this many row blocks (each re-reads the whole weight from L2).
 GEMV_MAX_ROWS = 8
 GEMV_MAX_ROW_BLOCKS = 16
+#: ... and several rows per program only up to this K_red: in the H200 decode tune (fp16/bf16,
+#: gpt2/llama, M = 16/64) the multi-row gemv came within 5% of the best candidate on 7 of 176
+#: items, all at K_red <= 64 (c = 16 on GPT-2 widths); elsewhere its 3-D product ran 2.6-6.7x
+#: slower than the best (median), and timing it was over half of the decode forward tune.
+GEMV_ROWS_MAX_K_RED = 64
 #: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
 DEFAULT_SM_COUNT = 132
 
@@ -194,7 +199,8 @@ def _gemv_grid(problem: Problem) -> list[LaunchConfig]:
     program, or a few (the weight tile read once per row block)."""
     if problem.kind != "forward" or problem.m > GEMV_MAX_M:
         return []
-    rows = [r for r in (1, 2, 4, 8) if r <= min(problem.m, GEMV_MAX_ROWS) and cdiv(problem.m, r) <= GEMV_MAX_ROW_BLOCKS]
+    most = GEMV_MAX_ROWS if problem.k_red <= GEMV_ROWS_MAX_K_RED else 1
+    rows = [r for r in (1, 2, 4, 8) if r <= min(problem.m, most) and cdiv(problem.m, r) <= GEMV_MAX_ROW_BLOCKS]
     return [LaunchConfig(r, tn, tk, w, 3, group_m=1, algorithm="gemv")
             for r, tn, tk in itertools.product(rows, (16, 32, 64), (128, 256))
             for w in ((4,) if r == 1 else (4, 8))]
