@@ -50,7 +50,6 @@ import contextlib
 import copy
 import inspect
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -65,12 +64,11 @@ from ss1bench.bench.commands import _choices, _ints
 from ss1bench.bench.runner import (
     INPUT_SEED,
     TORCH_DTYPES,
-    Progress,
+    ResultWriter,
     RunInfo,
     Timing,
     _one_line_error,
     use_tuning_database,
-    write_results,
 )
 from ss1bench.bench.schema import DTYPES, QUANTILES
 from ss1bench.cli import main
@@ -602,31 +600,25 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
     echo(f"{device_name} ({gpu}); tuning database: {database}")
     echo(f"{len(models)} models, {len(work)} (model, phase, c) pairs, {timings_in(work)} timings; "
          f"batch {batch}, seq {seq}, {dtype_name}{', CUDA graphs' if cuda_graph else ''}")
-    info = RunInfo(gpu, device_name, database, math.nan, args)
     configs = {name: {"class": MODELS[name].model_class,
                       "config": {**MODELS[name].config, **((overrides or {}).get(name) or {})}} for name in models}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    rows: list[dict] = []
-    start = time.monotonic()
-    generator = torch.Generator(device=device).manual_seed(INPUT_SEED)
-    progress = Progress(timings_in(work))
-
-    def flush(complete: bool):
-        metadata = info.metadata(progress.total, progress.done, time.monotonic() - start, complete)
+    def e2e_metadata(metadata: dict) -> None:
         for key in ("copy_bandwidth_gbs", "memory_floor"):  # layer-benchmark only
             metadata.pop(key, None)
         metadata.update(timing=E2E_TIMING, flop_counts=E2E_FLOPS, providers=PROVIDER_DESCRIPTIONS,
                         phases=PHASE_DESCRIPTIONS, models=configs,
                         conversion="convert_to_ss_linear(copy, c, project=False)")
-        return write_results(rows, metadata, csv_path, json_path)
 
+    results = ResultWriter(RunInfo(gpu, device_name, database, math.nan, args), out_dir, stem, timings_in(work),
+                           e2e_metadata)
+    generator = torch.Generator(device=device).manual_seed(INPUT_SEED)
     for name in models:
-        rows.extend(model_rows(name, redn_factors, batch, seq, dtype_name, gpu, device, generator, timer,
-                               warmup_ms, rep_ms, cuda_graph, (overrides or {}).get(name), progress.step))
-        flush(complete=False)
-    return csv_path, flush(complete=True)
+        results.rows.extend(model_rows(name, redn_factors, batch, seq, dtype_name, gpu, device, generator, timer,
+                                       warmup_ms, rep_ms, cuda_graph, (overrides or {}).get(name),
+                                       results.progress.step))
+        results.flush(complete=False)
+    return results.csv_path, results.flush(complete=True)
 
 
 def summary_table(frame) -> str:

@@ -390,6 +390,28 @@ class RunInfo:
         }
 
 
+class ResultWriter:
+    """A run's results: its rows so far, its progress line, and its CSV + JSON sidecar, rewritten
+    by every :meth:`flush` (an interrupted run keeps what it measured). Shared with ``e2e``, whose
+    ``adjust_metadata`` edits the sidecar's entries in place."""
+
+    def __init__(self, info: RunInfo, out_dir: Path, stem: str, total: int,
+                 adjust_metadata: Callable[[dict], None] | None = None) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path, self.json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+        self.info, self.rows, self.progress = info, [], Progress(total)
+        self.start = time.monotonic()
+        self._adjust_metadata = adjust_metadata
+
+    def flush(self, complete: bool):
+        """Rewrite the CSV and its sidecar; return the DataFrame."""
+        metadata = self.info.metadata(self.progress.total, self.progress.done, time.monotonic() - self.start,
+                                      complete)
+        if self._adjust_metadata is not None:
+            self._adjust_metadata(metadata)
+        return write_results(self.rows, metadata, self.csv_path, self.json_path)
+
+
 def output_stem(set_names: list[str], dtypes: list[str], modes: list[str]) -> str:
     """File name stem of a run's CSV and sidecar, e.g. ``bench_gpt2_fp16_fwd``."""
     return "bench_" + "_".join(["-".join(set_names) or "custom", "-".join(dtypes),
@@ -519,18 +541,10 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
     torch.cuda.empty_cache()  # give the probe's 2 GiB back
     echo(f"copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write); {len(cases)} cases, "
          f"{timings_in(cases)} timings")
-    info = RunInfo(gpu, device_name, database, round(bandwidth / 1e9, 1), args)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    rows: list[dict] = []
-    start = time.monotonic()
+    results = ResultWriter(RunInfo(gpu, device_name, database, round(bandwidth / 1e9, 1), args), out_dir, stem,
+                           len(cases))
+    rows, progress = results.rows, results.progress
     generator = torch.Generator(device=device).manual_seed(INPUT_SEED)
-    progress = Progress(len(cases))
-
-    def flush(complete: bool):
-        metadata = info.metadata(len(cases), progress.done, time.monotonic() - start, complete)
-        return write_results(rows, metadata, csv_path, json_path)
 
     groups: dict[tuple[str, str, Shape], list[Case]] = {}
     for case in cases:
@@ -550,8 +564,8 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
         rows.extend(timed[key])
         del inputs
         torch.cuda.empty_cache()
-        flush(complete=False)
-    return csv_path, flush(complete=True)
+        results.flush(complete=False)
+    return results.csv_path, results.flush(complete=True)
 
 
 def summary_table(frame) -> str:
