@@ -313,6 +313,6 @@ for stage in $STAGES; do
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
-        *) echo "unknown stage $stage (tests, baselines, bench, tune, release, e2e, e2e_profile)"; exit 2 ;;
+        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 e2e e2e_profile final)"; exit 2 ;;
     esac
 done
