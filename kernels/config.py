@@ -6,6 +6,9 @@ are correct for every config this module accepts. Three kernels, three ``kind`` 
 - ``"forward"``:     y  = sketch(x) @ Wr.T + b   tiles: M x N, reduction over K_red
 - ``"grad_input"``:  dx = unsketch(dy @ Wr)       tiles: M x K_red, reduction over N
 - ``"grad_weight"``: dW = unrotate(dy.T @ xs)     tiles: N x K_red, reduction over M (split_m ways)
+- ``"forward_rotated"``: the forward when the caller holds the rotated weight ``Wr`` already (the
+  ``SSL`` layer's rotated-weight cache, for inference): same kernels and configs as ``"forward"``,
+  but ``sketch_gemm`` skips its per-call weight rotation, so it is tuned (and recorded) apart
 
 Resolution order for a launch (:func:`resolve_launch_config`): the newest hook registered with
 :func:`register_config_hook` that returns a config (the tests' and the tuner's overrides, then the
@@ -20,7 +23,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-KINDS = ("forward", "grad_input", "grad_weight")
+KINDS = ("forward", "grad_input", "grad_weight", "forward_rotated")
+#: The kinds that run the forward kernels (same configs, same candidates).
+FORWARD_KINDS = ("forward", "forward_rotated")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -219,7 +224,7 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
         return size * width * (config.tile_m + config.tile_n * stages) + 4 * config.tile_m * config.tile_n // 2
     c = problem.redn_factor
     tm, tn, tk = config.tile_m, config.tile_n, config.tile_k
-    if problem.kind == "forward":
+    if problem.kind in FORWARD_KINDS:
         per_stage = c * tm * tk + tn * tk
         out_tile = tm * tn
     elif problem.kind == "grad_input":
@@ -318,7 +323,7 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
         # 0.15-0.41 of ideal at prefill sizes; sketch + cuBLAS is predicted at ~0.6-0.9.
         return LaunchConfig(tile_m=32, tile_n=64, tile_k=128, num_warps=4, num_stages=1,
                             algorithm="sketch_gemm")
-    if problem.kind == "forward":
+    if problem.kind in FORWARD_KINDS:
         if m == 1:
             # One row: the CUDA-core GEMV reached 0.74-1.16 of ideal on the H200 where the 16-row
             # tl.dot kernel reached 0.52-0.86 (gpt2/llama shapes, c = 4..16, fp16 and bf16).

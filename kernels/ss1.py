@@ -31,6 +31,7 @@ import triton.language as tl
 from ss1bench.structure import VEC, SS1Structure
 
 from .config import (
+    FORWARD_KINDS,
     RESIDENT_MAX_K_RED,
     LaunchConfig,
     Problem,
@@ -513,10 +514,11 @@ def _structure_args(structure: SS1Structure) -> dict:
 
 def _check_config(kind: str, config: LaunchConfig, structure: SS1Structure) -> None:
     """Errors for configs that name a variant the kernel ``kind`` does not have."""
-    if config.split_k > 1 and (kind != "forward" or config.algorithm != "fused"):
+    forward = kind in FORWARD_KINDS
+    if config.split_k > 1 and (not forward or config.algorithm != "fused"):
         raise ValueError(f"split_k={config.split_k} applies to the fused forward kernel only, not to "
                          f"{kind} ({config.algorithm})")
-    if config.algorithm in ("resident", "gemv") and kind != "forward":
+    if config.algorithm in ("resident", "gemv") and not forward:
         raise ValueError(f"algorithm {config.algorithm!r} applies to the forward kernel only, not to {kind}")
     if config.algorithm == "resident" and resident_width(structure.k_red) > RESIDENT_MAX_K_RED:
         raise ValueError(f"algorithm 'resident' holds a whole sketch row on chip: K_red={structure.k_red} "
@@ -656,8 +658,14 @@ def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 structure: SS1Structure, config: LaunchConfig | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """``y: (M, N) = x @ dense_weight(weight).T + bias`` for ``x: (M, K)``, ``weight: (N, K_red)``."""
+                out: torch.Tensor | None = None, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``y: (M, N) = x @ dense_weight(weight).T + bias`` for ``x: (M, K)``, ``weight: (N, K_red)``.
+
+    ``rotated_weight``, when given, must be ``rotate_weight(weight, structure)`` (the caller's
+    cache of it; not checked, only its shape, dtype and device): ``sketch_gemm`` then multiplies
+    by it instead of rotating the weight on every call, and the launch config is the
+    ``"forward_rotated"`` kind's. The other algorithms read ``weight`` as always.
+    """
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     m, k = x.shape
@@ -667,6 +675,8 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if k != structure.in_features:
         raise ValueError(f"x has {k} features but the layer expects in_features={structure.in_features}")
     _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
+    if rotated_weight is not None:
+        _check_tensor("rotated_weight", rotated_weight, structure.weight_shape, x.dtype, x.device)
     if bias is not None:
         _check_tensor("bias", bias, (n,), x.dtype, x.device)
         bias = bias.contiguous()
@@ -689,7 +699,10 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             )
             return
         if cfg.algorithm == "sketch_gemm":
-            xs, wr = sketch_and_rotate(x, weight, structure, cfg)
+            if rotated_weight is None:
+                xs, wr = sketch_and_rotate(x, weight, structure, cfg)
+            else:
+                xs, wr = sketch(x, structure, cfg), rotated_weight
             if bias is None:
                 torch.mm(xs, wr.t(), out=y)
             else:
@@ -716,7 +729,8 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 SPLIT=split, HAS_BIAS=bias is not None, BLOCK=SPLIT_K_SUM_BLOCK, num_warps=4,
             )
 
-    _launch("forward", m, structure, x.dtype, x.device, config, launch)
+    kind = "forward" if rotated_weight is None else "forward_rotated"
+    _launch(kind, m, structure, x.dtype, x.device, config, launch)
     return y
 
 

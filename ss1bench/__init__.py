@@ -7,7 +7,7 @@ Nothing here queries a GPU at import time.
 """
 
 from .convert import ConversionReport, LayerReport, conversion_report, convert_to_ss_linear
-from .layer import SSL, set_structure_advisor
+from .layer import SSL, cache_rotated_weights, set_structure_advisor
 from .ops import ss1_linear
 from .structure import SS1Structure
 from .tuning.lookup import install_database_hooks as _install_database_hooks
@@ -20,6 +20,7 @@ __all__ = [
     "LayerReport",
     "SS1Structure",
     "__version__",
+    "cache_rotated_weights",
     "conversion_report",
     "convert_to_ss_linear",
     "set_structure_advisor",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .ops import ss1_linear
+from .ops import rotate_weight, ss1_linear
 from .structure import DEFAULT_BLOCK_N, SS1Structure, default_block_k
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class SSL(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
+        self._rotated_cache_on = False
+        self._forget_rotated_weight()
         self.reset_parameters()
 
     # ---- structure properties -------------------------------------------------------------------
@@ -139,7 +141,71 @@ class SSL(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        return ss1_linear(x, weight, bias, self.structure)
+        rotated = self._rotated_weight() if self._rotated_cache_on and weight is self.weight else None
+        return ss1_linear(x, weight, bias, self.structure, rotated)
+
+    # ---- rotated-weight cache -------------------------------------------------------------------
+    def cache_rotated_weight(self, enabled: bool = True) -> SSL:
+        """Keep a rotated copy of the weight for the forward pass (off by default; returns self).
+
+        The forward multiplies the input's sketch by the weight with each row rotated by its N
+        block's shift. The ``sketch_gemm`` kernel path (cuBLAS on the sketch) rotates the whole
+        weight on every call to do that, which at decode sizes can cost as much as the product
+        itself. With the cache on, the layer keeps that rotated copy and the forward uses it
+        (launch configs tuned for this case, kind ``forward_rotated``, when the database has them).
+
+        Costs one more ``(out_features, K_red)`` tensor of the weight's dtype (1/c of the dense
+        weight). The copy is rebuilt on the next forward after the weight changes through torch
+        operations (optimizer steps, ``load_state_dict``, ``copy_``: the version counter moves) or
+        gets new storage (``.to()``, ``.half()``, ``weight.data = ...``). In-place edits through
+        ``weight.data`` are not tracked by torch: call :meth:`refresh_rotated_weight` after them.
+        CUDA graphs captured while the cache is valid replay with the copy they captured: after
+        changing the weight, run one eager forward (or :meth:`refresh_rotated_weight`) and
+        re-capture. ``torch.compile`` traces and autocast-converted weights do not use the cache.
+        """
+        self._rotated_cache_on = bool(enabled)
+        self._forget_rotated_weight()
+        return self
+
+    @property
+    def caches_rotated_weight(self) -> bool:
+        """Whether :meth:`cache_rotated_weight` is on."""
+        return self._rotated_cache_on
+
+    def refresh_rotated_weight(self) -> None:
+        """Rebuild the rotated copy now (no-op while the cache is off)."""
+        self._forget_rotated_weight()
+        if self._rotated_cache_on:
+            self._rotated_weight()
+
+    def _forget_rotated_weight(self) -> None:
+        self._rotated: torch.Tensor | None = None
+        self._rotated_key: tuple | None = None
+
+    def _rotated_weight(self) -> torch.Tensor | None:
+        """The cached rotated weight, rebuilt if the weight changed; None where it cannot be used."""
+        if torch.compiler.is_compiling():
+            return None
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.structure.key)
+        if key == self._rotated_key:
+            return self._rotated
+        if weight.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # a copy made now would hold data only once the graph replays
+        with torch.inference_mode(False):
+            self._rotated = rotate_weight(weight.detach(), self.structure)
+        self._rotated_key = key
+        return self._rotated
+
+    def __setstate__(self, state):  # modules pickled before the cache existed
+        state.setdefault("_rotated_cache_on", False)
+        state.setdefault("_rotated", None)
+        state.setdefault("_rotated_key", None)
+        super().__setstate__(state)
+
+    def _apply(self, fn, recurse=True):
+        self._forget_rotated_weight()  # .to(), .half(), .cuda(): the copy would be stale
+        return super()._apply(fn, recurse)
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent dense weight ``(out_features, in_features)`` (differentiable)."""
@@ -198,6 +264,7 @@ class SSL(nn.Module):
             # updating this layer's weight (its per-parameter state, if any, must come from the
             # same checkpoint: it has the checkpoint's shapes).
             self.weight.data = self.weight.new_empty(self.structure.weight_shape)
+            self._forget_rotated_weight()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -206,3 +273,14 @@ class SSL(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, redn_factor={s.redn_factor}, seed={s.seed}, "
                 f"block_k={s.block_k}, block_n={s.block_n}, compression={s.compression:.2f}x")
+
+
+def cache_rotated_weights(model: nn.Module, enabled: bool = True) -> int:
+    """:meth:`SSL.cache_rotated_weight` on every SSL layer of ``model``; returns how many there are.
+
+    For inference (serving, decode): ``cache_rotated_weights(model)`` once the weights are loaded.
+    """
+    layers = [module for module in model.modules() if isinstance(module, SSL)]
+    for layer in layers:
+        layer.cache_rotated_weight(enabled)
+    return len(layers)

@@ -39,9 +39,9 @@ def _check_reference_inputs(structure: SS1Structure, **tensors: torch.Tensor | N
             raise TypeError(f"{name} has dtype {tensor.dtype} but the other inputs are {first.dtype}")
         if tensor.device != first.device:
             raise ValueError(f"{name} is on {tensor.device} but the other inputs are on {first.device}")
-    weight = tensors.get("weight")
-    if weight is not None:
-        structure.check_weight(weight)
+    for name in ("weight", "rotated_weight"):
+        if tensors.get(name) is not None:
+            structure.check_weight(tensors[name], name)
 
 
 # ---- forward --------------------------------------------------------------------------------
@@ -61,11 +61,22 @@ _KERNELS = None
 
 
 def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  structure: SS1Structure) -> torch.Tensor:
+                  structure: SS1Structure, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
     if _use_kernels(x):
-        return _kernels().ss1_forward(x, weight, bias, structure)
-    _check_reference_inputs(structure, x=x, weight=weight, bias=bias)
-    return reference.ss1_forward_reference(x, weight, bias, structure)
+        return _kernels().ss1_forward(x, weight, bias, structure, rotated_weight=rotated_weight)
+    _check_reference_inputs(structure, x=x, weight=weight, bias=bias, rotated_weight=rotated_weight)
+    return reference.ss1_forward_reference(x, weight, bias, structure, rotated_weight)
+
+
+def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``Wr: (N, K_red)``: each row of ``weight`` rotated inside its groups by its N block's shift
+    (the operand the sketch form multiplies by; see :mod:`ss1bench.structure`). A new tensor, no
+    autograd history: the Triton kernel on CUDA, the reference elsewhere."""
+    structure.check_weight(weight)
+    with torch.no_grad():
+        if _use_kernels(weight):
+            return _kernels().rotate_weight(weight.contiguous(), structure)
+        return reference.rotate_weight(weight.contiguous(), structure)
 
 
 def _grad_input_impl(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
@@ -164,10 +175,10 @@ class _EagerSS1Linear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, structure):
+    def forward(ctx, x, weight, bias, structure, rotated_weight):
         ctx.structure = structure
         _save_inputs(ctx, x, weight, bias)
-        return _forward_impl(x, weight, bias, structure)
+        return _forward_impl(x, weight, bias, structure, rotated_weight)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -175,14 +186,14 @@ class _EagerSS1Linear(torch.autograd.Function):
         grads = _gradients(ctx, grad_out,
                            lambda g, weight: _grad_input_impl(g, weight, structure),
                            lambda g, x: _grad_weight_impl(g, x, structure))
-        return (*grads, None)
+        return (*grads, None, None)
 
 
 # ---- public entry point ---------------------------------------------------------------------
 
 
 def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               structure: SS1Structure) -> torch.Tensor:
+               structure: SS1Structure, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
     """SS1 linear map: ``y = x @ structure.dense_weight(weight).T + bias``.
 
     Args:
@@ -190,6 +201,10 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         weight: compressed weight ``(N, K_red)``.
         bias: ``(N,)`` or None.
         structure: the layer's :class:`SS1Structure`.
+        rotated_weight: optional ``structure.rotate_weight(weight)`` held by the caller (the
+            ``SSL`` layer's rotated-weight cache); CUDA forwards then skip rotating the weight on
+            every call. It is trusted to match ``weight`` (no gradient flows through it); CPU
+            calls and ``torch.compile`` traces ignore it.
 
     Returns:
         ``(..., N)`` in ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.
@@ -202,6 +217,8 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             f"got {tuple(x.shape)}"
         )
     structure.check_weight(weight)
+    if rotated_weight is not None:
+        structure.check_weight(rotated_weight, "rotated_weight")
     if bias is not None and tuple(bias.shape) != (structure.out_features,):
         raise ValueError(f"bias must have shape ({structure.out_features},), got {tuple(bias.shape)}")
     flat = x.dim() == 2
@@ -212,7 +229,7 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                            structure.block_k, structure.block_n)
     elif torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad
                                       or (bias is not None and bias.requires_grad)):
-        y = _EagerSS1Linear.apply(x2d, weight, bias, structure)
+        y = _EagerSS1Linear.apply(x2d, weight, bias, structure, rotated_weight)
     else:
-        y = _forward_impl(x2d, weight, bias, structure)
+        y = _forward_impl(x2d, weight, bias, structure, rotated_weight)
     return y if flat else y.reshape(*leading, structure.out_features)

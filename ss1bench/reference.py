@@ -83,10 +83,16 @@ def unrotate_weight(grad_rotated: torch.Tensor, structure: SS1Structure) -> torc
 
 
 def ss1_forward_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure,
+    rotated_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y = x @ dense_weight(weight).T + bias`` computed in the sketch form. Differentiable."""
-    return F.linear(sketch(x, structure), rotate_weight(weight, structure), bias)
+    """``y = x @ dense_weight(weight).T + bias`` computed in the sketch form. Differentiable.
+
+    ``rotated_weight`` (``rotate_weight(weight, structure)`` held by the caller) replaces the
+    rotation when given; the result is then differentiable in ``x`` and ``bias`` only.
+    """
+    rotated = rotate_weight(weight, structure) if rotated_weight is None else rotated_weight
+    return F.linear(sketch(x, structure), rotated, bias)
 
 
 def ss1_grad_input_reference(

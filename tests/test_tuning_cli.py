@@ -46,7 +46,7 @@ def test_dry_run_without_a_gpu(no_gpu, places):
     assert result.exit_code == 0, result.output
     assert "GPU H200" in result.output and "shared memory 232448" in result.output
     assert "32 items to tune" in result.output
-    assert "fp16 K=768 N=2304 c=2" in result.output and "for@16384:" in result.output
+    assert "fp16 K=768 N=2304 c=2" in result.output and "fwd@16384:" in result.output
     assert result.output.strip().splitlines()[-1].startswith("total: 32 items")
 
 

@@ -58,6 +58,10 @@ def _plan_header(gpu: str, limit: int, layers, redn_factors, dtypes, kinds, sour
             f"{dtypes}; kinds {list(kinds)}")
 
 
+#: Short kind names of the dry-run table.
+_KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin", "grad_weight": "gwt"}
+
+
 @main.command("tune")
 @click.option("--gpu", default=None, help="Tune the visible device whose name normalizes to NAME (H200, A100, ...).")
 @click.option("--devices", default=None, help="'all' or comma-separated CUDA indices: one worker per GPU.")
@@ -68,7 +72,9 @@ def _plan_header(gpu: str, limit: int, layers, redn_factors, dtypes, kinds, sour
               help=f"M buckets for the shape sets (default {','.join(map(str, DEFAULT_M_BUCKETS))}).")
 @click.option("--redn-factors", default="2,4,8,16", show_default=True, help="Reduction factors c.")
 @click.option("--dtype", "dtypes", default="fp16", show_default=True, help="Comma-separated: fp16, bf16, fp32.")
-@click.option("--kinds", default="forward", show_default=True, help=f"Comma-separated kernels: {', '.join(KINDS)}.")
+@click.option("--kinds", default="forward", show_default=True,
+              help=f"Comma-separated kernels: {', '.join(KINDS)} (forward_rotated: the forward with the layer's "
+                   "rotated-weight cache on, for inference).")
 @click.option("--db", "db_override", default=None,
               help="Database to write: a .json file or a directory of <GPU>.json (default: $SS1BENCH_DB or the "
                    "user data dir).")
@@ -151,10 +157,10 @@ def _dry_run(request, gpu: str | None, devices: str | None) -> None:
         parts = []
         for kind, m in item.pairs():
             if (kind, m) not in item.todo:
-                parts.append(f"{kind[:3]}@{m}: recorded")
+                parts.append(f"{_KIND_LABELS[kind]}@{m}: recorded")
                 continue
             candidates = launch_candidates(problem_for(item, kind, m, item.primary), limit)
-            parts.append(f"{kind[:3]}@{m}: {len(candidates.kept)}/{len(candidates.rejected)}")
+            parts.append(f"{_KIND_LABELS[kind]}@{m}: {len(candidates.kept)}/{len(candidates.rejected)}")
         units = estimate_units(item, request.options, limit, 132)
         total_units += units
         structures = f"{len(item.structures)}" + ("" if item.searches_structure else " (kept)")

@@ -9,7 +9,8 @@
 - each kernel launch without an explicit config asks :meth:`DatabaseLookup.launch_config` with its
   :class:`~ss1bench.kernels.config.Problem`: the record for its kind, dtype, K, N, c, structure and
   M bucket (the nearest tuned bucket in log2 M when M itself was not tuned, among the buckets of
-  its own regime: decode M <= 64 or prefill), else None and the
+  its own regime: decode M <= 64 or prefill; ``forward_rotated`` without records of its own
+  takes the ``forward`` record), else None and the
   heuristic (``ss1bench.kernels.config.heuristic_config``) runs.
 
 Nothing touches CUDA at import; the first lookup reads the files (user database first, then the
@@ -20,6 +21,7 @@ logged once and skipped: a forward pass never fails because of the database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import warnings
@@ -130,12 +132,24 @@ class DatabaseLookup:
         return answer
 
     def _launch_uncached(self, problem: Problem) -> LaunchConfig | None:
+        if problem.kind in FALLBACK_KINDS:
+            # forward_rotated: its own records where tuned, else the plain forward's (valid for it,
+            # and never slower there: only sketch_gemm differs, by the weight rotation it skips).
+            answer = self._launch_for_kind(problem, log=False)
+            if answer is not None:
+                return answer
+            problem = dataclasses.replace(problem, kind=FALLBACK_KINDS[problem.kind])
+        return self._launch_for_kind(problem)
+
+    def _launch_for_kind(self, problem: Problem, log: bool = True) -> LaunchConfig | None:
         gpu = normalize_gpu_name(problem.device_name)
         view = self._view(gpu)
         family = (problem.kind, problem.dtype, problem.in_features, problem.out_features, problem.redn_factor,
                   problem.block_k, problem.block_n)
         buckets = view.families.get(family)
         if not buckets:
+            if not log:
+                return None
             if view.chain:
                 self._log_once(("launch", gpu, family),
                                "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d on %s: using the "
@@ -145,6 +159,8 @@ class DatabaseLookup:
         # heuristic, which is built for each regime: only buckets of M's own regime count.
         decode = problem.m <= DECODE_MAX_M
         same_regime = [b for b in buckets if (b <= DECODE_MAX_M) == decode]
+        if not same_regime and not log:
+            return None
         if not same_regime:
             self._log_once(("regime", gpu, family, decode),
                            "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d at %s sizes on %s: "
@@ -208,6 +224,9 @@ class DatabaseLookup:
 
 
 _MISSING = object()
+
+#: Kinds answered with another kind's records when they have none of their own.
+FALLBACK_KINDS = {"forward_rotated": "forward"}
 
 
 class _GpuView:

@@ -85,14 +85,14 @@ class Case:
     @property
     def out_shape(self) -> tuple[int, ...]:
         s = self.structure
-        return {"forward": (self.m, s.out_features), "grad_input": (self.m, s.in_features),
-                "grad_weight": s.weight_shape}[self.kind]
+        return {"forward": (self.m, s.out_features), "forward_rotated": (self.m, s.out_features),
+                "grad_input": (self.m, s.in_features), "grad_weight": s.weight_shape}[self.kind]
 
     def reference(self) -> torch.Tensor:
         if self._reference is None:
             t = {name: (v.double() if v is not None else None) for name, v in self.tensors.items()}
             s = self.structure
-            if self.kind == "forward":
+            if self.kind in ("forward", "forward_rotated"):  # from the weight itself, not its rotated copy
                 ref = reference.ss1_forward_reference(t["x"], t["weight"], t["bias"], s)
             elif self.kind == "grad_input":
                 ref = reference.ss1_grad_input_reference(t["grad_out"], t["weight"], s)
@@ -113,8 +113,8 @@ def make_case(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, de
     (for capturing launch arguments)."""
     k, n = structure.in_features, structure.out_features
     shapes = {"x": (m, k), "weight": structure.weight_shape, "bias": (n,), "grad_out": (m, n)}
-    needed = {"forward": ("x", "weight", "bias"), "grad_input": ("grad_out", "weight"),
-              "grad_weight": ("grad_out", "x")}[kind]
+    needed = {"forward": ("x", "weight", "bias"), "forward_rotated": ("x", "weight", "bias"),
+              "grad_input": ("grad_out", "weight"), "grad_weight": ("grad_out", "x")}[kind]
     tensors: dict = {}
     generator = None if empty else torch.Generator(device=device).manual_seed(seed)
     bound = 1.0 / math.sqrt(k)
@@ -126,6 +126,9 @@ def make_case(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, de
         else:
             uniform = torch.rand(shapes[name], generator=generator, device=device, dtype=torch.float32)
             tensors[name] = ((uniform * 2 - 1) * bound).to(dtype)
+    if kind == "forward_rotated":  # what the layer's rotated-weight cache holds
+        tensors["rotated_weight"] = (torch.empty_like(tensors["weight"]) if empty
+                                     else reference.rotate_weight(tensors["weight"], structure).contiguous())
     case = Case(kind, m, structure, dtype, device, tensors)
     tensors["out"] = torch.empty(case.out_shape, dtype=dtype, device=device)
     return case
@@ -136,6 +139,14 @@ def _launch_forward(case: Case, config: LaunchConfig, out: torch.Tensor) -> torc
 
     t = case.tensors
     return ss1_forward(t["x"], t["weight"], t["bias"], case.structure, config=config, out=out)
+
+
+def _launch_forward_rotated(case: Case, config: LaunchConfig, out: torch.Tensor) -> torch.Tensor:
+    from ss1bench.kernels.ss1 import ss1_forward
+
+    t = case.tensors
+    return ss1_forward(t["x"], t["weight"], t["bias"], case.structure, config=config, out=out,
+                       rotated_weight=t["rotated_weight"])
 
 
 def _launch_grad_input(case: Case, config: LaunchConfig, out: torch.Tensor) -> torch.Tensor:
@@ -154,7 +165,8 @@ def _launch_grad_weight(case: Case, config: LaunchConfig, out: torch.Tensor) -> 
 
 
 #: kind -> launcher(case, config, out). Tests replace entries to inject wrong kernels.
-LAUNCHERS = {"forward": _launch_forward, "grad_input": _launch_grad_input, "grad_weight": _launch_grad_weight}
+LAUNCHERS = {"forward": _launch_forward, "forward_rotated": _launch_forward_rotated,
+             "grad_input": _launch_grad_input, "grad_weight": _launch_grad_weight}
 
 
 def dense_function(case: Case, seed: int = 1):
@@ -163,7 +175,7 @@ def dense_function(case: Case, seed: int = 1):
     generator = torch.Generator(device=device).manual_seed(seed)
     dense_w = (torch.rand((s.out_features, s.in_features), generator=generator, device=device) - 0.5).to(dtype)
     t = case.tensors
-    if case.kind == "forward":
+    if case.kind in ("forward", "forward_rotated"):
         x, bias = t["x"], t["bias"]
         return lambda: torch.nn.functional.linear(x, dense_w, bias)
     if case.kind == "grad_input":

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from ss1bench.kernels.config import (
     DECODE_MAX_M,
+    FORWARD_KINDS,
     KINDS,
     LaunchConfig,
     Problem,
@@ -138,7 +139,7 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
     within a few percent on the H200 (tuning logs under ``reports/H200/raw``).
     """
     configs: list[LaunchConfig] = []
-    if kind == "forward":
+    if kind in FORWARD_KINDS:
         if is_decode(m):
             # Weight-read bound: many narrow N tiles keep SMs busy; deep K tiles keep bytes in flight.
             # Each config also comes split over K_red when its grid is small (_with_k_splits).
@@ -173,9 +174,13 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
         raise ValueError(f"unknown kernel kind {kind!r}; expected one of {KINDS}")
     # sketch_gemm: a memory-bound sketch (or unsketch) kernel plus a cuBLAS product; only the
     # sketch tile and its warps apply, the other fields stay at fixed values so equal launches
-    # compare equal. At decode sizes it also rotates the whole weight per call (three weight
-    # passes where the fused kernel makes one), so one canonical candidate stands for it there.
-    if is_decode(m):
+    # compare equal. At decode sizes the plain forward also rotates the whole weight per call
+    # (three weight passes where the fused kernel makes one), so one canonical candidate stands
+    # for it there; with the rotated weight held by the caller it is one sketch launch plus the
+    # product at K/c, and its tile is worth a small sweep.
+    if kind == "forward_rotated" and is_decode(m):
+        configs += [sketch_gemm_config(tm, tk, 4) for tm, tk in itertools.product((16, 64), (64, 128, 256))]
+    elif is_decode(m):
         configs.append(sketch_gemm_config(16, 128, 4))
     else:
         for tm, tk in itertools.product((16, 32, 64), (64, 128, 256)):
@@ -188,7 +193,7 @@ def _resident_grid(problem: Problem) -> list[LaunchConfig]:
     """``resident`` forward candidates (none when K_red is too wide to hold on chip). Its
     reduction is the whole K_red in one step, so ``tile_k`` is fixed at that width."""
     width = resident_width(problem.k_red)
-    if problem.kind != "forward" or is_decode(problem.m) or width > RESIDENT_TUNE_MAX_K_RED:
+    if problem.kind not in FORWARD_KINDS or is_decode(problem.m) or width > RESIDENT_TUNE_MAX_K_RED:
         return []
     return [LaunchConfig(64, tn, width, w, 2, group_m=1, algorithm="resident")
             for tn, w in itertools.product((64, 128, 256), (4, 8))]
@@ -197,7 +202,7 @@ def _resident_grid(problem: Problem) -> list[LaunchConfig]:
 def _gemv_grid(problem: Problem) -> list[LaunchConfig]:
     """``gemv`` forward candidates for decode sizes up to :data:`GEMV_MAX_M` rows: one row per
     program, or a few (the weight tile read once per row block)."""
-    if problem.kind != "forward" or problem.m > GEMV_MAX_M:
+    if problem.kind not in FORWARD_KINDS or problem.m > GEMV_MAX_M:
         return []
     most = GEMV_MAX_ROWS if problem.k_red <= GEMV_ROWS_MAX_K_RED else 1
     rows = [r for r in (1, 2, 4, 8) if r <= min(problem.m, most) and cdiv(problem.m, r) <= GEMV_MAX_ROW_BLOCKS]
@@ -240,7 +245,7 @@ def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]
     if config.algorithm == "gemv":  # one fp32 (rows x tile_n x tile_k) product, a rows x tile_n accumulator
         rows = config.tile_m
         return rows * config.tile_n / threads, rows * (config.tile_n * (config.tile_k + 1) + config.tile_k) / threads
-    if kind == "forward":  # (resident: tile_k is the whole sketch row, summed in fp32 too)
+    if kind in FORWARD_KINDS:  # (resident: tile_k is the whole sketch row, summed in fp32 too)
         acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
     elif kind == "grad_input":
         acc, sketch = config.tile_m * config.tile_k, 0
@@ -288,7 +293,7 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     grid = _grid(problem.kind, problem.m, problem.redn_factor) + _resident_grid(problem) + _gemv_grid(problem)
     if problem.kind == "grad_weight" and not is_decode(problem.m):
         grid = [split for config in grid for split in _with_splits(config, problem, sm_count)]
-    if problem.kind == "forward" and is_decode(problem.m):
+    if problem.kind in FORWARD_KINDS and is_decode(problem.m):
         grid = [split for config in grid for split in _with_k_splits(clamp_to_problem(config, problem), problem,
                                                                       sm_count)]
     baseline = heuristic_config(problem, shared_memory_limit)
