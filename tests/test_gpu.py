@@ -123,6 +123,70 @@ def test_every_forward_variant_matches_float64_reference(k, n, c, variant, dtype
         assert_close(f"forward[{variant}] M{m}", y, y_ref, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("variant", ["sketch_gemm", "fused-splitk", "gemv"])
+@pytest.mark.parametrize(("k", "n", "c"), [(768, 3072, 4), (3072, 768, 16), (1000, 1100, 8)],
+                         ids=lambda v: str(v))
+def test_forward_with_rotated_weight_matches_float64_reference(k, n, c, variant, dtype):
+    """The rotated-weight cache's path (kind forward_rotated): sketch + cuBLAS on the given copy."""
+    from ss1bench.kernels import ss1 as kernels
+
+    device = "cuda"
+    generator = torch.Generator(device=device).manual_seed(k + n + c + 1)
+    structure = SS1Structure(k, n, c, seed=9 + c, block_k=default_block_k(k, c), block_n=128)
+    weight = ((torch.rand(structure.weight_shape, generator=generator, device=device) * 2 - 1) / k**0.5).to(dtype)
+    bias = torch.randn(n, generator=generator, device=device).to(dtype)
+    rotated = kernels.rotate_weight(weight, structure)
+    assert torch.equal(rotated, reference.rotate_weight(weight, structure))
+    for m in (1, 37, 300):
+        x = torch.randn(m, k, generator=generator, device=device).to(dtype)
+        y = kernels.ss1_forward(x, weight, bias, structure, FORWARD_CONFIGS[variant],
+                                out=poisoned((m, n), dtype, device), rotated_weight=rotated)
+        y_ref = reference.ss1_forward_reference(x.double(), weight.double(), bias.double(), structure)
+        _record(f"forward_rotated[{variant}]", (m, k, n), c, dtype,
+                _rel(y, y_ref) if not y.isnan().any() else float("nan"))
+        assert_close(f"forward_rotated[{variant}] M{m}", y, y_ref, TOLERANCE[dtype])
+
+
+def test_rotated_weight_cache_under_cuda_graph_capture():
+    """A valid cache is read by the captured graph; a stale one is not refilled during capture
+    (its copy would hold data only after a replay): the graph then rotates the weight itself."""
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import override_launch_config
+
+    dtype = torch.float16
+    sketch_gemm = LaunchConfig(16, 64, 128, 4, 1, algorithm="sketch_gemm")
+    generator = torch.Generator(device="cuda").manual_seed(3)
+    layer = SSL(1024, 4096, redn_factor=4, seed=5, device="cuda", dtype=dtype).cache_rotated_weight()
+    x = torch.randn(16, 1024, generator=generator, device="cuda", dtype=dtype)
+
+    def expected():
+        return x.double() @ layer.dense_weight().double().T + layer.bias.double()
+
+    with torch.no_grad(), override_launch_config(sketch_gemm):
+        layer(x)  # fills the cache
+        cached = layer._rotated
+        kernels.ss1_forward(x, layer.weight, layer.bias, layer.structure)  # compiles the uncached path too
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            out = layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()
+        assert_close("graph, cached", out, expected(), TOLERANCE[dtype])
+        assert layer._rotated is cached
+        layer.weight.mul_(-1.0)  # stale now
+        stale_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream), torch.cuda.graph(stale_graph, stream=stream):
+            out2 = layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        assert layer._rotated is cached  # not refilled during capture
+        stale_graph.replay()
+        assert_close("graph, stale cache", out2, expected(), TOLERANCE[dtype])
+        assert_close("eager after", layer(x), expected(), TOLERANCE[dtype])  # refilled eagerly
+        assert layer._rotated is not cached
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 def test_layer_autograd_on_gpu(dtype):
     """Module path (custom op + autograd) on CUDA against the dense equivalent."""

@@ -295,3 +295,52 @@ class TestBadInput:
         with pytest.raises(ValueError, match="tile_m must be a power of two >= 1 for gemv, got 3"):
             LaunchConfig(tile_m=3, algorithm="gemv")
         assert LaunchConfig(tile_m=1, algorithm="gemv").tile_m == 1
+
+
+# ---- forward with the rotated weight held by the caller (the layer's rotated-weight cache) ----
+
+ROTATED_CONFIGS = [
+    LaunchConfig(tile_m=16, tile_n=16, tile_k=32, num_warps=4, num_stages=1, algorithm="sketch_gemm"),
+    LaunchConfig(tile_m=16, tile_n=32, tile_k=16, num_warps=2, num_stages=2),
+    LaunchConfig(tile_m=2, tile_n=16, tile_k=32, num_warps=2, num_stages=2, algorithm="gemv"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("config", ROTATED_CONFIGS, ids=_cfg_id)
+def test_forward_with_rotated_weight_matches_reference(problem, config, dtype):
+    structure, t = problem
+    x, w, b = (t[key].to(dtype) for key in ("x", "weight", "bias"))
+    rotated = kernels.rotate_weight(w, structure)
+    assert torch.equal(rotated, reference.rotate_weight(w, structure))  # a permutation: exact
+    y_ref = reference.ss1_forward_reference(x.double(), w.double(), b.double(), structure)
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned(y_ref.shape, dtype, "cpu"),
+                            rotated_weight=rotated)
+    assert_close("y", y, y_ref)
+
+
+def test_sketch_gemm_multiplies_by_the_rotated_weight_it_is_given(generator):
+    # The rotated weight is trusted, not recomputed: a different one changes the result (so the
+    # cache path really skips the per-call rotation), and the config kind is forward_rotated.
+    structure, x, w = _small_problem(generator)
+    other = randn(*structure.weight_shape, generator=generator)
+    seen = []
+
+    def hook(problem):
+        seen.append(problem.kind)
+        return LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_stages=1, algorithm="sketch_gemm")
+
+    with override_launch_config(hook):
+        y = kernels.ss1_forward(x, w, None, structure, rotated_weight=kernels.rotate_weight(other, structure))
+    assert seen == ["forward_rotated"]
+    assert_close("y", y, reference.ss1_forward_reference(x.double(), other.double(), None, structure))
+
+
+@pytest.mark.parametrize(("tensor", "message"), [
+    (lambda w: w[:, :-1], r"rotated_weight must have shape"),
+    (lambda w: w.double(), r"rotated_weight has dtype torch.float64 but the other inputs are torch.float32"),
+])
+def test_a_wrong_rotated_weight_is_an_error(generator, tensor, message):
+    structure, x, w = _small_problem(generator)
+    with pytest.raises((ValueError, TypeError), match=message):
+        kernels.ss1_forward(x, w, None, structure, rotated_weight=tensor(w.clone()))

@@ -73,6 +73,21 @@ def test_a_bucket_of_the_other_regime_is_not_used(database, caplog):
     assert lookup.DATABASE.launch_config(Problem("forward", 65, 768, 3072, 4, 32, 256, "fp16", H200)) == TUNED
 
 
+def test_forward_rotated_has_its_own_records_else_takes_the_forward_ones(database, tmp_path):
+    rotated_pick = LaunchConfig(16, 64, 128, num_warps=4, num_stages=1, algorithm="sketch_gemm")
+    prefill = Problem("forward_rotated", 4096, 768, 3072, 4, 32, 256, "fp16", H200)
+    decode = Problem("forward_rotated", 16, 768, 3072, 4, 32, 256, "fp16", H200)
+    assert lookup.DATABASE.launch_config(prefill) == TUNED  # no record of its own: the forward's
+    assert lookup.DATABASE.launch_config(decode) is None  # neither kind has a decode record
+    updates = tdb.TuningDatabase(gpu="H200")
+    updates.launch[tdb.LaunchKey("forward_rotated", "fp16", 768, 3072, 4, 32, 256, 16).text()] = record(rotated_pick)
+    tdb.write_records(tmp_path / "user" / "H200.json", updates)
+    lookup.DATABASE.reset()
+    assert lookup.DATABASE.launch_config(decode) == rotated_pick
+    assert lookup.DATABASE.launch_config(prefill) == TUNED  # its decode record does not answer prefill
+    assert lookup.DATABASE.launch_config(Problem("forward", 16, 768, 3072, 4, 32, 256, "fp16", H200)) is None
+
+
 def test_unknown_gpu_logs_once(database, caplog):
     with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
         for m in (1, 2, 3):

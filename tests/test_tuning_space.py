@@ -38,7 +38,7 @@ def test_large_tiles_at_c16_are_rejected_at_227_kib():
     assert all(shared_memory_bytes(config, p) <= 99 * 1024 for config in small.kept)
 
 
-@pytest.mark.parametrize("kind", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("kind", ["forward", "forward_rotated", "grad_input", "grad_weight"])
 @pytest.mark.parametrize("m", [1, 64, 16384])
 def test_candidates_start_with_the_heuristic_and_pass_every_rule(kind, m):
     p = problem(kind=kind, m=m, c=4)
@@ -49,9 +49,10 @@ def test_candidates_start_with_the_heuristic_and_pass_every_rule(kind, m):
         assert space.rejection_reason(config, p, HOPPER) is None
     algorithms = {config.algorithm for config in candidates.kept}
     expected = {"fused", "sketch_gemm"}
-    if kind == "forward" and (m == 1 or (m <= space.GEMV_MAX_M and p.k_red <= space.GEMV_ROWS_MAX_K_RED)):
+    forward = kind in ("forward", "forward_rotated")
+    if forward and (m == 1 or (m <= space.GEMV_MAX_M and p.k_red <= space.GEMV_ROWS_MAX_K_RED)):
         expected.add("gemv")  # at M = 64 only several rows per program, kept at small K_red only
-    if kind == "forward" and m > 64 and p.k_red <= space.RESIDENT_TUNE_MAX_K_RED:
+    if forward and m > 64 and p.k_red <= space.RESIDENT_TUNE_MAX_K_RED:
         expected.add("resident")
     assert algorithms == expected
 
@@ -201,3 +202,15 @@ def test_decode_candidates_include_a_k_split_and_the_heuristic_uses_one():
     one_row = heuristic_config(problem(kind="forward", m=1, k=768, n=768, c=16), HOPPER)
     assert (one_row.algorithm, one_row.tile_k) == ("gemv", 64)
     assert all(config.split_k == 1 for config in space.launch_candidates(problem(m=4096), HOPPER).kept)
+
+
+@pytest.mark.parametrize("m", [1, 16, 64])
+def test_forward_rotated_offers_the_forward_candidates_plus_sketch_tiles_at_decode(m):
+    plain = space.launch_candidates(problem(kind="forward", m=m, k=4096, n=4096, c=4), HOPPER).kept
+    rotated = space.launch_candidates(problem(kind="forward_rotated", m=m, k=4096, n=4096, c=4), HOPPER).kept
+    assert set(plain) <= set(rotated)
+    extra = set(rotated) - set(plain)
+    assert extra and all(config.algorithm == "sketch_gemm" for config in extra)
+    assert {config.tile_k for config in rotated if config.algorithm == "sketch_gemm"} == {64, 128, 256}
+    prefill = space.launch_candidates(problem(kind="forward_rotated", m=4096, k=4096, n=4096, c=4), HOPPER).kept
+    assert prefill == space.launch_candidates(problem(kind="forward", m=4096, k=4096, n=4096, c=4), HOPPER).kept

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ss1bench import reference
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import gate, measure, space
@@ -250,7 +251,7 @@ def test_gate_catches_one_wrong_tile_that_frobenius_misses():
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("kind", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize("kind", ["forward", "forward_rotated", "grad_input", "grad_weight"])
 def test_gate_on_interpreted_kernels_rejects_a_wrong_candidate(kind, monkeypatch):
     good = LaunchConfig(16, 16, 16, num_warps=4, num_stages=2)
     wrong = LaunchConfig(16, 32, 16, num_warps=4, num_stages=2)
@@ -279,6 +280,18 @@ def test_gate_on_interpreted_kernels_rejects_a_wrong_candidate(kind, monkeypatch
     assert outcome.results[((16, 16), kind, 8)].config == good
     (record,) = outcome.updates.launch.values()
     assert record["config"] == good.to_dict()
+
+
+@pytest.mark.interpret
+def test_forward_rotated_case_gates_against_the_weight_not_its_rotated_copy():
+    bench = measure.KernelBench(torch.device("cpu"))
+    structure = bench.structure(100, 40, 4, 16, 16)
+    sketch_gemm = LaunchConfig(16, 64, 32, 4, 1, algorithm="sketch_gemm")
+    case = bench.prepare("forward_rotated", 5, structure, "fp16")
+    assert torch.equal(case.tensors["rotated_weight"], reference.rotate_weight(case.tensors["weight"], structure))
+    assert bench.gate(case, sketch_gemm, "fp16")[0].passed
+    case.tensors["rotated_weight"] = case.tensors["weight"].clone()  # not rotated: a wrong product
+    assert not bench.gate(case, sketch_gemm, "fp16")[0].passed
 
 
 @pytest.mark.interpret

@@ -12,7 +12,7 @@ import click
 
 from ss1bench.cli import main
 
-from .schema import DTYPES, MODES, PROVIDER_NAMES
+from .schema import DTYPES, MODES, provider_listing
 from .shapes import SHAPE_SET_NAMES
 
 
@@ -51,7 +51,7 @@ def _ints(option: str, text: str) -> list[int]:
 @click.option("--dtype", "dtypes", default="fp16", show_default=True, help=f"Comma-separated: {', '.join(DTYPES)}.")
 @click.option("--mode", "modes", default="fwd", show_default=True,
               help="fwd, fwd+bwd, or both comma-separated (forward+backward times one forward and "
-                   "one backward together).")
+                   "one backward together; ss1_cached, the inference setting, is timed in fwd only).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder for the CSV and its JSON sidecar (default reports/<GPU>).")
 @click.option("--warmup-ms", default=25, show_default=True, help="do_bench warm-up time per timing.")
@@ -89,8 +89,7 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
     if dry_run:
         for case in cases:
             click.echo(case.describe())
-        providers = ", ".join(PROVIDER_NAMES)
-        click.echo(f"{len(cases)} cases x providers ({providers}); {timings_in(cases)} timings; "
+        click.echo(f"{len(cases)} cases x providers ({provider_listing(mode_list)}); {timings_in(cases)} timings; "
                    f"output {out_dir or 'reports/<GPU>'}/{stem}.csv")
         return
 

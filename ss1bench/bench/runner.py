@@ -1,7 +1,8 @@
 """The benchmark runner: SS1 against dense and structured peers, side by side, one CSV.
 
-Providers are data (``schema.PROVIDERS``); each measured provider has a builder here that returns
-an ``nn.Module`` plus its settings, and one function times them all the same way:
+Providers are data (``schema.PROVIDERS``, each with the modes it has rows in: ``ss1_cached`` only in
+``fwd``); each measured provider has a builder here that returns an ``nn.Module`` plus its
+settings, and one function times them all the same way:
 ``triton.testing.do_bench`` (L2 flushed before every call) median and 20th/80th percentiles, on
 random inputs (never zeros). In ``fwd`` mode the module runs under ``torch.no_grad()``; in
 ``fwd+bwd`` mode one call is forward plus ``backward(dy)`` with gradients for x, the weights and
@@ -40,7 +41,17 @@ from ss1bench.timing import do_bench, graphed
 from ss1bench.tuning.gpu import normalize_gpu_name
 
 from .peers import LowRankLinear, MonarchLinear
-from .schema import CASE_KEY, FLOP_COUNTS, MEMORY_FLOOR, PROVIDERS, QUANTILES, RESULT_COLUMNS, mode_slug
+from .schema import (
+    CASE_KEY,
+    FLOP_COUNTS,
+    MEMORY_FLOOR,
+    MODES,
+    PROVIDERS,
+    QUANTILES,
+    RESULT_COLUMNS,
+    mode_slug,
+    providers_in,
+)
 from .shapes import Shape
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -84,8 +95,9 @@ def plan(shapes: list[Shape], redn_factors: list[int], dtypes: list[str], modes:
             for c in redn_factors]
 
 
-def measured_provider_names() -> list[str]:
-    return [p.name for p in PROVIDERS if p.measured]
+def measured_provider_names(mode: str) -> list[str]:
+    """The providers timed in each case of ``mode`` (``ss1_cached`` only in ``fwd``)."""
+    return [p.name for p in providers_in(mode) if p.measured]
 
 
 def timings_in(cases: list[Case]) -> int:
@@ -93,10 +105,10 @@ def timings_in(cases: list[Case]) -> int:
 
     A shape that two sets share is timed once.
     """
-    per_case = len(measured_provider_names()) - 1
     shapes = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n) for c in cases}
     unique_cases = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n, c.redn_factor) for c in cases}
-    return len(shapes) + per_case * len(unique_cases)
+    per_case = {mode: len(measured_provider_names(mode)) - 1 for mode in MODES}
+    return len(shapes) + sum(per_case[mode] for _, mode, *_ in unique_cases)
 
 
 # ---- providers --------------------------------------------------------------------------------
@@ -140,13 +152,16 @@ def _format_config(config) -> str:
     return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "")
 
 
-def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device, heuristic: bool) -> str:
-    """The launch configs this SS1 provider will use, per kernel (resolved the way the op does)."""
+def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device, heuristic: bool,
+                   rotated: bool = False) -> str:
+    """The launch configs this SS1 provider will use, per kernel (resolved the way the op does);
+    ``rotated``: the layer caches its rotated weight, so its forward is kind ``forward_rotated``."""
     from ss1bench.kernels.config import Problem, heuristic_config, resolve_launch_config
     from ss1bench.kernels.ss1 import device_limits
 
     name, limit = device_limits(device)
-    kinds = ("forward",) if case.mode == "fwd" else ("forward", "grad_input", "grad_weight")
+    forward = "forward_rotated" if rotated else "forward"
+    kinds = (forward,) if case.mode == "fwd" else (forward, "grad_input", "grad_weight")
     parts = []
     for kind in kinds:
         problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
@@ -175,12 +190,14 @@ def build_provider(name: str, case: Case, structure: SS1Structure, device: torch
         k_ideal = math.ceil(k / c)
         module = nn.Linear(k_ideal, n, bias=True, device=device, dtype=dtype)
         return Built(module, k_ideal, n * k_ideal, 2 * m * n * k_ideal, f"cuBLAS F.linear, K/c={k_ideal}")
-    if name in ("ss1_tuned", "ss1_heuristic"):
-        heuristic = name == "ss1_heuristic"
+    if name in ("ss1_tuned", "ss1_cached", "ss1_heuristic"):
+        heuristic, cached = name == "ss1_heuristic", name == "ss1_cached"
         layer = SSL(k, n, bias=True, redn_factor=c, seed=structure.seed, device=device, dtype=dtype,
                     block_k=structure.block_k, block_n=structure.block_n)
+        if cached:  # filled by time_module's first (eager) call
+            layer.cache_rotated_weight()
         return Built(layer, k, layer.weight.numel(), 2 * m * n * structure.k_red,
-                     _launch_detail(structure, m, case, device, heuristic),
+                     _launch_detail(structure, m, case, device, heuristic, rotated=cached),
                      structure.block_k, structure.block_n,
                      (lambda: _forced_heuristic(device)) if heuristic else contextlib.nullcontext)
     if name == "lowrank":
@@ -256,7 +273,9 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
         stack.enter_context(built.launch_context())
         if not backward:
             stack.enter_context(torch.no_grad())
-        call()  # compiles (Triton) and warms cuBLAS before peak memory is read
+        # Eager, before any CUDA-graph capture: compiles (Triton), warms cuBLAS and fills an SSL
+        # layer's rotated-weight cache (ss1_cached; a capture does not fill it) before peak memory is read.
+        call()
         for tensor in grads or ():
             tensor.grad = None
         torch.cuda.synchronize()
@@ -384,7 +403,8 @@ class RunInfo:
             "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call"
                       + ("; every call replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
-            "providers": {p.name: p.description for p in PROVIDERS},
+            "providers": {p.name: p.description for p in PROVIDERS
+                          if any(p.runs_in(mode) for mode in self.args.get("modes", MODES))},
             "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
             "wall_s": round(wall_s, 1), "complete": complete, "command": command_line(),
         }
@@ -507,7 +527,7 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
     for case in shape_cases:
         structure = case_structure(case, device, dtype)
         results = {"dense": dense}
-        for name in measured_provider_names():
+        for name in measured_provider_names(case.mode):
             if name != "dense":
                 results[name] = _time_provider(name, case, structure, inputs, device, dtype, warmup_ms, rep_ms,
                                                 cuda_graph)
@@ -516,7 +536,7 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
         reduced_ms = results["dense_reduced"][1].median_ms
         ideal_ms = max(reduced_ms, floor_ms) if not math.isnan(reduced_ms) else math.nan
         results["memory_floor"] = (None, Timing(median_ms=floor_ms))
-        for provider in PROVIDERS:
+        for provider in providers_in(case.mode):
             built, timing = results[provider.name]
             row = _row(case, gpu, provider.name, structure, built, timing, dense_ms, ideal_ms)
             if provider.name == "memory_floor":  # a bound, not a layer: no FLOPs, no spread
@@ -570,12 +590,14 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
 
 def summary_table(frame) -> str:
     """One line per case: SS1 (tuning database) against dense and the ideal, with the heuristic's and
-    the peers' speedups (a shape two sets share is listed once)."""
+    the peers' speedups, and the rotated-weight cache's where the run has it (a shape two sets share
+    is listed once)."""
     import pandas as pd
 
     speedups = {(row["provider"], *(row[k] for k in CASE_KEY)): row["speedup_vs_dense"]
                 for row in frame.to_dict("records")}
     lines = []
+    cached = (frame["provider"] == "ss1_cached").any()
     ss1 = frame[frame["provider"] == "ss1_tuned"]
     ss1 = ss1.drop_duplicates(subset=["dtype", "mode", "M", "K", "N", "redn_factor"])
     for row in ss1.to_dict("records"):
@@ -584,6 +606,7 @@ def summary_table(frame) -> str:
             "dtype": row["dtype"], "mode": row["mode"], "M": row["M"], "K": row["K"], "N": row["N"],
             "c": row["redn_factor"], "dense ms": row["dense_ms"], "ideal ms": row["ideal_ms"],
             "SS1 ms": row["median_ms"], "speedup": row["speedup_vs_dense"], "of ideal": row["fraction_of_ideal"],
+            **({"cached x": speedups.get(("ss1_cached", *key))} if cached else {}),
             "heuristic x": speedups.get(("ss1_heuristic", *key)), "low-rank x": speedups.get(("lowrank", *key)),
             "Monarch x": speedups.get(("monarch", *key)),
         })

@@ -13,19 +13,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MODES = ("fwd", "fwd+bwd")
+DTYPES = ("fp16", "bf16", "fp32")
+
 
 @dataclass(frozen=True)
 class Provider:
     """One thing timed (or derived) per case.
 
     ``name`` is the CSV value, ``label`` the legend text, ``measured`` False for rows computed
-    from other measurements (no timing of their own).
+    from other measurements (no timing of their own), ``modes`` the modes it has rows in (a case
+    of another mode has no row of it).
     """
 
     name: str
     label: str
     measured: bool
     description: str
+    modes: tuple[str, ...] = MODES
+
+    def runs_in(self, mode: str) -> bool:
+        return mode in self.modes
 
 
 PROVIDERS: tuple[Provider, ...] = (
@@ -38,6 +46,11 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("ss1_tuned", "SS1 (tuning database)", True,
              "SSL layer as a user gets it: structure and launch configs from the tuning database "
              "when it has them, else the heuristic"),
+    Provider("ss1_cached", "SS1 (tuning database, rotated-weight cache)", True,
+             "the ss1_tuned layer (same structure) with cache_rotated_weight() on, the inference setting: "
+             "the rotated weight is kept between calls and the forward uses forward_rotated launch configs; "
+             "timed in fwd mode only (in fwd+bwd mode it is not run: training updates the weight every step)",
+             modes=("fwd",)),
     Provider("ss1_heuristic", "SS1 (heuristic)", True,
              "the same SSL layer (same structure) with every launch forced to heuristic_config"),
     Provider("lowrank", "low-rank", True,
@@ -48,11 +61,25 @@ PROVIDERS: tuple[Provider, ...] = (
 )
 PROVIDER_NAMES = tuple(p.name for p in PROVIDERS)
 PROVIDER_LABELS = {p.name: p.label for p in PROVIDERS}
-SS1_PROVIDERS = ("ss1_tuned", "ss1_heuristic")
+SS1_PROVIDERS = ("ss1_tuned", "ss1_cached", "ss1_heuristic")
 PEER_PROVIDERS = ("lowrank", "monarch")
 
-MODES = ("fwd", "fwd+bwd")
-DTYPES = ("fp16", "bf16", "fp32")
+
+def providers_in(mode: str) -> tuple[Provider, ...]:
+    """The providers that have a row in every case of ``mode``, in PROVIDERS order."""
+    return tuple(p for p in PROVIDERS if p.runs_in(mode))
+
+
+def provider_listing(modes: list[str]) -> str:
+    """The providers a run of ``modes`` writes rows for, comma-separated; one that runs in only
+    some of them says which, e.g. ``ss1_cached (fwd only)``."""
+    names = []
+    for p in PROVIDERS:
+        in_run = [mode for mode in dict.fromkeys(modes) if p.runs_in(mode)]
+        if in_run:
+            names.append(p.name if set(in_run) == set(modes) else f"{p.name} ({', '.join(in_run)} only)")
+    return ", ".join(names)
+
 
 #: Columns of the results CSV, in order. A case is identified by CASE_KEY.
 RESULT_COLUMNS: tuple[str, ...] = (

@@ -63,7 +63,7 @@ class DatabaseError(Exception):
 
 _STRUCTURE_KEY = re.compile(r"(fp32|fp16|bf16)/K(\d+)/N(\d+)/c(\d+)")
 _LAUNCH_KEY = re.compile(
-    r"(forward|grad_input|grad_weight)/(fp32|fp16|bf16)/K(\d+)/N(\d+)/c(\d+)/bk(\d+)/bn(\d+)/M(\d+)")
+    r"(" + "|".join(KINDS) + r")/(fp32|fp16|bf16)/K(\d+)/N(\d+)/c(\d+)/bk(\d+)/bn(\d+)/M(\d+)")
 
 
 @dataclass(frozen=True, order=True)
