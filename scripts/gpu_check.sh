@@ -16,6 +16,8 @@
 #              each), then eager baselines, e2e (encoders, decoders) and $PROBE if set -> $OUT/results.tgz
 #   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
 #              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
+#   rotated4   (4 GPUs) tune the forward_rotated kind (rotated-weight cache) at the decode buckets of the shipped
+#              fp16 and bf16 structures; GPU tests first on the last GPU -> $OUT/H200.json, $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -264,6 +266,37 @@ run_bwd_prefill4() {
     for f in "$work"/bench_*.log; do echo "== $f"; tail -3 "$f"; done
 }
 
+run_rotated4() {
+    # (4 GPUs; fewer: the jobs queue per GPU) the forward_rotated kind (the layer's rotated-weight
+    # cache) tuned at the decode buckets of the shipped fp16 and bf16 structures; the GPU tests first
+    # on the last GPU -> $OUT/H200.json, $OUT/results.tgz
+    local work=/tmp/ss1work/rot db gpus
+    mkdir -p "$work/db"
+    db="$work/db/H200.json"
+    cp tuning_db/H200.json "$db"
+    gpus=$(nvidia-smi --list-gpus | wc -l)
+    local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers $(( 48 / gpus ))
+                  --m-buckets 1,16,64 --no-structure-search --kinds forward_rotated)
+    local last=$(( gpus - 1 )) jobs=("gpt2 fp16" "gpt2 bf16" "llama fp16" "llama bf16") i gpu
+    for gpu in $(seq 0 $last); do
+        (if [ $gpu = $last ]; then  # the last GPU runs the tests first
+             CUDA_VISIBLE_DEVICES=$gpu SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 240 python3 -m pytest -q \
+                 -m gpu -n 6 tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1
+             echo "gpu tests rc=$?"
+         fi
+         for (( i = gpu; i < ${#jobs[@]}; i += gpus )); do
+             set -- ${jobs[$i]}
+             timeout -k 5 $(( $(left) - 20 )) ss1bench tune "${common[@]}" --devices $gpu --shapes $1 --dtype $2 \
+                 --results-csv "$work/tune_$1_$2_rot.csv" > "$work/tune_$1_$2_rot.log" 2>&1
+         done) &
+    done
+    wait
+    ss1bench db validate "$db" && cp "$db" "$OUT/H200.json"
+    (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' --exclude=db .)
+    for f in "$work"/tune_*.log; do echo "== $f"; grep -E "items to tune|candidates measured|wall time" "$f"; done
+    tail -4 "$work/pytest_gpu.log"
+}
+
 run_e2e() {
     # the five models end to end (eager and CUDA-graph timing, the faster kept), two GPUs
     CUDA_VISIBLE_DEVICES=0 timeout -k 5 ${E2E_S:-240} ss1bench e2e --model gpt2,gpt2-medium,llama-1b \
@@ -310,9 +343,10 @@ for stage in $STAGES; do
         decode4) run_decode4 ;;
         ship4) run_ship4 ;;
         bwd_prefill4) run_bwd_prefill4 ;;
+        rotated4) run_rotated4 ;;
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
-        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 e2e e2e_profile final)"; exit 2 ;;
+        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 rotated4 e2e e2e_profile final)"; exit 2 ;;
     esac
 done
