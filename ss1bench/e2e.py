@@ -73,7 +73,7 @@ from ss1bench.bench.runner import (
 from ss1bench.bench.schema import DTYPES, QUANTILES
 from ss1bench.cli import main
 from ss1bench.convert import _layer_kind, conversion_report, convert_to_ss_linear
-from ss1bench.layer import SSL
+from ss1bench.layer import SSL, cache_rotated_weights
 from ss1bench.report import E2E_SHAPE_SET
 from ss1bench.structure import SS1Structure
 from ss1bench.timing import do_bench, graphed
@@ -133,7 +133,9 @@ E2E_REP_MS = 500
 PROVIDER_DESCRIPTIONS = {
     "dense": "the Hugging Face model as built from its config (random weights), eval mode, no_grad",
     "ss1_tuned": "a deep copy of the dense model converted with convert_to_ss_linear(copy, c, project=False): "
-                 "SSL structure and launch configs from the tuning database when it has them",
+                 "SSL structure and launch configs from the tuning database when it has them; the layers' "
+                 "rotated-weight cache on (cache_rotated_weights, the inference setting) unless the run says "
+                 "rotated_cache false",
 }
 E2E_TIMING = ("triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call; with --cuda-graph "
               "each call is timed eagerly and as a CUDA-graph replay, and the faster is kept (see the row's detail)")
@@ -508,8 +510,9 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
                device: torch.device, generator: torch.Generator, timer: Timer = do_bench_timer,
                warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS, cuda_graph: bool = False,
                overrides: Mapping[str, Any] | None = None,
-               on_timing: Callable[[str], None] = lambda label: None) -> list[dict]:
-    """Rows of one model: the dense model timed once per phase, then each c converted and timed.
+               on_timing: Callable[[str], None] = lambda label: None, rotated_cache: bool = True) -> list[dict]:
+    """Rows of one model: the dense model timed once per phase, then each c converted and timed
+    (with the SSL layers' rotated-weight cache on unless ``rotated_cache`` is False).
 
     Rows come out per phase, then c: the dense row (repeated in each c group), then SS1's. A model
     that cannot be built, or a c that cannot be converted, gives rows whose status is the error.
@@ -545,6 +548,7 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
         model = None
         try:
             model = convert_to_ss_linear(copy.deepcopy(dense), c, project=False)
+            cache_rotated_weights(model, rotated_cache)
             ss1_stats = ModelStats.of(model, hidden, intermediate)
             for phase in phases:
                 ss1_timings[phase] = time_call(partial(phase_call, model, phase, inputs, decoder), device, timer,
@@ -581,7 +585,8 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
 def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int, dtype_name: str, out_dir: Path,
         stem: str, args: dict, *, device: torch.device | None = None, timer: Timer = do_bench_timer,
         warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS, cuda_graph: bool = False,
-        echo: Callable[[str], None] = print, overrides: Mapping[str, Mapping[str, Any]] | None = None):
+        echo: Callable[[str], None] = print, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        rotated_cache: bool = True):
     """Time every model; write ``out_dir/stem.csv`` and its JSON sidecar. Returns (csv path, DataFrame).
 
     ``device`` defaults to the current CUDA device; on any other device the GPU name is ``CPU``
@@ -608,7 +613,9 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
             metadata.pop(key, None)
         metadata.update(timing=E2E_TIMING, flop_counts=E2E_FLOPS, providers=PROVIDER_DESCRIPTIONS,
                         phases=PHASE_DESCRIPTIONS, models=configs,
-                        conversion="convert_to_ss_linear(copy, c, project=False)")
+                        conversion="convert_to_ss_linear(copy, c, project=False)"
+                                   + ("; cache_rotated_weights(copy)" if rotated_cache else ""),
+                        rotated_cache=rotated_cache)
 
     results = ResultWriter(RunInfo(gpu, device_name, database, math.nan, args), out_dir, stem, timings_in(work),
                            e2e_metadata)
@@ -616,7 +623,7 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
     for name in models:
         results.rows.extend(model_rows(name, redn_factors, batch, seq, dtype_name, gpu, device, generator, timer,
                                        warmup_ms, rep_ms, cuda_graph, (overrides or {}).get(name),
-                                       results.progress.step))
+                                       results.progress.step, rotated_cache))
         results.flush(complete=False)
     return results.csv_path, results.flush(complete=True)
 
@@ -689,8 +696,12 @@ def _dry_run(models: list[str], factors: list[int], batch: int, seq: int, stem: 
 @click.option("--cuda-graph", is_flag=True,
               help="Also time each call as a CUDA-graph replay (no host launch overhead) and keep the faster "
                    "of eager and replay; the row's detail says which.")
+@click.option("--rotated-cache/--no-rotated-cache", default=True, show_default=True,
+              help="Turn the SSL layers' rotated-weight cache on (the inference setting: one more N x K/c tensor "
+                   "per layer, no per-call weight rotation).")
 @click.option("--dry-run", is_flag=True, help="List the work and the linear weight counts, and exit (no GPU needed).")
-def e2e_command(models, redn_factors, batch, seq, dtype, out_dir, warmup_ms, rep_ms, cuda_graph, dry_run) -> None:
+def e2e_command(models, redn_factors, batch, seq, dtype, out_dir, warmup_ms, rep_ms, cuda_graph, rotated_cache,
+                dry_run) -> None:
     """Time whole models (GPT-2, BERT, Llama-1B shapes), dense against SS1: prefill and decode."""
     from ss1bench.structure import validate_reduction_factor
 
@@ -714,9 +725,9 @@ def e2e_command(models, redn_factors, batch, seq, dtype, out_dir, warmup_ms, rep
 
     out = out_dir or Path("reports") / normalize_gpu_name(torch.cuda.get_device_name())
     args = {"models": model_list, "redn_factors": factors, "batch": batch, "seq": seq, "dtype": dtype,
-            "warmup_ms": warmup_ms, "rep_ms": rep_ms, "cuda_graph": cuda_graph}
+            "warmup_ms": warmup_ms, "rep_ms": rep_ms, "cuda_graph": cuda_graph, "rotated_cache": rotated_cache}
     csv_path, frame = run(model_list, factors, batch, seq, dtype, out, stem, args, warmup_ms=warmup_ms,
-                          rep_ms=rep_ms, cuda_graph=cuda_graph, echo=click.echo)
+                          rep_ms=rep_ms, cuda_graph=cuda_graph, echo=click.echo, rotated_cache=rotated_cache)
     click.echo(summary_table(frame))
     failed = frame[frame["status"] != "ok"]
     if len(failed):

@@ -413,3 +413,25 @@ def test_report_on_bench_and_e2e_csvs_together(e2e_run, tmp_path):
     assert len(tables[tuple(E2E_HEADER)]) == len(e2e.plan(MODELS_RUN, FACTORS, BATCH, SEQ))
     headline = next(rows for header, rows in tables.items() if header[:3] == ("dtype", "mode", "c"))
     assert [cells[0] for cells in headline] == ["fp16", "fp16"]  # the bench rows only
+
+
+@pytest.mark.parametrize("rotated_cache", [True, False])
+def test_ss1_models_run_with_the_rotated_weight_cache_unless_turned_off(monkeypatch, tmp_path, rotated_cache):
+    switched = []
+    real = e2e.cache_rotated_weights
+
+    def recording(model, enabled=True):
+        switched.append((enabled, real(model, enabled)))
+        assert all(layer.caches_rotated_weight == enabled for layer in model.modules() if isinstance(layer, SSL))
+        return switched[-1][1]
+
+    monkeypatch.setattr(e2e, "cache_rotated_weights", recording)
+    stem = e2e.output_stem(["gpt2"], "fp32", BATCH, SEQ)
+    csv_path, frame = e2e.run(["gpt2"], [2], BATCH, SEQ, "fp32", tmp_path, stem, {}, device=CPU, timer=FakeTimer(),
+                              warmup_ms=1, rep_ms=1, echo=lambda line: None, overrides=TINY,
+                              rotated_cache=rotated_cache)
+    assert switched == [(rotated_cache, 8)]  # the 8 converted linears of the tiny GPT-2, once
+    assert set(frame["status"]) == {"ok"}
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["rotated_cache"] is rotated_cache
+    assert ("cache_rotated_weights" in meta["conversion"]) is rotated_cache
