@@ -14,6 +14,10 @@ imports matplotlib lazily with the Agg backend, and writes, per dtype and mode:
 and ``summary.md`` with the headline figures, the tables and the plots. Every number in the
 summary is a CSV value (or the median/min/max of CSV values, as labelled), formatted only.
 
+SS1 with the rotated-weight cache (``ss1_cached``: ``fwd`` results made since it exists) gets a
+line of its own in both speedup plots and rows and columns of its own in the summary's headline
+and case tables, where the results have it; results without it read as before.
+
 Rows of ``ss1bench e2e`` (``shape_set`` ``"e2e"``: whole models, not layers) have no ideal and no
 peers; they get their own plot, ``e2e_speedup_<gpu>_<dtype>.png`` (speedup vs c per model and
 phase), and an "End-to-end models" section in the summary. Bench and e2e CSVs mix freely.
@@ -44,6 +48,7 @@ PREFILL_MIN_M = 1024
 #: Line and bar styles per provider, fixed so every plot reads the same.
 STYLE = {
     "ss1_tuned": {"color": "#1f77b4", "marker": "o", "linestyle": "-"},
+    "ss1_cached": {"color": "#08306b", "marker": "D", "linestyle": "-."},
     "ss1_heuristic": {"color": "#6baed6", "marker": "s", "linestyle": "--"},
     "lowrank": {"color": "#ff7f0e", "marker": "^", "linestyle": "-"},
     "monarch": {"color": "#2ca02c", "marker": "v", "linestyle": "-"},
@@ -162,6 +167,12 @@ def _regime_name(m: int) -> str:
     return "decode" if m <= DECODE_MAX_M else "prefill" if m >= PREFILL_MIN_M else f"M{m}"
 
 
+def _tuned_providers(frame) -> tuple[str, ...]:
+    """``ss1_tuned``, then ``ss1_cached`` where ``frame`` has rows of it (only ``fwd`` results made
+    since it exists do): the SS1 layers on the tuning database that the plots and tables show."""
+    return ("ss1_tuned", "ss1_cached") if (frame["provider"] == "ss1_cached").any() else ("ss1_tuned",)
+
+
 def _regimes(frame) -> list[tuple[str, int]]:
     """The smallest and the largest M in ``frame`` (one entry if equal), each with its regime name."""
     ms = sorted(int(m) for m in frame["M"].unique())
@@ -263,7 +274,7 @@ def plot_speedup_vs_c(plt, frame, context: str, tag: str, regime: str, m: int, o
     for ax, (k, n, layer) in zip(axes, shapes, strict=True):
         cell = part[(part["K"] == k) & (part["N"] == n)]
         values = []
-        for provider in ("ss1_tuned", "ss1_heuristic", "lowrank", "monarch"):
+        for provider in (*_tuned_providers(part), "ss1_heuristic", "lowrank", "monarch"):
             rows = cell[cell["provider"] == provider].sort_values("redn_factor")
             (line,) = ax.plot(rows["redn_factor"], rows["speedup_vs_dense"], label=PROVIDER_LABELS[provider],
                               **STYLE[provider])
@@ -285,23 +296,30 @@ def plot_speedup_vs_c(plt, frame, context: str, tag: str, regime: str, m: int, o
                    list(handles.values()), list(handles))
 
 
+#: Legend names of the SS1 lines of the speedup-vs-M plot (one colour per c; the style tells them apart).
+SPEEDUP_VS_M_NAMES = {"ss1_tuned": "SS1", "ss1_cached": "SS1 cached"}
+
+
 def plot_speedup_vs_m(plt, frame, context: str, tag: str, out: Path) -> Path:
     shapes = _layer_shapes(frame)
     factors = sorted(frame["redn_factor"].unique())
+    providers = _tuned_providers(frame)
     colors = plt.get_cmap("viridis")([i / max(len(factors) - 1, 1) * 0.85 for i in range(len(factors))])
     fig, axes = _grid(plt, len(shapes))
     handles = {}
     for ax, (k, n, layer) in zip(axes, shapes, strict=True):
-        cell = frame[(frame["K"] == k) & (frame["N"] == n) & (frame["provider"] == "ss1_tuned")]
+        cell = frame[(frame["K"] == k) & (frame["N"] == n) & frame["provider"].isin(providers)]
         values = []
         for color, c in zip(colors, factors, strict=True):
-            rows = cell[cell["redn_factor"] == c].sort_values("M")
-            (line,) = ax.plot(rows["M"], rows["speedup_vs_dense"], color=color, marker="o")
+            for provider in providers:
+                rows = cell[(cell["redn_factor"] == c) & (cell["provider"] == provider)].sort_values("M")
+                (line,) = ax.plot(rows["M"], rows["speedup_vs_dense"], **{**STYLE[provider], "color": color})
+                handles.setdefault(f"{SPEEDUP_VS_M_NAMES[provider]} c={c}", line)
+                values.extend(rows["speedup_vs_dense"])
+            rows = cell[(cell["redn_factor"] == c) & (cell["provider"] == "ss1_tuned")].sort_values("M")
             ideal = rows["dense_ms"] / rows["ideal_ms"]
             (ideal_line,) = ax.plot(rows["M"], ideal, color=color, linestyle="--", linewidth=1)
-            handles.setdefault(f"SS1 c={c}", line)
             handles.setdefault(f"ideal c={c} (dashed)", ideal_line)
-            values.extend(rows["speedup_vs_dense"])
             values.extend(ideal)
         _log_axis(ax, "x", ticks=sorted(cell["M"].unique()))
         ax.tick_params(axis="x", labelrotation=45)
@@ -309,11 +327,15 @@ def plot_speedup_vs_m(plt, frame, context: str, tag: str, out: Path) -> Path:
         ax.set_title(_shape_title(k, n, layer))
         ax.set_xlabel("M (rows of x: tokens)")
         ax.set_ylabel("speedup vs dense (×)")
-    # Column-major legend: each column pairs SS1 at one c with its ideal.
-    order = [key for c in factors for key in (f"SS1 c={c}", f"ideal c={c} (dashed)")]
+    # Column-major legend: each column groups the SS1 lines at one c with its ideal (one row, where
+    # it fits, with SS1 alone; one column per c with the cached layer too).
+    order = [key for c in factors
+             for key in (*(f"{SPEEDUP_VS_M_NAMES[p]} c={c}" for p in providers), f"ideal c={c} (dashed)")]
     what = "SS1 (tuning database) speedup vs dense from decode to prefill; dotted line = dense"
+    if "ss1_cached" in providers:
+        what += "\nSS1 cached (dash-dot): the same layer with the rotated-weight cache"
     return _finish(fig, plt, what, context, out / f"speedup_vs_m_{tag}.png", [handles[key] for key in order],
-                   order, ncol=2 * len(factors))
+                   order, ncol=2 * len(factors) if len(providers) == 1 else len(factors))
 
 
 def plot_fraction_heatmap(plt, frame, context: str, tag: str, out: Path) -> Path:
@@ -459,16 +481,31 @@ def _spread(values) -> str:
     return f"{median:.2f} ({finite[0]:.2f}–{finite[-1]:.2f})"
 
 
+def headline_header(frame) -> list[str]:
+    """HEADLINE_HEADER, with HEADLINE_LAYER_COLUMN after c where ``frame`` has ``ss1_cached`` rows."""
+    if len(_tuned_providers(frame)) == 1:
+        return HEADLINE_HEADER
+    return [*HEADLINE_HEADER[:3], HEADLINE_LAYER_COLUMN, *HEADLINE_HEADER[3:]]
+
+
 def headline_rows(frame) -> list[list[str]]:
-    """Per dtype, mode and c: SS1 (database) speedup and fraction of ideal, decode and prefill."""
-    ss1 = _ss1_cases(frame)
+    """Per dtype, mode and c: SS1 (database) speedup and fraction of ideal, decode and prefill; where
+    ``frame`` has ``ss1_cached`` rows, each row names its layer and the cached layer's row follows
+    the plain one's (``fwd`` only: other modes have no cached rows)."""
+    providers = _tuned_providers(frame)
+    ss1 = _ss1_cases(frame, providers)
     rows = []
     for (dtype, mode, c), part in ss1.groupby(["dtype", "mode", "redn_factor"], sort=True):
-        decode = part[part["M"] <= DECODE_MAX_M]
-        prefill = part[part["M"] >= PREFILL_MIN_M]
-        rows.append([dtype, mode, str(c),
-                     _spread(decode["speedup_vs_dense"]), _spread(decode["fraction_of_ideal"]),
-                     _spread(prefill["speedup_vs_dense"]), _spread(prefill["fraction_of_ideal"])])
+        for provider in providers:
+            own = part[part["provider"] == provider]
+            if own.empty:
+                continue
+            decode = own[own["M"] <= DECODE_MAX_M]
+            prefill = own[own["M"] >= PREFILL_MIN_M]
+            label = [PROVIDER_LABELS[provider]] if len(providers) > 1 else []
+            rows.append([dtype, mode, str(c), *label,
+                         _spread(decode["speedup_vs_dense"]), _spread(decode["fraction_of_ideal"]),
+                         _spread(prefill["speedup_vs_dense"]), _spread(prefill["fraction_of_ideal"])])
     return rows
 
 
@@ -480,10 +517,11 @@ SLOWER_HEADER = ["layer", "dtype", "mode", "M", "K", "N", "c", "dense ms", "SS1 
                  "ideal speedup", "launch configs"]
 
 
-def _ss1_cases(frame):
-    """Timed SS1 (database) rows, one per distinct case: a shape two sets share counts once."""
-    ss1 = frame[(frame["provider"] == "ss1_tuned") & (frame["status"] == "ok")]
-    return ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor"])
+def _ss1_cases(frame, providers: tuple[str, ...] = ("ss1_tuned",)):
+    """Timed rows of ``providers`` (default SS1 (database)), one per provider and distinct case: a
+    shape two sets share counts once."""
+    ss1 = frame[frame["provider"].isin(providers) & (frame["status"] == "ok")]
+    return ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor", "provider"])
 
 
 def _expected_wins(frame):
@@ -511,13 +549,26 @@ def slower_than_dense_rows(frame) -> tuple[list[list[str]], list[list[str]]]:
 
 HEADLINE_HEADER = ["dtype", "mode", "c", "decode speedup vs dense", "decode fraction of ideal",
                    "prefill speedup vs dense", "prefill fraction of ideal"]
+#: The headline's column naming each row's SS1 layer, where the results have ss1_cached rows.
+HEADLINE_LAYER_COLUMN = "SS1 layer"
 CASE_HEADER = ["layer", "M", "K", "N", "c", "dense ms", "ideal ms", "SS1 ms", "SS1 p20–p80 ms",
                "speedup vs dense", "fraction of ideal", "SS1 heuristic ms", "heuristic speedup",
                "low-rank speedup", "Monarch speedup", "SS1 TFLOP/s", "dense-equiv. TFLOP/s", "SS1 peak MiB"]
+#: ss1_cached's columns of the case table, after SS1's fraction of ideal, where the results have its rows.
+CACHED_CASE_COLUMNS = ["SS1 cached ms", "cached speedup", "cached fraction of ideal"]
+_CACHED_AT = CASE_HEADER.index("fraction of ideal") + 1
+
+
+def case_header(frame) -> list[str]:
+    """CASE_HEADER, with CACHED_CASE_COLUMNS where ``frame`` has ``ss1_cached`` rows."""
+    if len(_tuned_providers(frame)) == 1:
+        return CASE_HEADER
+    return [*CASE_HEADER[:_CACHED_AT], *CACHED_CASE_COLUMNS, *CASE_HEADER[_CACHED_AT:]]
 
 
 def case_rows(frame) -> list[list[str]]:
-    """One row per case (sorted by K, N, M, c), numbers straight from the CSV."""
+    """One row per case (sorted by K, N, M, c), numbers straight from the CSV (columns: ``case_header``)."""
+    cached = len(_tuned_providers(frame)) > 1
     lookup = {(row["provider"], *(row[k] for k in CASE_KEY)): row for row in frame.to_dict("records")}
     tuned = frame[frame["provider"] == "ss1_tuned"].sort_values(["K", "N", "M", "redn_factor"])
     rows = []
@@ -539,6 +590,10 @@ def case_rows(frame) -> list[list[str]]:
             fmt_ratio(other("lowrank", "speedup_vs_dense")), fmt_ratio(other("monarch", "speedup_vs_dense")),
             fmt_tflops(row["tflops"]), fmt_tflops(row["dense_equiv_tflops"]), fmt_mib(row["peak_mem_mib"]),
         ])
+        if cached:
+            rows[-1][_CACHED_AT:_CACHED_AT] = [fmt_ms(other("ss1_cached", "median_ms")),
+                                               fmt_ratio(other("ss1_cached", "speedup_vs_dense")),
+                                               fmt_ratio(other("ss1_cached", "fraction_of_ideal"))]
     return rows
 
 
@@ -642,6 +697,10 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
              "- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
              "from the tuning database when it has them); **SS1 (heuristic)**: the same layer with every "
              "launch forced to the default heuristic config.",
+             *(["- **SS1 (tuning database, rotated-weight cache)** (*cached* in the tables and plots): the same "
+                "layer with `cache_rotated_weight()` on, the inference setting: it keeps its rotated weight (one "
+                "more (N, K_red) tensor) and its forward uses the `forward_rotated` launch configs; forward "
+                "results only."] if len(_tuned_providers(frame)) > 1 else []),
              "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
              "(to within half a rank step).",
              f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
@@ -649,8 +708,10 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
              f"- {MEMORY_FLOOR}",
              f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
     lines += ["## Headline: SS1 (tuning database)", "",
-              "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets).", ""]
-    lines += [*_md_table(HEADLINE_HEADER, headline_rows(frame)), ""]
+              "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets)."
+              + (" In forward results, the layer with the rotated-weight cache has its own rows."
+                 if len(_tuned_providers(frame)) > 1 else ""), ""]
+    lines += [*_md_table(headline_header(frame), headline_rows(frame)), ""]
     summary, cases = slower_than_dense_rows(frame)
     if summary:
         lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster", "",
@@ -667,7 +728,7 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
             lines += [f"![{path.stem}]({path.name})", ""]
         rows = case_rows(part)
         lines += [f"<details><summary>All {len(rows)} cases (SS1 rows of the CSV, with dense, ideal and the "
-                  "peers)</summary>", "", *_md_table(CASE_HEADER, rows), "", "</details>", ""]
+                  "peers)</summary>", "", *_md_table(case_header(part), rows), "", "</details>", ""]
     failed = frame[frame["status"] != "ok"]
     if len(failed):
         lines += ["## Failed timings", ""]

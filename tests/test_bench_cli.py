@@ -24,7 +24,24 @@ def test_dry_run_lists_the_work_without_a_gpu(monkeypatch):
     assert lines[-1].startswith("72 cases")
     for provider in ("dense", "dense_reduced", "memory_floor", "ss1_tuned", "ss1_heuristic", "lowrank", "monarch"):
         assert provider in lines[-1]
+    assert "ss1_cached (fwd only)" in lines[-1]
     assert "bench_llama-custom_fp16-bf16_fwd-fwdbwd.csv" in lines[-1]
+
+
+@pytest.mark.parametrize(("modes", "listed", "timings"), [
+    # One shape at c = 2 and 4: dense once, then per c 6 others in fwd (ss1_cached among them), 5 in fwd+bwd.
+    ("fwd", "ss1_cached, ss1_heuristic", 1 + 2 * 6),
+    ("fwd+bwd", "ss1_tuned, ss1_heuristic", 1 + 2 * 5),
+    ("fwd,fwd+bwd", "ss1_cached (fwd only), ss1_heuristic", (1 + 2 * 6) + (1 + 2 * 5)),
+])
+def test_dry_run_lists_ss1_cached_in_fwd_only(monkeypatch, modes, listed, timings):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["bench", "--dry-run", "--shape", "8x300x64", "--redn-factors", "2,4",
+                                       "--mode", modes])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert listed in last and f"; {timings} timings;" in last
+    assert ("ss1_cached" in last) == ("fwd" in modes.split(","))
 
 
 def test_bench_without_cuda_exits_2_with_one_line(monkeypatch):

@@ -13,7 +13,15 @@ import torch
 
 from ss1bench.bench import runner
 from ss1bench.bench.runner import Progress, memory_floor_bytes, plan, timings_in
-from ss1bench.bench.schema import PROVIDER_NAMES, RESULT_COLUMNS
+from ss1bench.bench.schema import (
+    PROVIDER_LABELS,
+    PROVIDER_NAMES,
+    PROVIDERS,
+    RESULT_COLUMNS,
+    SS1_PROVIDERS,
+    provider_listing,
+    providers_in,
+)
 from ss1bench.bench.shapes import Shape, resolve_shapes
 
 BANDWIDTH = 4.0e12  # bytes/s the copy probe "measures"
@@ -64,11 +72,13 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
     (user_db / "H200.json").write_text("{}")
     monkeypatch.setenv("SS1BENCH_DB", str(user_db))
     cases = plan(_shapes(), [2, 4], ["fp32"], [mode])
-    csv_path, frame = runner.run(cases, tmp_path, "bench_test", {"note": "cpu"}, device=torch.device("cpu"),
-                                 echo=lambda _: None)
+    csv_path, frame = runner.run(cases, tmp_path, "bench_test", {"note": "cpu", "modes": [mode]},
+                                 device=torch.device("cpu"), echo=lambda _: None)
     written = pd.read_csv(csv_path)
     assert list(written.columns) == list(RESULT_COLUMNS)
-    assert len(written) == len(cases) * len(PROVIDER_NAMES)
+    # ss1_cached (inference: the weight stays put) has rows in fwd cases only.
+    assert len(written) == len(cases) * (len(PROVIDER_NAMES) - (mode == "fwd+bwd"))
+    assert ("ss1_cached" in set(written["provider"])) == (mode == "fwd")
     assert (written["status"] == "ok").all(), written.loc[written["status"] != "ok", "status"].tolist()
     assert set(written["gpu"]) == {"H200"}
     # The shared (M, K, N) shape: timed once, identical timings under both sets.
@@ -106,6 +116,12 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
         assert "forward=" in rows.loc["ss1_heuristic", "detail"]
         if mode == "fwd+bwd":
             assert "grad_weight=" in rows.loc["ss1_tuned", "detail"]
+        else:  # the cached layer: the tuned one's structure and counts, its forward of kind forward_rotated
+            cached, tuned = rows.loc["ss1_cached"], rows.loc["ss1_tuned"]
+            for column in ("block_k", "block_n", "k_red", "weight_params", "flops"):
+                assert cached[column] == tuned[column], column
+            assert cached["detail"].startswith("forward_rotated=") and "forward=" not in cached["detail"]
+            assert cached["detail"].split("=", 1)[1] == tuned["detail"].split("=", 1)[1]  # CPU: heuristic
 
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     for key in ("gpu", "device_name", "torch", "triton", "date", "git_commit", "database", "copy_bandwidth_gbs"):
@@ -113,9 +129,11 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
     assert meta["complete"] is True and meta["cases_done"] == len(cases)
     assert meta["copy_bandwidth_gbs"] == BANDWIDTH / 1e9
     assert meta["database"].startswith(f"user {user_db / 'H200.json'}")
+    assert ("ss1_cached" in meta["providers"]) == (mode == "fwd") and "ss1_tuned" in meta["providers"]
     assert frame.shape == written.shape
     # End-of-run table: one line per distinct (M, K, N, c), the shared shape listed once.
     assert len(runner.summary_table(frame).splitlines()) == 1 + 2 * 2
+    assert ("cached x" in runner.summary_table(frame).splitlines()[0]) == (mode == "fwd")
 
 
 def test_failed_provider_is_a_row_not_a_crash(tmp_path, cpu_as_cuda, monkeypatch):
@@ -156,14 +174,69 @@ def test_inputs_are_random_never_zero(cpu_as_cuda, monkeypatch):
             assert (param != 0).float().mean() > 0.99 and param.abs().max() <= 1
 
 
+def test_schema_has_ss1_cached_for_fwd_only():
+    names = [p.name for p in PROVIDERS]
+    assert names[names.index("ss1_tuned") + 1] == "ss1_cached"
+    cached = PROVIDERS[names.index("ss1_cached")]
+    assert cached.measured and cached.modes == ("fwd",)
+    assert PROVIDER_LABELS["ss1_cached"] == "SS1 (tuning database, rotated-weight cache)"
+    assert "cache_rotated_weight()" in cached.description and "ss1_tuned" in cached.description
+    assert "ss1_cached" in SS1_PROVIDERS  # an SSL layer: its rows carry block_k and block_n
+    assert "ss1_cached" in [p.name for p in providers_in("fwd")]
+    assert "ss1_cached" not in [p.name for p in providers_in("fwd+bwd")]
+    assert [p.name for p in providers_in("fwd+bwd")] == [n for n in names if n != "ss1_cached"]
+    assert "ss1_tuned, ss1_cached (fwd only), ss1_heuristic" in provider_listing(["fwd", "fwd+bwd"])
+    assert "ss1_cached" not in provider_listing(["fwd+bwd"])
+    assert provider_listing(["fwd"]) == ", ".join(names)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_build_ss1_cached_on_cpu(mode):
+    from ss1bench.layer import SSL
+
+    case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], [mode])[0]
+    cpu = torch.device("cpu")
+    structure = runner.case_structure(case, cpu, torch.float32)
+    cached = runner.build_provider("ss1_cached", case, structure, cpu, torch.float32)
+    tuned = runner.build_provider("ss1_tuned", case, structure, cpu, torch.float32)
+    assert isinstance(cached.module, SSL) and cached.module.caches_rotated_weight
+    assert not tuned.module.caches_rotated_weight
+    assert cached.module.structure.key == tuned.module.structure.key
+    assert (cached.block_k, cached.block_n) == (structure.block_k, structure.block_n)
+    kinds = [part.split("=")[0] for part in cached.detail.split()]
+    assert kinds == (["forward_rotated"] if mode == "fwd" else ["forward_rotated", "grad_input", "grad_weight"])
+
+
+def test_the_rotated_weight_cache_is_filled_before_graph_capture(cpu_as_cuda, monkeypatch):
+    """time_module's first call is eager: a CUDA-graph capture does not fill the cache (it returns
+    None while capturing), so it must be full when the call is captured."""
+    seen = []
+
+    def fake_graphed(call):
+        seen.append(layer._rotated is not None)
+        return call
+
+    monkeypatch.setattr(runner, "graphed", fake_graphed)
+    case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd"])[0]
+    cpu = torch.device("cpu")
+    built = runner.build_provider("ss1_cached", case, runner.case_structure(case, cpu, torch.float32), cpu,
+                                  torch.float32)
+    layer = built.module
+    assert layer._rotated is None
+    timing = runner.time_module(built, torch.randn(4, 64), None, 1, 1, cuda_graph=True)
+    assert seen == [True] and timing.status == "ok"
+
+
 def test_plan_order_and_counts():
     shapes = resolve_shapes(["gpt2", "bert"], ["4x300x64"], [1, 4096])
     cases = plan(shapes, [2, 4], ["fp16", "bf16"], ["fwd", "fwd+bwd"])
     assert len(cases) == len(shapes) * 2 * 2 * 2
     assert [c.dtype for c in cases[:3]] == ["fp16"] * 3 and cases[-1].dtype == "bf16"
-    # Every BERT layer is also a GPT-2 layer: timed once.
+    # Every BERT layer is also a GPT-2 layer: timed once. Per dtype: dense once per shape and mode, then per
+    # case 6 others in fwd (ss1_cached among them) and 5 in fwd+bwd.
     distinct = {(s.m, s.k, s.n) for s in shapes}
-    assert timings_in(cases) == 4 * (len(distinct) + 5 * 2 * len(distinct))
+    assert timings_in(cases) == 2 * (2 * len(distinct) + (6 + 5) * 2 * len(distinct))
+    assert timings_in([c for c in cases if c.mode == "fwd+bwd"]) == 2 * (len(distinct) + 5 * 2 * len(distinct))
 
 
 def test_progress_line_reports_eta():

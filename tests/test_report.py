@@ -1,5 +1,6 @@
 """``ss1bench report`` on a small fixture CSV with the runner's exact columns: every file is
-written and the summary's numbers are the CSV's."""
+written and the summary's numbers are the CSV's. A second fixture adds ``ss1_cached`` rows (fwd)
+and fwd+bwd rows (which have none): the cached layer gets its own lines and table rows there only."""
 
 from __future__ import annotations
 
@@ -11,19 +12,29 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ss1bench.bench.schema import PROVIDERS, RESULT_COLUMNS
+from ss1bench import report
+from ss1bench.bench.schema import PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS
 from ss1bench.cli import main
-from ss1bench.report import CASE_HEADER, EXPECTED_WIN, HEADLINE_HEADER, SLOWER_HEADER, SLOWER_SUMMARY_HEADER
+from ss1bench.report import (
+    CACHED_CASE_COLUMNS,
+    CASE_HEADER,
+    EXPECTED_WIN,
+    HEADLINE_HEADER,
+    SLOWER_HEADER,
+    SLOWER_SUMMARY_HEADER,
+)
 
 LAYERS = [("gpt2-small mlp.fc", 768, 3072), ("gpt2-small mlp.proj", 3072, 768)]
 M_VALUES = [16, 4096]
 FACTORS = [2, 4]
 
 
-def _fixture_frame() -> pd.DataFrame:
-    """Plausible timings with every derived column computed as the runner does."""
+def _fixture_frame(cached: bool = False, modes: tuple[str, ...] = ("fwd",)) -> pd.DataFrame:
+    """Plausible timings with every derived column computed as the runner does; ``ss1_cached`` rows
+    only with ``cached`` (results made before it existed have none) and, as the runner writes them,
+    only in fwd cases."""
     rows = []
-    for index, (layer, k, n) in enumerate(LAYERS):
+    for mode, (index, (layer, k, n)) in ((mode, item) for mode in modes for item in enumerate(LAYERS)):
         for m in M_VALUES:
             dense = 2 * m * n * k / 500e12 * 1e3 + 0.011
             for c in FACTORS:
@@ -33,8 +44,11 @@ def _fixture_frame() -> pd.DataFrame:
                 ideal = max(reduced, floor)
                 times = {"dense": dense, "dense_reduced": reduced, "memory_floor": floor,
                          "ss1_tuned": ideal / (0.45 + 0.1 * index + 0.05 * c), "ss1_heuristic": ideal / 0.3,
+                         "ss1_cached": ideal / (0.6 + 0.1 * index + 0.05 * c + 0.01 * math.log2(m)),
                          "lowrank": reduced * 1.25, "monarch": reduced * 1.9}
                 for provider in PROVIDERS:
+                    if not provider.runs_in(mode) or (provider.name == "ss1_cached" and not cached):
+                        continue
                     ms = times[provider.name]
                     ss1 = provider.name.startswith("ss1")
                     flops = math.nan if provider.name == "memory_floor" else 2 * m * n * k_red
@@ -42,7 +56,7 @@ def _fixture_frame() -> pd.DataFrame:
                     if (provider.name, m, k, c) == ("monarch", 16, 768, 4):  # one failed timing
                         status, ms = "RuntimeError: out of memory", math.nan
                     rows.append({
-                        "gpu": "H200", "dtype": "fp16", "mode": "fwd", "shape_set": "gpt2", "layer": layer,
+                        "gpu": "H200", "dtype": "fp16", "mode": mode, "shape_set": "gpt2", "layer": layer,
                         "M": m, "K": k, "N": n, "redn_factor": c, "provider": provider.name, "status": status,
                         "block_k": 64 if ss1 else None, "block_n": 128 if ss1 else None, "k_red": k_red,
                         "detail": "forward=128x128x64/w8/s3/g8" if ss1 else "", "weight_params": n * k_red,
@@ -57,23 +71,52 @@ def _fixture_frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-@pytest.fixture(scope="module")
-def report_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report")
-    frame = _fixture_frame()
-    frame.to_csv(folder / "bench_gpt2_fp16_fwd.csv", index=False)
-    (folder / "bench_gpt2_fp16_fwd.json").write_text(json.dumps({
+def _write_report(folder, frame: pd.DataFrame, stem: str):
+    """Write ``frame`` as ``stem.csv`` (+ sidecar) and run ``ss1bench report`` on it; returns (out folder,
+    CLI output, legends: per PNG name, each legend label with its handle's style and first-panel data)."""
+    frame.to_csv(folder / f"{stem}.csv", index=False)
+    (folder / f"{stem}.json").write_text(json.dumps({
         "device_name": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "date": "2026-01-01T00:00:00+00:00",
         "git_commit": "0123456789abcdef", "database": "shipped tuning_db/H200.json", "copy_bandwidth_gbs": 4230.0,
         "complete": True}))
+    legends, real_finish = {}, report._finish
+
+    def finish(fig, plt, what, context, path, handles=None, labels=None, ncol=None):
+        legends[path.name] = {label: {"linestyle": handle.get_linestyle(), "marker": handle.get_marker(),
+                                      "x": [float(v) for v in handle.get_xdata()],
+                                      "y": [float(v) for v in handle.get_ydata()]}
+                              for label, handle in zip(labels or [], handles or [], strict=True)
+                              if hasattr(handle, "get_xdata")}
+        legends[path.name]["_order"] = list(labels or [])
+        return real_finish(fig, plt, what, context, path, handles, labels, ncol)
+
     out = folder / "out"
-    result = CliRunner().invoke(main, ["report", str(folder / "bench_gpt2_fp16_fwd.csv"), "--out", str(out)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "_finish", finish)
+        result = CliRunner().invoke(main, ["report", str(folder / f"{stem}.csv"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return out, frame, result.output
+    return out, result.output, legends
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    """Results without ss1_cached rows (made before it existed)."""
+    frame = _fixture_frame()
+    out, output, legends = _write_report(tmp_path_factory.mktemp("report"), frame, "bench_gpt2_fp16_fwd")
+    return out, frame, output, legends
+
+
+@pytest.fixture(scope="module")
+def cached_report_dir(tmp_path_factory):
+    """Results with ss1_cached rows in fwd, and fwd+bwd results (which have none)."""
+    frame = _fixture_frame(cached=True, modes=("fwd", "fwd+bwd"))
+    out, output, legends = _write_report(tmp_path_factory.mktemp("report_cached"), frame,
+                                         "bench_gpt2_fp16_fwd-fwdbwd")
+    return out, frame, output, legends
 
 
 def test_report_writes_every_file(report_dir):
-    out, _, output = report_dir
+    out, _, output, _ = report_dir
     tag = "gpt2_fp16_fwd"
     expected = {f"speedup_vs_c_{tag}_decode.png", f"speedup_vs_c_{tag}_prefill.png", f"speedup_vs_m_{tag}.png",
                 f"fraction_of_ideal_{tag}.png", f"peers_{tag}_decode.png", f"peers_{tag}_prefill.png", "summary.md"}
@@ -114,7 +157,7 @@ def _close(text: str, value: float, decimals: int | None = None, digits: int | N
 
 
 def test_summary_numbers_equal_the_csv(report_dir):
-    out, frame, _ = report_dir
+    out, frame, _, _ = report_dir
     tables = _tables((out / "summary.md").read_text())
     cases = next(rows for header, rows in tables if header == CASE_HEADER)
     assert len(cases) == len(LAYERS) * len(M_VALUES) * len(FACTORS)
@@ -158,7 +201,7 @@ def test_summary_numbers_equal_the_csv(report_dir):
 
 
 def test_slower_than_dense_cases_are_counted_from_the_csv(report_dir):
-    out, frame, _ = report_dir
+    out, frame, _, _ = report_dir
     tables = _tables((out / "summary.md").read_text())
     ss1 = frame[frame["provider"] == "ss1_tuned"]
     expected = ss1[ss1["dense_ms"] / ss1["ideal_ms"] >= EXPECTED_WIN]
@@ -171,6 +214,93 @@ def test_slower_than_dense_cases_are_counted_from_the_csv(report_dir):
     assert len(cases) == len(slower)
     speedups = [float(cells[SLOWER_HEADER.index("speedup vs dense")]) for cells in cases]
     assert speedups == sorted(speedups) and max(speedups) < 1
+
+
+CACHED = PROVIDER_LABELS["ss1_cached"]
+SPEEDUP_VS_C_LABELS = [PROVIDER_LABELS[p] for p in ("ss1_tuned", "ss1_heuristic", "lowrank", "monarch")] + [
+    "ideal (dense / ideal time)"]
+SPEEDUP_VS_M_LABELS = [label for c in FACTORS for label in (f"SS1 c={c}", f"ideal c={c} (dashed)")]
+
+
+def _spread_matches(text: str, values) -> bool:
+    """``text`` is ``median (min–max)`` of ``values`` at two decimals."""
+    match = re.fullmatch(r"(\S+) \((\S+)–(\S+)\)", text)
+    return bool(match) and all(_close(t, v, decimals=2) for t, v in
+                               zip(match.groups(), (values.median(), values.min(), values.max()), strict=True))
+
+
+def test_results_without_cached_rows_read_as_before(report_dir):
+    """No ss1_cached rows: no cached line, column, row or definition anywhere."""
+    out, _, _, legends = report_dir
+    summary = (out / "summary.md").read_text()
+    assert "rotated-weight cache" not in summary and "cached" not in summary
+    headers = [header for header, _ in _tables(summary)]
+    assert HEADLINE_HEADER in headers and CASE_HEADER in headers
+    for regime in ("decode", "prefill"):
+        assert legends[f"speedup_vs_c_gpt2_fp16_fwd_{regime}.png"]["_order"] == SPEEDUP_VS_C_LABELS
+    assert legends["speedup_vs_m_gpt2_fp16_fwd.png"]["_order"] == SPEEDUP_VS_M_LABELS
+
+
+def test_cached_layer_has_its_own_lines_in_fwd_plots(cached_report_dir):
+    out, frame, _, legends = cached_report_dir
+    assert {"speedup_vs_c_gpt2_fp16_fwdbwd_decode.png", "speedup_vs_m_gpt2_fp16_fwdbwd.png"} <= {
+        p.name for p in out.iterdir()}
+    first_layer = (frame["K"] == LAYERS[0][1]) & (frame["N"] == LAYERS[0][2]) & (frame["mode"] == "fwd")
+    cached = frame[first_layer & (frame["provider"] == "ss1_cached")]
+    for regime, m in (("decode", 16), ("prefill", 4096)):
+        legend = legends[f"speedup_vs_c_gpt2_fp16_fwd_{regime}.png"]
+        assert legend["_order"] == [SPEEDUP_VS_C_LABELS[0], CACHED, *SPEEDUP_VS_C_LABELS[1:]]
+        rows = cached[cached["M"] == m].sort_values("redn_factor")
+        assert legend[CACHED]["x"] == list(rows["redn_factor"])
+        assert legend[CACHED]["y"] == pytest.approx(list(rows["speedup_vs_dense"]))
+        tuned = legend[SPEEDUP_VS_C_LABELS[0]]
+        assert (legend[CACHED]["linestyle"], legend[CACHED]["marker"]) != (tuned["linestyle"], tuned["marker"])
+        assert legends[f"speedup_vs_c_gpt2_fp16_fwdbwd_{regime}.png"]["_order"] == SPEEDUP_VS_C_LABELS
+    legend = legends["speedup_vs_m_gpt2_fp16_fwd.png"]
+    assert legend["_order"] == [label for c in FACTORS
+                                for label in (f"SS1 c={c}", f"SS1 cached c={c}", f"ideal c={c} (dashed)")]
+    for c in FACTORS:
+        rows = cached[cached["redn_factor"] == c].sort_values("M")
+        assert legend[f"SS1 cached c={c}"]["x"] == list(rows["M"])
+        assert legend[f"SS1 cached c={c}"]["y"] == pytest.approx(list(rows["speedup_vs_dense"]))
+        assert legend[f"SS1 cached c={c}"]["linestyle"] != legend[f"SS1 c={c}"]["linestyle"]
+    assert legends["speedup_vs_m_gpt2_fp16_fwdbwd.png"]["_order"] == SPEEDUP_VS_M_LABELS
+
+
+def test_cached_layer_has_its_own_rows_and_columns_in_the_summary(cached_report_dir):
+    out, frame, _, _ = cached_report_dir
+    summary = (out / "summary.md").read_text()
+    assert f"- **{CACHED}**" in summary and "`cache_rotated_weight()`" in summary
+    tables = _tables(summary)
+    headline_header = [*HEADLINE_HEADER[:3], "SS1 layer", *HEADLINE_HEADER[3:]]
+    headline = next(rows for header, rows in tables if header == headline_header)
+    assert [(cells[1], cells[2], cells[3]) for cells in headline] == [
+        *(("fwd", str(c), label) for c in FACTORS for label in (PROVIDER_LABELS["ss1_tuned"], CACHED)),
+        *(("fwd+bwd", str(c), PROVIDER_LABELS["ss1_tuned"]) for c in FACTORS)]
+    for cells in headline:
+        provider = "ss1_cached" if cells[3] == CACHED else "ss1_tuned"
+        part = frame[(frame["provider"] == provider) & (frame["mode"] == cells[1])
+                     & (frame["redn_factor"] == int(cells[2]))]
+        for text, (m, column) in zip(cells[4:], [(16, "speedup_vs_dense"), (16, "fraction_of_ideal"),
+                                                 (4096, "speedup_vs_dense"), (4096, "fraction_of_ideal")],
+                                     strict=True):
+            assert _spread_matches(text, part[part["M"] == m][column]), (cells, column)
+
+    case_header = [*CASE_HEADER[:CASE_HEADER.index("fraction of ideal") + 1], *CACHED_CASE_COLUMNS,
+                   *CASE_HEADER[CASE_HEADER.index("fraction of ideal") + 1:]]
+    fwd_cases = next(rows for header, rows in tables if header == case_header)
+    fwdbwd_cases = next(rows for header, rows in tables if header == CASE_HEADER)  # no cached rows: no columns
+    assert len(fwd_cases) == len(fwdbwd_cases) == len(LAYERS) * len(M_VALUES) * len(FACTORS)
+    col = {name: i for i, name in enumerate(case_header)}
+    for cells in fwd_cases:
+        m, k, c = (int(cells[col[name]]) for name in ("M", "K", "c"))
+        by = frame[(frame["mode"] == "fwd") & (frame["M"] == m) & (frame["K"] == k)
+                   & (frame["redn_factor"] == c)].set_index("provider")
+        assert _close(cells[col["SS1 ms"]], by.loc["ss1_tuned", "median_ms"], digits=4)
+        assert _close(cells[col["SS1 cached ms"]], by.loc["ss1_cached", "median_ms"], digits=4)
+        assert _close(cells[col["cached speedup"]], by.loc["ss1_cached", "speedup_vs_dense"], decimals=2)
+        assert _close(cells[col["cached fraction of ideal"]], by.loc["ss1_cached", "fraction_of_ideal"], decimals=2)
+        assert _close(cells[col["heuristic speedup"]], by.loc["ss1_heuristic", "speedup_vs_dense"], decimals=2)
 
 
 def test_report_rejects_a_csv_without_the_columns(tmp_path):
