@@ -120,6 +120,23 @@ def _rotated_weight_columns(kk, rot_n, BK: tl.constexpr, VEC: tl.constexpr):
     return tl.max_contiguous(tl.multiple_of(col, [1, VEC]), [1, VEC])
 
 
+@triton.jit
+def _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK: tl.constexpr, VEC: tl.constexpr):
+    """Wr tile (N tile, K tile) read in place from Wc (``w_rows``: the tile's row pointers; zero
+    past N and K_red)."""
+    return tl.load(w_rows + _rotated_weight_columns(kk, rot_n, BK, VEC),
+                   mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+
+
+@triton.jit
+def _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, stride_ym, HAS_BIAS: tl.constexpr):
+    """y tile = acc (fp32, rows x N tile) + bias, cast to y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +178,7 @@ def _ss1_forward_kernel(
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
         xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
-        w_cols = _rotated_weight_columns(kk, rot_n, BK, VEC)  # (TILE_N, TILE_K)
-        w = tl.load(w_rows + w_cols, mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        w = _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK, VEC)  # (TILE_N, TILE_K)
         acc = tl.dot(xs.to(w.dtype), tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     if SPLIT_K > 1:
@@ -170,10 +186,7 @@ def _ss1_forward_kernel(
                   + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :])
         tl.store(p_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
         return
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, stride_ym, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=["M", "N", "stride_ym"])  # M = 1 would become a constexpr (no .to)
@@ -219,14 +232,10 @@ def _ss1_resident_forward_kernel(
     for tile in range(first, last):
         offs_n = tile * TILE_N + tl.arange(0, TILE_N)
         mask_n = offs_n < N
-        w_cols = _rotated_weight_columns(kk, _row_rotations(offs_n, R2M, C, BK, BN, VEC), BK, VEC)
-        w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + w_cols,
-                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        w = _load_rotated_weight(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn, kk,
+                                 _row_rotations(offs_n, R2M, C, BK, BN, VEC), mask_n, mask_kk, BK, VEC)
         acc = tl.dot(xs, tl.trans(w), input_precision=DOT_PRECISION)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, mask_m, mask_n, stride_ym, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
@@ -256,16 +265,12 @@ def _ss1_gemv_forward_kernel(
         xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (ROWS, TILE_K)
         # round the sketch to the input dtype first, as the tensor-core paths do
         xs = xs.to(w_ptr.dtype.element_ty).to(tl.float32)
-        w = tl.load(w_rows + _rotated_weight_columns(kk, rot_n, BK, VEC),
-                    mask=mask_n[:, None] & mask_kk[None, :], other=0.0).to(tl.float32)  # (TILE_N, TILE_K)
+        w = _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK, VEC).to(tl.float32)  # (TILE_N, TILE_K)
         if ROWS == 1:  # a constexpr branch: the one-row product stays 2-D
             acc += tl.sum(w * xs, axis=1)[None, :]
         else:
             acc += tl.sum(w[None, :, :] * xs[:, None, :], axis=2)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_rows[:, None] & mask_n[None, :])
+    _store_output(acc, b_ptr, y_ptr, rows, offs_n, mask_rows, mask_n, stride_ym, HAS_BIAS)
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
@@ -292,9 +297,8 @@ def _ss1_grad_input_kernel(
         mask_n = offs_n < N
         dy = tl.load(dy_rows + offs_n[None, :], mask=mask_m[:, None] & mask_n[None, :], other=0.0)
         rot_n = _row_rotations(offs_n, R2M, C, BK, BN, VEC)
-        w_cols = _rotated_weight_columns(kk, rot_n, BK, VEC)  # (TILE_N, TILE_K)
-        w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + w_cols
-        w = tl.load(w_ptrs, mask=mask_n[:, None] & mask_kk[None, :], other=0.0)
+        w = _load_rotated_weight(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn, kk, rot_n, mask_n, mask_kk,
+                                 BK, VEC)  # (TILE_N, TILE_K)
         acc = tl.dot(dy, w, acc, input_precision=DOT_PRECISION)
 
     # unsketch: member r of group it receives the tile at its own rotation; every dense column
