@@ -12,8 +12,9 @@
 #              eager baselines and the fp16 fwd+bwd bench -> $OUT/results.tgz
 #   decode4    (4 GPUs) re-tune the decode forward (M = 1, 16, 64) and tune the decode backward of the shipped
 #              fp16 and bf16 structures; GPU tests and host cost on GPU 3 first -> $OUT/H200.json, $OUT/results.tgz
-#   ship4      (4 GPUs) with the shipped database: host cost (quiet host), bench fp16/bf16 x fwd/fwd+bwd (one GPU
-#              each), then eager baselines, e2e (encoders, decoders) and $PROBE if set -> $OUT/results.tgz
+#   ship4      (4 GPUs) with the shipped database: host cost (quiet host; SHIP_TESTS=1: the GPU tests on GPU 3
+#              instead), bench fp16/bf16 x fwd/fwd+bwd (one GPU each), then eager baselines, e2e (encoders,
+#              decoders) and $PROBE if set -> $OUT/results.tgz
 #   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
 #              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
 #   rotated4   (4 GPUs) tune the forward_rotated kind (rotated-weight cache) at the decode buckets of the shipped
@@ -211,22 +212,30 @@ run_decode4() {
 }
 
 run_ship4() {
-    local work=/tmp/ss1work/ship
+    local work=/tmp/ss1work/ship tests_pid=
     mkdir -p "$work"
-    CUDA_VISIBLE_DEVICES=0 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
-        > "$work/host_overhead.log" 2>&1
+    if [ -n "${SHIP_TESTS:-}" ]; then  # GPU tests instead of the host cost, on GPU 3 (its benches wait)
+        (CUDA_VISIBLE_DEVICES=3 SS1BENCH_ERRORS_CSV="$work/errors.csv" timeout -k 5 240 python3 -m pytest -q -m gpu \
+            -n 6 tests/test_gpu.py tests/test_tuning_gpu.py > "$work/pytest_gpu.log" 2>&1
+         echo "gpu tests rc=$?") > "$work/host_overhead.log" 2>&1 &
+        tests_pid=$!
+    else
+        CUDA_VISIBLE_DEVICES=0 timeout -k 5 60 python3 scripts/baselines.py --host-only --out /dev/null \
+            > "$work/host_overhead.log" 2>&1
+    fi
     local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30
              --out "$work/bench")
     local e=(ss1bench e2e --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$work/e2e")
-    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 200 "${b[@]}" --dtype fp16 --mode fwd > "$work/bench_fp16_fwd.log" 2>&1
+    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 260 "${b[@]}" --dtype fp16 --mode fwd > "$work/bench_fp16_fwd.log" 2>&1
      CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 15 )) python3 scripts/baselines.py \
         --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
-    (CUDA_VISIBLE_DEVICES=1 timeout -k 5 200 "${b[@]}" --dtype bf16 --mode fwd > "$work/bench_bf16_fwd.log" 2>&1
+    (CUDA_VISIBLE_DEVICES=1 timeout -k 5 260 "${b[@]}" --dtype bf16 --mode fwd > "$work/bench_bf16_fwd.log" 2>&1
      CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model bert-base,bert-large \
         > "$work/e2e_encoders.log" 2>&1) &
     (CUDA_VISIBLE_DEVICES=2 timeout -k 5 200 "${b[@]}" --dtype fp16 --mode fwd+bwd > "$work/bench_fp16_fwdbwd.log" 2>&1
      CUDA_VISIBLE_DEVICES=2 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model gpt2,gpt2-medium,llama-1b \
         > "$work/e2e_decoders.log" 2>&1) &
+    [ -n "${SHIP_TESTS:-}" ] && wait "$tests_pid"  # the GPU tests hold GPU 3
     CUDA_VISIBLE_DEVICES=3 timeout -k 5 200 "${b[@]}" --dtype bf16 --mode fwd+bwd > "$work/bench_bf16_fwdbwd.log" 2>&1
     if [ -n "${PROBE:-}" ]; then
         CUDA_VISIBLE_DEVICES=3 timeout -k 5 $(( $(left) - 15 )) python3 $PROBE > "$work/probe.log" 2>&1
