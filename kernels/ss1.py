@@ -372,8 +372,12 @@ def _ss1_sketch_kernel(
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
     TILE_M: tl.constexpr, TILE_K: tl.constexpr,
 ):
-    """xs (M, K_RED) = sketch(x): memory-bound, reads x once and writes xs once."""
-    _sketch_tile(x_ptr, xs_ptr, tl.program_id(0), tl.program_id(1), M, K, K_RED, stride_xm, stride_xsm,
+    """xs (M, K_RED) = sketch(x): memory-bound, reads x once and writes xs once. Programs run
+    row-major (the K_red chunks of a row block side by side: x's rows stream in order), as in
+    the sketch-and-rotate kernel."""
+    pid = tl.program_id(0)
+    cols = tl.cdiv(K_RED, TILE_K)
+    _sketch_tile(x_ptr, xs_ptr, pid // cols, pid % cols, M, K, K_RED, stride_xm, stride_xsm,
                  R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
 
 
@@ -406,9 +410,12 @@ def _ss1_unsketch_kernel(
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
     TILE_M: tl.constexpr, TILE_K: tl.constexpr,
 ):
-    """dx (M, K) = unsketch(dxs): each dense column copies one sketch column (no atomics)."""
-    offs_m = tl.program_id(0) * TILE_M + tl.arange(0, TILE_M)
-    kk = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+    """dx (M, K) = unsketch(dxs): each dense column copies one sketch column (no atomics).
+    Programs run row-major, like the sketch kernel's."""
+    pid = tl.program_id(0)
+    cols = tl.cdiv(K_RED, TILE_K)
+    offs_m = (pid // cols) * TILE_M + tl.arange(0, TILE_M)
+    kk = (pid % cols) * TILE_K + tl.arange(0, TILE_K)
     mask_m = offs_m < M
     mask_kk = kk < K_RED
     rows64 = offs_m.to(tl.int64)[:, None]
@@ -583,8 +590,9 @@ SPLIT_K_SUM_BLOCK = 1024
 ROTATE_TILE_N, ROTATE_TILE_K = 32, 128
 
 
-def _sketch_grid(m: int, k_red: int, cfg: LaunchConfig) -> tuple[int, int]:
-    return (cdiv(m, cfg.tile_m), cdiv(k_red, cfg.tile_k))
+def _sketch_grid(m: int, k_red: int, cfg: LaunchConfig) -> tuple[int]:
+    """One program per (row block, K_red chunk), row-major in a 1-D grid."""
+    return (cdiv(m, cfg.tile_m) * cdiv(k_red, cfg.tile_k),)
 
 
 def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig) -> torch.Tensor:
