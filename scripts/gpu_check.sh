@@ -13,8 +13,8 @@
 #   decode4    (4 GPUs) re-tune the decode forward (M = 1, 16, 64) and tune the decode backward of the shipped
 #              fp16 and bf16 structures; GPU tests and host cost on GPU 3 first -> $OUT/H200.json, $OUT/results.tgz
 #   ship4      (4 GPUs) with the shipped database: host cost (quiet host; SHIP_TESTS=1: the GPU tests on GPU 3
-#              instead), bench fp16/bf16 x fwd/fwd+bwd (one GPU each), then eager baselines, e2e (encoders,
-#              decoders) and $PROBE if set -> $OUT/results.tgz
+#              instead), bench fp16/bf16 x fwd/fwd+bwd (one GPU each, BENCH_S seconds each), then eager
+#              baselines, e2e (encoders, decoders) and $PROBE if set (SHIP_BENCH_ONLY=1: not these) -> $OUT/results.tgz
 #   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
 #              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
 #   rotated4   (4 GPUs) tune the forward_rotated kind (rotated-weight cache) at the decode buckets of the shipped
@@ -226,25 +226,29 @@ run_ship4() {
     local b=(ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph --warmup-ms 10 --rep-ms 30
              --out "$work/bench")
     local e=(ss1bench e2e --redn-factor 2,4,8 --dtype fp16 --cuda-graph --warmup-ms 50 --rep-ms 200 --out "$work/e2e")
-    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 260 "${b[@]}" --dtype fp16 --mode fwd > "$work/bench_fp16_fwd.log" 2>&1
-     CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 15 )) python3 scripts/baselines.py \
+    local bs=${BENCH_S:-260} tail_jobs=${SHIP_BENCH_ONLY:+false}
+    tail_jobs=${tail_jobs:-true}  # SHIP_BENCH_ONLY=1: no baselines, e2e or probe after the benches
+    (CUDA_VISIBLE_DEVICES=0 timeout -k 5 $bs "${b[@]}" --dtype fp16 --mode fwd > "$work/bench_fp16_fwd.log" 2>&1
+     $tail_jobs && CUDA_VISIBLE_DEVICES=0 timeout -k 5 $(( $(left) - 15 )) python3 scripts/baselines.py \
         --out "$work/baselines_fp16.csv" --backward > "$work/baselines.log" 2>&1) &
-    (CUDA_VISIBLE_DEVICES=1 timeout -k 5 260 "${b[@]}" --dtype bf16 --mode fwd > "$work/bench_bf16_fwd.log" 2>&1
-     CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model bert-base,bert-large \
+    (CUDA_VISIBLE_DEVICES=1 timeout -k 5 $bs "${b[@]}" --dtype bf16 --mode fwd > "$work/bench_bf16_fwd.log" 2>&1
+     $tail_jobs && CUDA_VISIBLE_DEVICES=1 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model bert-base,bert-large \
         > "$work/e2e_encoders.log" 2>&1) &
-    (CUDA_VISIBLE_DEVICES=2 timeout -k 5 200 "${b[@]}" --dtype fp16 --mode fwd+bwd > "$work/bench_fp16_fwdbwd.log" 2>&1
-     CUDA_VISIBLE_DEVICES=2 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model gpt2,gpt2-medium,llama-1b \
+    (CUDA_VISIBLE_DEVICES=2 timeout -k 5 $bs "${b[@]}" --dtype fp16 --mode fwd+bwd > "$work/bench_fp16_fwdbwd.log" 2>&1
+     $tail_jobs && CUDA_VISIBLE_DEVICES=2 timeout -k 5 $(( $(left) - 15 )) "${e[@]}" --model gpt2,gpt2-medium,llama-1b \
         > "$work/e2e_decoders.log" 2>&1) &
     [ -n "${SHIP_TESTS:-}" ] && wait "$tests_pid"  # the GPU tests hold GPU 3
-    CUDA_VISIBLE_DEVICES=3 timeout -k 5 200 "${b[@]}" --dtype bf16 --mode fwd+bwd > "$work/bench_bf16_fwdbwd.log" 2>&1
-    if [ -n "${PROBE:-}" ]; then
+    CUDA_VISIBLE_DEVICES=3 timeout -k 5 $(( $(left) - 15 )) "${b[@]}" --dtype bf16 --mode fwd+bwd \
+        > "$work/bench_bf16_fwdbwd.log" 2>&1
+    if $tail_jobs && [ -n "${PROBE:-}" ]; then
         CUDA_VISIBLE_DEVICES=3 timeout -k 5 $(( $(left) - 15 )) python3 $PROBE > "$work/probe.log" 2>&1
     fi
     wait
     (cd "$work" && tar czf "$OUT/results.tgz" --exclude='*.lock' .)
     cat "$work/host_overhead.log"
     for f in "$work"/bench_*.log "$work"/e2e_*.log; do echo "== $f"; tail -3 "$f"; done
-    tail -14 "$work/baselines.log"
+    $tail_jobs && tail -14 "$work/baselines.log"
+    tail -3 "$work/pytest_gpu.log" 2>/dev/null
 }
 
 run_bwd_prefill4() {
