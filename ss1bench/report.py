@@ -524,19 +524,23 @@ def _ss1_cases(frame, providers: tuple[str, ...] = ("ss1_tuned",)):
     return ss1.drop_duplicates(subset=["gpu", "dtype", "mode", "M", "K", "N", "redn_factor", "provider"])
 
 
-def _expected_wins(frame):
-    """SS1 (database) rows, one per distinct case, where dense / ideal >= EXPECTED_WIN."""
-    ss1 = _ss1_cases(frame)
+def _expected_wins(frame, providers: tuple[str, ...] = ("ss1_tuned",)):
+    """SS1 rows of ``providers``, one per distinct case, where dense / ideal >= EXPECTED_WIN."""
+    ss1 = _ss1_cases(frame, providers)
     return ss1[ss1["dense_ms"] / ss1["ideal_ms"] >= EXPECTED_WIN]
 
 
 def slower_than_dense_rows(frame) -> tuple[list[list[str]], list[list[str]]]:
-    """(per dtype and mode: ``slower / expected wins``, decode and prefill counts; the slower cases,
-    sorted by speedup) among the cases the ideal says SS1 should win."""
+    """(per dtype and mode: ``slower / expected wins``, decode and prefill counts, and the same for
+    the rotated-weight cache's rows where there are any (mode ``fwd (cached)``); the slower cases of
+    SS1 (database), sorted by speedup) among the cases the ideal says SS1 should win."""
+    import pandas as pd
+
     expected = _expected_wins(frame)
     slower = expected[expected["speedup_vs_dense"] < 1]
     summary = []
-    for (dtype, mode), part in expected.groupby(["dtype", "mode"], sort=True):
+    cached = _expected_wins(frame, ("ss1_cached",)).assign(mode=lambda part: part["mode"] + " (cached)")
+    for (dtype, mode), part in pd.concat([expected, cached]).groupby(["dtype", "mode"], sort=True):
         lost = part[part["speedup_vs_dense"] < 1]
         summary.append([dtype, mode, f"{len(lost)} of {len(part)}", str(int((lost["M"] <= DECODE_MAX_M).sum())),
                         str(int((lost["M"] >= PREFILL_MIN_M).sum()))])
@@ -716,7 +720,9 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
     if summary:
         lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster", "",
                   f"Cases (distinct M, K, N, c per dtype and mode) where dense time / ideal time >= {EXPECTED_WIN}, "
-                  "i.e. SS1 should win, and SS1 (tuning database) is slower than dense.", "",
+                  "i.e. SS1 should win, and SS1 (tuning database) is slower than dense"
+                  + ("; mode *fwd (cached)*: the layer with the rotated-weight cache" if len(_tuned_providers(frame)) > 1
+                     else "") + ".", "",
                   *_md_table(SLOWER_SUMMARY_HEADER, summary), ""]
         if cases:
             lines += [f"<details><summary>The {len(cases)} slower cases, worst first</summary>", "",

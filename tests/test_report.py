@@ -321,3 +321,17 @@ def test_report_reads_a_folder(tmp_path):
     from ss1bench.report import result_files
 
     assert result_files([tmp_path]) == [tmp_path / "bench_x.csv"]
+
+
+def test_slower_than_dense_counts_the_cached_layer_apart(cached_report_dir):
+    out, frame, _, _ = cached_report_dir
+    tables = _tables((out / "summary.md").read_text())
+    summary = {tuple(cells[:2]): cells[2:] for cells in next(rows for header, rows in tables
+                                                             if header == SLOWER_SUMMARY_HEADER)}
+    for provider, mode in (("ss1_tuned", "fwd"), ("ss1_cached", "fwd (cached)"), ("ss1_tuned", "fwd+bwd")):
+        rows = frame[(frame["provider"] == provider) & (frame["mode"] == mode.split(" ")[0])]
+        expected = rows[rows["dense_ms"] / rows["ideal_ms"] >= EXPECTED_WIN]
+        slower = expected[expected["speedup_vs_dense"] < 1]
+        decode = int((slower["M"] <= 64).sum())
+        assert summary[("fp16", mode)] == [f"{len(slower)} of {len(expected)}", str(decode), str(len(slower) - decode)]
+    assert ("fp16", "fwd+bwd (cached)") not in summary  # the cache has forward rows only
