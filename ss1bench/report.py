@@ -721,8 +721,8 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
         lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster", "",
                   f"Cases (distinct M, K, N, c per dtype and mode) where dense time / ideal time >= {EXPECTED_WIN}, "
                   "i.e. SS1 should win, and SS1 (tuning database) is slower than dense"
-                  + ("; mode *fwd (cached)*: the layer with the rotated-weight cache" if len(_tuned_providers(frame)) > 1
-                     else "") + ".", "",
+                  + ("; mode *fwd (cached)*: the layer with the rotated-weight cache"
+                     if len(_tuned_providers(frame)) > 1 else "") + ".", "",
                   *_md_table(SLOWER_SUMMARY_HEADER, summary), ""]
         if cases:
             lines += [f"<details><summary>The {len(cases)} slower cases, worst first</summary>", "",
