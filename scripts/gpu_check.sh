@@ -18,7 +18,8 @@
 #   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
 #              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
 #   rotated4   (4 GPUs) tune the forward_rotated kind (rotated-weight cache) at the decode buckets of the shipped
-#              fp16 and bf16 structures; GPU tests first on the last GPU -> $OUT/H200.json, $OUT/results.tgz
+#              fp16 and bf16 structures (ROTATED_FORCE=1: re-tune recorded ones); GPU tests first on the last GPU
+#              -> $OUT/H200.json, $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
@@ -289,7 +290,7 @@ run_rotated4() {
     cp tuning_db/H200.json "$db"
     gpus=$(nvidia-smi --list-gpus | wc -l)
     local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers $(( 48 / gpus ))
-                  --m-buckets 1,16,64 --no-structure-search --kinds forward_rotated)
+                  --m-buckets 1,16,64 --no-structure-search --kinds forward_rotated ${ROTATED_FORCE:+--force})
     local last=$(( gpus - 1 )) jobs=("gpt2 fp16" "gpt2 bf16" "llama fp16" "llama bf16") i gpu
     for gpu in $(seq 0 $last); do
         (if [ $gpu = $last ]; then  # the last GPU runs the tests first

@@ -211,6 +211,6 @@ def test_forward_rotated_offers_the_forward_candidates_plus_sketch_tiles_at_deco
     assert set(plain) <= set(rotated)
     extra = set(rotated) - set(plain)
     assert extra and all(config.algorithm == "sketch_gemm" for config in extra)
-    assert {config.tile_k for config in rotated if config.algorithm == "sketch_gemm"} == {64, 128, 256}
+    assert {config.tile_k for config in rotated if config.algorithm == "sketch_gemm"} == {16, 32, 64, 128, 256}
     prefill = space.launch_candidates(problem(kind="forward_rotated", m=4096, k=4096, n=4096, c=4), HOPPER).kept
     assert prefill == space.launch_candidates(problem(kind="forward", m=4096, k=4096, n=4096, c=4), HOPPER).kept

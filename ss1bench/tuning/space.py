@@ -177,9 +177,12 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
     # compare equal. At decode sizes the plain forward also rotates the whole weight per call
     # (three weight passes where the fused kernel makes one), so one canonical candidate stands
     # for it there; with the rotated weight held by the caller it is one sketch launch plus the
-    # product at K/c, and its tile is worth a small sweep.
+    # product at K/c, and its tile is worth a sweep: the decode sketch is a few rows of K_red, so
+    # narrow tiles spread it over more programs (tile_k 16 saved ~2 us, 15%, against 128 at
+    # c = 16 on Llama shapes; reports/H200/raw/sketch_tile_probe_v8.txt).
     if kind == "forward_rotated" and is_decode(m):
-        configs += [sketch_gemm_config(tm, tk, 4) for tm, tk in itertools.product((16, 64), (64, 128, 256))]
+        configs += [sketch_gemm_config(tm, tk, 4)
+                    for tm, tk in itertools.product((16, 64), (16, 32, 64, 128, 256))]
     elif is_decode(m):
         configs.append(sketch_gemm_config(16, 128, 4))
     else:
