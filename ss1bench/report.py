@@ -167,10 +167,15 @@ def _regime_name(m: int) -> str:
     return "decode" if m <= DECODE_MAX_M else "prefill" if m >= PREFILL_MIN_M else f"M{m}"
 
 
+def _has_cached(frame) -> bool:
+    """Whether ``frame`` has ``ss1_cached`` rows (only ``fwd`` results made since it exists do)."""
+    return bool((frame["provider"] == "ss1_cached").any())
+
+
 def _tuned_providers(frame) -> tuple[str, ...]:
-    """``ss1_tuned``, then ``ss1_cached`` where ``frame`` has rows of it (only ``fwd`` results made
-    since it exists do): the SS1 layers on the tuning database that the plots and tables show."""
-    return ("ss1_tuned", "ss1_cached") if (frame["provider"] == "ss1_cached").any() else ("ss1_tuned",)
+    """``ss1_tuned``, then ``ss1_cached`` where ``frame`` has rows of it: the SS1 layers on the
+    tuning database that the plots and tables show."""
+    return ("ss1_tuned", "ss1_cached") if _has_cached(frame) else ("ss1_tuned",)
 
 
 def _regimes(frame) -> list[tuple[str, int]]:
@@ -483,7 +488,7 @@ def _spread(values) -> str:
 
 def headline_header(frame) -> list[str]:
     """HEADLINE_HEADER, with HEADLINE_LAYER_COLUMN after c where ``frame`` has ``ss1_cached`` rows."""
-    if len(_tuned_providers(frame)) == 1:
+    if not _has_cached(frame):
         return HEADLINE_HEADER
     return [*HEADLINE_HEADER[:3], HEADLINE_LAYER_COLUMN, *HEADLINE_HEADER[3:]]
 
@@ -565,14 +570,14 @@ _CACHED_AT = CASE_HEADER.index("fraction of ideal") + 1
 
 def case_header(frame) -> list[str]:
     """CASE_HEADER, with CACHED_CASE_COLUMNS where ``frame`` has ``ss1_cached`` rows."""
-    if len(_tuned_providers(frame)) == 1:
+    if not _has_cached(frame):
         return CASE_HEADER
     return [*CASE_HEADER[:_CACHED_AT], *CACHED_CASE_COLUMNS, *CASE_HEADER[_CACHED_AT:]]
 
 
 def case_rows(frame) -> list[list[str]]:
     """One row per case (sorted by K, N, M, c), numbers straight from the CSV (columns: ``case_header``)."""
-    cached = len(_tuned_providers(frame)) > 1
+    cached = _has_cached(frame)
     lookup = {(row["provider"], *(row[k] for k in CASE_KEY)): row for row in frame.to_dict("records")}
     tuned = frame[frame["provider"] == "ss1_tuned"].sort_values(["K", "N", "M", "redn_factor"])
     rows = []
@@ -704,7 +709,7 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
              *(["- **SS1 (tuning database, rotated-weight cache)** (*cached* in the tables and plots): the same "
                 "layer with `cache_rotated_weight()` on, the inference setting: it keeps its rotated weight (one "
                 "more (N, K_red) tensor) and its forward uses the `forward_rotated` launch configs; forward "
-                "results only."] if len(_tuned_providers(frame)) > 1 else []),
+                "results only."] if _has_cached(frame) else []),
              "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
              "(to within half a rank step).",
              f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
@@ -714,7 +719,7 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
     lines += ["## Headline: SS1 (tuning database)", "",
               "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets)."
               + (" In forward results, the layer with the rotated-weight cache has its own rows."
-                 if len(_tuned_providers(frame)) > 1 else ""), ""]
+                 if _has_cached(frame) else ""), ""]
     lines += [*_md_table(headline_header(frame), headline_rows(frame)), ""]
     summary, cases = slower_than_dense_rows(frame)
     if summary:
@@ -722,7 +727,7 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
                   f"Cases (distinct M, K, N, c per dtype and mode) where dense time / ideal time >= {EXPECTED_WIN}, "
                   "i.e. SS1 should win, and SS1 (tuning database) is slower than dense"
                   + ("; mode *fwd (cached)*: the layer with the rotated-weight cache"
-                     if len(_tuned_providers(frame)) > 1 else "") + ".", "",
+                     if _has_cached(frame) else "") + ".", "",
                   *_md_table(SLOWER_SUMMARY_HEADER, summary), ""]
         if cases:
             lines += [f"<details><summary>The {len(cases)} slower cases, worst first</summary>", "",
