@@ -129,3 +129,15 @@ def test_a_pickled_layer_from_before_the_cache_still_runs(layer, generator):
     x = randn(2, 300, generator=generator)
     assert not restored.caches_rotated_weight
     assert_close("restored", restored(x), _dense_output(restored, x))
+
+
+def test_a_copy_built_under_inference_mode_serves_grad_mode_too(layer, generator):
+    x = randn(3, 300, generator=generator)
+    layer.cache_rotated_weight()
+    with torch.inference_mode():
+        first = layer(x)
+    assert not layer._rotated.is_inference()  # built outside inference mode: usable everywhere
+    xi = x.clone().requires_grad_()
+    y = layer(xi)
+    y.sum().backward()
+    assert torch.equal(y.detach(), first) and xi.grad is not None
