@@ -141,3 +141,14 @@ def test_a_copy_built_under_inference_mode_serves_grad_mode_too(layer, generator
     y = layer(xi)
     y.sum().backward()
     assert torch.equal(y.detach(), first) and xi.grad is not None
+
+
+def test_public_rotate_weight_is_the_reference_permutation_and_checks_the_shape(layer):
+    from ss1bench import ops, reference
+
+    rotated = ops.rotate_weight(layer.weight, layer.structure)
+    assert not rotated.requires_grad
+    assert torch.equal(rotated, reference.rotate_weight(layer.weight.detach(), layer.structure))
+    assert torch.equal(torch.sort(rotated, dim=1).values, torch.sort(layer.weight.detach(), dim=1).values)
+    with pytest.raises(ValueError, match=r"weight must have shape \(out_features, K_red\)"):
+        ops.rotate_weight(layer.weight[:, 1:], layer.structure)
