@@ -201,10 +201,11 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         weight: compressed weight ``(N, K_red)``.
         bias: ``(N,)`` or None.
         structure: the layer's :class:`SS1Structure`.
-        rotated_weight: optional ``structure.rotate_weight(weight)`` held by the caller (the
-            ``SSL`` layer's rotated-weight cache); CUDA forwards then skip rotating the weight on
-            every call. It is trusted to match ``weight`` (no gradient flows through it); CPU
-            calls and ``torch.compile`` traces ignore it.
+        rotated_weight: optional :func:`rotate_weight` of ``weight`` held by the caller (the
+            ``SSL`` layer's rotated-weight cache): the forward multiplies by it instead of rotating
+            the weight on every call (on CUDA, ``sketch_gemm`` launches; on CPU, the reference).
+            It is trusted to match ``weight`` (only its shape is checked; no gradient flows
+            through it); ``torch.compile`` traces ignore it.
 
     Returns:
         ``(..., N)`` in ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.

@@ -49,6 +49,7 @@ from .schema import (
     PROVIDERS,
     QUANTILES,
     RESULT_COLUMNS,
+    SS1_PROVIDERS,
     mode_slug,
     providers_in,
 )
@@ -190,7 +191,7 @@ def build_provider(name: str, case: Case, structure: SS1Structure, device: torch
         k_ideal = math.ceil(k / c)
         module = nn.Linear(k_ideal, n, bias=True, device=device, dtype=dtype)
         return Built(module, k_ideal, n * k_ideal, 2 * m * n * k_ideal, f"cuBLAS F.linear, K/c={k_ideal}")
-    if name in ("ss1_tuned", "ss1_cached", "ss1_heuristic"):
+    if name in SS1_PROVIDERS:
         heuristic, cached = name == "ss1_heuristic", name == "ss1_cached"
         layer = SSL(k, n, bias=True, redn_factor=c, seed=structure.seed, device=device, dtype=dtype,
                     block_k=structure.block_k, block_n=structure.block_n)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from ss1bench import reference
-from ss1bench.kernels.config import LaunchConfig
+from ss1bench.kernels.config import FORWARD_KINDS, LaunchConfig
 from ss1bench.structure import SS1Structure, cached_structure
 from ss1bench.timing import graph_bench_ms
 
@@ -85,14 +85,15 @@ class Case:
     @property
     def out_shape(self) -> tuple[int, ...]:
         s = self.structure
-        return {"forward": (self.m, s.out_features), "forward_rotated": (self.m, s.out_features),
-                "grad_input": (self.m, s.in_features), "grad_weight": s.weight_shape}[self.kind]
+        if self.kind in FORWARD_KINDS:
+            return (self.m, s.out_features)
+        return {"grad_input": (self.m, s.in_features), "grad_weight": s.weight_shape}[self.kind]
 
     def reference(self) -> torch.Tensor:
         if self._reference is None:
             t = {name: (v.double() if v is not None else None) for name, v in self.tensors.items()}
             s = self.structure
-            if self.kind in ("forward", "forward_rotated"):  # from the weight itself, not its rotated copy
+            if self.kind in FORWARD_KINDS:  # from the weight itself, not its rotated copy
                 ref = reference.ss1_forward_reference(t["x"], t["weight"], t["bias"], s)
             elif self.kind == "grad_input":
                 ref = reference.ss1_grad_input_reference(t["grad_out"], t["weight"], s)
@@ -113,8 +114,8 @@ def make_case(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, de
     (for capturing launch arguments)."""
     k, n = structure.in_features, structure.out_features
     shapes = {"x": (m, k), "weight": structure.weight_shape, "bias": (n,), "grad_out": (m, n)}
-    needed = {"forward": ("x", "weight", "bias"), "forward_rotated": ("x", "weight", "bias"),
-              "grad_input": ("grad_out", "weight"), "grad_weight": ("grad_out", "x")}[kind]
+    needed = (("x", "weight", "bias") if kind in FORWARD_KINDS
+              else {"grad_input": ("grad_out", "weight"), "grad_weight": ("grad_out", "x")}[kind])
     tensors: dict = {}
     generator = None if empty else torch.Generator(device=device).manual_seed(seed)
     bound = 1.0 / math.sqrt(k)
@@ -175,7 +176,7 @@ def dense_function(case: Case, seed: int = 1):
     generator = torch.Generator(device=device).manual_seed(seed)
     dense_w = (torch.rand((s.out_features, s.in_features), generator=generator, device=device) - 0.5).to(dtype)
     t = case.tensors
-    if case.kind in ("forward", "forward_rotated"):
+    if case.kind in FORWARD_KINDS:
         x, bias = t["x"], t["bias"]
         return lambda: torch.nn.functional.linear(x, dense_w, bias)
     if case.kind == "grad_input":
