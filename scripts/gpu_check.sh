@@ -18,7 +18,8 @@
 #   bwd_prefill4 (4 GPUs) tune grad_input/grad_weight at the prefill buckets (M = 4096, 16384) of the shipped fp16
 #              and bf16 structures, then bench fp16/bf16 fwd+bwd with the result -> $OUT/H200.json, $OUT/results.tgz
 #   rotated4   (4 GPUs) tune the forward_rotated kind (rotated-weight cache) at the decode buckets of the shipped
-#              fp16 and bf16 structures (ROTATED_FORCE=1: re-tune recorded ones); GPU tests first on the last GPU
+#              fp16 and bf16 structures (ROTATED_FORCE=1: re-tune recorded ones; ROT_GPUS=n: use GPUs 0..n-1);
+#              GPU tests first on the last GPU
 #              -> $OUT/H200.json, $OUT/results.tgz
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
@@ -288,7 +289,7 @@ run_rotated4() {
     mkdir -p "$work/db"
     db="$work/db/H200.json"
     cp tuning_db/H200.json "$db"
-    gpus=$(nvidia-smi --list-gpus | wc -l)
+    gpus=${ROT_GPUS:-$(nvidia-smi --list-gpus | wc -l)}  # ROT_GPUS: the first ones only (others free)
     local common=(--gpu H200 --redn-factors 2,4,8,16 --db "$db" --compile-workers $(( 48 / gpus ))
                   --m-buckets 1,16,64 --no-structure-search --kinds forward_rotated ${ROTATED_FORCE:+--force})
     local last=$(( gpus - 1 )) jobs=("gpt2 fp16" "gpt2 bf16" "llama fp16" "llama bf16") i gpu
