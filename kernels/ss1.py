@@ -101,11 +101,9 @@ def _row_rotations(offs_n, R2M, C: tl.constexpr, BK: tl.constexpr, BN: tl.conste
 
 @triton.jit
 def _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
-                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, EVICT: tl.constexpr):
+                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, EVICT: tl.constexpr = ""):
     """xs tile (rows, kk) in fp32: sum of the C rotated member loads (zero past K). ``EVICT``:
-    the loads' eviction policy ("evict_first" where x is read once, as in the sketch pass; ""
-    where other programs read the same x again). Passed explicitly: Triton 3.6 does not take a
-    default for a constexpr argument of a jit helper."""
+    the loads' L2 eviction policy ("evict_first" where x is read once, as in the sketch pass)."""
     xs = tl.zeros((x_rows.shape[0], kk.shape[0]), dtype=tl.float32)
     for r in tl.static_range(C):
         col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
@@ -180,7 +178,7 @@ def _ss1_forward_kernel(
     for k0 in range(k_begin, k_end, TILE_K):
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
-        xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC, "")
+        xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
         w = _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK, VEC)  # (TILE_N, TILE_K)
         acc = tl.dot(xs.to(w.dtype), tl.trans(w), acc, input_precision=DOT_PRECISION)
 
@@ -229,7 +227,7 @@ def _ss1_resident_forward_kernel(
     kk = tl.arange(0, KR)
     mask_kk = kk < K_RED
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC, "").to(w_ptr.dtype.element_ty)
+    xs = _load_sketch(x_rows, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC).to(w_ptr.dtype.element_ty)
     first = pid_chunk * TILES_PER_PROGRAM
     last = tl.minimum(first + TILES_PER_PROGRAM, tl.cdiv(N, TILE_N))
     for tile in range(first, last):
@@ -265,7 +263,7 @@ def _ss1_gemv_forward_kernel(
     for k0 in range(0, K_RED, TILE_K):
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
-        xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC, "")  # (ROWS, TILE_K)
+        xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (ROWS, TILE_K)
         # round the sketch to the input dtype first, as the tensor-core paths do
         xs = xs.to(w_ptr.dtype.element_ty).to(tl.float32)
         w = _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK, VEC).to(tl.float32)  # (TILE_N, TILE_K)
@@ -341,7 +339,7 @@ def _ss1_grad_weight_kernel(
         dy_t = tl.load(dy_ptr + rows64[None, :] * stride_dym + offs_n[:, None],
                        mask=mask_n[:, None] & mask_m[None, :], other=0.0)  # (TILE_N, TILE_M)
         xs = _load_sketch(x_ptr + rows64[:, None] * stride_xm, kk, mask_m, mask_kk, K,
-                          R0M, R1M, R3M, C, BK, VEC, "")
+                          R0M, R1M, R3M, C, BK, VEC)
         acc = tl.dot(dy_t, xs.to(dy_t.dtype), acc, input_precision=DOT_PRECISION)
 
     # unrotate: dWc[n, (kk // BK)*BK + ((kk mod BK - d(n)) mod BK)] = dWr[n, kk] (a permutation)
