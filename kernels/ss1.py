@@ -101,14 +101,13 @@ def _row_rotations(offs_n, R2M, C: tl.constexpr, BK: tl.constexpr, BN: tl.conste
 
 @triton.jit
 def _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
-                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, EVICT: tl.constexpr = ""):
-    """xs tile (rows, kk) in fp32: sum of the C rotated member loads (zero past K). ``EVICT``:
-    the loads' L2 eviction policy ("evict_first" where x is read once, as in the sketch pass)."""
+                 C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
+    """xs tile (rows, kk) in fp32: sum of the C rotated member loads (zero past K)."""
     xs = tl.zeros((x_rows.shape[0], kk.shape[0]), dtype=tl.float32)
     for r in tl.static_range(C):
         col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
         mask = mask_rows[:, None] & (mask_kk & (col < K))[None, :]
-        xs += tl.load(x_rows + col[None, :], mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+        xs += tl.load(x_rows + col[None, :], mask=mask, other=0.0).to(tl.float32)
     return xs
 
 
@@ -361,9 +360,7 @@ def _sketch_tile(x_ptr, xs_ptr, pid_m, pid_k, M, K, K_RED, stride_xm, stride_xsm
     mask_m = offs_m < M
     mask_kk = kk < K_RED
     rows64 = offs_m.to(tl.int64)[:, None]
-    # x is read once here: evict_first keeps L2 for the sketch the GEMM reads next (measured on
-    # the H200: the sketch pass ~5% faster, 3.3 -> 3.4 TB/s, reports/H200/raw/sketch_bw_probe_v9.txt)
-    xs = _load_sketch(x_ptr + rows64 * stride_xm, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC, "evict_first")
+    xs = _load_sketch(x_ptr + rows64 * stride_xm, kk, mask_m, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
     tl.store(xs_ptr + rows64 * stride_xsm + kk[None, :], xs.to(xs_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_kk[None, :])
 
