@@ -248,3 +248,41 @@ def test_progress_line_reports_eta():
         progress.step(label)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("[3/3] 100%") and "eta 0s" in lines[-1]
+
+
+def _sequence(runs):
+    """A measure() that returns the given (median, p20, p80) runs in order, counting its calls."""
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return list(runs[len(calls) - 1])
+    return measure, calls
+
+
+def test_tightest_times_once_when_the_spread_is_narrow():
+    measure, calls = _sequence([(1.0, 0.95, 1.2)])
+    assert runner.tightest(measure) == [1.0, 0.95, 1.2] and len(calls) == 1
+
+
+def test_tightest_retimes_a_bimodal_run_and_keeps_the_tight_one():
+    measure, calls = _sequence([(0.042, 0.0087, 0.059), (0.0091, 0.0088, 0.0094)])
+    assert runner.tightest(measure) == [0.0091, 0.0088, 0.0094] and len(calls) == 2
+
+
+def test_tightest_stops_after_its_retimes_and_keeps_the_tightest_seen():
+    runs = [(3.0, 1.0, 4.0), (2.0, 1.0, 2.0), (5.0, 1.0, 6.0), (1.0, 1.0, 1.0)]
+    measure, calls = _sequence(runs)
+    assert runner.tightest(measure, retimes=2) == [2.0, 1.0, 2.0] and len(calls) == 3
+
+
+def test_time_module_reports_the_retimed_run(cpu_as_cuda, monkeypatch):
+    """A provider whose first do_bench run is bimodal gets the re-timed quantiles in its row."""
+    runs = iter([[0.042, 0.0087, 0.059], [0.0091, 0.0088, 0.0094]])
+    monkeypatch.setattr(runner, "do_bench", lambda call, *a, **k: (call(), next(runs))[1])
+    case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd"])[0]
+    cpu = torch.device("cpu")
+    built = runner.build_provider("dense", case, runner.case_structure(case, cpu, torch.float32), cpu,
+                                  torch.float32)
+    timing = runner.time_module(built, torch.randn(4, 64), None, 1, 1)
+    assert (timing.median_ms, timing.p20_ms, timing.p80_ms) == (0.0091, 0.0088, 0.0094)

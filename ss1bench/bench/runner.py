@@ -65,6 +65,13 @@ COPY_BYTES = 1 << 30
 DEFAULT_WARMUP_MS = 25
 DEFAULT_REP_MS = 100
 
+#: A timing whose p80 exceeds this multiple of its p20 is taken again, up to RETIMES more runs,
+#: and the run with the tightest p80/p20 kept. Graph replays and L2-flushed calls spread by a few
+#: percent; a bimodal spread is interference from outside the call (another process on the GPU
+#: or its host), and it lands in the median (seen in a committed run: p20 8.7 us, median 42 us).
+SPREAD_LIMIT = 1.5
+RETIMES = 2
+
 #: Hash seed of the SS1 layers timed (SSL's default; the seed does not change the work done).
 LAYER_SEED = 1024
 
@@ -246,6 +253,20 @@ def _one_line_error(error: BaseException) -> str:
     return text[:200]
 
 
+def tightest(measure: Callable[[], list[float]], spread_limit: float = SPREAD_LIMIT,
+             retimes: int = RETIMES) -> list[float]:
+    """``measure()``'s (median, p20, p80), re-measured while p80 > ``spread_limit`` x p20, at most
+    ``retimes`` more times; the run with the smallest p80/p20 is returned."""
+    best = measure()
+    for _ in range(retimes):
+        if not best[2] > spread_limit * best[1]:
+            break
+        again = measure()
+        if again[2] * best[1] < best[2] * again[1]:
+            best = again
+    return best
+
+
 def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_ms: int, rep_ms: int,
                 cuda_graph: bool = False) -> Timing:
     """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward).
@@ -289,7 +310,8 @@ def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_m
             tensor.grad = None
         if cuda_graph:
             call, grads = graphed(call), None
-        median, p20, p80 = do_bench(call, warmup_ms, rep_ms, quantiles=QUANTILES, grad_to_none=grads)
+        median, p20, p80 = tightest(lambda: do_bench(call, warmup_ms, rep_ms, quantiles=QUANTILES,
+                                                     grad_to_none=grads))
     for tensor in [x, *params]:
         tensor.grad = None
     return Timing(median, p20, p80, peak)
@@ -401,7 +423,8 @@ class RunInfo:
             "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             "cuda": torch.version.cuda, "date": self.started, "git_commit": _git_commit(),
             "database": self.database, "copy_bandwidth_gbs": self.copy_bandwidth_gbs,
-            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call"
+            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call; "
+                      f"a run with p80 > {SPREAD_LIMIT} x p20 re-timed up to {RETIMES} times, the tightest kept"
                       + ("; every call replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
             "providers": {p.name: p.description for p in PROVIDERS
