@@ -7,22 +7,17 @@ See docs/perf-notes.md (v9 probes).
 # ruff: noqa: B023  (each timing lambda is called in the loop iteration that defines it)
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import overlap_kernel as overlap
+from common import SHARED_MEMORY, baseline, budget_arg, graph_ms, rel_err, within_budget
 
-from ss1bench.kernels import ss1 as K
-from ss1bench.kernels.config import Problem, resolve_launch_config
-from ss1bench.layer import SSL
-from ss1bench.timing import graph_bench_ms
 from ss1bench.tuning import space
 
 torch.manual_seed(0)
-dev = "cuda"
-BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 240
+BUDGET = budget_arg()
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
 shapes = [(16384, 4096, 1024, 16), (16384, 3072, 768, 4), (16384, 4096, 4096, 4), (4096, 4096, 1024, 16),
           (16384, 14336, 4096, 16), (16384, 3072, 768, 16), (16384, 1024, 4096, 4), (16384, 4096, 1024, 8)]
@@ -30,30 +25,15 @@ shapes = [(16384, 4096, 1024, 16), (16384, 3072, 768, 4), (16384, 4096, 4096, 4)
 cfgs = [(128, 128, 64, 64, 8, 3, None, 1), (128, 128, 64, 32, 8, 3, None, 1), (128, 256, 64, 64, 8, 3, None, 1),
         (64, 128, 64, 64, 4, 3, None, 2), (64, 128, 64, 32, 4, 3, None, 3), (128, 128, 64, 64, 8, 3, 64, 1),
         (128, 256, 64, 32, 8, 3, None, 1)]
-t0 = time.time()
-for (m, k, n, c) in shapes:
-    if time.time() - t0 > BUDGET:
-        print("budget out")
-        break
-    dt = torch.float16
-    layer = SSL(k, n, redn_factor=c).to(dev, dt)
-    st = layer.structure
-    x = torch.randn(m, k, device=dev, dtype=dt)
-    w, b = layer.weight.detach(), layer.bias.detach()
-    ref = torch.nn.functional.linear(x.float(), st.dense_weight(w).float(), b.float())
-    y = torch.empty(m, n, device=dev, dtype=dt)
-    red_w = torch.randn(n, st.k_red, device=dev, dtype=dt)
-    xr = torch.randn(m, st.k_red, device=dev, dtype=dt)
-    t_red = graph_bench_ms(lambda: torch.nn.functional.linear(xr, red_w, b), 5, 40)[0]
-    floor = (m * k + n * st.k_red + m * n) * 2 / 4.2e12 * 1e3
-    ideal = max(t_red, floor)
-    prob = Problem("forward", m, k, n, c, st.block_k, st.block_n, "fp16", torch.cuda.get_device_name())
-    shipped = resolve_launch_config(prob, 232448)
-    t_ship = graph_bench_ms(lambda: K.ss1_forward(x, w, b, st, shipped, out=y), 5, 40)[0]
-    print(f"== {m}x{k}x{n} c={c} kred={st.k_red} red={t_red*1e3:.1f} floor={floor*1e3:.1f} ideal={ideal*1e3:.1f} "
-          f"shipped={t_ship*1e3:.1f} ({space.describe(shipped)}) frac={ideal/t_ship:.2f}", flush=True)
+for (m, k, n, c) in within_budget(shapes, BUDGET):
+    base = baseline(m, k, n, c)
+    st, x, w, b, y, ref, ideal = base.st, base.x, base.w, base.b, base.y, base.ref, base.ideal
+    shipped, t_ship = base.shipped()
+    print(f"== {m}x{k}x{n} c={c} kred={st.k_red} red={base.t_red*1e3:.1f} floor={base.floor*1e3:.1f} "
+          f"ideal={ideal*1e3:.1f} shipped={t_ship*1e3:.1f} ({space.describe(shipped)}) frac={ideal/t_ship:.2f}",
+          flush=True)
     res = []
-    xs = torch.empty((m, st.k_red), device=dev, dtype=dt)
+    xs = torch.empty((m, st.k_red), device=x.device, dtype=x.dtype)
     for (tm, tn, tk, sk, nw, ns, lag, occ) in cfgs:
         kw = dict(tile_m=tm, tile_n=tn, tile_k=tk, sk=sk, lag=lag, num_warps=nw, num_stages=ns, programs=SMS)
         try:
@@ -62,7 +42,7 @@ for (m, k, n, c) in shapes:
             _, flags, kern = overlap.run(x, w, b, y, st, xs=xs, **kw)
             torch.cuda.synchronize()
             regs, smem = kern.n_regs, kern.metadata.shared
-            fit = min(65536 // (regs * 32 * nw), 232448 // max(smem, 1))
+            fit = min(65536 // (regs * 32 * nw), SHARED_MEMORY // max(smem, 1))
             if occ > fit:
                 print(f"  skip {kw} occupancy {fit} < {occ}", flush=True)
                 continue
@@ -70,9 +50,9 @@ for (m, k, n, c) in shapes:
             y.fill_(float("nan"))
             xs.fill_(float("nan"))
             _, flags, kern = overlap.run(x, w, b, y, st, xs=xs, **kw)
-            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            err = rel_err(y, ref)
             okflags = bool((flags == -(-st.k_red // sk)).all().item())
-            t = graph_bench_ms(lambda: overlap.run(x, w, b, y, st, **kw), 5, 40)[0]
+            t = graph_ms(lambda: overlap.run(x, w, b, y, st, **kw))
         except Exception as exc:
             print("  ERR", kw, str(exc)[:200], flush=True)
             continue

@@ -7,22 +7,19 @@ See docs/perf-notes.md (v9 probes).
 # ruff: noqa: B023  (each timing lambda is called in the loop iteration that defines it)
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import baseline, budget_arg, graph_ms, rel_err, within_budget
 from resident_stream_kernel import resident2
 
 from ss1bench.kernels import ss1 as K
-from ss1bench.kernels.config import Problem, cdiv, resident_chunks, resident_width, resolve_launch_config
-from ss1bench.layer import SSL
-from ss1bench.timing import graph_bench_ms
+from ss1bench.kernels.config import cdiv, resident_chunks, resident_width
 from ss1bench.tuning import space
 
 torch.manual_seed(0)
-dev = "cuda"
-BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 240
+BUDGET = budget_arg()
 shapes = [(16384, 3072, 768, 16), (16384, 4096, 1024, 16), (4096, 4096, 1024, 16), (16384, 4096, 4096, 16),
           (4096, 3072, 768, 16), (16384, 768, 768, 16), (16384, 1024, 1024, 8), (16384, 1024, 4096, 4),
           (16384, 3072, 768, 8), (16384, 4096, 1024, 8), (4096, 4096, 4096, 16), (16384, 1024, 3072, 8)]
@@ -41,31 +38,15 @@ def run_res2(x, w, b, y, st, cfg):
         XSTAGES=xs, num_warps=nw, num_stages=ns)
 
 
-t0 = time.time()
-for (m, k, n, c) in shapes:
-    if time.time() - t0 > BUDGET:
-        print("budget out")
-        break
-    dt = torch.float16
-    layer = SSL(k, n, redn_factor=c).to(dev, dt)
-    st = layer.structure
+for (m, k, n, c) in within_budget(shapes, BUDGET):
+    base = baseline(m, k, n, c)
+    st, x, w, b, y, ref, ideal = base.st, base.x, base.w, base.b, base.y, base.ref, base.ideal
     width = resident_width(st.k_red)
-    x = torch.randn(m, k, device=dev, dtype=dt)
-    w, b = layer.weight.detach(), layer.bias.detach()
-    ref = torch.nn.functional.linear(x.float(), st.dense_weight(w).float(), b.float())
-    y = torch.empty(m, n, device=dev, dtype=dt)
-    dense_w = torch.randn(n, k, device=dev, dtype=dt)
-    red_w = torch.randn(n, st.k_red, device=dev, dtype=dt)
-    xr = torch.randn(m, st.k_red, device=dev, dtype=dt)
-    t_dense = graph_bench_ms(lambda: torch.nn.functional.linear(x, dense_w, b), 5, 40)[0]
-    t_red = graph_bench_ms(lambda: torch.nn.functional.linear(xr, red_w, b), 5, 40)[0]
-    floor = (m * k + n * st.k_red + m * n) * 2 / 4.2e12 * 1e3
-    ideal = max(t_red, floor)
-    prob = Problem("forward", m, k, n, c, st.block_k, st.block_n, "fp16", torch.cuda.get_device_name())
-    shipped = resolve_launch_config(prob, 232448)
-    t_ship = graph_bench_ms(lambda: K.ss1_forward(x, w, b, st, shipped, out=y), 5, 40)[0]
-    print(f"== {m}x{k}x{n} c={c} kred={st.k_red} KR={width} dense={t_dense*1e3:.1f} red={t_red*1e3:.1f} "
-          f"floor={floor*1e3:.1f} ideal={ideal*1e3:.1f} shipped={t_ship*1e3:.1f} ({space.describe(shipped)}) "
+    dense_w = torch.randn(n, k, device=x.device, dtype=x.dtype)
+    t_dense = graph_ms(lambda: torch.nn.functional.linear(x, dense_w, b))
+    shipped, t_ship = base.shipped()
+    print(f"== {m}x{k}x{n} c={c} kred={st.k_red} KR={width} dense={t_dense*1e3:.1f} red={base.t_red*1e3:.1f} "
+          f"floor={base.floor*1e3:.1f} ideal={ideal*1e3:.1f} shipped={t_ship*1e3:.1f} ({space.describe(shipped)}) "
           f"frac={ideal/t_ship:.2f}", flush=True)
     res = []
     for cfg in cfgs:
@@ -74,8 +55,8 @@ for (m, k, n, c) in shapes:
         try:
             y.fill_(float("nan"))
             run_res2(x, w, b, y, st, cfg)
-            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-            t = graph_bench_ms(lambda: run_res2(x, w, b, y, st, cfg), 5, 40)[0]
+            err = rel_err(y, ref)
+            t = graph_ms(lambda: run_res2(x, w, b, y, st, cfg))
         except Exception as exc:
             print("  ERR", cfg, str(exc)[:160], flush=True)
             continue

@@ -7,21 +7,22 @@ output of the v9 run: ``reports/H200/raw/two_stream_probe_v9.txt``.
 See docs/perf-notes.md (v9 probes).
 """
 # ruff: noqa: B023  (each timing lambda is called in the loop iteration that defines it)
+import os
 import sys
-import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import baseline, budget_arg, graph_ms, rel_err, within_budget
+
 from ss1bench.kernels import ss1 as K
-from ss1bench.kernels.config import LaunchConfig, Problem, cdiv, resolve_launch_config
+from ss1bench.kernels.config import LaunchConfig, cdiv
 from ss1bench.kernels.launch import launch as launch_kernel
-from ss1bench.layer import SSL
 from ss1bench.timing import graph_bench_ms
 from ss1bench.tuning import space
 
 torch.manual_seed(0)
-dev = "cuda"
-BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 240
+BUDGET = budget_arg()
 SIDE = torch.cuda.Stream()
 
 
@@ -32,7 +33,7 @@ def sketch_into(x, xs, st, cfg):
                   num_warps=cfg.num_warps)
 
 
-def streamed(x, wr, b, y, st, cfg, chunks, order="rows"):
+def streamed(x, wr, b, y, st, cfg, chunks):
     m = x.shape[0]
     main = torch.cuda.current_stream()
     xs = torch.empty((m, st.k_red), dtype=x.dtype, device=x.device)
@@ -62,32 +63,17 @@ shapes = [(16384, 4096, 1024, 16), (16384, 3072, 768, 4), (16384, 3072, 768, 16)
           (4096, 4096, 1024, 16), (16384, 14336, 4096, 16), (16384, 14336, 4096, 4), (16384, 4096, 4096, 4),
           (16384, 4096, 4096, 16), (4096, 4096, 4096, 8), (16384, 1024, 4096, 4), (16384, 768, 3072, 8),
           (4096, 3072, 768, 4), (16384, 4096, 1024, 8), (16384, 4096, 14336, 2), (16384, 3072, 768, 2)]
-t0 = time.time()
-for (m, k, n, c) in shapes:
-    if time.time() - t0 > BUDGET:
-        print("budget out")
-        break
-    dt = torch.float16
-    layer = SSL(k, n, redn_factor=c).to(dev, dt)
-    st = layer.structure
-    x = torch.randn(m, k, device=dev, dtype=dt)
-    w, b = layer.weight.detach(), layer.bias.detach()
+for (m, k, n, c) in within_budget(shapes, BUDGET):
+    base = baseline(m, k, n, c)
+    st, x, w, b, y, ref, ideal = base.st, base.x, base.w, base.b, base.y, base.ref, base.ideal
     wr = K.rotate_weight(w, st)
-    ref = torch.nn.functional.linear(x.float(), st.dense_weight(w).float(), b.float())
-    y = torch.empty(m, n, device=dev, dtype=dt)
-    red_w = torch.randn(n, st.k_red, device=dev, dtype=dt)
-    xr = torch.randn(m, st.k_red, device=dev, dtype=dt)
-    t_red = graph_bench_ms(lambda: torch.nn.functional.linear(xr, red_w, b), 5, 40)[0]
-    floor = (m * k + n * st.k_red + m * n) * 2 / 4.2e12 * 1e3
-    ideal = max(t_red, floor)
-    prob = Problem("forward_rotated", m, k, n, c, st.block_k, st.block_n, "fp16", torch.cuda.get_device_name())
-    shipped = resolve_launch_config(prob, 232448)
-    t_ship = graph_bench_ms(lambda: K.ss1_forward(x, w, b, st, shipped, out=y, rotated_weight=wr), 5, 40)[0]
+    shipped, t_ship = base.shipped("forward_rotated", rotated_weight=wr)
     cfg = shipped if shipped.algorithm == "sketch_gemm" else LaunchConfig(16, 64, 128, 4, 1, algorithm="sketch_gemm")
-    xs1 = torch.empty((m, st.k_red), device=dev, dtype=dt)
-    t_sk = graph_bench_ms(lambda: sketch_into(x, xs1, st, cfg), 5, 40)[0]
-    t_plain = graph_bench_ms(lambda: plain(x, wr, b, y, st, cfg), 5, 40)[0]
-    line = (f"== {m}x{k}x{n} c={c} kred={st.k_red} red={t_red*1e3:.1f} floor={floor*1e3:.1f} ideal={ideal*1e3:.1f} "
+    xs1 = torch.empty((m, st.k_red), device=x.device, dtype=x.dtype)
+    t_sk = graph_ms(lambda: sketch_into(x, xs1, st, cfg))
+    t_plain = graph_ms(lambda: plain(x, wr, b, y, st, cfg))
+    line = (f"== {m}x{k}x{n} c={c} kred={st.k_red} red={base.t_red*1e3:.1f} floor={base.floor*1e3:.1f} "
+            f"ideal={ideal*1e3:.1f} "
             f"cached-shipped={t_ship*1e3:.1f} ({space.describe(shipped)}) sketch-alone={t_sk*1e3:.1f} "
             f"plain={t_plain*1e3:.1f}")
     print(line, flush=True)
@@ -96,7 +82,7 @@ for (m, k, n, c) in shapes:
         y.fill_(float("nan"))
         streamed(x, wr, b, y, st, cfg, chunks)
         torch.cuda.synchronize()
-        err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+        err = rel_err(y, ref)
         t, graphed = graph_bench_ms(lambda: streamed(x, wr, b, y, st, cfg, chunks), 5, 40)
         print(f"  streamed chunks={chunks}: {t*1e3:7.1f} us (graph={graphed}) frac={ideal/t:.2f} err={err:.1e}",
               flush=True)
