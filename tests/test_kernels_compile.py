@@ -17,12 +17,13 @@ import pytest
 import triton
 
 from ss1bench.kernels import ss1 as kernels
+from ss1bench.tuning.gpu import KNOWN_SHARED_MEMORY
 
 SCRIPT = Path(__file__).with_name("compile_kernels.py")
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
-#: Opt-in shared memory per block of the H100/H200.
-SM90_SHARED_MEMORY = 232448
+#: Opt-in shared memory per block of the H100/H200 (sm_90, the target compiled for).
+SM90_SHARED_MEMORY = KNOWN_SHARED_MEMORY["H200"]
 
 
 @pytest.fixture(scope="module")

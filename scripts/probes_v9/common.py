@@ -17,13 +17,14 @@ from ss1bench.kernels.config import LaunchConfig, Problem, resolve_launch_config
 from ss1bench.layer import SSL
 from ss1bench.structure import SS1Structure
 from ss1bench.timing import graph_bench_ms
+from ss1bench.tuning.gpu import KNOWN_SHARED_MEMORY
 
 DEVICE = "cuda"
 DTYPE = torch.float16
 #: Bytes/s for the memory floor: the H200's measured copy rate (read + write), as in the benches.
 FLOOR_BANDWIDTH = 4.2e12
 #: Opt-in shared memory per block of the H100/H200.
-SHARED_MEMORY = 232448
+SHARED_MEMORY = KNOWN_SHARED_MEMORY["H200"]
 
 
 def budget_arg(default: float = 240) -> float:
