@@ -1,44 +1,107 @@
-"""Host time of one eager SSL forward (no grad) on the GPU, and where it goes (cProfile).
+"""Host time of one eager SSL forward on the GPU, taken apart (run on the GPU host).
 
-    python scripts/host_profile.py
+    python scripts/host_profile.py [--profile]
 
-Prints, for a 768 -> 3072 layer at c = 4 and M = 1 (fused kernel) and M = 8192 (sketch + cuBLAS):
-host microseconds per call (launch loop without synchronizing), wall microseconds per call, and
-the ten functions with the most own time.
+For a 768 -> 3072 layer at c = 4 (fp16; M = 1 and M = 128), prints host microseconds per call
+(a launch loop without synchronizing, GPU work negligible) of the pieces an SSL call is made of:
+``torch.empty``, ``F.linear``, ``torch.addmm``, one Triton launch through ``kernel[grid]`` and
+through the direct path (``kernels/launch.py``), ``ss1_forward`` with a pinned config, and the
+whole ``SSL`` call (no grad, cached rotated weight, and with autograd). ``--profile``: also the
+20 functions with the most own time (cProfile) in the SSL call at M = 1 and M = 128.
 """
 
 import cProfile
+import os
 import pstats
+import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from ss1bench import SSL
+from ss1bench.kernels import launch as direct
+from ss1bench.kernels import ss1 as kernels
+
+CALLS = 3000
+
+
+def host_us(fn, calls: int = CALLS) -> float:
+    """Median over 5 rounds of host microseconds per call (no sync inside a round)."""
+    rounds = []
+    for _ in range(5):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return sorted(rounds)[2]
 
 
 def main() -> None:
-    for m in (1, 8192):
-        layer = SSL(768, 3072, redn_factor=4, seed=1, device="cuda", dtype=torch.float16)
-        x = torch.randn(m, 768, device="cuda", dtype=torch.float16)
+    dtype = torch.float16
+    layer = SSL(768, 3072, redn_factor=4, seed=1, device="cuda", dtype=dtype)
+    s, w, b = layer.structure, layer.weight.detach(), layer.bias.detach()
+    x1 = torch.randn(1, 768, device="cuda", dtype=dtype)
+    x128 = torch.randn(128, 768, device="cuda", dtype=dtype)
+    wd = torch.randn(3072, 768, device="cuda", dtype=dtype)
+    xs = torch.randn(128, s.k_red, device="cuda", dtype=dtype)
+    wr = torch.randn(3072, s.k_red, device="cuda", dtype=dtype)
+    y128 = torch.empty(128, 3072, device="cuda", dtype=dtype)
+    part = torch.randn(2, 1, 3072, device="cuda", dtype=torch.float32)
+    y1 = torch.empty(1, 3072, device="cuda", dtype=dtype)
+
+    def triton_launch():
+        kernels.launch_kernel(kernels._split_k_sum_kernel, (3,), part, b, y1, 1, 3072, 3072,
+                              SPLIT=2, HAS_BIAS=True, BLOCK=1024, num_warps=4)
+
+    def raw_triton():
+        kernels._split_k_sum_kernel[(3,)](part, b, y1, 1, 3072, 3072, SPLIT=2, HAS_BIAS=True, BLOCK=1024,
+                                          num_warps=4)
+
+    stream = torch.cuda.current_stream()
+    rows = {}
+    with torch.no_grad():
+        rows["torch.empty (1, 3072)"] = host_us(lambda: torch.empty((1, 3072), dtype=dtype, device="cuda"))
+        rows["torch.cuda.current_stream().cuda_stream"] = host_us(lambda: torch.cuda.current_stream().cuda_stream)
+        rows["stream.cuda_stream (held stream)"] = host_us(lambda: stream.cuda_stream)
+        rows["F.linear M=1"] = host_us(lambda: F.linear(x1, wd, b))
+        rows["F.linear M=128"] = host_us(lambda: F.linear(x128, wd, b))
+        rows["torch.addmm(out=) M=128 K_red"] = host_us(lambda: torch.addmm(b, xs, wr.t(), out=y128))
+        rows["triton kernel[grid] (split-K sum, 10 args)"] = host_us(raw_triton)
+        for setting in ("0", "1"):
+            os.environ["SS1BENCH_DIRECT_LAUNCH"] = setting
+            direct.clear()
+            tag = "direct" if setting == "1" else "kernel[grid]"
+            rows[f"launch_kernel ({tag})"] = host_us(triton_launch)
+            for m, x in ((1, x1), (128, x128)):
+                rows[f"ss1_forward M={m} ({tag})"] = host_us(lambda x=x: kernels.ss1_forward(x, w, b, s))
+                rows[f"SSL no grad M={m} ({tag})"] = host_us(lambda x=x: layer(x))
+        os.environ["SS1BENCH_DIRECT_LAUNCH"] = "0"
+        layer.cache_rotated_weight()
+        for m, x in ((1, x1), (128, x128)):
+            rows[f"SSL no grad cached M={m}"] = host_us(lambda x=x: layer(x))
+        layer.cache_rotated_weight(False)
+    for m, x in ((1, x1), (128, x128)):
+        rows[f"SSL with autograd (fwd only) M={m}"] = host_us(lambda x=x: layer(x))
+    print(f"torch {torch.__version__}; host us/call, median of 5 rounds of {CALLS} calls")
+    for name, us in rows.items():
+        print(f"  {name:48s} {us:7.1f}")
+
+    if "--profile" in sys.argv:
         with torch.no_grad():
-            for _ in range(20):
-                layer(x)
-            torch.cuda.synchronize()
-            calls = 300
-            start = time.perf_counter()
-            for _ in range(calls):
-                layer(x)
-            host = (time.perf_counter() - start) / calls * 1e6
-            torch.cuda.synchronize()
-            wall = (time.perf_counter() - start) / calls * 1e6
-            print(f"M={m}: host {host:.0f} us/call, wall {wall:.0f} us/call", flush=True)
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(200):
-                layer(x)
-            profiler.disable()
-            torch.cuda.synchronize()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(10)
+            for m, x in ((1, x1), (128, x128)):
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(2000):
+                    layer(x)
+                profiler.disable()
+                torch.cuda.synchronize()
+                print(f"== cProfile, SSL no grad, M={m}, 2000 calls")
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
 
 if __name__ == "__main__":
