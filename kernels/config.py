@@ -148,11 +148,15 @@ _resolved: dict[tuple[Problem, int], LaunchConfig] = {}
 #: The launchers' own cache of resolved configs under a plain-tuple key (building a Problem and
 #: hashing it costs microseconds per launch); cleared together with ``_resolved``.
 launch_config_cache: dict[tuple, LaunchConfig] = {}
+#: Forward plans (``kernels.ss1``): the recorded launches of one eager forward per key; they hold
+#: resolved configs, so they are cleared together with ``_resolved`` too.
+forward_plans: dict[tuple, object] = {}
 
 
 def _forget_resolved() -> None:
     _resolved.clear()
     launch_config_cache.clear()
+    forward_plans.clear()
 
 
 def invalidate_config_cache() -> None:

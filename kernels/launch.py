@@ -32,6 +32,7 @@ import os
 from typing import Any
 
 import torch
+import triton
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -119,7 +120,11 @@ def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, d
 
 
 def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """``kernel[grid](*args, **kwargs)``, through the cached binary when there is one."""
+    """``kernel[grid](*args, **kwargs)``, through the cached binary when there is one (and
+    recorded, under :func:`record`)."""
+    if _RECORDING is not None:
+        _record(kernel, grid, args, kwargs, kernel[grid](*args, **kwargs))
+        return
     # "run" set on the instance: someone intercepts launches (the tuner's compile capture)
     if not enabled() or "run" in getattr(kernel, "__dict__", {}):
         kernel[grid](*args, **kwargs)
@@ -140,15 +145,126 @@ def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
     except KeyError:  # a parameter left to its default: let Triton bind it
         kernel[grid](*args, **kwargs)
         return
-    key = specialization_key(info, values, num_warps, num_stages, torch.cuda.current_device())
+    key = specialization_key(info, values, num_warps, num_stages, current_device())
     binary = info.binaries.get(key) if key is not None else None
     if binary is None:
         compiled = kernel[grid](*args, **kwargs)
-        if key is not None and hasattr(compiled, "function") and hasattr(compiled, "__getitem__"):
+        if key is not None and _launchable(compiled):
             info.binaries[key] = compiled
         return
-    grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-    binary[grid3](*values, stream=torch.cuda.current_stream().cuda_stream)
+    run_binary(binary, _grid3(grid), values)
+
+
+def _launchable(binary) -> bool:
+    """``binary`` is a compiled kernel :func:`run_binary` can launch (not None, as the
+    interpreter's launches return)."""
+    return binary is not None and all(hasattr(binary, name) for name in ("run", "function", "packed_metadata"))
+
+
+def _grid3(grid: tuple[int, ...]) -> tuple[int, int, int]:
+    return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
+
+def _no_launch_hooks() -> bool:
+    """No launch hooks are installed (a profiler such as proton installs them): launches may then
+    skip building Triton's launch metadata."""
+    runtime = triton.knobs.runtime
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        # Triton 3.6+: a HookChain, empty when unused; elsewhere None or a callable
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
+
+
+def run_binary(binary, grid3: tuple[int, int, int], values) -> None:
+    """Launch a compiled kernel (what ``kernel[grid]`` returned) with every parameter's value in
+    parameter order, on the current CUDA stream, through its C launcher: what Triton's own launch
+    does once it has found the binary."""
+    device = current_device()
+    stream = _current_raw_stream(device)
+    if _no_launch_hooks():
+        binary.run(*grid3, stream, binary.function, binary.packed_metadata, None, None, None, *values)
+        return
+    binary[grid3](*values, stream=stream)
+
+
+def current_device() -> int:
+    """The current CUDA device's index."""
+    return torch.cuda.current_device()
+
+
+def _current_raw_stream(device: int) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+try:  # the C entry points torch.cuda's functions wrap (what Triton's launcher calls too)
+    from torch._C import _cuda_getCurrentRawStream as _current_raw_stream
+    from torch._C import _cuda_getDevice as current_device
+except ImportError:  # a torch built without CUDA: launches never happen
+    pass
+
+
+# ---- recorded launches --------------------------------------------------------------------------
+
+
+class RecordedLaunch:
+    """One launch made under :func:`record`, replayable with new tensors in its leading
+    parameters (every other argument, the grid and the compile options fixed).
+
+    ``binary`` is the compiled kernel Triton picked for the recorded arguments; a replay runs it
+    directly. Valid only while the replayed tensors specialize like the recorded ones (same dtype,
+    same 16-byte alignment): the caller's key guarantees that. Without a binary (Triton's
+    interpreter) a replay goes through ``kernel[grid]``.
+    """
+
+    __slots__ = ("binary", "grid", "kernel", "options", "tail", "tensors")
+
+    def __init__(self, kernel, grid: tuple[int, ...], values: list, options: dict, binary) -> None:
+        tensors = 0
+        while tensors < len(values) and isinstance(values[tensors], torch.Tensor):
+            tensors += 1
+        self.kernel, self.grid, self.options = kernel, _grid3(grid), options
+        self.tensors, self.tail = tensors, tuple(values[tensors:])
+        self.binary = binary if _launchable(binary) else None
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        if self.binary is not None:
+            run_binary(self.binary, self.grid, (*tensors, *self.tail))
+        else:
+            self.kernel[self.grid](*tensors, *self.tail, **self.options)
+
+
+_RECORDING: list | None = None
+
+
+class record:
+    """``with record() as launches:``: every :func:`launch` inside also appends a
+    :class:`RecordedLaunch` to ``launches`` (the list stays empty for launches that could not be
+    recorded: arguments left to their defaults)."""
+
+    def __enter__(self) -> list:
+        global _RECORDING
+        self.previous, self.launches = _RECORDING, []
+        _RECORDING = self.launches
+        return self.launches
+
+    def __exit__(self, *exc) -> None:
+        global _RECORDING
+        _RECORDING = self.previous
+
+
+def _record(kernel, grid, args, kwargs, binary) -> None:
+    names = getattr(kernel, "arg_names", None)
+    if names is None:
+        _RECORDING.append(None)
+        return
+    try:
+        values = [*args, *[kwargs[name] for name in names[len(args):]]]
+    except KeyError:  # a parameter left to its default
+        _RECORDING.append(None)
+        return
+    options = {key: value for key, value in kwargs.items() if key not in names}
+    _RECORDING.append(RecordedLaunch(kernel, grid, values, options, binary))
 
 
 def clear() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 
 import torch
 import triton
@@ -36,13 +37,14 @@ from .config import (
     LaunchConfig,
     Problem,
     cdiv,
+    forward_plans,
     launch_config_cache,
     resident_chunks,
     resident_width,
     resolve_launch_config,
     shrink_config,
 )
-from .launch import interpreting
+from .launch import current_device, interpreting, record
 from .launch import launch as launch_kernel
 
 logger = logging.getLogger(__name__)
@@ -678,12 +680,23 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     by it instead of rotating the weight on every call, and the launch config is the
     ``"forward_rotated"`` kind's. The other algorithms read ``weight`` as always.
     """
+    plan_key = None
+    if config is None and out is None and FAST_PATH:
+        plan_key = forward_plan_key(x, weight, bias, structure, rotated_weight)
+        plan = forward_plans.get(plan_key)
+        if plan is not None:
+            return plan(x, weight, bias, rotated_weight)
+        plan_key = plan_key if x.dim() == 2 else None
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     m, k = x.shape
     n, k_red = structure.weight_shape
     dtype_name(x.dtype)
     _check_device(x.device)
+    # a plan passes the caller's tensors as they are: only where the checks below copy none
+    if plan_key is not None and not (x.stride(-1) == 1 and weight.stride(-1) == 1
+                                     and (bias is None or bias.stride(-1) == 1)):
+        plan_key = None
     if k != structure.in_features:
         raise ValueError(f"x has {k} features but the layer expects in_features={structure.in_features}")
     _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
@@ -697,7 +710,17 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return y
     x, weight = _row_major(x), _row_major(weight)
 
+    recorded: list = []
+
     def launch(cfg: LaunchConfig) -> None:
+        if plan_key is not None:  # keep the launches of the attempt that succeeds
+            with record() as launches:
+                run(cfg)
+            recorded[:] = [cfg, launches]
+        else:
+            run(cfg)
+
+    def run(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "resident":
             _resident_forward(x, weight, bias, y, structure, cfg)
             return
@@ -743,7 +766,103 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
     kind = "forward" if rotated_weight is None else "forward_rotated"
     _launch(kind, m, structure, x.dtype, x.device, config, launch)
+    if recorded:
+        plan = _forward_plan(recorded[0], recorded[1], m, n, k_red)
+        if plan is not None:
+            if len(forward_plans) >= LAUNCH_CACHE_SIZE:
+                forward_plans.clear()
+            forward_plans[plan_key] = plan
     return y
+
+
+# ---- forward plans: the eager forward's host path after the first call --------------------------
+
+#: Whether ``ss1_forward`` keeps and replays forward plans (``SS1BENCH_FAST_PATH=0``: never).
+FAST_PATH = os.environ.get("SS1BENCH_FAST_PATH", "1") not in ("", "0")
+
+
+def _tensor_key(tensor: torch.Tensor | None) -> tuple | None:
+    if tensor is None:
+        return None
+    return (tensor.shape, tensor.stride(), tensor.dtype, tensor.device, tensor.data_ptr() % 16)
+
+
+def forward_plan_key(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure,
+                     rotated_weight: torch.Tensor | None) -> tuple:
+    """Everything that decides the launches of :func:`ss1_forward` (default config, new output):
+    each tensor's shape, strides, dtype, device and pointer alignment (Triton specializes on
+    16-byte alignment), the structure, the current CUDA device and, for float32, whether TF32 is
+    allowed. Inputs with the same key passed the same checks and launch the same binaries."""
+    device = current_device() if x.is_cuda else -1
+    tf32 = x.dtype is torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return (structure.key, device, tf32, _tensor_key(x), _tensor_key(weight), _tensor_key(bias),
+            _tensor_key(rotated_weight))
+
+
+def forward_with_plan(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure,
+                      rotated_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``ss1_forward(x, weight, bias, structure, rotated_weight=rotated_weight)`` if a plan for
+    these inputs is kept (an earlier call with the same key checked them), else None."""
+    if not FAST_PATH:
+        return None
+    plan = forward_plans.get(forward_plan_key(x, weight, bias, structure, rotated_weight))
+    return None if plan is None else plan(x, weight, bias, rotated_weight)
+
+
+def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
+    """The function that repeats the recorded launches of one forward for new tensors of the same
+    key: each algorithm's intermediates allocated as the first call did, its kernels run through
+    their recorded binaries, its cuBLAS product called as before. None where the recording is not
+    what the algorithm launches (a launch that could not be recorded)."""
+    if any(launch is None for launch in launches):
+        return None
+    counts = [launch.tensors for launch in launches]
+    algorithm, split = cfg.algorithm, cfg.split_k
+
+    if algorithm in ("gemv", "resident") and counts == [4]:
+        (kernel,) = launches
+
+        def plan(x, weight, bias, rotated_weight):
+            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            kernel(x, weight, y if bias is None else bias, y)
+            return y
+    elif algorithm == "fused" and split == 1 and counts == [5]:
+        (kernel,) = launches
+
+        def plan(x, weight, bias, rotated_weight):
+            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            kernel(x, weight, y if bias is None else bias, y, y)
+            return y
+    elif algorithm == "fused" and counts == [5, 3]:
+        kernel, epilogue = launches
+
+        def plan(x, weight, bias, rotated_weight):
+            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+            bias_or_y = y if bias is None else bias
+            kernel(x, weight, bias_or_y, y, partial)
+            epilogue(partial, bias_or_y, y)
+            return y
+    elif algorithm == "sketch_gemm" and counts in ([2], [4]):
+        (kernel,) = launches
+        rotates = counts == [4]
+
+        def plan(x, weight, bias, rotated_weight):
+            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            xs = torch.empty((m, k_red), dtype=x.dtype, device=x.device)
+            if rotates:
+                rotated_weight = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device)
+                kernel(x, xs, weight, rotated_weight)
+            else:
+                kernel(x, xs)
+            if bias is None:
+                torch.mm(xs, rotated_weight.t(), out=y)
+            else:
+                torch.addmm(bias, xs, rotated_weight.t(), out=y)
+            return y
+    else:
+        return None
+    return plan
 
 
 def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,

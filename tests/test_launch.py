@@ -16,15 +16,19 @@ class FakeParam(SimpleNamespace):
 
 
 class FakeBinary:
+    """What ``kernel[grid]`` returns: its C launcher is ``run``."""
+
     function = object()
+    packed_metadata = object()
 
     def __init__(self, launches: list) -> None:
         self.launches = launches
 
-    def __getitem__(self, grid):
-        def runner(*args, stream=None):
-            self.launches.append(("direct", grid, args, stream))
-        return runner
+    def run(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook,
+            exit_hook, *args):
+        assert function is self.function and packed_metadata is self.packed_metadata
+        assert launch_metadata is None and enter_hook is None and exit_hook is None  # no hooks installed
+        self.launches.append(("direct", (grid_x, grid_y, grid_z), args, stream))
 
 
 PARAMS = (FakeParam(name="x", is_constexpr=False, do_not_specialize=False),
@@ -52,8 +56,8 @@ class FakeKernel:
 def kernel(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", "1")
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(cuda_stream=1234))
+    monkeypatch.setattr(direct, "current_device", lambda: 0)
+    monkeypatch.setattr(direct, "_current_raw_stream", lambda device: 1234)
     direct.clear()
     yield FakeKernel()
     direct.clear()
