@@ -5,9 +5,10 @@
 For a 768 -> 3072 layer at c = 4 (fp16; M = 1 and M = 128), prints host microseconds per call
 (a launch loop without synchronizing, GPU work negligible) of the pieces an SSL call is made of:
 ``torch.empty``, ``F.linear``, ``torch.addmm``, one Triton launch through ``kernel[grid]`` and
-through the direct path (``kernels/launch.py``), ``ss1_forward`` with a pinned config, and the
-whole ``SSL`` call (no grad, cached rotated weight, and with autograd). ``--profile``: also the
-20 functions with the most own time (cProfile) in the SSL call at M = 1 and M = 128.
+through the direct path (``kernels/launch.py``), then ``ss1_forward`` and the whole ``SSL`` call
+(no grad, cached rotated weight, with autograd), each without and with forward plans (the eager
+fast path of ``kernels/ss1.py``). ``--profile``: also the 20 functions with the most own time
+(cProfile) in the SSL call at M = 1 and M = 128, plans on.
 """
 
 import cProfile
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from ss1bench import SSL
 from ss1bench.kernels import launch as direct
 from ss1bench.kernels import ss1 as kernels
+from ss1bench.kernels.config import invalidate_config_cache
 
 CALLS = 3000
 
@@ -72,21 +74,25 @@ def main() -> None:
         rows["F.linear M=128"] = host_us(lambda: F.linear(x128, wd, b))
         rows["torch.addmm(out=) M=128 K_red"] = host_us(lambda: torch.addmm(b, xs, wr.t(), out=y128))
         rows["triton kernel[grid] (split-K sum, 10 args)"] = host_us(raw_triton)
-        for setting in ("0", "1"):
-            os.environ["SS1BENCH_DIRECT_LAUNCH"] = setting
-            direct.clear()
-            tag = "direct" if setting == "1" else "kernel[grid]"
-            rows[f"launch_kernel ({tag})"] = host_us(triton_launch)
+        os.environ["SS1BENCH_DIRECT_LAUNCH"] = "1"
+        direct.clear()
+        rows["launch_kernel (direct path)"] = host_us(triton_launch)
+        os.environ["SS1BENCH_DIRECT_LAUNCH"] = "0"
+        rows["launch_kernel (kernel[grid])"] = host_us(triton_launch)
+    for fast in (False, True):
+        kernels.FAST_PATH = fast
+        invalidate_config_cache()
+        tag = "plans" if fast else "no plans"
+        with torch.no_grad():
             for m, x in ((1, x1), (128, x128)):
                 rows[f"ss1_forward M={m} ({tag})"] = host_us(lambda x=x: kernels.ss1_forward(x, w, b, s))
                 rows[f"SSL no grad M={m} ({tag})"] = host_us(lambda x=x: layer(x))
-        os.environ["SS1BENCH_DIRECT_LAUNCH"] = "0"
-        layer.cache_rotated_weight()
+            layer.cache_rotated_weight()
+            for m, x in ((1, x1), (128, x128)):
+                rows[f"SSL no grad, cached M={m} ({tag})"] = host_us(lambda x=x: layer(x))
+            layer.cache_rotated_weight(False)
         for m, x in ((1, x1), (128, x128)):
-            rows[f"SSL no grad cached M={m}"] = host_us(lambda x=x: layer(x))
-        layer.cache_rotated_weight(False)
-    for m, x in ((1, x1), (128, x128)):
-        rows[f"SSL with autograd (fwd only) M={m}"] = host_us(lambda x=x: layer(x))
+            rows[f"SSL with autograd (fwd only) M={m} ({tag})"] = host_us(lambda x=x: layer(x))
     print(f"torch {torch.__version__}; host us/call, median of 5 rounds of {CALLS} calls")
     for name, us in rows.items():
         print(f"  {name:48s} {us:7.1f}")

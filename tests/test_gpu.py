@@ -266,3 +266,53 @@ def test_direct_launch_path_matches_triton_launches_and_respects_alignment(monke
             results[(setting, name)] = y
     for name in ("aligned", "misaligned"):
         assert torch.equal(results[("0", name)], results[("1", name)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("variant", list(FORWARD_CONFIGS))
+def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
+    """The eager fast path (kernels/ss1.py forward plans): the first call per key records, later
+    calls run the recorded binaries through their C launchers. Replays on new inputs, aligned and
+    misaligned, with and without bias, with the rotated weight, and inside a CUDA graph must all
+    match the reference; every intermediate starts as NaN; no replay may take the normal path."""
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import forward_plans, invalidate_config_cache, override_launch_config
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(kernels, "FAST_PATH", True)
+    device, (k, n, c) = "cuda", (1000, 1100, 8)
+    generator = torch.Generator(device=device).manual_seed(11)
+    structure = SS1Structure(k, n, c, seed=5, block_k=default_block_k(k, c), block_n=128)
+    weight = ((torch.rand(structure.weight_shape, generator=generator, device=device) * 2 - 1) / k**0.5).to(dtype)
+    bias = torch.randn(n, generator=generator, device=device).to(dtype)
+    rotated = kernels.rotate_weight(weight, structure)
+    m = FORWARD_CONFIGS[variant].tile_m * 3 + 1
+    flat = torch.randn(2 * m * k + 1, generator=generator, device=device).to(dtype)
+    inputs = {"aligned": flat[:m * k].view(m, k), "misaligned": flat[m * k + 1:].view(m, k)}
+    invalidate_config_cache()
+    with override_launch_config(FORWARD_CONFIGS[variant], kinds=("forward", "forward_rotated")):
+        cases = [(name, x, b, r) for name, x in inputs.items() for b in (bias, None) for r in (None, rotated)]
+        for _name, x, b, r in cases:  # record
+            kernels.ss1_forward(x, weight, b, structure, rotated_weight=r)
+        assert len(forward_plans) == len(cases)
+        real_launch = kernels._launch
+        monkeypatch.setattr(kernels, "_launch", lambda *a: pytest.fail(f"{variant}: a replay took the normal path"))
+        for name, x, b, r in cases:
+            x.copy_(torch.randn(x.shape, generator=generator, device=device).to(dtype))  # new values
+            y = kernels.ss1_forward(x, weight, b, structure, rotated_weight=r)
+            y_ref = reference.ss1_forward_reference(x.double(), weight.double(),
+                                                    None if b is None else b.double(), structure)
+            tag = f"{variant} {name} bias={b is not None} rotated={r is not None}"
+            _record(f"forward plan[{variant}]", (m, k, n), c, dtype, _rel(y, y_ref))
+            assert_close(tag, y, y_ref, TOLERANCE[dtype])
+        x = inputs["aligned"]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = kernels.ss1_forward(x, weight, bias, structure)
+        x.copy_(torch.randn(x.shape, generator=generator, device=device).to(dtype))
+        graph.replay()
+        y_ref = reference.ss1_forward_reference(x.double(), weight.double(), bias.double(), structure)
+        assert_close(f"{variant} graph replay", y, y_ref, TOLERANCE[dtype])
+        monkeypatch.setattr(kernels, "_launch", real_launch)
+    invalidate_config_cache()
