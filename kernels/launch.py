@@ -29,6 +29,7 @@ this path and 48 us through ``kernel[grid]``, whose launcher got cheaper than
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
@@ -122,7 +123,7 @@ def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, d
 def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, through the cached binary when there is one (and
     recorded, under :func:`record`)."""
-    if _RECORDING is not None:
+    if _RECORDING.launches is not None:
         _record(kernel, grid, args, kwargs, kernel[grid](*args, **kwargs))
         return
     # "run" set on the instance: someone intercepts launches (the tuner's compile capture)
@@ -211,10 +212,12 @@ class RecordedLaunch:
     """One launch made under :func:`record`, replayable with new tensors in its leading
     parameters (every other argument, the grid and the compile options fixed).
 
-    ``binary`` is the compiled kernel Triton picked for the recorded arguments; a replay runs it
-    directly. Valid only while the replayed tensors specialize like the recorded ones (same dtype,
-    same 16-byte alignment): the caller's key guarantees that. Without a binary (Triton's
-    interpreter) a replay goes through ``kernel[grid]``.
+    ``tensors`` is how many leading parameters a replay passes (-1: a tensor also sits among the
+    fixed arguments, so the launch is not replayable). ``binary`` is the compiled kernel Triton
+    picked for the recorded arguments; a replay runs it directly. Valid only while the replayed
+    tensors specialize like the recorded ones (same dtype, same 16-byte alignment): the caller's
+    key guarantees that. Without a binary (Triton's interpreter) a replay goes through
+    ``kernel[grid]``.
     """
 
     __slots__ = ("binary", "grid", "kernel", "options", "tail", "tensors")
@@ -225,6 +228,8 @@ class RecordedLaunch:
             tensors += 1
         self.kernel, self.grid, self.options = kernel, _grid3(grid), options
         self.tensors, self.tail = tensors, tuple(values[tensors:])
+        if any(isinstance(value, torch.Tensor) for value in self.tail):
+            self.tensors = -1  # a tensor after the leading ones would be replayed stale: unusable
         self.binary = binary if _launchable(binary) else None
 
     def __call__(self, *tensors: torch.Tensor) -> None:
@@ -234,37 +239,40 @@ class RecordedLaunch:
             self.kernel[self.grid](*tensors, *self.tail, **self.options)
 
 
-_RECORDING: list | None = None
+class _Recording(threading.local):
+    launches: list | None = None  # per thread: another thread's launches never land in a recording
+
+
+_RECORDING = _Recording()
 
 
 class record:
-    """``with record() as launches:``: every :func:`launch` inside also appends a
-    :class:`RecordedLaunch` to ``launches`` (the list stays empty for launches that could not be
-    recorded: arguments left to their defaults)."""
+    """``with record() as launches:``: every :func:`launch` this thread makes inside also appends
+    a :class:`RecordedLaunch` to ``launches`` (None for a launch that could not be recorded: an
+    argument left to its default)."""
 
     def __enter__(self) -> list:
-        global _RECORDING
-        self.previous, self.launches = _RECORDING, []
-        _RECORDING = self.launches
+        self.previous, self.launches = _RECORDING.launches, []
+        _RECORDING.launches = self.launches
         return self.launches
 
     def __exit__(self, *exc) -> None:
-        global _RECORDING
-        _RECORDING = self.previous
+        _RECORDING.launches = self.previous
 
 
 def _record(kernel, grid, args, kwargs, binary) -> None:
+    launches = _RECORDING.launches
     names = getattr(kernel, "arg_names", None)
     if names is None:
-        _RECORDING.append(None)
+        launches.append(None)
         return
     try:
         values = [*args, *[kwargs[name] for name in names[len(args):]]]
     except KeyError:  # a parameter left to its default
-        _RECORDING.append(None)
+        launches.append(None)
         return
     options = {key: value for key, value in kwargs.items() if key not in names}
-    _RECORDING.append(RecordedLaunch(kernel, grid, values, options, binary))
+    launches.append(RecordedLaunch(kernel, grid, values, options, binary))
 
 
 def clear() -> None:

@@ -213,16 +213,18 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     compiling = torch.compiler.is_compiling()
-    if not compiling and x.is_cuda and x.dim() == 2:
+    if not compiling and x.is_cuda and x.dim() >= 2:
         # the eager inference path's host cost: inputs whose key an earlier call checked
         try:
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                       or (bias is not None and bias.requires_grad))
-            y = None if needs_grad else _kernels().forward_with_plan(x, weight, bias, structure, rotated_weight)
+            if not needs_grad:
+                x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+                y = _kernels().forward_with_plan(x2d, weight, bias, structure, rotated_weight)
+                if y is not None:
+                    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
         except AttributeError:  # not tensors: the checks below say what is wrong
-            y = None
-        if y is not None:
-            return y
+            pass
     if x.dim() == 0 or x.shape[-1] != structure.in_features:
         raise ValueError(
             f"x must have shape (..., {structure.in_features}) for in_features={structure.in_features}, "

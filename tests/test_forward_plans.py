@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TOLERANCE, assert_close, randn
 
-from ss1bench import SSL, reference
+from ss1bench import SSL, ops, reference
 from ss1bench.kernels import ss1 as kernels
 from ss1bench.kernels.config import LaunchConfig, forward_plans, invalidate_config_cache, override_launch_config
 from ss1bench.structure import SS1Structure
@@ -194,18 +194,20 @@ def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch)
     that needs gradients goes through autograd (its forward may replay) and still gets them."""
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the GPU-only entry
     monkeypatch.setattr(kernels, "current_device", lambda: 0)
-    monkeypatch.setattr("ss1bench.ops._use_kernels", lambda tensor: True)
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
     layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
     x = torch.randn(19, 200)
     dense = layer.dense_weight().detach().double()
     with torch.no_grad():
         layer(x)
         calls = []
-        real_check = kernels._check_tensor
-        monkeypatch.setattr(kernels, "_check_tensor", lambda *args: calls.append(args) or real_check(*args))
+        real_forward = ops._forward_impl
+        monkeypatch.setattr(ops, "_forward_impl", lambda *args: calls.append(args) or real_forward(*args))
         y = layer(x)
-    assert calls == []  # replayed: no checks ran
+        y3 = layer(x.view(1, 19, 200))  # a leading batch dim: flattened, the same key
+    assert calls == []  # both replayed before ss1_linear's checks
     assert_close("no grad", y, x.double() @ dense.T + layer.bias.double(), TOLERANCE[torch.float32])
+    assert y3.shape == (1, 19, 40) and torch.equal(y3[0], y)
     xg = x.clone().requires_grad_()
     layer(xg).sum().backward()
     assert xg.grad is not None and layer.weight.grad is not None

@@ -162,3 +162,46 @@ def test_inline_key_entries_equal_spec():
                 for entry in direct.spec(value, off)]
     assert key == (0, 4, 2, *expected)
     assert len(set(key[3:7])) == 4  # 1, unspecialized 7, 32 and a 64-bit value key differently
+
+
+# ---- recorded launches (the forward plans' building block) ---------------------------------------
+
+
+def test_a_recorded_launch_replays_its_binary_with_new_leading_tensors(kernel):
+    kernel.arg_names = [p.name for p in PARAMS]
+    x, y = torch.zeros(64), torch.ones(64)
+    with direct.record() as launches:
+        direct.launch(kernel, (4, 2), x, 32, seed=5, BLOCK=16, num_warps=4)
+    (recorded,) = launches
+    assert paths(kernel) == ["triton"]  # recording launches the normal way
+    assert recorded.tensors == 1 and recorded.tail == (32, 5, 16) and recorded.grid == (4, 2, 1)
+    recorded(y)
+    assert paths(kernel) == ["triton", "direct"]
+    _, grid, args, stream = kernel.launches[1]
+    assert grid == (4, 2, 1) and stream == 1234 and args[0] is y and args[1:] == (32, 5, 16)
+
+
+def test_recording_sees_only_its_own_thread_and_block(kernel):
+    import threading
+
+    kernel.arg_names = [p.name for p in PARAMS]
+    x = torch.zeros(64)
+    with direct.record() as launches:
+        other = threading.Thread(target=lambda: direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16))
+        other.start()
+        other.join()
+        assert launches == []  # the other thread's launch is not this recording's
+        with direct.record() as inner:
+            direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+        assert len(inner) == 1 and launches == []
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    assert len(launches) == 0 and len(inner) == 1
+
+
+def test_launches_that_cannot_be_replayed_are_marked(kernel):
+    kernel.arg_names = [p.name for p in PARAMS]
+    x = torch.zeros(64)
+    with direct.record() as launches:
+        direct.launch(kernel, (1,), x, 32, seed=5)  # BLOCK left to its default: not recorded
+        direct.launch(kernel, (1,), x, 32, seed=x, BLOCK=16)  # a tensor among the fixed arguments
+    assert launches[0] is None and launches[1].tensors == -1
