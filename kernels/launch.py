@@ -1,10 +1,16 @@
-"""A direct launch path for compiled Triton kernels: the host cost of a launch, not the kernel.
+"""Launch paths for compiled Triton kernels: the host cost of a launch, not the kernel.
 
 ``kernel[grid](*args, **kwargs)`` re-derives, on every call, which compiled binary the arguments
-select (binding, specialization, cache key) before launching it. On an H200 host that cost
-60-80 us per launch, more than a decode-sized SS1 kernel runs, and an SSL layer launches one or
-two kernels per call. :func:`launch` keeps, per kernel, the compiled binary for each
-*specialization key* and launches it through ``CompiledKernel[grid]`` directly.
+select (binding, specialization, cache key) and builds launch metadata before launching it: on an
+H200 host with Triton 3.6, 15-24 us per launch, as much as a decode-sized SS1 kernel runs.
+Two ways around it live here:
+
+- :func:`launch` (the direct path) keeps, per kernel, the compiled binary for each
+  *specialization key* and runs it through its C launcher (:func:`run_binary`).
+- :func:`record` / :class:`RecordedLaunch`: the launches made inside a ``with record()`` block,
+  replayable with new leading tensors and nothing else re-derived. ``kernels.ss1`` builds the
+  eager forward's *plans* from them (one per input key); the plan's key is the caller's
+  guarantee that the binary still applies.
 
 The key is at least as fine as Triton's own specialization, so a cached binary is only reused
 where Triton would pick the same one:
@@ -20,10 +26,11 @@ and keeps the binary it returns. In the interpreter (``TRITON_INTERPRET=1``), fo
 other types, or while a kernel's ``run`` is replaced on the instance (the tuner's compile
 capture), every call takes the normal path.
 
-Opt-in (``SS1BENCH_DIRECT_LAUNCH=1``); off by default. Measured on the H200 host with Triton 3.6
-(``scripts/baselines.py --host-only``, two runs): one SSL call at M = 1 cost 74-76 us through
-this path and 48 us through ``kernel[grid]``, whose launcher got cheaper than
-``CompiledKernel[grid]`` there. The path stays for Triton versions where it pays (measure first).
+On by default; ``SS1BENCH_DIRECT_LAUNCH=0`` switches it off (the setting is read once;
+:func:`clear` reads it again). Measured on the H200 host with Triton 3.6
+(``scripts/host_profile.py``, two runs): one launch 13.3 / 14.0 us through this path against
+20.8 / 23.6 us through ``kernel[grid]``. (Before v10 it launched through ``CompiledKernel[grid]``,
+which builds launch metadata per call, and was slower than ``kernel[grid]``: it was opt-in then.)
 """
 
 from __future__ import annotations
@@ -60,10 +67,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+_ENABLED: bool | None = None
+
+
 def enabled() -> bool:
-    """Whether launches may bypass ``kernel[grid]``: switched on (``SS1BENCH_DIRECT_LAUNCH=1``),
-    not in the interpreter."""
-    return os.environ.get("SS1BENCH_DIRECT_LAUNCH", "0") not in ("", "0") and not interpreting()
+    """Whether launches may bypass ``kernel[grid]``: not switched off (``SS1BENCH_DIRECT_LAUNCH=0``)
+    and not in the interpreter. Read once (a per-launch environment lookup costs microseconds);
+    :func:`clear` reads it again."""
+    global _ENABLED
+    if _ENABLED is None:
+        _ENABLED = os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") not in ("", "0") and not interpreting()
+    return _ENABLED
 
 
 def _int_range(value: int) -> int:
@@ -276,5 +290,8 @@ def _record(kernel, grid, args, kwargs, binary) -> None:
 
 
 def clear() -> None:
-    """Forget every cached binary (tests; Triton's own caches are untouched)."""
+    """Forget every cached binary and re-read the switch (tests, and after changing
+    ``SS1BENCH_DIRECT_LAUNCH``; Triton's own caches are untouched)."""
+    global _ENABLED
     _INFO.clear()
+    _ENABLED = None

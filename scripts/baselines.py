@@ -107,8 +107,11 @@ def main() -> None:
     if args.host_only:
         import os
 
+        from ss1bench.kernels import launch as direct
+
         for setting in ("0", "1", "1", "0"):  # both orders: the host's state drifts during a run
             os.environ["SS1BENCH_DIRECT_LAUNCH"] = setting
+            direct.clear()  # the switch is read once
             print(f"SS1BENCH_DIRECT_LAUNCH={setting}")
             host_overhead(dtype)
         return

@@ -6,9 +6,10 @@ For a 768 -> 3072 layer at c = 4 (fp16; M = 1 and M = 128), prints host microsec
 (a launch loop without synchronizing, GPU work negligible) of the pieces an SSL call is made of:
 ``torch.empty``, ``F.linear``, ``torch.addmm``, one Triton launch through ``kernel[grid]`` and
 through the direct path (``kernels/launch.py``), then ``ss1_forward`` and the whole ``SSL`` call
-(no grad, cached rotated weight, with autograd), each without and with forward plans (the eager
-fast path of ``kernels/ss1.py``). ``--profile``: also the 20 functions with the most own time
-(cProfile) in the SSL call at M = 1 and M = 128, plans on.
+(no grad, cached rotated weight, with autograd, forward + backward), each without and with
+forward plans (the eager fast path of ``kernels/ss1.py``), and ``nn.Linear`` forward + backward.
+``--profile``: also the 20 functions with the most own time (cProfile) in the SSL call at M = 1
+and M = 128, plans on.
 """
 
 import cProfile
@@ -78,7 +79,10 @@ def main() -> None:
         direct.clear()
         rows["launch_kernel (direct path)"] = host_us(triton_launch)
         os.environ["SS1BENCH_DIRECT_LAUNCH"] = "0"
+        direct.clear()
         rows["launch_kernel (kernel[grid])"] = host_us(triton_launch)
+        del os.environ["SS1BENCH_DIRECT_LAUNCH"]  # the default (direct path on) from here on
+        direct.clear()
     for fast in (False, True):
         kernels.FAST_PATH = fast
         invalidate_config_cache()
@@ -93,6 +97,12 @@ def main() -> None:
             layer.cache_rotated_weight(False)
         for m, x in ((1, x1), (128, x128)):
             rows[f"SSL with autograd (fwd only) M={m} ({tag})"] = host_us(lambda x=x: layer(x))
+            gy = torch.randn(m, 3072, device="cuda", dtype=dtype)
+            rows[f"SSL fwd+bwd M={m} ({tag})"] = host_us(lambda x=x, gy=gy: layer(x).backward(gy), calls=1000)
+    dense_layer = torch.nn.Linear(768, 3072, device="cuda", dtype=dtype)
+    for m, x in ((1, x1), (128, x128)):
+        gy = torch.randn(m, 3072, device="cuda", dtype=dtype)
+        rows[f"nn.Linear fwd+bwd M={m}"] = host_us(lambda x=x, gy=gy: dense_layer(x).backward(gy), calls=1000)
     print(f"torch {torch.__version__}; host us/call, median of 5 rounds of {CALLS} calls")
     for name, us in rows.items():
         print(f"  {name:48s} {us:7.1f}")

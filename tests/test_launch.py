@@ -112,18 +112,36 @@ def test_unspecialized_int_values_share_a_binary(kernel):
     assert paths(kernel) == ["triton", "direct", "direct", "direct"]
 
 
-@pytest.mark.parametrize("setting", ["interpreter", "switched off", "default"])
+@pytest.mark.parametrize("setting", ["interpreter", "switched off", "empty"])
 def test_interpreter_and_switch_take_the_normal_path(kernel, monkeypatch, setting):
     if setting == "interpreter":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    elif setting == "switched off":
-        monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", "0")
-    else:  # opt-in: slower than Triton 3.6's own launcher on the H200 host
-        monkeypatch.delenv("SS1BENCH_DIRECT_LAUNCH")
+    else:
+        monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", "0" if setting == "switched off" else "")
+    direct.clear()  # the switch is read once
     x = torch.zeros(64)
     for _ in range(3):
         direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
     assert paths(kernel) == ["triton"] * 3
+
+
+def test_the_direct_path_is_on_by_default(kernel, monkeypatch):
+    monkeypatch.delenv("SS1BENCH_DIRECT_LAUNCH")
+    direct.clear()
+    x = torch.zeros(64)
+    for _ in range(2):
+        direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    assert paths(kernel) == ["triton", "direct"]
+
+
+def test_the_switch_is_read_once(kernel, monkeypatch):
+    x = torch.zeros(64)
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    monkeypatch.setenv("SS1BENCH_DIRECT_LAUNCH", "0")  # not seen until clear()
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    direct.clear()
+    direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+    assert paths(kernel) == ["triton", "direct", "triton"]
 
 
 def test_an_argument_of_another_type_is_never_cached(kernel):
