@@ -150,13 +150,13 @@ _resolved: dict[tuple[Problem, int], LaunchConfig] = {}
 launch_config_cache: dict[tuple, LaunchConfig] = {}
 #: Forward plans (``kernels.ss1``): the recorded launches of one eager forward per key; they hold
 #: resolved configs, so they are cleared together with ``_resolved`` too.
-forward_plans: dict[tuple, object] = {}
+launch_plans: dict[tuple, object] = {}
 
 
 def _forget_resolved() -> None:
     _resolved.clear()
     launch_config_cache.clear()
-    forward_plans.clear()
+    launch_plans.clear()
 
 
 def invalidate_config_cache() -> None:

@@ -37,8 +37,8 @@ from .config import (
     LaunchConfig,
     Problem,
     cdiv,
-    forward_plans,
     launch_config_cache,
+    launch_plans,
     resident_chunks,
     resident_width,
     resolve_launch_config,
@@ -683,7 +683,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     plan_key = None
     if config is None and out is None and FAST_PATH:
         plan_key = forward_plan_key(x, weight, bias, structure, rotated_weight)
-        plan = forward_plans.get(plan_key)
+        plan = launch_plans.get(plan_key)
         if plan is not None:
             return plan(x, weight, bias, rotated_weight)
         plan_key = plan_key if x.dim() == 2 else None
@@ -711,14 +711,6 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     x, weight = _row_major(x), _row_major(weight)
 
     recorded: list = []
-
-    def launch(cfg: LaunchConfig) -> None:
-        if plan_key is not None:  # keep the launches of the attempt that succeeds
-            with record() as launches:
-                run(cfg)
-            recorded[:] = [cfg, launches]
-        else:
-            run(cfg)
 
     def run(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "resident":
@@ -765,19 +757,16 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             )
 
     kind = "forward" if rotated_weight is None else "forward_rotated"
-    _launch(kind, m, structure, x.dtype, x.device, config, launch)
+    _launch(kind, m, structure, x.dtype, x.device, config, _recording(run, plan_key, recorded))
     if recorded:
-        plan = _forward_plan(recorded[0], recorded[1], m, n, k_red)
-        if plan is not None:
-            if len(forward_plans) >= LAUNCH_CACHE_SIZE:
-                forward_plans.clear()
-            forward_plans[plan_key] = plan
+        _keep_plan(plan_key, _forward_plan(*recorded, m, n, k_red))
     return y
 
 
-# ---- forward plans: the eager forward's host path after the first call --------------------------
+# ---- plans: the eager host path after the first call per key -----------------------------------
 
-#: Whether ``ss1_forward`` keeps and replays forward plans (``SS1BENCH_FAST_PATH=0``: never).
+#: Whether ``ss1_forward``, ``ss1_grad_input`` and ``ss1_grad_weight`` keep and replay plans
+#: (``SS1BENCH_FAST_PATH=0``: never; read at import).
 FAST_PATH = os.environ.get("SS1BENCH_FAST_PATH", "1") not in ("", "0")
 
 
@@ -787,16 +776,50 @@ def _tensor_key(tensor: torch.Tensor | None) -> tuple | None:
     return (tensor.shape, tensor.stride(), tensor.dtype, tensor.device, tensor.data_ptr() % 16)
 
 
+def _plan_key(kind: str, structure: SS1Structure, *tensors: torch.Tensor | None) -> tuple:
+    """Everything that decides the launches of one eager call of ``kind`` (default config, new
+    output): each tensor's shape, strides, dtype, device and pointer alignment (Triton specializes
+    on 16-byte alignment), the structure, the current CUDA device and, for float32, whether TF32 is
+    allowed. Calls with the same key passed the same checks and launch the same binaries."""
+    first = tensors[0]
+    device = current_device() if first.is_cuda else -1
+    tf32 = first.dtype is torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return (kind, structure.key, device, tf32, *map(_tensor_key, tensors))
+
+
+def _recording(run, plan_key: tuple | None, recorded: list):
+    """``run`` for :func:`_launch`; with a plan key, each attempt's launches are recorded and
+    ``recorded`` ends as ``[config, launches]`` of the attempt that succeeded."""
+    if plan_key is None:
+        return run
+
+    def launch(cfg: LaunchConfig) -> None:
+        with record() as launches:
+            run(cfg)
+        recorded[:] = [cfg, launches]
+
+    return launch
+
+
+def _keep_plan(plan_key: tuple, plan) -> None:
+    if plan is None:
+        return
+    if len(launch_plans) >= LAUNCH_CACHE_SIZE:  # many distinct keys: start over
+        launch_plans.clear()
+    launch_plans[plan_key] = plan
+
+
+def _launches_of(launches: list) -> list[int] | None:
+    """How many leading tensors each recorded launch takes, or None if one was not recorded."""
+    if any(launch is None for launch in launches):
+        return None
+    return [launch.tensors for launch in launches]
+
+
 def forward_plan_key(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure,
                      rotated_weight: torch.Tensor | None) -> tuple:
-    """Everything that decides the launches of :func:`ss1_forward` (default config, new output):
-    each tensor's shape, strides, dtype, device and pointer alignment (Triton specializes on
-    16-byte alignment), the structure, the current CUDA device and, for float32, whether TF32 is
-    allowed. Inputs with the same key passed the same checks and launch the same binaries."""
-    device = current_device() if x.is_cuda else -1
-    tf32 = x.dtype is torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return (structure.key, device, tf32, _tensor_key(x), _tensor_key(weight), _tensor_key(bias),
-            _tensor_key(rotated_weight))
+    """The plan key (:func:`_plan_key`) of one :func:`ss1_forward` call."""
+    return _plan_key("forward", structure, x, weight, bias, rotated_weight)
 
 
 def forward_with_plan(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, structure: SS1Structure,
@@ -805,7 +828,7 @@ def forward_with_plan(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     these inputs is kept (an earlier call with the same key checked them), else None."""
     if not FAST_PATH:
         return None
-    plan = forward_plans.get(forward_plan_key(x, weight, bias, structure, rotated_weight))
+    plan = launch_plans.get(forward_plan_key(x, weight, bias, structure, rotated_weight))
     return None if plan is None else plan(x, weight, bias, rotated_weight)
 
 
@@ -814,9 +837,7 @@ def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int)
     key: each algorithm's intermediates allocated as the first call did, its kernels run through
     their recorded binaries, its cuBLAS product called as before. None where the recording is not
     what the algorithm launches (a launch that could not be recorded)."""
-    if any(launch is None for launch in launches):
-        return None
-    counts = [launch.tensors for launch in launches]
+    counts = _launches_of(launches)
     algorithm, split = cfg.algorithm, cfg.split_k
 
     if algorithm in ("gemv", "resident") and counts == [4]:
@@ -868,6 +889,12 @@ def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int)
 def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
                    config: LaunchConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``dx: (M, K)`` from ``grad_out: (M, N)`` and ``weight: (N, K_red)``."""
+    plan_key = None
+    if config is None and out is None and FAST_PATH:
+        plan_key = _plan_key("grad_input", structure, grad_out, weight)
+        plan = launch_plans.get(plan_key)
+        if plan is not None:
+            return plan(grad_out, weight)
     if grad_out.dim() != 2:
         raise ValueError(f"grad_out must be 2-D (M, N), got shape {tuple(grad_out.shape)}")
     m, n = grad_out.shape
@@ -880,7 +907,10 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
     dx = _check_out(out, (m, k), grad_out)
     if m == 0:
         return dx
+    if not (grad_out.stride(-1) == 1 and weight.stride(-1) == 1):
+        plan_key = None  # copied below: a plan passes the caller's tensors as they are
     grad_out, weight = _row_major(grad_out), _row_major(weight)
+    recorded: list = []
 
     def launch(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "sketch_gemm":
@@ -898,7 +928,10 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
-    _launch("grad_input", m, structure, grad_out.dtype, grad_out.device, config, launch)
+    _launch("grad_input", m, structure, grad_out.dtype, grad_out.device, config,
+            _recording(launch, plan_key, recorded))
+    if recorded:
+        _keep_plan(plan_key, _grad_input_plan(*recorded, m, n, k, k_red))
     return dx
 
 
@@ -912,6 +945,14 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
     sums them in a fixed order; otherwise the partials meet through fp32 atomics. Never fp16
     atomics.
     """
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    plan_key = None
+    if config is None and out is None and FAST_PATH:
+        plan_key = (*_plan_key("grad_weight", structure, grad_out, x), bool(deterministic))
+        plan = launch_plans.get(plan_key)
+        if plan is not None:
+            return plan(grad_out, x)
     if grad_out.dim() != 2 or x.dim() != 2:
         raise ValueError(
             f"grad_out and x must be 2-D, got {tuple(grad_out.shape)} and {tuple(x.shape)}"
@@ -926,10 +967,11 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
     dw = _check_out(out, structure.weight_shape, grad_out)
     if m == 0:
         return dw.zero_()
-    if deterministic is None:
-        deterministic = torch.are_deterministic_algorithms_enabled()
+    if not (grad_out.stride(-1) == 1 and x.stride(-1) == 1):
+        plan_key = None  # copied below: a plan passes the caller's tensors as they are
     grad_out, x = _row_major(grad_out), _row_major(x)
     result: dict[str, torch.Tensor] = {}
+    recorded: list = []
 
     def launch(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "sketch_gemm":
@@ -959,8 +1001,69 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
         )
         result["target"] = target
 
-    _launch("grad_weight", m, structure, grad_out.dtype, grad_out.device, config, launch)
+    _launch("grad_weight", m, structure, grad_out.dtype, grad_out.device, config,
+            _recording(launch, plan_key, recorded))
     target = result["target"]
     if target is not dw:
         dw.copy_(target if target.dim() == 2 else target.sum(dim=0))
+    if recorded:
+        splits = 0 if target is dw else (target.shape[0] if target.dim() == 3 else 1)
+        _keep_plan(plan_key, _grad_weight_plan(*recorded, m, n, k_red, splits))
     return dw
+
+
+def _pass_product_pass(first, second, buffer_shape: tuple, out_shape: tuple, product):
+    """The backward's ``sketch_gemm`` replay: ``first(b, buffer)`` (a memory-bound pass over the
+    plan's second input ``b``), ``product(grad_out, buffer)`` by cuBLAS, ``second(product, out)``."""
+    def plan(grad_out, b):
+        buffer = torch.empty(buffer_shape, dtype=b.dtype, device=b.device)
+        first(b, buffer)
+        out = torch.empty(out_shape, dtype=grad_out.dtype, device=grad_out.device)
+        second(product(grad_out, buffer), out)
+        return out
+
+    return plan
+
+
+def _grad_input_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k: int, k_red: int):
+    """:func:`ss1_grad_input`'s recorded launches as a replay (see :func:`_forward_plan`)."""
+    counts = _launches_of(launches)
+    if cfg.algorithm == "sketch_gemm" and counts == [2, 2]:  # rotate W, cuBLAS, unsketch
+        return _pass_product_pass(*launches, (n, k_red), (m, k), lambda grad_out, rotated: torch.mm(grad_out, rotated))
+    if cfg.algorithm != "fused" or counts != [3]:
+        return None
+    (kernel,) = launches
+
+    def plan(grad_out, weight):
+        dx = torch.empty((m, k), dtype=grad_out.dtype, device=grad_out.device)
+        kernel(grad_out, weight, dx)
+        return dx
+
+    return plan
+
+
+def _grad_weight_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int, splits: int):
+    """:func:`ss1_grad_weight`'s recorded launches as a replay (see :func:`_forward_plan`).
+    ``splits``: 0 where the kernel wrote ``dW`` itself, 1 for fp32 atomics into one buffer, else
+    the number of fp32 partials summed in a fixed order."""
+    counts = _launches_of(launches)
+    if cfg.algorithm == "sketch_gemm" and counts == [2, 2]:  # sketch x, cuBLAS, unrotate
+        return _pass_product_pass(*launches, (m, k_red), (n, k_red), lambda grad_out, xs: torch.mm(grad_out.t(), xs))
+    if cfg.algorithm != "fused" or counts != [3]:
+        return None
+    (kernel,) = launches
+
+    def plan(grad_out, x):
+        dw = torch.empty((n, k_red), dtype=grad_out.dtype, device=grad_out.device)
+        if splits == 0:
+            kernel(grad_out, x, dw)
+            return dw
+        if splits == 1:
+            target = torch.zeros((n, k_red), dtype=torch.float32, device=x.device)
+            kernel(grad_out, x, target)
+            return dw.copy_(target)
+        target = torch.empty((splits, n, k_red), dtype=torch.float32, device=x.device)
+        kernel(grad_out, x, target)
+        return dw.copy_(target.sum(dim=0))
+
+    return plan

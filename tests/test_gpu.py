@@ -270,13 +270,13 @@ def test_direct_launch_path_matches_triton_launches_and_respects_alignment(monke
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("variant", list(FORWARD_CONFIGS))
-def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
+def test_launch_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
     """The eager fast path (kernels/ss1.py forward plans): the first call per key records, later
     calls run the recorded binaries through their C launchers. Replays on new inputs, aligned and
     misaligned, with and without bias, with the rotated weight, and inside a CUDA graph must all
     match the reference; every intermediate starts as NaN; no replay may take the normal path."""
     from ss1bench.kernels import ss1 as kernels
-    from ss1bench.kernels.config import forward_plans, invalidate_config_cache, override_launch_config
+    from ss1bench.kernels.config import invalidate_config_cache, launch_plans, override_launch_config
 
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
@@ -295,7 +295,7 @@ def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch)
         cases = [(name, x, b, r) for name, x in inputs.items() for b in (bias, None) for r in (None, rotated)]
         for _name, x, b, r in cases:  # record
             kernels.ss1_forward(x, weight, b, structure, rotated_weight=r)
-        assert len(forward_plans) == len(cases)
+        assert len(launch_plans) == len(cases)
         real_launch = kernels._launch
         monkeypatch.setattr(kernels, "_launch", lambda *a: pytest.fail(f"{variant}: a replay took the normal path"))
         for name, x, b, r in cases:
@@ -314,5 +314,52 @@ def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch)
         graph.replay()
         y_ref = reference.ss1_forward_reference(x.double(), weight.double(), bias.double(), structure)
         assert_close(f"{variant} graph replay", y, y_ref, TOLERANCE[dtype])
+        monkeypatch.setattr(kernels, "_launch", real_launch)
+    invalidate_config_cache()
+
+
+BACKWARD_CONFIGS = {
+    "fused": LaunchConfig(32, 64, 32, 4, 2),
+    "fused-splitm": LaunchConfig(32, 64, 32, 4, 2, split_m=4),
+    "sketch_gemm": LaunchConfig(32, 64, 128, 4, 1, algorithm="sketch_gemm"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("variant", list(BACKWARD_CONFIGS))
+def test_backward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
+    """grad_input and grad_weight plans (deterministic and atomic split-M alike) replayed through
+    the recorded binaries on new values match the reference; intermediates start as NaN."""
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import invalidate_config_cache, launch_plans, override_launch_config
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(kernels, "FAST_PATH", True)
+    device, (k, n, c), m = "cuda", (1000, 1100, 8), 300
+    generator = torch.Generator(device=device).manual_seed(13)
+    structure = SS1Structure(k, n, c, seed=5, block_k=default_block_k(k, c), block_n=128)
+    weight = ((torch.rand(structure.weight_shape, generator=generator, device=device) * 2 - 1) / k**0.5).to(dtype)
+    x = torch.randn(m, k, generator=generator, device=device).to(dtype)
+    dy = torch.randn(m, n, generator=generator, device=device).to(dtype)
+    invalidate_config_cache()
+    with override_launch_config(BACKWARD_CONFIGS[variant], kinds=("grad_input", "grad_weight")):
+        kernels.ss1_grad_input(dy, weight, structure)
+        for deterministic in (True, False):
+            kernels.ss1_grad_weight(dy, x, structure, deterministic=deterministic)
+        assert len(launch_plans) == 3
+        real_launch = kernels._launch
+        monkeypatch.setattr(kernels, "_launch", lambda *a: pytest.fail(f"{variant}: a replay took the normal path"))
+        x.copy_(torch.randn(m, k, generator=generator, device=device).to(dtype))
+        dy.copy_(torch.randn(m, n, generator=generator, device=device).to(dtype))
+        dx = kernels.ss1_grad_input(dy, weight, structure)
+        dx_ref = reference.ss1_grad_input_reference(dy.double(), weight.double(), structure)
+        _record(f"grad_input plan[{variant}]", (m, k, n), c, dtype, _rel(dx, dx_ref))
+        assert_close(f"{variant} dx", dx, dx_ref, TOLERANCE[dtype])
+        dw_ref = reference.ss1_grad_weight_reference(dy.double(), x.double(), structure)
+        for deterministic in (True, False):
+            dw = kernels.ss1_grad_weight(dy, x, structure, deterministic=deterministic)
+            _record(f"grad_weight plan[{variant}]", (m, k, n), c, dtype, _rel(dw, dw_ref))
+            assert_close(f"{variant} dW deterministic={deterministic}", dw, dw_ref, TOLERANCE[dtype])
         monkeypatch.setattr(kernels, "_launch", real_launch)
     invalidate_config_cache()

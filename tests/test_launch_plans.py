@@ -15,7 +15,7 @@ from conftest import TOLERANCE, assert_close, randn
 
 from ss1bench import SSL, ops, reference
 from ss1bench.kernels import ss1 as kernels
-from ss1bench.kernels.config import LaunchConfig, forward_plans, invalidate_config_cache, override_launch_config
+from ss1bench.kernels.config import LaunchConfig, invalidate_config_cache, launch_plans, override_launch_config
 from ss1bench.structure import SS1Structure
 
 pytestmark = pytest.mark.interpret
@@ -81,13 +81,13 @@ def test_a_replayed_plan_gives_the_reference_result(algorithm, bias, monkeypatch
     with override_launch_config(CONFIGS[algorithm], kinds=("forward",)):
         x, weight, b = inputs(m, bias=bias)
         kernels.ss1_forward(x, weight, b, STRUCTURE)  # records
-        assert len(forward_plans) == 1
+        assert len(launch_plans) == 1
         no_slow_path(monkeypatch)
         for seed in (1, 2):  # new values, same key: replays
             x2, weight2, b2 = inputs(m, bias=bias, seed=seed)
             y = kernels.ss1_forward(x2, weight2, b2, STRUCTURE)
             assert_close(f"{algorithm} replay {seed}", y, expected(x2, weight2, b2), TOLERANCE[torch.float32])
-        assert len(forward_plans) == 1
+        assert len(launch_plans) == 1
 
 
 def test_a_replay_with_the_rotated_weight_multiplies_by_it(monkeypatch, nan_empty):
@@ -124,7 +124,7 @@ def test_a_changed_key_records_its_own_plan(change):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
         x2, weight2, b2 = changed_inputs(change, x, weight, b)
         y = kernels.ss1_forward(x2, weight2, b2, STRUCTURE)
-        assert len(forward_plans) == 2
+        assert len(launch_plans) == 2
         tolerance = TOLERANCE[x2.dtype]
         assert_close(change, y, expected(x2, weight2, b2), tolerance)
         y = kernels.ss1_forward(x2, weight2, b2, STRUCTURE)  # and replays it
@@ -137,16 +137,16 @@ def test_inputs_a_plan_would_pass_as_they_are_only_are_planned():
         x, weight, b = inputs(19)
         kernels.ss1_forward(x.t().contiguous().t(), weight, b, STRUCTURE)
         kernels.ss1_forward(x, weight, torch.stack([b, b], 1)[:, 0], STRUCTURE)
-    assert len(forward_plans) == 0
+    assert len(launch_plans) == 0
 
 
 def test_pinned_configs_and_given_outputs_neither_record_nor_replay(monkeypatch):
     x, weight, b = inputs(19)
     kernels.ss1_forward(x, weight, b, STRUCTURE, config=CONFIGS["fused"])
     kernels.ss1_forward(x, weight, b, STRUCTURE, out=torch.empty(19, STRUCTURE.out_features))
-    assert len(forward_plans) == 0
+    assert len(launch_plans) == 0
     kernels.ss1_forward(x, weight, b, STRUCTURE)
-    assert len(forward_plans) == 1
+    assert len(launch_plans) == 1
     calls = []
     real_launch = kernels._launch
     monkeypatch.setattr(kernels, "_launch", lambda *args: calls.append(args) or real_launch(*args))
@@ -160,11 +160,11 @@ def test_a_config_change_forgets_the_plans():
     x, weight, b = inputs(19)
     with override_launch_config(CONFIGS["fused"], kinds=("forward",)):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
-        assert len(forward_plans) == 1
-    assert len(forward_plans) == 0  # the hook's removal: its configs no longer hold
+        assert len(launch_plans) == 1
+    assert len(launch_plans) == 0  # the hook's removal: its configs no longer hold
     with override_launch_config(CONFIGS["sketch_gemm"], kinds=("forward",)):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
-        (plan,) = forward_plans.values()
+        (plan,) = launch_plans.values()
         y = plan(x, weight, b, None)
     assert_close("after the change", y, expected(x, weight, b), TOLERANCE[torch.float32])
 
@@ -174,7 +174,7 @@ def test_switched_off_no_plans_are_kept(monkeypatch):
     x, weight, b = inputs(19)
     for _ in range(2):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
-    assert len(forward_plans) == 0
+    assert len(launch_plans) == 0
 
 
 def test_bad_inputs_still_get_their_errors_after_a_plan_exists():
@@ -186,7 +186,7 @@ def test_bad_inputs_still_get_their_errors_after_a_plan_exists():
         kernels.ss1_forward(x, weight, b[:-1], STRUCTURE)
     with pytest.raises(ValueError, match="in_features=200"):
         kernels.ss1_forward(x[:, :-1], weight, b, STRUCTURE)
-    assert len(forward_plans) == 1
+    assert len(launch_plans) == 1
 
 
 def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch):
@@ -212,3 +212,78 @@ def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch)
     layer(xg).sum().backward()
     assert xg.grad is not None and layer.weight.grad is not None
     assert_close("dx", xg.grad, torch.ones(19, 40, dtype=torch.float64) @ dense, TOLERANCE[torch.float32])
+
+
+# ---- backward ------------------------------------------------------------------------------------
+
+BACKWARD = {
+    "fused": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1),
+    "fused split-M": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, split_m=2),
+    "sketch_gemm": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1,
+                                algorithm="sketch_gemm"),
+}
+
+
+@pytest.mark.parametrize("algorithm", ["fused", "sketch_gemm"])
+def test_a_replayed_grad_input_plan_gives_the_reference_result(algorithm, monkeypatch, nan_empty):
+    with override_launch_config(BACKWARD[algorithm], kinds=("grad_input",)):
+        grad_out, weight, _ = inputs(37)
+        grad_out = grad_out[:, :STRUCTURE.out_features].contiguous()
+        kernels.ss1_grad_input(grad_out, weight, STRUCTURE)
+        assert len(launch_plans) == 1
+        no_slow_path(monkeypatch)
+        for seed in (1, 2):
+            grad_out, weight, _ = inputs(37, seed=seed)
+            grad_out = grad_out[:, :STRUCTURE.out_features].contiguous()
+            dx = kernels.ss1_grad_input(grad_out, weight, STRUCTURE)
+            expected_dx = reference.ss1_grad_input_reference(grad_out.double(), weight.double(), STRUCTURE)
+            assert_close(f"{algorithm} dx replay {seed}", dx, expected_dx, TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize(("algorithm", "deterministic"),
+                         [("fused", True), ("fused split-M", True), ("fused split-M", False), ("sketch_gemm", True)])
+def test_a_replayed_grad_weight_plan_gives_the_reference_result(algorithm, deterministic, monkeypatch, nan_empty):
+    def grads(seed):
+        x, _, _ = inputs(37, seed=seed)
+        grad_out = torch.randn(37, STRUCTURE.out_features, generator=torch.Generator().manual_seed(seed + 9))
+        return grad_out, x
+
+    with override_launch_config(BACKWARD[algorithm], kinds=("grad_weight",)):
+        kernels.ss1_grad_weight(*grads(0), STRUCTURE, deterministic=deterministic)
+        assert len(launch_plans) == 1
+        no_slow_path(monkeypatch)
+        for seed in (1, 2):
+            grad_out, x = grads(seed)
+            dw = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=deterministic)
+            expected_dw = reference.ss1_grad_weight_reference(grad_out.double(), x.double(), STRUCTURE)
+            assert_close(f"{algorithm} dW replay {seed}", dw, expected_dw, TOLERANCE[torch.float32])
+    assert len(launch_plans) == 0  # the override's removal forgot it
+
+
+def test_grad_weight_plans_are_kept_per_determinism():
+    grad_out, x = torch.randn(37, STRUCTURE.out_features), torch.randn(37, STRUCTURE.in_features)
+    with override_launch_config(BACKWARD["fused split-M"], kinds=("grad_weight",)):
+        first = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=True)
+        second = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=False)
+        assert len(launch_plans) == 2
+        assert torch.equal(kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=True), first)
+    assert_close("atomic", second, first.double(), TOLERANCE[torch.float32])
+
+
+def test_a_training_step_replays_forward_and_backward(monkeypatch):
+    """The layer's eager forward and backward both replay from the second step on, and the
+    gradients stay those of the dense equivalent."""
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
+    dense = layer.dense_weight().detach().double()
+    x, gy = torch.randn(19, 200), torch.randn(19, 40)
+    for step in range(3):
+        if step == 2:
+            no_slow_path(monkeypatch)
+        xg = x.clone().requires_grad_()
+        layer.zero_grad()
+        layer(xg).backward(gy)
+        assert_close(f"dx step {step}", xg.grad, gy.double() @ dense, TOLERANCE[torch.float32])
+        expected_dw = reference.ss1_grad_weight_reference(gy.double(), x.double(), layer.structure)
+        assert_close(f"dW step {step}", layer.weight.grad, expected_dw, TOLERANCE[torch.float32])
+    assert {key[0] for key in launch_plans} == {"forward", "grad_input", "grad_weight"}
