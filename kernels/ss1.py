@@ -16,6 +16,13 @@ the calibration kernel ran at 0.02-0.10 of ideal, see BASELINES). Kernel tiles a
 structural block sizes: the index math is per column and per row.
 
 Shapes: x (M, K), weight (N, K_red), bias (N,), y and dy (M, N).
+
+Host path: ``ss1_forward``, ``ss1_grad_input`` and ``ss1_grad_weight`` check their inputs and
+resolve a launch config on the first eager call per *plan key* (every tensor's shape, strides,
+dtype, device and 16-byte alignment, the structure, the device, TF32), record the launches
+(``kernels/launch.py``) and keep them as a plan; a later call with the same key replays the plan
+(the recorded binaries through their C launchers, the cuBLAS product as before) and skips the
+rest. Plans are dropped with the resolved configs. ``SS1BENCH_FAST_PATH=0`` switches them off.
 """
 
 from __future__ import annotations

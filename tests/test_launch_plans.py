@@ -1,5 +1,6 @@
-"""Forward plans (kernels/ss1.py): the eager forward's launches recorded on the first call per key
-and replayed afterwards, in the CPU interpreter (TRITON_INTERPRET=1).
+"""Launch plans (kernels/ss1.py): the launches of an eager forward, grad_input or grad_weight call
+recorded on the first call per key and replayed afterwards, in the CPU interpreter
+(TRITON_INTERPRET=1).
 
 Each algorithm's replay must give the reference's result for new inputs (intermediates and the
 output poisoned with NaN), a changed key must never reuse a plan, and the checks must still run
