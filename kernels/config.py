@@ -148,8 +148,8 @@ _resolved: dict[tuple[Problem, int], LaunchConfig] = {}
 #: The launchers' own cache of resolved configs under a plain-tuple key (building a Problem and
 #: hashing it costs microseconds per launch); cleared together with ``_resolved``.
 launch_config_cache: dict[tuple, LaunchConfig] = {}
-#: Forward plans (``kernels.ss1``): the recorded launches of one eager forward per key; they hold
-#: resolved configs, so they are cleared together with ``_resolved`` too.
+#: Launch plans (``kernels.ss1``): the recorded launches of one eager forward, grad_input or
+#: grad_weight call per key; they hold resolved configs, so they are cleared with ``_resolved`` too.
 launch_plans: dict[tuple, object] = {}
 
 

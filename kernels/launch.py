@@ -155,9 +155,8 @@ def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
         kernel[grid](*args, **kwargs)
         return
     num_warps, num_stages = kwargs.get("num_warps"), kwargs.get("num_stages")
-    try:
-        values = [*args, *[kwargs[name] for name in info.names[len(args):]]]
-    except KeyError:  # a parameter left to its default: let Triton bind it
+    values = _values(info.names, args, kwargs)
+    if values is None:  # a parameter left to its default: let Triton bind it
         kernel[grid](*args, **kwargs)
         return
     key = specialization_key(info, values, num_warps, num_stages, current_device())
@@ -168,6 +167,15 @@ def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
             info.binaries[key] = compiled
         return
     run_binary(binary, _grid3(grid), values)
+
+
+def _values(names, args: tuple, kwargs: dict) -> list | None:
+    """Every parameter's value in parameter order (positional ``args``, then ``kwargs`` by name),
+    or None when one is left to its default."""
+    try:
+        return [*args, *[kwargs[name] for name in names[len(args):]]]
+    except KeyError:
+        return None
 
 
 def _launchable(binary) -> bool:
@@ -277,12 +285,8 @@ class record:
 def _record(kernel, grid, args, kwargs, binary) -> None:
     launches = _RECORDING.launches
     names = getattr(kernel, "arg_names", None)
-    if names is None:
-        launches.append(None)
-        return
-    try:
-        values = [*args, *[kwargs[name] for name in names[len(args):]]]
-    except KeyError:  # a parameter left to its default
+    values = None if names is None else _values(names, args, kwargs)
+    if values is None:  # no parameter metadata, or a parameter left to its default
         launches.append(None)
         return
     options = {key: value for key, value in kwargs.items() if key not in names}

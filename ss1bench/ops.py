@@ -192,6 +192,12 @@ class _EagerSS1Linear(torch.autograd.Function):
 # ---- public entry point ---------------------------------------------------------------------
 
 
+def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """The call must record autograd history (grad mode on and an input that requires grad)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
 def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                structure: SS1Structure, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
     """SS1 linear map: ``y = x @ structure.dense_weight(weight).T + bias``.
@@ -213,12 +219,12 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     compiling = torch.compiler.is_compiling()
-    if not compiling and x.is_cuda and x.dim() >= 2:
-        # the eager inference path's host cost: inputs whose key an earlier call checked
+    needs_grad = None  # worked out once for the plan lookup and the autograd choice below
+    if not compiling:
         try:
-            needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                      or (bias is not None and bias.requires_grad))
-            if not needs_grad:
+            needs_grad = _needs_grad(x, weight, bias)
+            if not needs_grad and x.is_cuda and x.dim() >= 2:
+                # the eager inference path's host cost: inputs whose key an earlier call checked
                 x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
                 y = _kernels().forward_with_plan(x2d, weight, bias, structure, rotated_weight)
                 if y is not None:
@@ -241,8 +247,7 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if compiling:
         y = _ss1_linear_op(x2d, weight, bias, structure.in_features, structure.redn_factor, structure.seed,
                            structure.block_k, structure.block_n)
-    elif torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad
-                                      or (bias is not None and bias.requires_grad)):
+    elif needs_grad if needs_grad is not None else _needs_grad(x2d, weight, bias):
         y = _EagerSS1Linear.apply(x2d, weight, bias, structure, rotated_weight)
     else:
         y = _forward_impl(x2d, weight, bias, structure, rotated_weight)
