@@ -268,21 +268,9 @@ def test_direct_launch_path_matches_triton_launches_and_respects_alignment(monke
         assert torch.equal(results[("0", name)], results[("1", name)])
 
 
-def _nan_empty(monkeypatch) -> None:
-    """torch.empty gives NaN-filled floating-point tensors from here on (integer ones as before):
-    what a plan does not write fails the comparison."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        tensor = real_empty(*args, **kwargs)
-        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("variant", list(FORWARD_CONFIGS))
-def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
+def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch, nan_empty):
     """The eager fast path (kernels/ss1.py forward plans): the first call per key records, later
     calls run the recorded binaries through their C launchers. Replays on new inputs, aligned and
     misaligned, with and without bias, with the rotated weight, and inside a CUDA graph must all
@@ -290,7 +278,6 @@ def test_forward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch)
     from ss1bench.kernels import ss1 as kernels
     from ss1bench.kernels.config import invalidate_config_cache, launch_plans, override_launch_config
 
-    _nan_empty(monkeypatch)
     monkeypatch.setattr(kernels, "FAST_PATH", True)
     device, (k, n, c) = "cuda", (1000, 1100, 8)
     generator = torch.Generator(device=device).manual_seed(11)
@@ -338,13 +325,12 @@ BACKWARD_CONFIGS = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("variant", list(BACKWARD_CONFIGS))
-def test_backward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch):
+def test_backward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch, nan_empty):
     """grad_input and grad_weight plans (deterministic and atomic split-M alike) replayed through
     the recorded binaries on new values match the reference; intermediates start as NaN."""
     from ss1bench.kernels import ss1 as kernels
     from ss1bench.kernels.config import invalidate_config_cache, launch_plans, override_launch_config
 
-    _nan_empty(monkeypatch)
     monkeypatch.setattr(kernels, "FAST_PATH", True)
     device, (k, n, c), m = "cuda", (1000, 1100, 8), 300
     generator = torch.Generator(device=device).manual_seed(13)

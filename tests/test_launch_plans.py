@@ -41,19 +41,6 @@ def fresh_plans(monkeypatch):
     invalidate_config_cache()
 
 
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """torch.empty returns NaN-filled tensors: an output or intermediate a replay does not write
-    in full fails the comparison."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        tensor = real_empty(*args, **kwargs)
-        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def inputs(m: int, dtype=torch.float32, bias: bool = True, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     x = randn(m, STRUCTURE.in_features, dtype=dtype, generator=generator)
