@@ -549,6 +549,23 @@ def _check_config(kind: str, config: LaunchConfig, structure: SS1Structure) -> N
 LAUNCH_CACHE_SIZE = 4096
 
 
+def _resolved_config(key: tuple, structure: SS1Structure) -> LaunchConfig:
+    """The launch config for ``key = (kind, m, structure.key, dtype, device)``, resolved once and
+    cached (:data:`launch_config_cache`)."""
+    cfg = launch_config_cache.get(key)
+    if cfg is None:
+        kind, m, _, dtype, device = key
+        name, limit = device_limits(device)
+        problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
+                          structure.block_k, structure.block_n, dtype_name(dtype), name)
+        cfg = resolve_launch_config(problem, limit)
+        _check_config(kind, cfg, structure)
+        if len(launch_config_cache) >= LAUNCH_CACHE_SIZE:  # many distinct M: start over
+            launch_config_cache.clear()
+        launch_config_cache[key] = cfg
+    return cfg
+
+
 def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,
             config: LaunchConfig | None, launch) -> None:
     """Run ``launch(cfg)`` with ``config`` if given (errors propagate: the caller pinned it),
@@ -560,16 +577,7 @@ def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, devi
         launch(config)
         return
     key = (kind, m, structure.key, dtype, device)
-    cfg = launch_config_cache.get(key)
-    if cfg is None:
-        name, limit = device_limits(device)
-        problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
-                          structure.block_k, structure.block_n, dtype_name(dtype), name)
-        cfg = resolve_launch_config(problem, limit)
-        _check_config(kind, cfg, structure)
-        if len(launch_config_cache) >= LAUNCH_CACHE_SIZE:  # many distinct M: start over
-            launch_config_cache.clear()
-        launch_config_cache[key] = cfg
+    cfg = _resolved_config(key, structure)
     while True:
         try:
             launch(cfg)
@@ -679,20 +687,26 @@ def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 structure: SS1Structure, config: LaunchConfig | None = None,
-                out: torch.Tensor | None = None, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, rotated_weight: torch.Tensor | None = None,
+                return_sketch: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """``y: (M, N) = x @ dense_weight(weight).T + bias`` for ``x: (M, K)``, ``weight: (N, K_red)``.
 
     ``rotated_weight``, when given, must be ``rotate_weight(weight, structure)`` (the caller's
     cache of it; not checked, only its shape, dtype and device): ``sketch_gemm`` then multiplies
     by it instead of rotating the weight on every call, and the launch config is the
     ``"forward_rotated"`` kind's. The other algorithms read ``weight`` as always.
+
+    With ``return_sketch``, returns ``(y, xs)``: ``xs = sketch(x): (M, K_red)`` in ``x``'s dtype
+    where the algorithm made it (``sketch_gemm``), else None. The autograd forward keeps it for
+    :func:`ss1_grad_weight_from_sketch`, so the backward does not sketch ``x`` again.
     """
     plan_key = None
     if config is None and out is None and FAST_PATH:
         plan_key = forward_plan_key(x, weight, bias, structure, rotated_weight)
         plan = launch_plans.get(plan_key)
         if plan is not None:
-            return plan(x, weight, bias, rotated_weight)
+            y, xs = plan(x, weight, bias, rotated_weight)
+            return (y, xs) if return_sketch else y
         plan_key = plan_key if x.dim() == 2 else None
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
@@ -714,10 +728,11 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         bias = bias.contiguous()
     y = _check_out(out, (m, n), x)
     if m == 0:
-        return y
+        return (y, None) if return_sketch else y
     x, weight = _row_major(x), _row_major(weight)
 
     recorded: list = []
+    sketches: dict[str, torch.Tensor] = {}
 
     def run(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "resident":
@@ -741,6 +756,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 torch.mm(xs, wr.t(), out=y)
             else:
                 torch.addmm(bias, xs, wr.t(), out=y)
+            sketches["xs"] = xs
             return
         split = cfg.split_k
         partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
@@ -767,7 +783,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _launch(kind, m, structure, x.dtype, x.device, config, _recording(run, plan_key, recorded))
     if recorded:
         _keep_plan(plan_key, _forward_plan(*recorded, m, n, k_red))
-    return y
+    return (y, sketches.get("xs")) if return_sketch else y
 
 
 # ---- plans: the eager host path after the first call per key -----------------------------------
@@ -836,14 +852,16 @@ def forward_with_plan(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if not FAST_PATH:
         return None
     plan = launch_plans.get(forward_plan_key(x, weight, bias, structure, rotated_weight))
-    return None if plan is None else plan(x, weight, bias, rotated_weight)
+    return None if plan is None else plan(x, weight, bias, rotated_weight)[0]
 
 
 def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
     """The function that repeats the recorded launches of one forward for new tensors of the same
     key: each algorithm's intermediates allocated as the first call did, its kernels run through
-    their recorded binaries, its cuBLAS product called as before. None where the recording is not
-    what the algorithm launches (a launch that could not be recorded)."""
+    their recorded binaries, its cuBLAS product called as before. It returns ``(y, xs)``, ``xs``
+    the sketch where the algorithm made one (else None; see ``ss1_forward(return_sketch=True)``).
+    None where the recording is not what the algorithm launches (a launch that could not be
+    recorded)."""
     counts = _launches_of(launches)
     algorithm, split = cfg.algorithm, cfg.split_k
 
@@ -853,14 +871,14 @@ def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int)
         def plan(x, weight, bias, rotated_weight):
             y = torch.empty((m, n), dtype=x.dtype, device=x.device)
             kernel(x, weight, y if bias is None else bias, y)
-            return y
+            return y, None
     elif algorithm == "fused" and split == 1 and counts == [5]:
         (kernel,) = launches
 
         def plan(x, weight, bias, rotated_weight):
             y = torch.empty((m, n), dtype=x.dtype, device=x.device)
             kernel(x, weight, y if bias is None else bias, y, y)
-            return y
+            return y, None
     elif algorithm == "fused" and counts == [5, 3]:
         kernel, epilogue = launches
 
@@ -870,7 +888,7 @@ def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int)
             bias_or_y = y if bias is None else bias
             kernel(x, weight, bias_or_y, y, partial)
             epilogue(partial, bias_or_y, y)
-            return y
+            return y, None
     elif algorithm == "sketch_gemm" and counts in ([2], [4]):
         (kernel,) = launches
         rotates = counts == [4]
@@ -887,7 +905,7 @@ def _forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int)
                 torch.mm(xs, rotated_weight.t(), out=y)
             else:
                 torch.addmm(bias, xs, rotated_weight.t(), out=y)
-            return y
+            return y, xs
     else:
         return None
     return plan
@@ -982,8 +1000,7 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
 
     def launch(cfg: LaunchConfig) -> None:
         if cfg.algorithm == "sketch_gemm":
-            # cuBLAS accumulates the M reduction in fp32; the unrotate is an exact permutation.
-            rotate_weight(torch.mm(grad_out.t(), sketch(x, structure, cfg)), structure, inverse=True, out=dw)
+            _weight_grad_of_sketch(grad_out, sketch(x, structure, cfg), structure, dw)
             result["target"] = dw
             return
         rows_per_split = cdiv(cdiv(m, cfg.split_m), cfg.tile_m) * cfg.tile_m
@@ -1017,6 +1034,40 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
         splits = 0 if target is dw else (target.shape[0] if target.dim() == 3 else 1)
         _keep_plan(plan_key, _grad_weight_plan(*recorded, m, n, k_red, splits))
     return dw
+
+
+def grad_weight_takes_sketch(m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`ss1_grad_weight`'s default config for ``m`` rows is ``sketch_gemm`` (sketch
+    ``x``, one cuBLAS product, unrotate). Then a sketch of ``x`` that the forward made serves it
+    (:func:`ss1_grad_weight_from_sketch`); otherwise the tuned kernel gathers ``x`` itself and
+    the autograd forward keeps ``x``."""
+    return _resolved_config(("grad_weight", m, structure.key, dtype, device), structure).algorithm == "sketch_gemm"
+
+
+def ss1_grad_weight_from_sketch(grad_out: torch.Tensor, xs: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``dW: (N, K_red)`` from ``grad_out: (M, N)`` and ``xs = sketch(x): (M, K_red)`` (the sketch
+    the forward made, ``ss1_forward(return_sketch=True)``): ``unrotate(grad_out.T @ xs)``, the
+    ``sketch_gemm`` weight gradient without its pass over ``x`` (the same values: the sketch is the
+    same elementwise sum in the same order). cuBLAS accumulates the M reduction in fp32."""
+    if grad_out.dim() != 2 or xs.dim() != 2:
+        raise ValueError(f"grad_out and xs must be 2-D, got {tuple(grad_out.shape)} and {tuple(xs.shape)}")
+    m, n = grad_out.shape
+    dtype_name(grad_out.dtype)
+    _check_device(grad_out.device)
+    if n != structure.out_features:
+        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
+    _check_tensor("xs", xs, (m, structure.k_red), grad_out.dtype, grad_out.device)
+    dw = torch.empty(structure.weight_shape, dtype=grad_out.dtype, device=grad_out.device)
+    if m == 0:
+        return dw.zero_()
+    return _weight_grad_of_sketch(grad_out, xs, structure, dw)
+
+
+def _weight_grad_of_sketch(grad_out: torch.Tensor, xs: torch.Tensor, structure: SS1Structure,
+                           dw: torch.Tensor) -> torch.Tensor:
+    """``dw = unrotate(grad_out.T @ xs)``: cuBLAS accumulates the M reduction in fp32; the unrotate
+    is an exact permutation."""
+    return rotate_weight(torch.mm(grad_out.t(), xs), structure, inverse=True, out=dw)
 
 
 def _pass_product_pass(first, second, buffer_shape: tuple, out_shape: tuple, product):

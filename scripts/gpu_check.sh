@@ -24,6 +24,9 @@
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
+#   reuse_ab   scripts/sketch_reuse_ab.py: fwd+bwd with the forward's sketch kept vs x kept (gpt2, M = 16384,
+#              fp16 and bf16) -> $OUT/sketch_reuse_ab.csv
+#   bwdbench   (1 GPU) the fwd+bwd benches of reports/H200 (gpt2, llama, bert; fp16 then bf16) -> $OUT
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests bench" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -339,6 +342,21 @@ run_final() {
     tail -3 "$OUT/pytest_gpu.log"
 }
 
+run_reuse_ab() {
+    timeout -k 5 ${AB_S:-240} python3 scripts/sketch_reuse_ab.py --shapes gpt2 --m 16384 --dtype fp16,bf16 \
+        --out "$OUT/sketch_reuse_ab.csv" > "$OUT/sketch_reuse_ab.log" 2>&1
+    echo "reuse_ab rc=$?"; tail -12 "$OUT/sketch_reuse_ab.log"
+}
+
+run_bwdbench() {
+    local dtype
+    for dtype in fp16 bf16; do
+        timeout -k 5 ${BENCH_S:-280} ss1bench bench --shapes gpt2,llama,bert --redn-factors 2,4,8,16 --cuda-graph \
+            --warmup-ms 10 --rep-ms 30 --dtype $dtype --mode fwd+bwd --out "$OUT" > "$OUT/bench_$dtype.log" 2>&1
+        echo "bench $dtype rc=$?"; tail -4 "$OUT/bench_$dtype.log"
+    done
+}
+
 run_e2e_profile() {
     # where the prefill time goes: linear kernels against the rest (scripts/e2e_profile.py)
     timeout -k 5 240 python3 scripts/e2e_profile.py --model gpt2,gpt2-medium,bert-base,bert-large \
@@ -362,6 +380,8 @@ for stage in $STAGES; do
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
-        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 rotated4 e2e e2e_profile final)"; exit 2 ;;
+        reuse_ab) run_reuse_ab ;;
+        bwdbench) run_bwdbench ;;
+        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 rotated4 e2e e2e_profile final reuse_ab bwdbench)"; exit 2 ;;
     esac
 done

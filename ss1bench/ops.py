@@ -11,6 +11,8 @@ Structure travels as plain ints ``(in_features, redn_factor, seed, block_k, bloc
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import reference
@@ -168,24 +170,57 @@ def _backward(ctx, grad_out):
 torch.library.register_autograd("ss1bench::ss1_linear", _backward, setup_context=_setup_context)
 
 
+#: Whether the eager autograd forward keeps the sketch of x it made (``sketch_gemm``) for the
+#: weight gradient instead of x, where that gradient's config is ``sketch_gemm`` too: the backward
+#: then skips its own pass over x, and the saved activation is c times smaller than x.
+#: ``SS1BENCH_SAVE_SKETCH=0``: always keep x (read at import).
+SAVE_SKETCH = os.environ.get("SS1BENCH_SAVE_SKETCH", "1") not in ("", "0")
+
+
+def _forward_keeping_sketch(ctx, x, weight, bias, structure, rotated_weight) -> torch.Tensor | None:
+    """The forward on the kernels with ``xs = sketch(x)`` saved in place of x (see
+    :data:`SAVE_SKETCH`), or None where that does not apply (nothing run)."""
+    if not (SAVE_SKETCH and ctx.needs_input_grad[1] and _use_kernels(x)
+            and _kernels().grad_weight_takes_sketch(x.shape[0], structure, x.dtype, x.device)):
+        return None
+    y, xs = _kernels().ss1_forward(x, weight, bias, structure, rotated_weight=rotated_weight, return_sketch=True)
+    if xs is None:  # the forward's algorithm made no sketch: keep x after all
+        _save_inputs(ctx, x, weight, bias)
+    else:
+        ctx.has_bias = bias is not None
+        ctx.saved_sketch = True
+        ctx.save_for_backward(xs, weight if ctx.needs_input_grad[0] else None)
+    return y
+
+
 class _EagerSS1Linear(torch.autograd.Function):
     """Eager-mode twin of the custom op: same kernels, same backward, without the
     ``torch.library`` dispatch, which cost ~80 us per call on an H200 host (more than the
     kernels of a decode-sized layer). ``torch.compile`` traces the custom op instead.
+
+    Unlike the custom op it may save the forward's sketch of x rather than x (:data:`SAVE_SKETCH`).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, structure, rotated_weight):
         ctx.structure = structure
+        ctx.saved_sketch = False
+        y = _forward_keeping_sketch(ctx, x, weight, bias, structure, rotated_weight)
+        if y is not None:
+            return y
         _save_inputs(ctx, x, weight, bias)
         return _forward_impl(x, weight, bias, structure, rotated_weight)
 
     @staticmethod
     def backward(ctx, grad_out):
         structure = ctx.structure
-        grads = _gradients(ctx, grad_out,
-                           lambda g, weight: _grad_input_impl(g, weight, structure),
-                           lambda g, x: _grad_weight_impl(g, x, structure))
+        if ctx.saved_sketch:
+            def grad_weight(g, xs):
+                return _kernels().ss1_grad_weight_from_sketch(g, xs, structure)
+        else:
+            def grad_weight(g, x):
+                return _grad_weight_impl(g, x, structure)
+        grads = _gradients(ctx, grad_out, lambda g, weight: _grad_input_impl(g, weight, structure), grad_weight)
         return (*grads, None, None)
 
 

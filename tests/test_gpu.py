@@ -359,3 +359,52 @@ def test_backward_plans_replay_the_recorded_binaries(variant, dtype, monkeypatch
             assert_close(f"{variant} dW deterministic={deterministic}", dw, dw_ref, TOLERANCE[dtype])
         monkeypatch.setattr(kernels, "_launch", real_launch)
     invalidate_config_cache()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("pinned", [True, False], ids=["sketch_gemm", "shipped configs"])
+def test_training_steps_reuse_the_forwards_sketch(pinned, dtype, monkeypatch):
+    """With sketch_gemm forward and weight gradient (pinned, or where the shipped configs pick
+    them), autograd keeps the forward's sketch instead of x: the gradients match the reference and
+    the weight gradient equals, bit for bit, the one that sketches x again (ops.SAVE_SKETCH off)."""
+    import contextlib
+
+    from ss1bench import ops
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import invalidate_config_cache, override_launch_config
+
+    device, (k, n, c), m = "cuda", (3072, 768, 8), 4099
+    generator = torch.Generator(device=device).manual_seed(17)
+    layer = SSL(k, n, redn_factor=c, seed=11).to(device=device, dtype=dtype)
+    x = torch.randn(m, k, generator=generator, device=device).to(dtype)
+    dy = torch.randn(m, n, generator=generator, device=device).to(dtype)
+    structure = layer.structure
+    pin = BACKWARD_CONFIGS["sketch_gemm"]
+    invalidate_config_cache()
+    with contextlib.ExitStack() as stack:
+        if pinned:
+            stack.enter_context(override_launch_config(pin, kinds=("forward", "grad_weight")))
+        reuses = kernels.grad_weight_takes_sketch(m, structure, dtype, x.device)
+        assert reuses or not pinned
+        grads = {}
+        for save in (True, False):
+            monkeypatch.setattr(ops, "SAVE_SKETCH", save)
+            for step in range(2):  # the second step replays the plans
+                layer.zero_grad()
+                xg = x.clone().requires_grad_()
+                y = layer(xg)
+                kept = y.grad_fn.saved_tensors[0].shape[1]
+                if pinned:
+                    assert kept == (structure.k_red if save else k), (save, step)
+                y.backward(dy)
+                grads[save, step] = (xg.grad, layer.weight.grad.clone(), layer.bias.grad.clone())
+        dx_ref = reference.ss1_grad_input_reference(dy.double(), layer.weight.double(), structure)
+        dw_ref = reference.ss1_grad_weight_reference(dy.double(), x.double(), structure)
+        for (save, step), (dx, dw, db) in grads.items():
+            _record(f"training step dW[save_sketch={save}]", (m, k, n), c, dtype, _rel(dw, dw_ref))
+            assert_close(f"dx save={save} step={step}", dx, dx_ref, TOLERANCE[dtype])
+            assert_close(f"dW save={save} step={step}", dw, dw_ref, TOLERANCE[dtype])
+            assert_close(f"db save={save} step={step}", db, dy.double().sum(0), TOLERANCE[dtype])
+        if pinned or reuses:
+            assert torch.equal(grads[True, 1][1], grads[False, 1][1])
+    invalidate_config_cache()

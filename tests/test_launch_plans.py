@@ -153,7 +153,8 @@ def test_a_config_change_forgets_the_plans():
     with override_launch_config(CONFIGS["sketch_gemm"], kinds=("forward",)):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
         (plan,) = launch_plans.values()
-        y = plan(x, weight, b, None)
+        y, xs = plan(x, weight, b, None)
+    assert xs is not None and xs.shape == (x.shape[0], STRUCTURE.k_red)
     assert_close("after the change", y, expected(x, weight, b), TOLERANCE[torch.float32])
 
 
