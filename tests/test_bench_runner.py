@@ -286,3 +286,35 @@ def test_time_module_reports_the_retimed_run(cpu_as_cuda, monkeypatch):
                                   torch.float32)
     timing = runner.time_module(built, torch.randn(4, 64), None, 1, 1)
     assert (timing.median_ms, timing.p20_ms, timing.p80_ms) == (0.0091, 0.0088, 0.0094)
+
+
+@pytest.mark.parametrize("provider", ["dense", "ss1_tuned"])
+def test_a_captured_backward_writes_fresh_gradients_instead_of_accumulating(cpu_as_cuda, monkeypatch, provider):
+    """The call captured for fwd+bwd drops the gradients an earlier run left, so a replay's
+    gradients are that step's alone (no read-modify-write of x.grad inside the timed graph)."""
+    captured = {}
+
+    def fake_graphed(call):
+        left = {name: torch.full_like(tensor, 1000.0) for name, tensor in [("x", x), *module.named_parameters()]}
+        x.grad = left["x"]
+        for name, param in module.named_parameters():
+            param.grad = left[name]
+        call()  # what the capture records
+        captured.update({name: tensor.grad.clone() for name, tensor in [("x", x), *module.named_parameters()]})
+        return call
+
+    monkeypatch.setattr(runner, "graphed", fake_graphed)
+    case = plan([Shape("custom", "5x64x48", 5, 64, 48)], [2], ["fp32"], ["fwd+bwd"])[0]
+    cpu = torch.device("cpu")
+    built = runner.build_provider(provider, case, runner.case_structure(case, cpu, torch.float32), cpu,
+                                  torch.float32)
+    module = built.module
+    x, dy = torch.randn(5, 64), torch.randn(5, 48)
+    timing = runner.time_module(built, x, dy, 1, 1, cuda_graph=True)
+    assert timing.status == "ok" and set(captured) == {"x", "weight", "bias"}
+    xr = x.detach().clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    module(xr).backward(dy)
+    assert torch.allclose(captured["x"], xr.grad, atol=1e-5)
+    for name, param in module.named_parameters():
+        assert torch.allclose(captured[name], param.grad, atol=1e-5), name
