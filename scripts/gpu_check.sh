@@ -24,8 +24,9 @@
 #   e2e        (2 GPUs) ss1bench e2e: gpt2, gpt2-medium, llama-1b and bert-base, bert-large
 #   e2e_profile          scripts/e2e_profile.py (prefill GPU time by kernel kind)
 #   final      (2 GPUs) GPU tests; host overhead with/without the direct launch path; e2e, all models
-#   reuse_ab   scripts/sketch_reuse_ab.py: fwd+bwd with the forward's sketch kept vs x kept (gpt2, M = 16384,
-#              fp16 and bf16) -> $OUT/sketch_reuse_ab.csv
+#   switch_ab  scripts/switch_ab.py: fwd+bwd with an ops switch on vs off (AB_SWITCH: save_sketch, the
+#              forward's sketch kept vs x kept, or bias_grad; gpt2, M = 16384, AB_DTYPES, default fp16 and bf16)
+#              -> $OUT/switch_ab_$AB_SWITCH.csv
 #   bwdbench   (1 GPU) the fwd+bwd benches of reports/H200 (gpt2, llama, bert; fp16 then bf16) -> $OUT
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests bench" bash scripts/gpu_check.sh
 set -u
@@ -342,10 +343,11 @@ run_final() {
     tail -3 "$OUT/pytest_gpu.log"
 }
 
-run_reuse_ab() {
-    timeout -k 5 ${AB_S:-240} python3 scripts/sketch_reuse_ab.py --shapes gpt2 --m 16384 --dtype fp16,bf16 \
-        --out "$OUT/sketch_reuse_ab.csv" > "$OUT/sketch_reuse_ab.log" 2>&1
-    echo "reuse_ab rc=$?"; tail -12 "$OUT/sketch_reuse_ab.log"
+run_switch_ab() {
+    local switch=${AB_SWITCH:-save_sketch}
+    timeout -k 5 ${AB_S:-240} python3 scripts/switch_ab.py --switch "$switch" --shapes gpt2 --m 16384 \
+        --dtype "${AB_DTYPES:-fp16,bf16}" --out "$OUT/switch_ab_$switch.csv" > "$OUT/switch_ab_$switch.log" 2>&1
+    echo "switch_ab $switch rc=$?"; tail -12 "$OUT/switch_ab_$switch.log"
 }
 
 run_bwdbench() {
@@ -380,8 +382,8 @@ for stage in $STAGES; do
         e2e) run_e2e ;;
         e2e_profile) run_e2e_profile ;;
         final) run_final ;;
-        reuse_ab) run_reuse_ab ;;
+        switch_ab) run_switch_ab ;;
         bwdbench) run_bwdbench ;;
-        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 rotated4 e2e e2e_profile final reuse_ab bwdbench)"; exit 2 ;;
+        *) echo "unknown stage $stage (tests baselines bench tune release release2 backward decode4 ship4 bwd_prefill4 rotated4 e2e e2e_profile final switch_ab bwdbench)"; exit 2 ;;
     esac
 done

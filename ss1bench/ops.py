@@ -143,13 +143,27 @@ def _save_inputs(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
                           weight if ctx.needs_input_grad[0] else None)
 
 
+#: Rows from which an fp16/bf16 bias gradient on CUDA is one cuBLAS product with a ones vector
+#: instead of ``grad_out.sum(0)``: torch's column reduction read dy at ~0.85 TB/s on an H200 (30 us
+#: of a 132 us SS1 step at 16384 x 3072 x 768, c = 16). Both accumulate in fp32.
+BIAS_GRAD_PRODUCT_ROWS = 1024
+
+
+def _bias_grad(grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out.sum(0)`` (``(N,)``, grad_out's dtype)."""
+    rows = grad_out.shape[0]
+    if grad_out.is_cuda and rows >= BIAS_GRAD_PRODUCT_ROWS and grad_out.dtype in (torch.float16, torch.bfloat16):
+        return torch.mv(grad_out.t(), torch.ones(rows, dtype=grad_out.dtype, device=grad_out.device))
+    return grad_out.sum(dim=0)
+
+
 def _gradients(ctx, grad_out: torch.Tensor, grad_input, grad_weight) -> tuple:
     """``(dx, dW, db)``; ``grad_input(grad_out, weight)`` and ``grad_weight(grad_out, x)`` pick
     the path (custom ops when traced, direct launchers in eager mode)."""
     x, weight = ctx.saved_tensors
     grad_x = grad_input(grad_out, weight) if ctx.needs_input_grad[0] else None
     grad_w = grad_weight(grad_out, x) if ctx.needs_input_grad[1] else None
-    grad_b = grad_out.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    grad_b = _bias_grad(grad_out) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return grad_x, grad_w, grad_b
 
 

@@ -408,3 +408,18 @@ def test_training_steps_reuse_the_forwards_sketch(pinned, dtype, monkeypatch):
         if pinned or reuses:
             assert torch.equal(grads[True, 1][1], grads[False, 1][1])
     invalidate_config_cache()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("rows", [1023, 1024, 16389])
+def test_bias_gradient_matches_the_float64_sum(rows, dtype):
+    """ops._bias_grad (a cuBLAS product with ones from BIAS_GRAD_PRODUCT_ROWS rows on, in fp16/bf16)
+    against the float64 column sum, on both sides of the threshold."""
+    from ss1bench import ops
+
+    generator = torch.Generator(device="cuda").manual_seed(rows)
+    dy = (torch.randn(rows, 771, generator=generator, device="cuda") + 0.5).to(dtype)
+    db = ops._bias_grad(dy)
+    assert db.dtype == dtype and db.shape == (771,)
+    _record("bias grad", (rows, 0, 771), 0, dtype, _rel(db, dy.double().sum(0)))
+    assert_close(f"db rows={rows}", db, dy.double().sum(0), TOLERANCE[dtype])

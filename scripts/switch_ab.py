@@ -1,11 +1,14 @@
-"""A/B of the forward's sketch kept for the weight gradient (``ss1bench.ops.SAVE_SKETCH``).
+"""A/B of a forward + backward switch of ``ss1bench.ops``, on against off, in one run.
 
-Times forward + backward of the ``ss1_tuned`` layer with the sketch kept (on) and with x kept
-(off) side by side, in the order on, off, off, on per case (the two timings of each side
-averaged), next to dense and dense at K/c, as CUDA-graph replays like ``ss1bench bench
---cuda-graph``. Same inputs, layers and ideal as the bench (``ss1bench.bench.runner``).
+Switches: ``save_sketch`` (``ops.SAVE_SKETCH``: the forward's sketch kept for the weight
+gradient, off: x kept) and ``bias_grad`` (``ops.BIAS_GRAD_PRODUCT_ROWS``: the bias gradient as
+one cuBLAS product with a ones vector from 1024 rows on, off: ``dy.sum(0)`` at every size).
+Times forward + backward of the ``ss1_tuned`` layer with the switch on and off side by side, in
+the order on, off, off, on per case (the two timings of each side averaged), next to dense and
+dense at K/c, as CUDA-graph replays like ``ss1bench bench --cuda-graph``. Same inputs, layers and
+ideal as the bench (``ss1bench.bench.runner``).
 
-    python3 scripts/sketch_reuse_ab.py --shapes gpt2 --m 16384 --dtype fp16,bf16 --out ab.csv
+    python3 scripts/switch_ab.py --switch save_sketch --shapes gpt2 --m 16384 --dtype fp16,bf16 --out ab.csv
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from ss1bench import ops
 from ss1bench.bench import runner
 from ss1bench.bench.shapes import resolve_shapes
 
+#: switch name -> (ops attribute, value when on, value when off)
+SWITCHES = {
+    "save_sketch": ("SAVE_SKETCH", True, False),
+    "bias_grad": ("BIAS_GRAD_PRODUCT_ROWS", ops.BIAS_GRAD_PRODUCT_ROWS, 1 << 62),
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--switch", choices=sorted(SWITCHES), required=True)
     parser.add_argument("--shapes", default="gpt2")
     parser.add_argument("--m", default="16384", help="comma-separated M values")
     parser.add_argument("--redn-factors", default="2,4,8,16")
@@ -31,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rep-ms", type=int, default=30)
     parser.add_argument("--out", required=True, help="CSV of every timing")
     args = parser.parse_args()
+    attribute, on_value, off_value = SWITCHES[args.switch]
     device = torch.device("cuda")
     shapes = resolve_shapes(args.shapes.split(","), [], [int(m) for m in args.m.split(",")])
     factors = [int(c) for c in args.redn_factors.split(",")]
@@ -57,15 +68,16 @@ def main() -> None:
                     dense_ms = timed("dense", case, structure)
                 reduced_ms = timed("dense_reduced", case, structure)
                 times = {True: [], False: []}
-                for save in (True, False, False, True):
-                    ops.SAVE_SKETCH = save
-                    times[save].append(timed("ss1_tuned", case, structure))
-                ops.SAVE_SKETCH = True
+                for on in (True, False, False, True):
+                    setattr(ops, attribute, on_value if on else off_value)
+                    times[on].append(timed("ss1_tuned", case, structure))
+                setattr(ops, attribute, on_value)
                 floor_bytes = runner.memory_floor_bytes(shape.m, shape.k, shape.n, structure.k_red, dtype.itemsize,
                                                         "fwd+bwd")
                 ideal_ms = max(reduced_ms, floor_bytes / bandwidth * 1e3)
                 on, off = (sum(times[s]) / 2 for s in (True, False))
-                rows.append(dict(dtype=dtype_name, layer=shape.layer, M=shape.m, K=shape.k, N=shape.n, c=c,
+                rows.append(dict(switch=args.switch, dtype=dtype_name, layer=shape.layer, M=shape.m, K=shape.k,
+                                 N=shape.n, c=c,
                                  k_red=structure.k_red, dense_ms=dense_ms, ideal_ms=ideal_ms, off_ms=off, on_ms=on,
                                  on_over_off=on / off, speedup_off=dense_ms / off, speedup_on=dense_ms / on,
                                  fraction_off=ideal_ms / off, fraction_on=ideal_ms / on,
