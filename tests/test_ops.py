@@ -291,3 +291,24 @@ def test_torch_compile_dynamic_shapes(fresh_dynamo, generator):
     compiled = torch.compile(model, dynamic=True, backend="aot_eager")
     for rows in (3, 7):
         check_compiled(model, compiled, randn(rows, 100, generator=generator))
+
+
+@pytest.mark.parametrize(("rows", "dtype", "product"), [
+    (1024, torch.float16, True), (1023, torch.float16, False), (2048, torch.bfloat16, True),
+    (2048, torch.float32, False),  # fp32 keeps the sum (TF32 could apply to a product)
+])
+def test_bias_gradient_is_a_product_with_ones_from_the_threshold_on(rows, dtype, product, monkeypatch, generator):
+    """ops._bias_grad on CUDA tensors (stood in for by CPU ones here): torch.mv with ones from
+    BIAS_GRAD_PRODUCT_ROWS rows on in fp16/bf16, else the sum; the same column sums either way."""
+    from ss1bench import ops
+
+    assert ops.BIAS_GRAD_PRODUCT_ROWS == 1024
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    calls = []
+    real_mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *args: calls.append(1) or real_mv(*args))
+    dy = randn(rows, 37, dtype=torch.float32, generator=generator)
+    db = ops._bias_grad(dy.to(dtype))
+    assert bool(calls) == product
+    assert db.shape == (37,) and db.dtype == dtype
+    assert_close("db", db, dy.to(dtype).double().sum(0), 1e-2)
