@@ -145,14 +145,17 @@ def _save_inputs(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 #: Rows from which an fp16/bf16 bias gradient on CUDA is one cuBLAS product with a ones vector
 #: instead of ``grad_out.sum(0)``: torch's column reduction read dy at ~0.85 TB/s on an H200 (30 us
-#: of a 132 us SS1 step at 16384 x 3072 x 768, c = 16). Both accumulate in fp32.
+#: of a 132 us SS1 step at 16384 x 3072 x 768, c = 16). Both accumulate in fp32. Under
+#: ``torch.use_deterministic_algorithms(True)`` the sum stays (torch asks for a cuBLAS workspace
+#: setting before it runs a cuBLAS product there).
 BIAS_GRAD_PRODUCT_ROWS = 1024
 
 
 def _bias_grad(grad_out: torch.Tensor) -> torch.Tensor:
     """``grad_out.sum(0)`` (``(N,)``, grad_out's dtype)."""
     rows = grad_out.shape[0]
-    if grad_out.is_cuda and rows >= BIAS_GRAD_PRODUCT_ROWS and grad_out.dtype in (torch.float16, torch.bfloat16):
+    if (grad_out.is_cuda and rows >= BIAS_GRAD_PRODUCT_ROWS and grad_out.dtype in (torch.float16, torch.bfloat16)
+            and not torch.are_deterministic_algorithms_enabled()):
         return torch.mv(grad_out.t(), torch.ones(rows, dtype=grad_out.dtype, device=grad_out.device))
     return grad_out.sum(dim=0)
 

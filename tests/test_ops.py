@@ -312,3 +312,6 @@ def test_bias_gradient_is_a_product_with_ones_from_the_threshold_on(rows, dtype,
     assert bool(calls) == product
     assert db.shape == (37,) and db.dtype == dtype
     assert_close("db", db, dy.to(dtype).double().sum(0), 1e-2)
+    calls.clear()
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert torch.equal(ops._bias_grad(dy.to(dtype)), dy.to(dtype).sum(0)) and not calls  # deterministic: the sum
