@@ -14,10 +14,10 @@ import copy
 
 import pandas as pd
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from ss1bench import convert_to_ss_linear
 from ss1bench.e2e import MODELS, Inputs, build_model, phase_call
+from ss1bench.timing import kernel_table
 
 GEMM_MARKERS = ("gemm", "xmma", "cutlass", "sm90", "gemv", "splitkreduce")
 
@@ -35,22 +35,10 @@ def category(name: str) -> str:
 
 def kernel_times(call, repeats: int = 3) -> dict[str, float]:
     """GPU microseconds per call by category (mean over ``repeats`` calls, after one warm-up)."""
-    with torch.no_grad():
-        call()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                call()
-            torch.cuda.synchronize()
     totals: dict[str, float] = {}
-    for event in prof.key_averages():
-        time_us = getattr(event, "self_device_time_total", None)
-        if time_us is None:
-            time_us = getattr(event, "self_cuda_time_total", 0.0)
-        if time_us <= 0:
-            continue
-        key = category(event.key)
-        totals[key] = totals.get(key, 0.0) + time_us / repeats
+    with torch.no_grad():
+        for name, time_us, _ in kernel_table(call, repeats):
+            totals[category(name)] = totals.get(category(name), 0.0) + time_us
     return totals
 
 

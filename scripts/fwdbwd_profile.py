@@ -14,27 +14,9 @@ import argparse
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from ss1bench import SSL
-
-
-def kernel_table(step, repeats: int = 5) -> list[tuple[str, float, int]]:
-    """(kernel name, mean GPU microseconds per step, calls per step), largest first."""
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeats):
-            step()
-        torch.cuda.synchronize()
-    rows = []
-    for event in prof.key_averages():
-        time_us = getattr(event, "self_device_time_total", None)
-        if time_us is None:
-            time_us = getattr(event, "self_cuda_time_total", 0.0)
-        if time_us > 0:
-            rows.append((event.key, time_us / repeats, event.count // repeats))
-    return sorted(rows, key=lambda row: -row[1])
+from ss1bench.timing import kernel_table
 
 
 def main() -> None:
@@ -58,7 +40,7 @@ def main() -> None:
                 x.grad = None
                 layer(x).backward(dy)
 
-            rows = kernel_table(step)
+            rows = kernel_table(step, repeats=5)
             total = sum(row[1] for row in rows)
             print(f"\n{args.dtype} {m}x{k}x{n} {name}: {total:.1f} us of kernels per step "
                   f"(x {m * k * dtype.itemsize / 2**20:.0f} MiB)")

@@ -67,3 +67,24 @@ def graph_bench_ms(fn: Callable[[], object], warmup_ms: float, rep_ms: float) ->
         torch.cuda.synchronize()
         return do_bench(fn, warmup_ms, rep_ms), False
     return do_bench(replay, warmup_ms, rep_ms), True
+
+
+def kernel_table(call: Callable[[], object], repeats: int = 3) -> list[tuple[str, float, int]]:
+    """GPU kernels of one ``call`` (torch.profiler, after one warm-up call): ``(kernel name, mean
+    GPU microseconds per call, launches per call)``, largest first. No L2 flush between calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            call()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        time_us = getattr(event, "self_device_time_total", None)
+        if time_us is None:
+            time_us = getattr(event, "self_cuda_time_total", 0.0)
+        if time_us > 0:
+            rows.append((event.key, time_us / repeats, event.count // repeats))
+    return sorted(rows, key=lambda row: -row[1])
