@@ -137,7 +137,8 @@ def _(grad_out, x, weight_rows, in_features, redn_factor, seed, block_k, block_n
 
 
 def _save_inputs(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Keep only what the requested gradients need (x for dW, weight for dx)."""
+    """Keep only what the requested gradients need (x, or the eager forward's sketch of it, for dW;
+    weight for dx)."""
     ctx.has_bias = bias is not None
     ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
                           weight if ctx.needs_input_grad[0] else None)
@@ -194,20 +195,11 @@ torch.library.register_autograd("ss1bench::ss1_linear", _backward, setup_context
 SAVE_SKETCH = os.environ.get("SS1BENCH_SAVE_SKETCH", "1") not in ("", "0")
 
 
-def _forward_keeping_sketch(ctx, x, weight, bias, structure, rotated_weight) -> torch.Tensor | None:
-    """The forward on the kernels with ``xs = sketch(x)`` saved in place of x (see
-    :data:`SAVE_SKETCH`), or None where that does not apply (nothing run)."""
-    if not (SAVE_SKETCH and ctx.needs_input_grad[1] and _use_kernels(x)
-            and _kernels().grad_weight_takes_sketch(x.shape[0], structure, x.dtype, x.device)):
-        return None
-    y, xs = _kernels().ss1_forward(x, weight, bias, structure, rotated_weight=rotated_weight, return_sketch=True)
-    if xs is None:  # the forward's algorithm made no sketch: keep x after all
-        _save_inputs(ctx, x, weight, bias)
-    else:
-        ctx.has_bias = bias is not None
-        ctx.saved_sketch = True
-        ctx.save_for_backward(xs, weight if ctx.needs_input_grad[0] else None)
-    return y
+def _sketch_serves_grad_weight(ctx, x: torch.Tensor, structure: SS1Structure) -> bool:
+    """Whether the forward should hand back its sketch of x for the weight gradient (see
+    :data:`SAVE_SKETCH`): the weight needs a gradient and its config on the kernels is ``sketch_gemm``."""
+    return (SAVE_SKETCH and ctx.needs_input_grad[1] and _use_kernels(x)
+            and _kernels().grad_weight_takes_sketch(x.shape[0], structure, x.dtype, x.device))
 
 
 class _EagerSS1Linear(torch.autograd.Function):
@@ -221,12 +213,15 @@ class _EagerSS1Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, structure, rotated_weight):
         ctx.structure = structure
-        ctx.saved_sketch = False
-        y = _forward_keeping_sketch(ctx, x, weight, bias, structure, rotated_weight)
-        if y is not None:
-            return y
-        _save_inputs(ctx, x, weight, bias)
-        return _forward_impl(x, weight, bias, structure, rotated_weight)
+        xs = None  # the sketch of x, where the forward made one that the weight gradient can use
+        if _sketch_serves_grad_weight(ctx, x, structure):
+            y, xs = _kernels().ss1_forward(x, weight, bias, structure, rotated_weight=rotated_weight,
+                                           return_sketch=True)
+        else:
+            y = _forward_impl(x, weight, bias, structure, rotated_weight)
+        ctx.saved_sketch = xs is not None
+        _save_inputs(ctx, x if xs is None else xs, weight, bias)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
