@@ -120,12 +120,17 @@ def test_a_changed_key_records_its_own_plan(change):
 
 
 def test_inputs_a_plan_would_pass_as_they_are_only_are_planned():
-    """A transposed x or a strided bias is copied by the checks: such calls keep no plan."""
+    """A transposed x or a strided bias is copied by the checks: such calls keep no plan.
+
+    (Counted inside the override: leaving it changes the configs, which drops every plan.)"""
     with override_launch_config(CONFIGS["fused"], kinds=("forward",)):
         x, weight, b = inputs(19)
         kernels.ss1_forward(x.t().contiguous().t(), weight, b, STRUCTURE)
+        assert len(launch_plans) == 0, "transposed x"
         kernels.ss1_forward(x, weight, torch.stack([b, b], 1)[:, 0], STRUCTURE)
-    assert len(launch_plans) == 0
+        assert len(launch_plans) == 0, "strided bias"
+        kernels.ss1_forward(x, weight, b, STRUCTURE)
+        assert len(launch_plans) == 1, "row-major inputs"
 
 
 def test_pinned_configs_and_given_outputs_neither_record_nor_replay(monkeypatch):
@@ -247,6 +252,32 @@ def test_a_replayed_grad_weight_plan_gives_the_reference_result(algorithm, deter
             expected_dw = reference.ss1_grad_weight_reference(grad_out.double(), x.double(), STRUCTURE)
             assert_close(f"{algorithm} dW replay {seed}", dw, expected_dw, TOLERANCE[torch.float32])
     assert len(launch_plans) == 0  # the override's removal forgot it
+
+
+@pytest.mark.parametrize("kind", ["grad_input", "grad_weight"])
+def test_backward_inputs_the_checks_copy_keep_no_plan(kind):
+    """A transposed grad_out, or x for the weight gradient, is copied by the checks: no plan, and
+    the result is still right; row-major inputs then keep one."""
+    grad_out = torch.randn(37, STRUCTURE.out_features, generator=torch.Generator().manual_seed(5))
+    x, weight, _ = inputs(37)
+
+    def run(g, second):
+        if kind == "grad_input":
+            return kernels.ss1_grad_input(g, second, STRUCTURE), \
+                reference.ss1_grad_input_reference(g.double(), second.double(), STRUCTURE)
+        return kernels.ss1_grad_weight(g, second, STRUCTURE), \
+            reference.ss1_grad_weight_reference(g.double(), second.double(), STRUCTURE)
+
+    second = weight if kind == "grad_input" else x
+    with override_launch_config(BACKWARD["fused"], kinds=(kind,)):
+        for name, args in [("transposed grad_out", (grad_out.t().contiguous().t(), second)),
+                           (f"transposed {'weight' if kind == 'grad_input' else 'x'}",
+                            (grad_out, second.t().contiguous().t()))]:
+            got, want = run(*args)
+            assert_close(name, got, want, TOLERANCE[torch.float32])
+            assert len(launch_plans) == 0, name
+        run(grad_out, second)
+        assert len(launch_plans) == 1, "row-major inputs"
 
 
 def test_grad_weight_plans_are_kept_per_determinism():
