@@ -520,6 +520,13 @@ def _row_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
+def _copied_below(*tensors: torch.Tensor | None) -> bool:
+    """Whether a launcher's checks copy any of ``tensors`` (None skipped) to a unit last stride
+    (:func:`_row_major`, the forward's contiguous bias). A plan passes the caller's tensors as they
+    are, so a call that copies one keeps no plan."""
+    return any(tensor is not None and tensor.stride(-1) != 1 for tensor in tensors)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
@@ -714,9 +721,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     n, k_red = structure.weight_shape
     dtype_name(x.dtype)
     _check_device(x.device)
-    # a plan passes the caller's tensors as they are: only where the checks below copy none
-    if plan_key is not None and not (x.stride(-1) == 1 and weight.stride(-1) == 1
-                                     and (bias is None or bias.stride(-1) == 1)):
+    if plan_key is not None and _copied_below(x, weight, bias):
         plan_key = None
     if k != structure.in_features:
         raise ValueError(f"x has {k} features but the layer expects in_features={structure.in_features}")
@@ -932,8 +937,8 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
     dx = _check_out(out, (m, k), grad_out)
     if m == 0:
         return dx
-    if not (grad_out.stride(-1) == 1 and weight.stride(-1) == 1):
-        plan_key = None  # copied below: a plan passes the caller's tensors as they are
+    if _copied_below(grad_out, weight):
+        plan_key = None
     grad_out, weight = _row_major(grad_out), _row_major(weight)
     recorded: list = []
 
@@ -992,8 +997,8 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
     dw = _check_out(out, structure.weight_shape, grad_out)
     if m == 0:
         return dw.zero_()
-    if not (grad_out.stride(-1) == 1 and x.stride(-1) == 1):
-        plan_key = None  # copied below: a plan passes the caller's tensors as they are
+    if _copied_below(grad_out, x):
+        plan_key = None
     grad_out, x = _row_major(grad_out), _row_major(x)
     result: dict[str, torch.Tensor] = {}
     recorded: list = []
