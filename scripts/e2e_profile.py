@@ -38,7 +38,8 @@ def kernel_times(call, repeats: int = 3) -> dict[str, float]:
     totals: dict[str, float] = {}
     with torch.no_grad():
         for name, time_us, _ in kernel_table(call, repeats):
-            totals[category(name)] = totals.get(category(name), 0.0) + time_us
+            key = category(name)
+            totals[key] = totals.get(key, 0.0) + time_us
     return totals
 
 

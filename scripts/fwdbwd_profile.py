@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ss1bench import SSL
+from ss1bench.bench.runner import TORCH_DTYPES
 from ss1bench.timing import kernel_table
 
 
@@ -23,9 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", action="append", required=True, help="MxKxN (repeatable)")
     parser.add_argument("--redn-factor", default="16", help="comma-separated")
-    parser.add_argument("--dtype", default="fp16")
+    parser.add_argument("--dtype", default="fp16", choices=sorted(TORCH_DTYPES))
     args = parser.parse_args()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]
     device = torch.device("cuda")
     for shape in args.shape:
         m, k, n = (int(v) for v in shape.split("x"))

@@ -48,7 +48,7 @@ def main() -> None:
     bandwidth = runner.measure_copy_bandwidth(device)
     rows = []
     for dtype_name in args.dtype.split(","):
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+        dtype = runner.TORCH_DTYPES[dtype_name]
         for shape in shapes:
             generator = torch.Generator(device=device).manual_seed(runner.INPUT_SEED)
             inputs = runner._Inputs(shape.m, shape.n, True, generator, device, dtype)
