@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .ops import rotate_weight, ss1_linear
+from .ops import records_autograd, rotate_weight, ss1_linear
 from .structure import DEFAULT_BLOCK_N, SS1Structure, default_block_k
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ class SSL(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        rotated = self._rotated_weight() if self._rotated_cache_on and weight is self.weight else None
+        rotated = None
+        if self._rotated_cache_on and weight is self.weight and not records_autograd(x, weight, bias):
+            rotated = self._rotated_weight()
         return ss1_linear(x, weight, bias, self.structure, rotated)
 
     # ---- rotated-weight cache -------------------------------------------------------------------

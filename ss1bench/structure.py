@@ -73,10 +73,12 @@ def validate_block(name: str, value: object, maximum: int) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_numbers(seed: int) -> tuple[int, int, int, int]:
     """``(R0, R1, R2, R3)`` for ``seed``: ``R0 = 45007``, the rest drawn with a private generator.
 
-    The global torch RNG is never touched.
+    The global torch RNG is never touched. Drawn once per seed: a structure is rebuilt from its
+    ints inside traced ops (``kernels/traced.py``), where tensors are fake and cannot be read.
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     # device="cpu": under `with torch.device("cuda")` (or meta) the draw must still use the CPU

@@ -27,7 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ss1bench.kernels import ss1 as kernels
+from ss1bench.kernels import jit as kernels
 
 #: Pointer arguments that are fp32 whatever the input dtype (split-K partials, weight gradient).
 FP32_POINTERS = ("partial_ptr", "dw_ptr")

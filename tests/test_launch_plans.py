@@ -1,6 +1,5 @@
-"""Launch plans (kernels/ss1.py): the launches of an eager forward, grad_input or grad_weight call
-recorded on the first call per key and replayed afterwards, in the CPU interpreter
-(TRITON_INTERPRET=1).
+"""Launch plans (kernels/plans.py): the launches of an eager inference forward recorded on the
+first call per key and replayed afterwards, in the CPU interpreter (TRITON_INTERPRET=1).
 
 Each algorithm's replay must give the reference's result for new inputs (intermediates and the
 output poisoned with NaN), a changed key must never reuse a plan, and the checks must still run
@@ -15,6 +14,7 @@ import torch
 from conftest import TOLERANCE, assert_close, randn
 
 from ss1bench import SSL, ops, reference
+from ss1bench.kernels import plans
 from ss1bench.kernels import ss1 as kernels
 from ss1bench.kernels.config import LaunchConfig, invalidate_config_cache, launch_plans, override_launch_config
 from ss1bench.structure import SS1Structure
@@ -34,8 +34,7 @@ CONFIGS = {
 
 
 @pytest.fixture(autouse=True)
-def fresh_plans(monkeypatch):
-    monkeypatch.setattr(kernels, "FAST_PATH", True)
+def fresh_plans():
     invalidate_config_cache()
     yield
     invalidate_config_cache()
@@ -158,17 +157,8 @@ def test_a_config_change_forgets_the_plans():
     with override_launch_config(CONFIGS["sketch_gemm"], kinds=("forward",)):
         kernels.ss1_forward(x, weight, b, STRUCTURE)
         (plan,) = launch_plans.values()
-        y, xs = plan(x, weight, b, None)
-    assert xs is not None and xs.shape == (x.shape[0], STRUCTURE.k_red)
+        y = plan(x, weight, b, None)
     assert_close("after the change", y, expected(x, weight, b), TOLERANCE[torch.float32])
-
-
-def test_switched_off_no_plans_are_kept(monkeypatch):
-    monkeypatch.setattr(kernels, "FAST_PATH", False)
-    x, weight, b = inputs(19)
-    for _ in range(2):
-        kernels.ss1_forward(x, weight, b, STRUCTURE)
-    assert len(launch_plans) == 0
 
 
 def test_bad_inputs_still_get_their_errors_after_a_plan_exists():
@@ -187,7 +177,7 @@ def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch)
     """SSL calls on the eager no-grad path take the plan before ops.ss1_linear's checks; a call
     that needs gradients goes through autograd (its forward may replay) and still gets them."""
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the GPU-only entry
-    monkeypatch.setattr(kernels, "current_device", lambda: 0)
+    monkeypatch.setattr(plans, "current_device", lambda: 0)
     monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
     layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
     x = torch.randn(19, 200)
@@ -206,104 +196,3 @@ def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch)
     layer(xg).sum().backward()
     assert xg.grad is not None and layer.weight.grad is not None
     assert_close("dx", xg.grad, torch.ones(19, 40, dtype=torch.float64) @ dense, TOLERANCE[torch.float32])
-
-
-# ---- backward ------------------------------------------------------------------------------------
-
-BACKWARD = {
-    "fused": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1),
-    "fused split-M": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1, split_m=2),
-    "sketch_gemm": LaunchConfig(tile_m=16, tile_n=16, tile_k=16, num_warps=1, num_stages=1,
-                                algorithm="sketch_gemm"),
-}
-
-
-@pytest.mark.parametrize("algorithm", ["fused", "sketch_gemm"])
-def test_a_replayed_grad_input_plan_gives_the_reference_result(algorithm, monkeypatch, nan_empty):
-    with override_launch_config(BACKWARD[algorithm], kinds=("grad_input",)):
-        grad_out, weight, _ = inputs(37)
-        grad_out = grad_out[:, :STRUCTURE.out_features].contiguous()
-        kernels.ss1_grad_input(grad_out, weight, STRUCTURE)
-        assert len(launch_plans) == 1
-        no_slow_path(monkeypatch)
-        for seed in (1, 2):
-            grad_out, weight, _ = inputs(37, seed=seed)
-            grad_out = grad_out[:, :STRUCTURE.out_features].contiguous()
-            dx = kernels.ss1_grad_input(grad_out, weight, STRUCTURE)
-            expected_dx = reference.ss1_grad_input_reference(grad_out.double(), weight.double(), STRUCTURE)
-            assert_close(f"{algorithm} dx replay {seed}", dx, expected_dx, TOLERANCE[torch.float32])
-
-
-@pytest.mark.parametrize(("algorithm", "deterministic"),
-                         [("fused", True), ("fused split-M", True), ("fused split-M", False), ("sketch_gemm", True)])
-def test_a_replayed_grad_weight_plan_gives_the_reference_result(algorithm, deterministic, monkeypatch, nan_empty):
-    def grads(seed):
-        x, _, _ = inputs(37, seed=seed)
-        grad_out = torch.randn(37, STRUCTURE.out_features, generator=torch.Generator().manual_seed(seed + 9))
-        return grad_out, x
-
-    with override_launch_config(BACKWARD[algorithm], kinds=("grad_weight",)):
-        kernels.ss1_grad_weight(*grads(0), STRUCTURE, deterministic=deterministic)
-        assert len(launch_plans) == 1
-        no_slow_path(monkeypatch)
-        for seed in (1, 2):
-            grad_out, x = grads(seed)
-            dw = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=deterministic)
-            expected_dw = reference.ss1_grad_weight_reference(grad_out.double(), x.double(), STRUCTURE)
-            assert_close(f"{algorithm} dW replay {seed}", dw, expected_dw, TOLERANCE[torch.float32])
-    assert len(launch_plans) == 0  # the override's removal forgot it
-
-
-@pytest.mark.parametrize("kind", ["grad_input", "grad_weight"])
-def test_backward_inputs_the_checks_copy_keep_no_plan(kind):
-    """A transposed grad_out, or x for the weight gradient, is copied by the checks: no plan, and
-    the result is still right; row-major inputs then keep one."""
-    grad_out = torch.randn(37, STRUCTURE.out_features, generator=torch.Generator().manual_seed(5))
-    x, weight, _ = inputs(37)
-
-    def run(g, second):
-        if kind == "grad_input":
-            return kernels.ss1_grad_input(g, second, STRUCTURE), \
-                reference.ss1_grad_input_reference(g.double(), second.double(), STRUCTURE)
-        return kernels.ss1_grad_weight(g, second, STRUCTURE), \
-            reference.ss1_grad_weight_reference(g.double(), second.double(), STRUCTURE)
-
-    second = weight if kind == "grad_input" else x
-    with override_launch_config(BACKWARD["fused"], kinds=(kind,)):
-        for name, args in [("transposed grad_out", (grad_out.t().contiguous().t(), second)),
-                           (f"transposed {'weight' if kind == 'grad_input' else 'x'}",
-                            (grad_out, second.t().contiguous().t()))]:
-            got, want = run(*args)
-            assert_close(name, got, want, TOLERANCE[torch.float32])
-            assert len(launch_plans) == 0, name
-        run(grad_out, second)
-        assert len(launch_plans) == 1, "row-major inputs"
-
-
-def test_grad_weight_plans_are_kept_per_determinism():
-    grad_out, x = torch.randn(37, STRUCTURE.out_features), torch.randn(37, STRUCTURE.in_features)
-    with override_launch_config(BACKWARD["fused split-M"], kinds=("grad_weight",)):
-        first = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=True)
-        second = kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=False)
-        assert len(launch_plans) == 2
-        assert torch.equal(kernels.ss1_grad_weight(grad_out, x, STRUCTURE, deterministic=True), first)
-    assert_close("atomic", second, first.double(), TOLERANCE[torch.float32])
-
-
-def test_a_training_step_replays_forward_and_backward(monkeypatch):
-    """The layer's eager forward and backward both replay from the second step on, and the
-    gradients stay those of the dense equivalent."""
-    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
-    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
-    dense = layer.dense_weight().detach().double()
-    x, gy = torch.randn(19, 200), torch.randn(19, 40)
-    for step in range(3):
-        if step == 2:
-            no_slow_path(monkeypatch)
-        xg = x.clone().requires_grad_()
-        layer.zero_grad()
-        layer(xg).backward(gy)
-        assert_close(f"dx step {step}", xg.grad, gy.double() @ dense, TOLERANCE[torch.float32])
-        expected_dw = reference.ss1_grad_weight_reference(gy.double(), x.double(), layer.structure)
-        assert_close(f"dW step {step}", layer.weight.grad, expected_dw, TOLERANCE[torch.float32])
-    assert {key[0] for key in launch_plans} == {"forward", "grad_input", "grad_weight"}

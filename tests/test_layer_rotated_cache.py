@@ -38,8 +38,9 @@ def rotations(monkeypatch):
 
 @pytest.fixture
 def layer():
+    """A layer set up for inference (no parameter needs a gradient): the cache's use."""
     torch.manual_seed(0)
-    return SSL(300, 70, redn_factor=4, seed=3, block_k=16, block_n=32)
+    return SSL(300, 70, redn_factor=4, seed=3, block_k=16, block_n=32).requires_grad_(False)
 
 
 def test_off_by_default_and_on_gives_the_same_output(layer, rotations, generator):

@@ -244,12 +244,12 @@ def _describe_arg(value):
 
 
 def kernel_names() -> tuple[str, ...]:
-    """The ``@triton.jit`` kernels (``*_kernel``) of ``ss1bench.kernels.ss1`` (JIT or interpreted)."""
+    """The ``@triton.jit`` kernels (``*_kernel``) of ``ss1bench.kernels.jit`` (JIT or interpreted)."""
     from triton.runtime.jit import KernelInterface
 
-    from ss1bench.kernels import ss1
+    from ss1bench.kernels import jit
 
-    return tuple(sorted(name for name, value in vars(ss1).items()
+    return tuple(sorted(name for name, value in vars(jit).items()
                         if name.endswith("_kernel") and isinstance(value, KernelInterface)))
 
 
@@ -266,13 +266,13 @@ def constexpr_names(kernel) -> frozenset[str]:
 def capture_launches() -> Iterator[list]:
     """Within the block, SS1 kernel launches are recorded as :class:`CompileTask` (or an error
     string when an argument cannot be replayed) instead of compiled and run. Main thread only."""
-    from ss1bench.kernels import ss1
+    from ss1bench.kernels import jit
 
     captured: list = []
     saved = {}
     names = kernel_names()
     for name in names:
-        kernel = getattr(ss1, name)
+        kernel = getattr(jit, name)
         saved[name] = kernel.__dict__.get("run", None)
 
         def record(*args, grid, warmup, _name=name, **kwargs):
@@ -288,7 +288,7 @@ def capture_launches() -> Iterator[list]:
         yield captured
     finally:
         for name in names:
-            kernel = getattr(ss1, name)
+            kernel = getattr(jit, name)
             if saved[name] is None:
                 kernel.__dict__.pop("run", None)
             else:
@@ -303,10 +303,10 @@ def _worker_init(device_index: int) -> None:
 
 def _worker_compile(task: CompileTask) -> float:
     """Compile ``task`` into Triton's cache (worker process); returns seconds taken."""
-    from ss1bench.kernels import ss1
+    from ss1bench.kernels import jit
 
     start = time.perf_counter()
-    kernel = getattr(ss1, task.kernel)
+    kernel = getattr(jit, task.kernel)
 
     def replay(value):
         if isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor":
@@ -456,9 +456,9 @@ class KernelBench:
                 self._pool = _PriorityPool.for_device(compile_workers, device.index or 0)
             except Exception as exc:  # no pool: compile at first launch instead
                 self.pool_error = f"{type(exc).__name__}: {exc}"
-        from ss1bench.kernels import ss1
+        from ss1bench.kernels import jit
 
-        self._constexprs = {name: constexpr_names(getattr(ss1, name)) for name in kernel_names()}
+        self._constexprs = {name: constexpr_names(getattr(jit, name)) for name in kernel_names()}
 
     def close(self) -> None:
         if self._pool is not None:
