@@ -18,12 +18,28 @@ from .structure import SS1Structure
 _INDEX_CACHE_SIZE = 256
 
 
-@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+def _cached(build):
+    """``build(structure, device)`` cached per (structure, device) in eager calls; under
+    ``torch.compile`` the index is built in the graph instead (from aranges and constants: Inductor
+    folds it into the gathers' index math), where a cache of real tensors would not apply."""
+    cached = functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)(build)
+
+    @functools.wraps(build)
+    def index(structure: SS1Structure, device: torch.device) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return build(structure, device)
+        return cached(structure, device)
+
+    index.cache_clear = cached.cache_clear
+    return index
+
+
+@_cached
 def _sketch_index(structure: SS1Structure, device: torch.device) -> torch.Tensor:
     return structure.sketch_index(device)
 
 
-@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+@_cached
 def _unsketch_source(structure: SS1Structure, device: torch.device) -> torch.Tensor:
     """Sketch column each dense column reads: ``(K,)``."""
     index = _sketch_index(structure, device)  # (K_red, c): dense col of (kk, r)
@@ -33,7 +49,7 @@ def _unsketch_source(structure: SS1Structure, device: torch.device) -> torch.Ten
     return source[: structure.in_features].clone()
 
 
-@functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
+@_cached
 def _rotation_columns(structure: SS1Structure, device: torch.device) -> torch.Tensor:
     """``(N, 1, BK)``: :meth:`SS1Structure.rotation_columns`, shaped to broadcast over groups."""
     return structure.rotation_columns(device)[:, None, :]

@@ -1,7 +1,7 @@
 """The public op ``ss1bench.ss1_linear``, on CPU.
 
 On CPU the op runs the pure-torch reference, so these tests check the wrapping: shapes and
-strides, input validation, autograd and torch.compile (``test_compile.py`` has more of it).
+strides, input validation and autograd (``test_compile.py``: torch.compile and training).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import assert_close, dtype_id, randn
 
-from ss1bench import SSL
 from ss1bench.ops import ss1_linear
 from ss1bench.reference import ss1_forward_reference
 from ss1bench.structure import SS1Structure
@@ -200,54 +199,3 @@ def test_gradcheck(generator):
     fn = lambda a, w, b=None: ss1_linear(a, w, b, structure)
     assert torch.autograd.gradcheck(fn, (x, weight, bias))
     assert torch.autograd.gradcheck(fn, (x, weight))
-
-
-# ---- torch.compile -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_dynamo():
-    """Compiled code is cached per code object (SSL.forward): start and end each test from scratch."""
-    torch.compiler.reset()
-    yield
-    torch.compiler.reset()
-
-
-def small_model():
-    return torch.nn.Sequential(
-        SSL(100, 40, redn_factor=4, seed=1, block_k=16, block_n=16),
-        torch.nn.GELU(),
-        SSL(40, 24, redn_factor=2, seed=2, block_k=16, block_n=16, bias=False),
-    )
-
-
-def forward_and_grads(model, x):
-    model.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    y = model(x)
-    (y * torch.linspace(-1.0, 1.0, y.shape[-1])).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() for p in model.parameters()]
-
-
-def check_compiled(model, compiled, x):
-    y_eager, gx_eager, gp_eager = forward_and_grads(model, x)
-    y, gx, gp = forward_and_grads(compiled, x)
-    assert_close("y", y, y_eager)
-    assert_close("grad_x", gx, gx_eager)
-    assert len(gp) == len(gp_eager) == 3
-    for index, (actual, expected) in enumerate(zip(gp, gp_eager, strict=True)):
-        assert_close(f"grad param {index}", actual, expected)
-
-
-def test_torch_compile_matches_eager(fresh_dynamo, generator):
-    """Inductor, full graph: the reference's sketch, rotation and F.linear are traced."""
-    model = small_model()
-    check_compiled(model, torch.compile(model, fullgraph=True), randn(2, 5, 100, generator=generator))
-
-
-def test_torch_compile_dynamic_shapes(fresh_dynamo, generator):
-    """dynamic=True traces the backward with symbolic sizes."""
-    model = small_model()
-    compiled = torch.compile(model, dynamic=True, backend="aot_eager")
-    for rows in (3, 7):
-        check_compiled(model, compiled, randn(rows, 100, generator=generator))

@@ -1,0 +1,290 @@
+"""SS1 under ``torch.compile`` and in eager training, on CPU.
+
+On CPU a compiled SSL call traces the reference's sketch, rotation and ``F.linear`` (on CUDA it
+traces the ``ss1bench::sketch_rotate`` triton op instead: ``tests/test_gpu.py``). These tests check
+what both share: the Python of ``SSL.forward`` and ``ss1_linear`` traces without graph breaks,
+forward and backward match eager and the float64 reference, dynamic shapes do not recompile per
+size, bad inputs get eager's errors, and training keeps the sketch, not x, for the weight gradient.
+The interpreter tests run the triton ops' eager bodies and the eager training Function on CPU
+tensors (TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import TOLERANCE, assert_close, dtype_id, randn
+
+from ss1bench import SSL, convert_to_ss_linear, ops, reference
+from ss1bench.structure import SS1Structure
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Compiled code is cached per code object (SSL.forward): start and end each test from scratch."""
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
+
+
+def small_model() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        SSL(100, 40, redn_factor=4, seed=1, block_k=16, block_n=16),
+        torch.nn.GELU(),
+        SSL(40, 24, redn_factor=2, seed=2, block_k=16, block_n=16, bias=False),
+    )
+
+
+def forward_and_grads(model, x):
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    y = model(x)
+    (y * torch.linspace(-1.0, 1.0, y.shape[-1])).sum().backward()
+    return y.detach(), x.grad, [p.grad.clone() for p in model.parameters()]
+
+
+def reference_forward_and_grads(model, x):
+    """The same model computed with each SSL's dense equivalent in float64."""
+    dense = torch.nn.Sequential(*[
+        torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=torch.float64)
+        if isinstance(m, SSL) else m for m in model])
+    for ssl, linear in zip(model, dense, strict=True):
+        if isinstance(ssl, SSL):
+            with torch.no_grad():
+                linear.weight.copy_(ssl.dense_weight())
+                if ssl.bias is not None:
+                    linear.bias.copy_(ssl.bias)
+    y, gx, _ = forward_and_grads(dense, x.double())
+    # dense weight gradients map back to the compressed weights by the structure's adjoint
+    ssl_grads = []
+    for ssl, linear in zip(model, dense, strict=True):
+        if isinstance(ssl, SSL):
+            projected = torch.zeros(ssl.structure.weight_shape, dtype=torch.float64)
+            projected.scatter_add_(1, ssl.structure.dense_index(), linear.weight.grad)
+            ssl_grads.append(projected)
+            if ssl.bias is not None:
+                ssl_grads.append(linear.bias.grad)
+    return y, gx, ssl_grads
+
+
+def check_against(name, model, compiled, x, rtol):
+    y_eager, gx_eager, gp_eager = forward_and_grads(model, x)
+    y, gx, gp = forward_and_grads(compiled, x)
+    assert_close(f"{name} y", y, y_eager, rtol)
+    assert_close(f"{name} grad_x", gx, gx_eager, rtol)
+    assert len(gp) == len(gp_eager) == 3
+    for index, (actual, expected) in enumerate(zip(gp, gp_eager, strict=True)):
+        assert_close(f"{name} grad param {index}", actual, expected, rtol)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_forward_and_backward_match_eager_and_the_reference(backend, generator):
+    model = small_model()
+    x = randn(2, 5, 100, generator=generator)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    check_against(backend, model, compiled, x, TOLERANCE[torch.float32])
+    y_ref, gx_ref, gp_ref = reference_forward_and_grads(model, x)
+    y, gx, gp = forward_and_grads(compiled, x)
+    assert_close("y vs float64", y, y_ref, TOLERANCE[torch.float32])
+    assert_close("grad_x vs float64", gx, gx_ref, TOLERANCE[torch.float32])
+    for index, (actual, expected) in enumerate(zip(gp, gp_ref, strict=True)):
+        assert_close(f"grad param {index} vs float64", actual, expected, TOLERANCE[torch.float32])
+    with torch.no_grad():
+        assert_close("no_grad", compiled(x), y_ref, TOLERANCE[torch.float32])
+
+
+def test_dynamic_shapes_compile_once(generator):
+    """dynamic=True: one graph serves every batch size (no recompile per M)."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = small_model()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
+    for rows in (3, 7, 11, 64):
+        y = compiled(randn(rows, 100, generator=generator))
+        assert y.shape == (rows, 24)
+    assert counter.frame_count == 1
+
+
+def test_new_sequence_lengths_recompile_at_most_once(generator):
+    """The default (dynamic=None): the second new size switches to a dynamic graph, and later
+    sizes reuse it."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = small_model()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    for seq in (5, 9, 13, 21, 33):
+        compiled(randn(2, seq, 100, generator=generator))
+    assert counter.frame_count <= 2
+
+
+def test_cached_rotated_weight_is_ignored_by_traces(generator):
+    """A trace multiplies by the weight it is given, so a stale cache cannot reach compiled code."""
+    layer = SSL(100, 40, redn_factor=4, seed=1, block_k=16, block_n=16).requires_grad_(False)
+    layer.cache_rotated_weight()
+    x = randn(3, 100, generator=generator)
+    layer(x)  # fills the cache
+    layer.weight.data.mul_(2.0)  # not tracked by torch: eager calls keep the stale copy until refreshed
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    expected = reference.ss1_forward_reference(x.double(), layer.weight.double(), layer.bias.double(),
+                                               layer.structure)
+    assert_close("compiled", compiled(x), expected, TOLERANCE[torch.float32])
+
+
+# ---- converted Hugging Face models: no graph breaks from SS1 ---------------------------------------
+
+
+def _tiny_models():
+    transformers = pytest.importorskip("transformers")
+    return {
+        "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=2, n_embd=64, n_head=2, vocab_size=97, n_positions=32)),
+        "bert": lambda: transformers.BertModel(transformers.BertConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=97,
+            max_position_embeddings=32)),
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=97, max_position_embeddings=32)),
+    }
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_converted_models_trace_in_one_graph(name):
+    """fullgraph=True compiles the converted model (forward and a backward through it), and the
+    compiled logits match eager ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _tiny_models()[name]().eval()
+    convert_to_ss_linear(model, 4, project=False)
+    assert any(isinstance(module, SSL) for module in model.modules())
+    ids = torch.randint(1, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(ids)
+    hidden = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    eager = model(ids)
+    expected = eager.logits if hasattr(eager, "logits") else eager.last_hidden_state
+    assert_close("compiled output", hidden.detach(), expected.detach(), TOLERANCE[torch.float32])
+    hidden.float().square().mean().backward()
+    ssl = next(module for module in model.modules() if isinstance(module, SSL))
+    assert ssl.weight.grad is not None and torch.isfinite(ssl.weight.grad).all()
+
+
+# ---- errors: the same under compile as in eager ----------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["in_features", "weight shape", "bias shape", "int dtype"])
+def test_bad_inputs_get_eager_errors_under_compile(case, generator):
+    structure = SS1Structure(100, 40, 4, 1, 16, 16)
+    x = randn(3, 100, generator=generator)
+    weight = randn(*structure.weight_shape, generator=generator)
+    bias = randn(40, generator=generator)
+    if case == "in_features":
+        x = x[:, :99]
+    elif case == "weight shape":
+        weight = weight[:, :-1]
+    elif case == "bias shape":
+        bias = bias[:-1]
+    else:
+        x = x.to(torch.int32)
+
+    def call(a, w, b):
+        return ops.ss1_linear(a, w, b, structure)
+
+    with pytest.raises(Exception) as eager:
+        call(x, weight, bias)
+    message = str(eager.value).splitlines()[0]
+    with pytest.raises(type(eager.value)) as compiled:  # Dynamo stops and runs the call: the same error
+        torch.compile(call, backend="aot_eager")(x, weight, bias)
+    assert str(compiled.value).splitlines()[0] == message
+    # fullgraph=True: torch wraps the user's exception in its own error, whose text carries ours
+    with pytest.raises(Exception, match=re.escape(message)):
+        torch.compile(call, backend="aot_eager", fullgraph=True)(x, weight, bias)
+
+
+# ---- training keeps the sketch, not x ---------------------------------------------------------------
+
+
+def saved_shapes(fn) -> list[tuple[int, ...]]:
+    """Shapes of every tensor autograd saves while ``fn`` runs."""
+    shapes = []
+
+    def pack(tensor):
+        shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return shapes
+
+
+@pytest.mark.parametrize("path", ["reference", pytest.param("kernels", marks=pytest.mark.interpret)])
+def test_training_saves_the_sketch_not_x(path, monkeypatch, generator):
+    if path == "kernels":
+        monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)  # CPU tensors through the interpreter
+    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
+    x = randn(19, 200, generator=generator).requires_grad_()
+    shapes = saved_shapes(lambda: layer(x))
+    assert (19, layer.structure.k_red) in shapes  # the sketch, for the weight gradient
+    assert (19, 200) not in shapes  # never x
+
+
+# ---- the kernel path's training Function and triton ops, in the interpreter -----------------------
+
+CASES = [(19, 200, 40, 4, 16, 16), (5, 77, 33, 2, 16, 32), (1, 300, 70, 8, 32, 16)]
+
+
+def case_id(case) -> str:
+    m, k, n, c, bk, bn = case
+    return f"M{m}-K{k}-N{n}-c{c}-bk{bk}-bn{bn}"
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_eager_training_on_the_kernels_matches_the_reference(case, dtype, monkeypatch, nan_empty):
+    """_SketchRotate (sketch-and-rotate launch, unsketch and unrotate launches) with F.linear:
+    output and every gradient against float64, every intermediate NaN-poisoned."""
+    m, k, n, c, bk, bn = case
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    generator = torch.Generator().manual_seed(m * k)
+    structure = SS1Structure(k, n, c, 5, bk, bn)
+    x = randn(m, k, dtype=dtype, generator=generator).requires_grad_()
+    weight = (randn(*structure.weight_shape, dtype=dtype, generator=generator) / 4).requires_grad_()
+    bias = randn(n, dtype=dtype, generator=generator).requires_grad_()
+    dy = randn(m, n, dtype=dtype, generator=generator)
+    y = ops.ss1_linear(x, weight, bias, structure)
+    y.backward(dy)
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    y_ref = reference.ss1_forward_reference(*leaves, structure)
+    y_ref.backward(dy.double())
+    assert_close("y", y, y_ref)
+    for name, actual, expected in zip(("grad_x", "grad_w", "grad_b"), (x.grad, weight.grad, bias.grad), leaves,
+                                      strict=True):
+        assert actual.dtype == dtype
+        assert_close(name, actual, expected.grad)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_triton_ops_match_the_reference(case, nan_empty):
+    """The ops' bodies (what a compiled graph's kernels compute), called eagerly on CPU tensors."""
+    from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
+
+    m, k, n, c, bk, bn = case
+    generator = torch.Generator().manual_seed(m + k)
+    structure = SS1Structure(k, n, c, 9, bk, bn)
+    x = randn(m, k, generator=generator)
+    weight = randn(*structure.weight_shape, generator=generator)
+    grad_sketch = randn(m, structure.k_red, generator=generator)
+    ops_ = torch.ops.ss1bench
+    xs, wr = ops_.sketch_rotate(x, weight, *structure.key)
+    assert_close("sketch", xs, reference.sketch(x.double(), structure))
+    assert_close("rotated", wr, reference.rotate_weight(weight.double(), structure))
+    assert_close("unsketch", ops_.unsketch(grad_sketch, *structure.key),
+                 reference.unsketch(grad_sketch.double(), structure))
+    assert_close("unrotate", ops_.unrotate(wr, *structure.key), weight.double())
+    with pytest.raises(ValueError, match="in_features=" + str(k)):
+        ops_.sketch_rotate(x[:, :-1], weight, *structure.key)
