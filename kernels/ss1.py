@@ -188,12 +188,16 @@ def sketch_pass_config(kind: str, m: int, structure: SS1Structure, dtype: torch.
     around it is cuBLAS's (the traced ops, the eager training path): the resolved config of
     ``kind`` (``"forward_rotated"`` for the sketch, ``"grad_input"`` for the unsketch) when it is
     ``sketch_gemm``, whose tile is that pass's; else the heuristic's ``sketch_gemm`` tile."""
-    cfg = _resolved_config((kind, m, structure.key, dtype, device), structure)
-    if cfg.algorithm == "sketch_gemm":
-        return cfg
-    return heuristic_config(Problem(kind, max(m, DECODE_MAX_M + 1), structure.in_features, structure.out_features,
-                                    structure.redn_factor, structure.block_k, structure.block_n,
-                                    dtype_name(dtype)))
+    key = ("pass", kind, m, structure.key, dtype, device)
+    cfg = launch_config_cache.get(key)
+    if cfg is None:
+        cfg = _resolved_config((kind, m, structure.key, dtype, device), structure)
+        if cfg.algorithm != "sketch_gemm":
+            cfg = heuristic_config(Problem(kind, max(m, DECODE_MAX_M + 1), structure.in_features,
+                                           structure.out_features, structure.redn_factor, structure.block_k,
+                                           structure.block_n, dtype_name(dtype)))
+        launch_config_cache[key] = cfg
+    return cfg
 
 
 def _launch(kind: str, m: int, structure: SS1Structure, dtype: torch.dtype, device: torch.device,

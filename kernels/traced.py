@@ -6,7 +6,8 @@ Inductor schedules, hands to cuBLAS or its own templates and fuses bias and epil
 the memory-bound passes are Triton kernels that Inductor sees and launches from its generated
 code (no Python runs per call). The backward is traced too: the matmul's gradients come from
 aten (with the forward's ``xs`` and ``wr`` saved, so the weight gradient never sketches x
-again), then ``unsketch`` and ``unrotate`` (both exact permutations or sums of them).
+again), then ``unsketch`` (a kernel of ours) and the inverse rotation (an aten gather whose index
+Inductor computes in place, fused with the weight gradient's cast under autocast).
 
 The op bodies run once, at trace time, on fake tensors: the structure and the launch config
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
@@ -16,8 +17,7 @@ Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
 - ``sketch_rotate(x, weight, ...) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
-- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``;
-- ``unrotate(dwr: (N, K_red), ...) -> dw: (N, K_red)``.
+- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op, wrap_triton
 
+from ss1bench import reference
 from ss1bench.structure import SS1Structure, cached_structure
 
 from . import ss1
@@ -70,21 +71,19 @@ def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, red
     return out
 
 
-@triton_op("ss1bench::unrotate", mutates_args=())
-def unrotate(grad_rotated: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int,
-             block_k: int, block_n: int) -> torch.Tensor:
-    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    return ss1.rotate_weight(grad_rotated.contiguous(), structure, inverse=True, launch=_launch)
-
-
 def _setup_context(ctx, inputs, output) -> None:
     ctx.structure_args = tuple(inputs[2:])
 
 
 def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
     args = ctx.structure_args
-    grad_x = unsketch(grad_sketch, *args) if grad_sketch is not None and ctx.needs_input_grad[0] else None
-    grad_w = unrotate(grad_rotated, *args) if grad_rotated is not None and ctx.needs_input_grad[1] else None
+    grad_x = grad_w = None
+    if grad_sketch is not None and ctx.needs_input_grad[0]:
+        grad_x = unsketch(grad_sketch, *args)
+    if grad_rotated is not None and ctx.needs_input_grad[1]:
+        # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
+        # with what follows (under autocast, the weight gradient's cast back to float32)
+        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args))
     return (grad_x, grad_w) + (None,) * len(args)
 
 

@@ -6,10 +6,9 @@ For a 768 -> 3072 layer at c = 4 (fp16; M = 1 and M = 128), prints host microsec
 (a launch loop without synchronizing, GPU work negligible) of the pieces an SSL call is made of:
 ``torch.empty``, ``F.linear``, ``torch.addmm``, one Triton launch through ``kernel[grid]`` and
 through the direct path (``kernels/launch.py``), then ``ss1_forward`` and the whole ``SSL`` call
-(no grad, cached rotated weight, with autograd, forward + backward), each without and with
-forward plans (the eager fast path of ``kernels/ss1.py``), and ``nn.Linear`` forward + backward.
-``--profile``: also the 20 functions with the most own time (cProfile) in the SSL call at M = 1
-and M = 128, plans on.
+(no grad, cached rotated weight, with autograd, forward + backward with and without a gradient
+for x) next to ``nn.Linear``'s, and the SSL / nn.Linear ratios. ``--profile``: also the 20
+functions with the most own time (cProfile) in the SSL forward + backward at M = 1 and M = 128.
 """
 
 import cProfile
@@ -83,41 +82,46 @@ def main() -> None:
         rows["launch_kernel (kernel[grid])"] = host_us(triton_launch)
         del os.environ["SS1BENCH_DIRECT_LAUNCH"]  # the default (direct path on) from here on
         direct.clear()
-    for fast in (False, True):
-        kernels.FAST_PATH = fast
-        invalidate_config_cache()
-        tag = "plans" if fast else "no plans"
-        with torch.no_grad():
-            for m, x in ((1, x1), (128, x128)):
-                rows[f"ss1_forward M={m} ({tag})"] = host_us(lambda x=x: kernels.ss1_forward(x, w, b, s))
-                rows[f"SSL no grad M={m} ({tag})"] = host_us(lambda x=x: layer(x))
-            layer.cache_rotated_weight()
-            for m, x in ((1, x1), (128, x128)):
-                rows[f"SSL no grad, cached M={m} ({tag})"] = host_us(lambda x=x: layer(x))
-            layer.cache_rotated_weight(False)
-        for m, x in ((1, x1), (128, x128)):
-            rows[f"SSL with autograd (fwd only) M={m} ({tag})"] = host_us(lambda x=x: layer(x))
-            gy = torch.randn(m, 3072, device="cuda", dtype=dtype)
-            rows[f"SSL fwd+bwd M={m} ({tag})"] = host_us(lambda x=x, gy=gy: layer(x).backward(gy), calls=1000)
+    invalidate_config_cache()
     dense_layer = torch.nn.Linear(768, 3072, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        for m, x in ((1, x1), (128, x128)):
+            rows[f"ss1_forward M={m}"] = host_us(lambda x=x: kernels.ss1_forward(x, w, b, s))
+            rows[f"SSL no grad M={m}"] = host_us(lambda x=x: layer(x))
+            rows[f"nn.Linear no grad M={m}"] = host_us(lambda x=x: dense_layer(x))
+        layer.cache_rotated_weight()
+        for m, x in ((1, x1), (128, x128)):
+            rows[f"SSL no grad, cached M={m}"] = host_us(lambda x=x: layer(x))
+        layer.cache_rotated_weight(False)
+    ratios = {}
     for m, x in ((1, x1), (128, x128)):
+        rows[f"SSL with autograd (fwd only) M={m}"] = host_us(lambda x=x: layer(x))
         gy = torch.randn(m, 3072, device="cuda", dtype=dtype)
-        rows[f"nn.Linear fwd+bwd M={m}"] = host_us(lambda x=x, gy=gy: dense_layer(x).backward(gy), calls=1000)
+        xg = x.clone().requires_grad_()
+        for module, name in ((layer, "SSL"), (dense_layer, "nn.Linear")):
+            rows[f"{name} fwd+bwd M={m}"] = host_us(lambda x=x, gy=gy, f=module: f(x).backward(gy), calls=1000)
+            rows[f"{name} fwd+bwd, x needs grad M={m}"] = host_us(
+                lambda xg=xg, gy=gy, f=module: f(xg).backward(gy), calls=1000)
+        for what in ("no grad", "fwd+bwd", "fwd+bwd, x needs grad"):
+            ratios[f"SSL / nn.Linear, {what}, M={m}"] = rows[f"SSL {what} M={m}"] / rows[f"nn.Linear {what} M={m}"]
     print(f"torch {torch.__version__}; host us/call, median of 5 rounds of {CALLS} calls")
     for name, us in rows.items():
         print(f"  {name:48s} {us:7.1f}")
+    for name, ratio in ratios.items():
+        print(f"  {name:48s} {ratio:7.2f}x")
 
     if "--profile" in sys.argv:
-        with torch.no_grad():
-            for m, x in ((1, x1), (128, x128)):
-                profiler = cProfile.Profile()
-                profiler.enable()
-                for _ in range(2000):
-                    layer(x)
-                profiler.disable()
-                torch.cuda.synchronize()
-                print(f"== cProfile, SSL no grad, M={m}, 2000 calls")
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        for m, x in ((1, x1), (128, x128)):
+            gy = torch.randn(m, 3072, device="cuda", dtype=dtype)
+            xg = x.clone().requires_grad_()
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(1000):
+                layer(xg).backward(gy)
+            profiler.disable()
+            torch.cuda.synchronize()
+            print(f"== cProfile, SSL forward + backward, M={m}, 1000 calls")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
 
 
 if __name__ == "__main__":

@@ -55,9 +55,16 @@ def _rotation_columns(structure: SS1Structure, device: torch.device) -> torch.Te
     return structure.rotation_columns(device)[:, None, :]
 
 
-def _rotation_index(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
-    cols = _rotation_columns(structure, weight.device)
-    return cols.expand(structure.out_features, structure.num_groups, structure.block_k)
+@_cached
+def _inverse_rotation_columns(structure: SS1Structure, device: torch.device) -> torch.Tensor:
+    """``(N, 1, BK)``: the inverse rotation's columns (``rotation_columns(inverse=True)``)."""
+    return structure.rotation_columns(device, inverse=True)[:, None, :]
+
+
+def _grouped_gather(weight: torch.Tensor, structure: SS1Structure, columns: torch.Tensor) -> torch.Tensor:
+    """``weight: (N, K_red)`` with each row's groups permuted by ``columns: (N, 1, BK)``."""
+    shape = (structure.out_features, structure.num_groups, structure.block_k)
+    return weight.reshape(shape).gather(2, columns.expand(shape)).view(structure.weight_shape)
 
 
 def _padded_columns(structure: SS1Structure) -> int:
@@ -86,16 +93,12 @@ def unsketch(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor
 
 def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     """``Wr: (N, K_red)``, row ``n`` of each group rotated by ``d(n // BN)`` (differentiable)."""
-    grouped = weight.view(structure.out_features, structure.num_groups, structure.block_k)
-    return grouped.gather(2, _rotation_index(weight, structure)).view(structure.weight_shape)
+    return _grouped_gather(weight, structure, _rotation_columns(structure, weight.device))
 
 
 def unrotate_weight(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
-    """Adjoint of :func:`rotate_weight` (a permutation inside each row)."""
-    shape = (structure.out_features, structure.num_groups, structure.block_k)
-    out = torch.empty(shape, dtype=grad_rotated.dtype, device=grad_rotated.device)
-    out.scatter_(2, _rotation_index(grad_rotated, structure), grad_rotated.reshape(shape))
-    return out.view(structure.weight_shape)
+    """Adjoint (and inverse) of :func:`rotate_weight`: a permutation inside each row, as a gather."""
+    return _grouped_gather(grad_rotated, structure, _inverse_rotation_columns(structure, grad_rotated.device))
 
 
 def ss1_forward_reference(

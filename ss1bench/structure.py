@@ -226,16 +226,22 @@ class SS1Structure:
         index = base[:, None, :] + u
         return index.reshape(self.k_red, c).to(device)
 
-    def rotation_columns(self, device: torch.device | str | None = None) -> torch.Tensor:
+    def rotation_columns(self, device: torch.device | str | None = None, inverse: bool = False) -> torch.Tensor:
         """Column of ``Wc`` (inside its group) read at each rotated position: ``(N, BK)`` int64.
 
         ``Wr[n, it*BK + t] = Wc[n, it*BK + cols[n, t]]``, ``cols[n, t] = (t - d(n // BN)) mod BK``;
-        then ``y = sketch(x) @ Wr.T``.
+        then ``y = sketch(x) @ Wr.T``. With ``inverse``, ``(t + d(n // BN)) mod BK``: the columns of
+        ``Wr`` that give ``Wc`` back. Built from aranges and the hash constants only (elementwise),
+        so a traced graph computes it inside the gather that uses it.
         """
         bk = self.block_k
-        d = self.block_rotations().repeat_interleave(self.block_n)[: self.out_features]  # (N,)
-        t = torch.arange(bk, dtype=torch.int64)
-        return ((t[None, :] - d[:, None]) % bk).to(device)
+        t = torch.arange(bk, dtype=torch.int64, device=device)
+        if self.redn_factor == 1:
+            return t.expand(self.out_features, bk)
+        j = torch.arange(self.out_features, dtype=torch.int64, device=device) // self.block_n
+        d = ((self.kernel_hash()[2] * (j % bk)) % bk * VEC) % bk  # d(j), as block_rotations()
+        d = -d if not inverse else d
+        return (t[None, :] + d[:, None]) % bk
 
     def dense_index(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Column of ``Wc`` that each dense weight entry reads: ``(N, K)`` int64.
