@@ -1,11 +1,12 @@
-"""Launch plans: the eager inference forward's host path after its first call per input key.
+"""Launch plans: the host path of every eager SS1 call after its first call per input key.
 
-``ss1_forward`` checks its inputs and resolves a launch config on the first eager call per *plan
-key* (every tensor's shape, strides, dtype, device and 16-byte alignment, the structure, the
-device, TF32), records its launches (``kernels/launch.py``) and keeps them as a plan; a later call
-with the same key replays the plan (the recorded binaries through their C launchers, the cuBLAS
-product as before) and skips the checks, the config lookup and the argument building. Plans are
-dropped with the resolved configs (``config.invalidate_config_cache``).
+An eager call (the inference forward ``ss1_forward``; the training path's sketch-and-rotate,
+unsketch and unrotate passes) checks its inputs and resolves a launch config on its first call
+per *plan key* (every tensor's shape, strides, dtype, device and 16-byte alignment, the
+structure, the device, TF32), records its launches (``kernels/launch.py``) and keeps them as a
+plan; a later call with the same key replays the plan (the recorded binaries through their C
+launchers, a cuBLAS product as before) and skips the checks, the config lookup and the argument
+building. Plans are dropped with the resolved configs (``config.invalidate_config_cache``).
 """
 
 from __future__ import annotations
@@ -104,18 +105,14 @@ def forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
     (kernel,) = launches
     if algorithm == "sketch_gemm":  # the sketch (and rotation) kernel, then cuBLAS
         def plan(x, weight, bias, rotated_weight):
-            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
             xs = torch.empty((m, k_red), dtype=x.dtype, device=x.device)
             if rotated_weight is None:
                 rotated_weight = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device)
                 kernel(x, xs, weight, rotated_weight)
             else:
                 kernel(x, xs)
-            if bias is None:
-                torch.mm(xs, rotated_weight.t(), out=y)
-            else:
-                torch.addmm(bias, xs, rotated_weight.t(), out=y)
-            return y
+            # y allocated by the product itself: one Python-level allocation fewer per call
+            return torch.mm(xs, rotated_weight.t()) if bias is None else torch.addmm(bias, xs, rotated_weight.t())
     elif algorithm == "fused":
         def plan(x, weight, bias, rotated_weight):
             y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -126,4 +123,25 @@ def forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
             y = torch.empty((m, n), dtype=x.dtype, device=x.device)
             kernel(x, weight, y if bias is None else bias, y)
             return y
+    return plan
+
+
+def pass_plan(launches: list, output_shapes: tuple[tuple[int, ...], ...], interleaved: bool = False):
+    """The replay of one memory-bound pass: one launch whose leading tensors are the pass's inputs
+    followed by its fresh outputs (``output_shapes``, the first input's dtype and device), or,
+    with ``interleaved``, input, output, input, output (the sketch-and-rotate kernel). Returns the
+    output (or the tuple of outputs); None where the launch could not be recorded."""
+    if not _replayable(launches, 1):
+        return None
+    (kernel,) = launches
+
+    def plan(*inputs):
+        first = inputs[0]
+        outputs = [torch.empty(shape, dtype=first.dtype, device=first.device) for shape in output_shapes]
+        if interleaved:
+            kernel(*(t for pair in zip(inputs, outputs, strict=True) for t in pair))
+        else:
+            kernel(*inputs, *outputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
     return plan

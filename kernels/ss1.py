@@ -50,7 +50,7 @@ from .jit import (
     _ss1_sketch_rotate_kernel,
     _ss1_unsketch_kernel,
 )
-from .launch import interpreting
+from .launch import interpreting, record
 from .launch import launch as launch_kernel
 
 logger = logging.getLogger(__name__)
@@ -304,6 +304,55 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
         TILE_N=ROTATE_TILE_N, TILE_K=ROTATE_TILE_K, INVERSE=inverse, num_warps=4,
     )
     return out
+
+
+def _planned_pass(kind: str, structure: SS1Structure, inputs: tuple, run, output_shapes: tuple,
+                  interleaved: bool = False):
+    """``run(*inputs)`` (a pass launcher with its checks) on the first eager call per plan key,
+    its launch recorded as a plan; later calls with the same key replay it (``kernels/plans.py``).
+    Inputs the launcher would copy to a unit last stride keep no plan (a replay passes them as
+    they are)."""
+    key = plans.plan_key(kind, structure, *inputs)
+    plan = launch_plans.get(key)
+    if plan is not None:
+        return plan(*inputs)
+    if _copied_below(*inputs):
+        return run(*inputs)
+    with record() as launches:
+        output = run(*inputs)
+    plans.keep_plan(key, plans.pass_plan(launches, output_shapes, interleaved))
+    return output
+
+
+def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure):
+    """``(sketch(x), rotate(weight))`` for the eager training path: checked, the tile from
+    :func:`sketch_pass_config`, one launch; planned per input key."""
+    def run(x, weight):
+        check_pass_inputs(x, weight, structure)
+        cfg = sketch_pass_config("forward_rotated", x.shape[0], structure, x.dtype, x.device)
+        return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg)
+
+    shapes = ((x.shape[0], structure.k_red), structure.weight_shape)
+    return _planned_pass("sketch_rotate", structure, (x, weight), run, shapes, interleaved=True)
+
+
+def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` for the eager training path; planned."""
+    def run(grad_sketch):
+        m = grad_sketch.shape[0]
+        cfg = sketch_pass_config("grad_input", m, structure, grad_sketch.dtype, grad_sketch.device)
+        out = torch.empty((m, structure.in_features), dtype=grad_sketch.dtype, device=grad_sketch.device)
+        unsketch(grad_sketch.contiguous(), structure, cfg, out)
+        return out
+
+    return _planned_pass("unsketch", structure, (grad_sketch,), run,
+                         ((grad_sketch.shape[0], structure.in_features),))
+
+
+def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """``unrotate(grad_rotated: (N, K_red))`` for the eager training path; planned."""
+    return _planned_pass("unrotate", structure, (grad_rotated,),
+                         lambda g: rotate_weight(g.contiguous(), structure, inverse=True), (structure.weight_shape,))
 
 
 def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,

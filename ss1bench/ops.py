@@ -87,29 +87,24 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor
 class _SketchRotate(torch.autograd.Function):
     """Eager ``(xs, wr) = (sketch(x), rotate(weight))`` in one launch, and its backward
     (``unsketch``, ``unrotate``): the passes around the training path's ``F.linear``. It launches
-    the kernels directly (a ``torch.library`` op costs tens of microseconds more per eager call);
-    ``torch.compile`` traces ``ss1bench::sketch_rotate`` instead (``kernels/traced.py``)."""
+    the kernels directly, replaying launch plans after the first call per input key (a
+    ``torch.library`` op would cost tens of microseconds more per eager call); ``torch.compile``
+    traces ``ss1bench::sketch_rotate`` instead (``kernels/traced.py``)."""
 
     @staticmethod
     def forward(ctx, x, weight, structure):
-        kernels = _kernels()
-        kernels.check_pass_inputs(x, weight, structure)
         ctx.structure = structure
         ctx.set_materialize_grads(False)
-        cfg = kernels.sketch_pass_config("forward_rotated", x.shape[0], structure, x.dtype, x.device)
-        return kernels.sketch_and_rotate(kernels.row_major(x), kernels.row_major(weight), structure, cfg)
+        return _kernels().sketch_and_rotate_planned(x, weight, structure)
 
     @staticmethod
     def backward(ctx, grad_sketch, grad_rotated):
         kernels, structure = _kernels(), ctx.structure
         grad_x = grad_w = None
         if grad_sketch is not None and ctx.needs_input_grad[0]:
-            m = grad_sketch.shape[0]
-            cfg = kernels.sketch_pass_config("grad_input", m, structure, grad_sketch.dtype, grad_sketch.device)
-            grad_x = torch.empty((m, structure.in_features), dtype=grad_sketch.dtype, device=grad_sketch.device)
-            kernels.unsketch(grad_sketch.contiguous(), structure, cfg, grad_x)
+            grad_x = kernels.unsketch_planned(grad_sketch, structure)
         if grad_rotated is not None and ctx.needs_input_grad[1]:
-            grad_w = kernels.rotate_weight(grad_rotated.contiguous(), structure, inverse=True)
+            grad_w = kernels.unrotate_planned(grad_rotated, structure)
         return grad_x, grad_w, None
 
 

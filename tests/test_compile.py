@@ -288,3 +288,37 @@ def test_triton_ops_match_the_reference(case, nan_empty):
     assert_close("unrotate", reference.unrotate_weight(wr, structure), weight)
     with pytest.raises(ValueError, match="in_features=" + str(k)):
         ops_.sketch_rotate(x[:, :-1], weight, *structure.key)
+
+
+@pytest.mark.interpret
+def test_eager_training_replays_its_passes_from_plans(monkeypatch, nan_empty):
+    """From the second step on, the training path's three passes replay their recorded launches
+    (no checks, no config lookup), and the gradients stay those of the reference."""
+    from ss1bench.kernels import plans
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import invalidate_config_cache, launch_plans
+
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the plan key's device lookup
+    monkeypatch.setattr(plans, "current_device", lambda: 0)
+    invalidate_config_cache()
+    generator = torch.Generator().manual_seed(5)
+    structure = SS1Structure(200, 40, 4, 3, 16, 16)
+    weight = (randn(*structure.weight_shape, generator=generator) / 4).requires_grad_()
+    for step in range(3):
+        if step == 2:
+            def fail(*args, **kwargs):
+                raise AssertionError("a pass took the checked path")
+
+            monkeypatch.setattr(kernels, "sketch_pass_config", fail)
+            monkeypatch.setattr(kernels, "check_pass_inputs", fail)
+        x = randn(19, 200, generator=generator).requires_grad_()
+        dy = randn(19, 40, generator=generator)
+        weight.grad = None
+        ops.ss1_linear(x, weight, None, structure).backward(dy)
+        leaves = [t.detach().double().requires_grad_() for t in (x, weight)]
+        reference.ss1_forward_reference(*leaves, None, structure).backward(dy.double())
+        assert_close(f"grad_x step {step}", x.grad, leaves[0].grad)
+        assert_close(f"grad_w step {step}", weight.grad, leaves[1].grad)
+    assert {key[0] for key in launch_plans} == {"sketch_rotate", "unsketch", "unrotate"}
+    invalidate_config_cache()
