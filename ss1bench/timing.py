@@ -88,3 +88,10 @@ def kernel_table(call: Callable[[], object], repeats: int = 3) -> list[tuple[str
         if time_us > 0:
             rows.append((event.key, time_us / repeats, event.count // repeats))
     return sorted(rows, key=lambda row: -row[1])
+
+
+def kernel_ms(call: Callable[[], object], repeats: int = 3) -> float:
+    """GPU time of one ``call`` in ms: the self time of every kernel, copy and memset it runs,
+    summed (:func:`kernel_table`: mean over ``repeats`` calls after one warm-up call). Host time
+    does not count, so a call's wall time over this is what the host adds (launches, Python)."""
+    return sum(time_us for _, time_us, _ in kernel_table(call, repeats)) / 1e3

@@ -50,3 +50,16 @@ def test_other_errors_propagate(monkeypatch, fake_bench):
     with pytest.raises(RuntimeError, match="illegal memory access"):
         timing.graph_bench_ms(lambda: None, 1, 5)
     assert fake_bench == []
+
+
+def test_kernel_ms_sums_every_kernel_of_one_call(monkeypatch):
+    """GPU time per call: the kernel table's per-call microseconds, summed, in ms."""
+    seen = []
+
+    def table(call, repeats):
+        seen.append(repeats)
+        return [("gemm", 1500.0, 2), ("_ss1_sketch_kernel", 400.0, 1), ("memset", 100.0, 1)]
+
+    monkeypatch.setattr(timing, "kernel_table", table)
+    assert timing.kernel_ms(lambda: None, repeats=5) == pytest.approx(2.0)
+    assert seen == [5]

@@ -27,7 +27,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +247,8 @@ def memory_floor_bytes(m: int, k: int, n: int, k_red: int, element_size: int, mo
     return elements * element_size
 
 
-def _one_line_error(error: BaseException) -> str:
+def one_line_error(error: BaseException) -> str:
+    """``"TypeName: first line of the message"``, at most 200 characters: a failed timing's status."""
     message = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {message[0] if message else ''}".strip()
     return text[:200]
@@ -394,12 +395,14 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: Path):
-    """Write the results CSV (:data:`RESULT_COLUMNS`; integer columns that SS1-less rows leave
-    empty as nullable ints) and its JSON sidecar; return the DataFrame. Shared with ``e2e``."""
+def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: Path,
+                  columns: Sequence[str] = RESULT_COLUMNS):
+    """Write the results CSV (``columns``: :data:`RESULT_COLUMNS`, and ``e2e``'s own after them;
+    integer columns that SS1-less rows leave empty as nullable ints) and its JSON sidecar; return
+    the DataFrame. Shared with ``e2e``."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).astype(
+    frame = pd.DataFrame(rows, columns=list(columns)).astype(
         {"block_k": "Int64", "block_n": "Int64", "k_red": "Int64", "weight_params": "Int64"})
     frame.to_csv(csv_path, index=False)
     json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
@@ -457,15 +460,17 @@ class RunInfo:
 class ResultWriter:
     """A run's results: its rows so far, its progress line, and its CSV + JSON sidecar, rewritten
     by every :meth:`flush` (an interrupted run keeps what it measured). Shared with ``e2e``, whose
-    ``adjust_metadata`` edits the sidecar's entries in place."""
+    ``adjust_metadata`` edits the sidecar's entries in place and whose rows have more ``columns``."""
 
     def __init__(self, info: RunInfo, out_dir: Path, stem: str, total: int,
-                 adjust_metadata: Callable[[dict], None] | None = None) -> None:
+                 adjust_metadata: Callable[[dict], None] | None = None,
+                 columns: Sequence[str] = RESULT_COLUMNS) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path, self.json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
         self.info, self.rows, self.progress = info, [], Progress(total)
         self.start = time.monotonic()
         self._adjust_metadata = adjust_metadata
+        self.columns = tuple(columns)
 
     def flush(self, complete: bool):
         """Rewrite the CSV and its sidecar; return the DataFrame."""
@@ -473,7 +478,7 @@ class ResultWriter:
                                       complete)
         if self._adjust_metadata is not None:
             self._adjust_metadata(metadata)
-        return write_results(self.rows, metadata, self.csv_path, self.json_path)
+        return write_results(self.rows, metadata, self.csv_path, self.json_path, self.columns)
 
 
 def output_stem(set_names: list[str], dtypes: list[str], modes: list[str]) -> str:
@@ -556,7 +561,7 @@ def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inpu
     except Exception as error:  # a failed provider is a CSV row, not a crashed run
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-        return built, Timing(status=_one_line_error(error))
+        return built, Timing(status=one_line_error(error))
 
 
 def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _Inputs, device: torch.device,

@@ -114,6 +114,16 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 CASE_KEY = ("gpu", "dtype", "mode", "shape_set", "layer", "M", "K", "N", "redn_factor")
 
+#: Columns ``ss1bench e2e`` writes after RESULT_COLUMNS. Optional for readers: layer-benchmark CSVs
+#: and e2e CSVs made before them do not have them (read a missing ``compile`` as ``none``).
+E2E_COLUMNS: tuple[str, ...] = (
+    "compile",              # torch.compile mode of the call: none (eager) | default | max-autotune | reduce-overhead
+    "kernel_ms",            # GPU kernel time per call (torch.profiler, kernels' self time summed); empty off CUDA
+    "compile_s",            # seconds of the first, untimed call: compilation under a compile mode
+)
+#: What tells two e2e rows of the same CASE_KEY and provider apart.
+E2E_KEY = ("compile",)
+
 #: Quantiles timed by do_bench: the median and the spread around it.
 QUANTILES = (0.5, 0.2, 0.8)
 
