@@ -19,19 +19,29 @@ line of its own in both speedup plots and rows and columns of its own in the sum
 and case tables, where the results have it; results without it read as before.
 
 Rows of ``ss1bench e2e`` (``shape_set`` ``"e2e"``: whole models, not layers) have no ideal and no
-peers; they get their own plot, ``e2e_speedup_<gpu>_<dtype>.png`` (speedup vs c per model and
-phase), and an "End-to-end models" section in the summary. Bench and e2e CSVs mix freely.
+peers; they get their own plot, ``e2e_speedup_<gpu>_<dtype>.png`` (``..._train.png`` for training
+steps: speedup vs c per model, phase and compile mode, with the GPU kernel-time speedup marked), and
+an "End-to-end models" section in the summary (wall and kernel times side by side). Their own
+columns (``schema.E2E_COLUMNS``: compile mode, kernel time, first-call time) are optional: e2e CSVs
+made before them read as eager, without kernel times. Bench and e2e CSVs mix freely.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ss1bench.bench.schema import (
     CASE_KEY,
     DTYPES,
+    E2E_COLUMNS,
+    E2E_KEY,
     FLOP_COUNTS,
     MEMORY_FLOOR,
     MODES,
@@ -61,8 +71,12 @@ E2E_SHAPE_SET = "e2e"
 #: e2e phases in report order with their panel titles (``ss1bench.e2e.PHASES``; not imported: the
 #: report stays torch-free).
 E2E_PHASE_TITLES = {"prefill": "prefill: one forward over batch × seq tokens",
-                    "decode": "decode: one new token per sequence, KV cache of seq tokens"}
+                    "decode": "decode: one new token per sequence, KV cache of seq tokens",
+                    "train": "train: forward, loss, backward, AdamW step over batch × seq tokens"}
 E2E_PHASES = tuple(E2E_PHASE_TITLES)
+#: e2e ``compile`` modes in report order (``ss1bench.e2e.COMPILE_MODES``); e2e CSVs without the
+#: column were all eager: ``none``.
+E2E_COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 #: Result files a folder argument expands to.
 RESULT_GLOBS = ("bench_*.csv", "e2e_*.csv")
 
@@ -108,6 +122,8 @@ def load_results(paths: list[Path]):
         missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
         if missing:
             raise ReportError(f"{path}: not an ss1bench bench CSV (missing columns: {', '.join(missing)})")
+        _check_complete(path)
+        frame = _numeric(path, frame)
         sidecar = path.with_suffix(".json")
         metadata = None
         if sidecar.is_file():
@@ -115,13 +131,56 @@ def load_results(paths: list[Path]):
                 metadata = json.loads(sidecar.read_text())
             except ValueError as error:
                 raise ReportError(f"{sidecar}: not valid JSON ({error})") from None
-        frames.append(frame[list(RESULT_COLUMNS)])
+        frames.append(frame[[*RESULT_COLUMNS, *(c for c in E2E_COLUMNS if c in frame.columns)]])
         sources.append((path, metadata))
     frame = pd.concat(frames, ignore_index=True)
-    frame = frame.drop_duplicates(subset=[*CASE_KEY, "provider"], keep="last").reset_index(drop=True)
+    key = [*CASE_KEY, "provider", *(c for c in E2E_KEY if c in frame.columns)]  # e2e: one row per compile mode
+    frame = frame.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
     if frame.empty:
         raise ReportError("the results hold no rows")
     return frame, sources
+
+
+#: Columns that hold numbers (empty where not measured); anything else there is a damaged file.
+NUMERIC_COLUMNS = ("M", "K", "N", "redn_factor", "block_k", "block_n", "k_red", "weight_params", "flops",
+                   "dense_flops", "median_ms", "p20_ms", "p80_ms", "tflops", "dense_equiv_tflops", "dense_ms",
+                   "ideal_ms", "speedup_vs_dense", "fraction_of_ideal", "peak_mem_mib")
+
+
+def _check_complete(path: Path) -> None:
+    """Every row has the header's number of fields and the file ends with a line break (a file cut
+    off in mid-row, e.g. by a run killed while writing, is refused rather than read short)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise ReportError(f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                                      f"{len(header)}: the file is truncated or damaged")
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) not in (b"\n", b"\r"):
+                    raise ReportError(f"{path}: the last line ends in mid-row: the file is truncated")
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ReportError(f"{path}: cannot read as CSV ({error})") from None
+
+
+def _numeric(path: Path, frame):
+    """``frame`` with NUMERIC_COLUMNS as numbers; ReportError naming the first value that is not one."""
+    import pandas as pd
+
+    for column in NUMERIC_COLUMNS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column].notna() & values.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ReportError(f"{path}: line {row + 2}, column {column}: {frame[column].iloc[row]!r} is not a "
+                              "number")
+        frame = frame.assign(**{column: values})
+    return frame
 
 
 # ---- formatting -------------------------------------------------------------------------------
@@ -418,52 +477,86 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
     return _finish(fig, plt, what, context, out / f"peers_{tag}_{regime}.png", handles, labels)
 
 
+def _e2e_frame(frame):
+    """e2e rows with every E2E_COLUMNS column (empty where the CSV had none; ``compile`` = ``none``)."""
+    import numpy as np
+
+    columns = {column: np.nan for column in E2E_COLUMNS if column not in frame.columns}
+    frame = frame.assign(**columns)
+    return frame.assign(compile=frame["compile"].map(lambda mode: "none" if _missing(mode) else str(mode)))
+
+
 def _e2e_rows(frame):
-    """SS1 rows of e2e results with ``model`` and ``phase`` split out of ``layer`` (one per case)."""
-    ss1 = frame[frame["provider"] == "ss1_tuned"]
+    """SS1 rows of e2e results (one per case) with ``model`` and ``phase`` split out of ``layer``,
+    ``compile`` filled in, and the dense row's kernel time as ``dense_kernel_ms``."""
+    frame = _e2e_frame(frame)
+    key = ["gpu", "dtype", "layer", "compile", "M", "redn_factor"]
+    dense = frame[frame["provider"] == "dense"].drop_duplicates(subset=key, keep="last")
+    dense = dense[[*key, "kernel_ms"]].rename(columns={"kernel_ms": "dense_kernel_ms"})
+    ss1 = frame[frame["provider"] == "ss1_tuned"].merge(dense, on=key, how="left")
     parts = ss1["layer"].astype(str).str.rsplit(" ", n=1)
     ss1 = ss1.assign(model=[p[0] for p in parts], phase=[p[-1] for p in parts])
-    return ss1.drop_duplicates(subset=["gpu", "dtype", "model", "phase", "M", "redn_factor"], keep="last")
+    return ss1.drop_duplicates(subset=["gpu", "dtype", "model", "phase", "compile", "M", "redn_factor"], keep="last")
+
+
+def _e2e_panel_title(phase: str, mode: str) -> str:
+    return E2E_PHASE_TITLES.get(phase, phase) + ("\neager" if mode == "none" else f"\ntorch.compile mode={mode}")
 
 
 def plot_e2e_speedup(plt, frame, context: str, tag: str, out: Path) -> Path:
-    """Bars of SS1's end-to-end speedup over the dense model: one panel per phase, one bar group per
-    model (and tokens per call), one bar per c, the value written on each bar."""
+    """Bars of SS1's end-to-end speedup over the dense model: one panel per (compile mode, phase)
+    (a row per mode), one bar group per model (and tokens per call), one bar per c, the value
+    written on each bar; a black tick marks the GPU kernel-time speedup where it was measured."""
     import numpy as np
 
     ss1 = _e2e_rows(frame)
     phases = sorted(ss1["phase"].unique(), key=lambda phase: _rank(E2E_PHASES, phase))
+    modes = sorted(ss1["compile"].unique(), key=lambda mode: _rank(E2E_COMPILE_MODES, mode))
     factors = sorted(ss1["redn_factor"].unique())
     colors = plt.get_cmap("viridis")([i / max(len(factors) - 1, 1) * 0.85 for i in range(len(factors))])
     most_groups = max(len(ss1[ss1["phase"] == phase][["model", "M"]].drop_duplicates()) for phase in phases)
     panel_width = max(3.6, 1.0 + most_groups * (0.5 + 0.32 * len(factors)))
-    fig, axes = _figure(plt, 1, len(phases), panel_width * len(phases), 4.4, sharey=True)
+    fig, axes = _figure(plt, len(modes), len(phases), panel_width * len(phases), 0.6 + 3.8 * len(modes),
+                        sharey=True)
     bar = 0.8 / len(factors)
     highest = 1.0
-    for ax, phase in zip(axes[0], phases, strict=True):
-        part = ss1[ss1["phase"] == phase]
+    for (row, mode), (column, phase) in itertools.product(enumerate(modes), enumerate(phases)):
+        ax = axes[row][column]
+        part = ss1[(ss1["phase"] == phase) & (ss1["compile"] == mode)]
+        if part.empty:  # decode is timed eagerly only
+            ax.set_visible(False)
+            continue
         groups = list(dict.fromkeys(zip(part["model"], part["M"], strict=True)))
         positions = np.arange(len(groups))
         for index, (color, c) in enumerate(zip(colors, factors, strict=True)):
-            speedups = part[part["redn_factor"] == c].set_index(["model", "M"])["speedup_vs_dense"]
-            values = [float(speedups.get(group, np.nan)) for group in groups]
+            by_group = part[part["redn_factor"] == c].set_index(["model", "M"])
+            values = [float(by_group["speedup_vs_dense"].get(group, np.nan)) for group in groups]
+            kernel = [float((by_group["dense_kernel_ms"] / by_group["kernel_ms"]).get(group, np.nan))
+                      for group in groups]
             offsets = positions + (index - (len(factors) - 1) / 2) * bar
             ax.bar(offsets, np.nan_to_num(values), width=bar, color=color, label=f"SS1 c = {c}")
+            if not np.isnan(kernel).all():
+                ax.scatter(offsets, kernel, marker="_", s=(bar * 60) ** 2, color="black", zorder=3,
+                           label="GPU kernel-time speedup")
             for x, value in zip(offsets, values, strict=True):
                 text = "failed" if np.isnan(value) else f"{value:.2f}"
                 ax.text(x, 0 if np.isnan(value) else value, text, ha="center", va="bottom", fontsize=7,
                         rotation=90 if len(factors) > 3 else 0)
-            highest = max([highest, *(v for v in values if not np.isnan(v))])
+            highest = max([highest, *(v for v in values + kernel if not np.isnan(v))])
         ax.axhline(1.0, color="0.3", linewidth=1, linestyle=":")
         ax.set_xticks(positions, [f"{model}\n{m} tokens" for model, m in groups])
-        ax.set_title(E2E_PHASE_TITLES.get(phase, phase))
+        ax.set_title(_e2e_panel_title(phase, mode))
         ax.set_xlabel("model (tokens per call)")
+        if column == 0:
+            ax.set_ylabel("speedup vs dense model (×)")
         ax.grid(True, axis="y", color="0.9", linewidth=0.6)
-    axes[0][0].set_ylabel("speedup vs dense model (×)")  # the panels share y
-    axes[0][0].set_ylim(0, highest * 1.25)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][0].set_ylim(0, highest * 1.25)  # the panels share y
+    labels: dict[str, object] = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
     what = "End-to-end speedup of the SS1 model over the dense model (dense time / SS1 time); dotted line = dense"
-    return _finish(fig, plt, what, context, out / f"e2e_speedup_{tag}.png", handles, labels)
+    return _finish(fig, plt, what, context, out / f"e2e_speedup_{tag}.png", list(labels.values()), list(labels))
 
 
 # ---- markdown ---------------------------------------------------------------------------------
@@ -606,8 +699,10 @@ def case_rows(frame) -> list[list[str]]:
     return rows
 
 
-E2E_HEADER = ["GPU", "dtype", "model", "phase", "tokens (M)", "c", "dense ms", "SS1 ms", "SS1 p20–p80 ms",
-              "speedup vs dense", "SS1 tokens/s", "linear weights dense", "linear weights SS1", "timing"]
+E2E_HEADER = ["GPU", "dtype", "model", "phase", "compile", "tokens (M)", "c", "dense ms", "SS1 ms",
+              "SS1 p20–p80 ms", "speedup vs dense", "dense kernel ms", "SS1 kernel ms", "kernel speedup",
+              "wall/kernel dense", "wall/kernel SS1", "first call s dense / SS1", "SS1 tokens/s",
+              "linear weights dense", "linear weights SS1", "timing"]
 
 
 def _detail_field(detail, key: str) -> str:
@@ -619,20 +714,37 @@ def _detail_field(detail, key: str) -> str:
     return "–"
 
 
+def _divide(numerator, denominator) -> float:
+    return math.nan if _missing(numerator) or _missing(denominator) or not denominator else numerator / denominator
+
+
+def fmt_seconds(value) -> str:
+    return "–" if _missing(value) else f"{value:.3g}"
+
+
 def e2e_table_rows(frame) -> list[list[str]]:
-    """One row per (GPU, dtype, model, phase, tokens, c), in the results' order, numbers from the CSV
-    (SS1 tokens/s = M / SS1 time)."""
-    dense = {tuple(row[k] for k in CASE_KEY): row for row in frame[frame["provider"] == "dense"].to_dict("records")}
+    """One row per (GPU, dtype, model, phase, compile mode, tokens, c), in the results' order,
+    numbers from the CSV (kernel speedup = dense kernel ms / SS1 kernel ms; wall/kernel = median /
+    kernel ms; SS1 tokens/s = M / SS1 time)."""
+    frame = _e2e_frame(frame)
+    key = (*CASE_KEY, "compile")
+    dense = {tuple(row[k] for k in key): row for row in frame[frame["provider"] == "dense"].to_dict("records")}
     rows = []
     for row in _e2e_rows(frame).to_dict("records"):
         ok = row["status"] == "ok"
-        dense_row = dense.get(tuple(row[k] for k in CASE_KEY), {})
+        dense_row = dense.get(tuple(row[k] for k in key), {})
         weights = [dense_row.get("weight_params"), row["weight_params"]]
+        dense_kernel = dense_row.get("kernel_ms", math.nan)
+        first_calls = [dense_row.get("compile_s", math.nan), row["compile_s"]]
         rows.append([
-            str(row["gpu"]), str(row["dtype"]), str(row["model"]), str(row["phase"]), str(row["M"]),
-            str(row["redn_factor"]), fmt_ms(row["dense_ms"]), fmt_ms(row["median_ms"]) if ok else "failed",
+            str(row["gpu"]), str(row["dtype"]), str(row["model"]), str(row["phase"]), str(row["compile"]),
+            str(row["M"]), str(row["redn_factor"]), fmt_ms(row["dense_ms"]),
+            fmt_ms(row["median_ms"]) if ok else "failed",
             f"{fmt_ms(row['p20_ms'])}–{fmt_ms(row['p80_ms'])}" if ok else "–",
-            fmt_ratio(row["speedup_vs_dense"]),
+            fmt_ratio(row["speedup_vs_dense"]), fmt_ms(dense_kernel), fmt_ms(row["kernel_ms"]),
+            fmt_ratio(_divide(dense_kernel, row["kernel_ms"])), fmt_ratio(_divide(row["dense_ms"], dense_kernel)),
+            fmt_ratio(_divide(row["median_ms"], row["kernel_ms"])),
+            " / ".join(fmt_seconds(value) for value in first_calls),
             "–" if not ok else f"{row['M'] / row['median_ms'] * 1e3:,.0f}",
             *("–" if _missing(w) else f"{int(w):,}" for w in weights),
             _detail_field(row["detail"], "timing").replace("|", "/"),
@@ -644,20 +756,26 @@ def _e2e_section(frame, plots: list[Path]) -> list[str]:
     lines = ["## End-to-end models", "",
              "Made by `ss1bench e2e`: whole Hugging Face models built from their configs (random weights), "
              "dense against the same model converted with `convert_to_ss_linear` (every eligible linear layer; "
-             "a tied LM head stays dense), timed in the same run. **prefill**: one forward over batch × seq "
-             "tokens; **decode**: one new token per sequence against a KV cache of seq tokens. **tokens (M)**: "
-             "tokens per call; **speedup vs dense** = dense time / SS1 time; **SS1 tokens/s** = M / SS1 time; "
+             "a tied LM head stays dense), timed in the same run and the same **compile** mode (`none`: eager; "
+             "else `torch.compile(model, mode=...)`). **prefill**: one forward over batch × seq "
+             "tokens; **decode**: one new token per sequence against a KV cache of seq tokens; **train**: one "
+             "training step (forward with labels, loss, backward, AdamW step; fp32 weights, autocast to the "
+             "dtype). **tokens (M)**: tokens per call; **speedup vs dense** = dense time / SS1 time; "
+             "**kernel ms**: GPU kernel time per call (torch.profiler; – where not measured, e.g. on a CPU); "
+             "**wall/kernel** = wall time / kernel time (1.0 = no host overhead); **first call s**: seconds of "
+             "the first, untimed call (compilation included); **SS1 tokens/s** = M / SS1 time; "
              "**linear weights**: weights of all linear layers (SS1: compressed). There is no ideal end to end.",
              ""]
     for path in plots:
         lines += [f"![{path.stem}]({path.name})", ""]
     lines += [*_md_table(E2E_HEADER, e2e_table_rows(frame)), ""]
-    failed = frame[frame["status"] != "ok"]
+    failed = _e2e_frame(frame)
+    failed = failed[failed["status"] != "ok"]
     if len(failed):
         lines += ["### Failed end-to-end timings", ""]
-        lines += _md_table(["GPU", "dtype", "model and phase", "c", "provider", "status"],
-                           [[str(r.gpu), str(r.dtype), str(r.layer), str(r.redn_factor), str(r.provider),
-                             str(r.status).replace("|", "/")] for r in failed.itertuples()])
+        lines += _md_table(["GPU", "dtype", "model and phase", "compile", "c", "provider", "status"],
+                           [[str(r.gpu), str(r.dtype), str(r.layer), str(r.compile), str(r.redn_factor),
+                             str(r.provider), str(r.status).replace("|", "/")] for r in failed.itertuples()])
         lines.append("")
     return lines
 
@@ -675,7 +793,7 @@ def _sources_table(sources) -> list[str]:
     return _md_table(header, rows)
 
 
-def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]], out: Path,
+def write_summary(frame, sources, plots: dict[tuple[str, str, str, str], list[Path]], out: Path,
                   e2e_plots: list[Path] | None = None) -> Path:
     """``summary.md``: sources, then the layer benchmark (headline, per-set sections, failures) when
     ``frame`` has bench rows, then the end-to-end section when it has e2e rows."""
@@ -688,8 +806,11 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]],
              f"Made by `ss1bench report` from {commands} results; every number below is a CSV value "
              "(or, in the headline, the median and range of CSV values).", ""]
     lines += [*_sources_table(sources), ""]
-    if len(bench):
+    bench_gpus = sorted(bench["gpu"].astype(str).unique())
+    if len(bench_gpus) == 1:
         lines += _bench_sections(bench, plots)
+    for index, gpu in enumerate(bench_gpus if len(bench_gpus) > 1 else []):  # one set of sections per GPU
+        lines += _bench_sections(bench[bench["gpu"].astype(str) == gpu], plots, gpu=gpu, definitions=index == 0)
     if len(e2e):
         lines += _e2e_section(e2e, e2e_plots or [])
     path = out / "summary.md"
@@ -697,9 +818,13 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str], list[Path]],
     return path
 
 
-def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> list[str]:
-    """Definitions, headline, per-set plots and cases, and failed timings of layer-benchmark rows."""
-    lines = ["## Definitions", "",
+def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], gpu: str | None = None,
+                    definitions: bool = True) -> list[str]:
+    """Definitions, headline, per-set plots and cases, and failed timings of layer-benchmark rows
+    (``plots`` keyed by GPU, shape set, dtype and mode). With ``gpu``, the rows are that GPU's and
+    every heading names it (results of several GPUs: one set of sections per GPU)."""
+    where = f" on {gpu}" if gpu else ""
+    lines = [] if not definitions else ["## Definitions", "",
              "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
              "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
              "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
@@ -716,14 +841,14 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
              f"{FLOP_COUNTS}",
              f"- {MEMORY_FLOOR}",
              f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
-    lines += ["## Headline: SS1 (tuning database)", "",
+    lines += [f"## Headline: SS1 (tuning database){where}", "",
               "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets)."
               + (" In forward results, the layer with the rotated-weight cache has its own rows."
                  if _has_cached(frame) else ""), ""]
     lines += [*_md_table(headline_header(frame), headline_rows(frame)), ""]
     summary, cases = slower_than_dense_rows(frame)
     if summary:
-        lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster", "",
+        lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster{where}", "",
                   f"Cases (distinct M, K, N, c per dtype and mode) where dense time / ideal time >= {EXPECTED_WIN}, "
                   "i.e. SS1 should win, and SS1 (tuning database) is slower than dense"
                   + ("; mode *fwd (cached)*: the layer with the rotated-weight cache"
@@ -732,9 +857,12 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
         if cases:
             lines += [f"<details><summary>The {len(cases)} slower cases, worst first</summary>", "",
                       *_md_table(SLOWER_HEADER, cases), "", "</details>", ""]
-    for (shape_set, dtype, mode), paths in plots.items():
+    gpus = set(frame["gpu"].astype(str))
+    for (plot_gpu, shape_set, dtype, mode), paths in plots.items():
+        if plot_gpu not in gpus:
+            continue
         part = frame[(frame["shape_set"] == shape_set) & (frame["dtype"] == dtype) & (frame["mode"] == mode)]
-        lines += [f"## {shape_set} shapes, {dtype}, {MODE_TITLES[mode]}", ""]
+        lines += [f"## {shape_set} shapes, {dtype}, {MODE_TITLES[mode]}{where}", ""]
         for path in paths:
             lines += [f"![{path.stem}]({path.name})", ""]
         rows = case_rows(part)
@@ -742,7 +870,7 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
                   "peers)</summary>", "", *_md_table(case_header(part), rows), "", "</details>", ""]
     failed = frame[frame["status"] != "ok"]
     if len(failed):
-        lines += ["## Failed timings", ""]
+        lines += [f"## Failed timings{where}", ""]
         lines += _md_table(["dtype", "mode", "M", "K", "N", "c", "provider", "status"],
                            [[str(r.dtype), str(r.mode), str(r.M), str(r.K), str(r.N), str(r.redn_factor),
                              str(r.provider), str(r.status).replace("|", "/")] for r in failed.itertuples()])
@@ -754,21 +882,49 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str], list[Path]]) -> lis
 
 
 def write_report(paths: list[Path], out: Path) -> list[Path]:
-    """Read the results and write every plot and ``summary.md`` into ``out``; returns the paths."""
+    """Read the results and write every plot and ``summary.md`` into ``out``; returns the paths.
+
+    All or nothing: the results are read and checked first (a damaged CSV, a non-numeric value:
+    :class:`ReportError`, nothing written), the files are made in a temporary folder inside ``out``
+    and moved into ``out`` once all of them exist. Results of several GPUs get one set of plots
+    (file names prefixed with the GPU) and summary sections per GPU.
+    """
     frame, sources = load_results(paths)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".ss1bench-report-", dir=out))
+    except OSError as error:
+        raise ReportError(f"{out}: cannot write the report there ({error.strerror or error})") from None
+    try:
+        written = _write_files(frame, sources, staging)
+        published = []
+        for path in written:
+            os.replace(path, out / path.name)
+            published.append(out / path.name)
+        return published
+    except OSError as error:
+        raise ReportError(f"{out}: cannot write the report there ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_files(frame, sources, out: Path) -> list[Path]:
+    """Every plot and ``summary.md`` of ``frame`` into ``out``; returns the paths."""
     plt = _pyplot()
-    plots: dict[tuple[str, str, str], list[Path]] = {}
+    plots: dict[tuple[str, str, str, str], list[Path]] = {}
     is_e2e = frame["shape_set"] == E2E_SHAPE_SET
     bench, e2e = frame[~is_e2e], frame[is_e2e]
+    several_gpus = bench["gpu"].astype(str).nunique() > 1
     set_order = {name: i for i, name in enumerate(dict.fromkeys(bench["shape_set"]))}
-    groups = sorted(bench.groupby(["shape_set", "dtype", "mode"], sort=False),
-                    key=lambda item: (set_order[item[0][0]], _rank(DTYPES, item[0][1]), _rank(MODES, item[0][2])))
-    for (shape_set, dtype, mode), part in groups:
-        gpu = ", ".join(sorted(part["gpu"].astype(str).unique()))
+    groups = sorted(bench.groupby([bench["gpu"].astype(str), "shape_set", "dtype", "mode"], sort=False),
+                    key=lambda item: (item[0][0], set_order[item[0][1]], _rank(DTYPES, item[0][2]),
+                                      _rank(MODES, item[0][3])))
+    for (gpu, shape_set, dtype, mode), part in groups:
         context, tag = _context(gpu, shape_set, dtype, mode), _file_tag(shape_set, dtype, mode)
-        written = plots.setdefault((shape_set, dtype, mode), [])
+        if several_gpus:
+            tag = f"{gpu}_{tag}"
+        written = plots.setdefault((gpu, shape_set, dtype, mode), [])
         for regime, m in _regimes(part):
             written.append(plot_speedup_vs_c(plt, part, context, tag, regime, m, out))
         if part["M"].nunique() > 1:
@@ -777,11 +933,13 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
         for regime, m in _regimes(part):
             written.append(plot_peers(plt, part, context, tag, regime, m, out))
     e2e_plots = []
-    e2e_groups = sorted(e2e.groupby(["gpu", "dtype"], sort=False),
-                        key=lambda item: (str(item[0][0]), _rank(DTYPES, item[0][1])))
-    for (gpu, dtype), part in e2e_groups:
+    e2e = e2e.assign(train=e2e["layer"].astype(str).str.endswith(" train"))
+    e2e_groups = sorted(e2e.groupby(["gpu", "dtype", "train"], sort=False),
+                        key=lambda item: (str(item[0][0]), _rank(DTYPES, item[0][1]), item[0][2]))
+    for (gpu, dtype, train), part in e2e_groups:
         if (part["provider"] == "ss1_tuned").any():
-            e2e_plots.append(plot_e2e_speedup(plt, part, f"{gpu}, {dtype}, inference forward (no_grad)",
-                                              f"{gpu}_{dtype}", out))
+            what = "training step (fp32 weights, autocast to the dtype)" if train else "inference (no_grad)"
+            e2e_plots.append(plot_e2e_speedup(plt, part, f"{gpu}, {dtype}, {what}",
+                                              f"{gpu}_{dtype}{'_train' if train else ''}", out))
     summary = write_summary(frame, sources, plots, out, e2e_plots)
     return [path for group in plots.values() for path in group] + e2e_plots + [summary]

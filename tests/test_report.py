@@ -71,9 +71,25 @@ def _fixture_frame(cached: bool = False, modes: tuple[str, ...] = ("fwd",)) -> p
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
+def _panels(fig) -> list[dict]:
+    """What each titled panel of ``fig`` draws: its lines' data (``(x, y)``, every line, the dotted
+    dense line included), its bars (``(bar centre, length, face colour)``) and its images' values."""
+    import numpy as np
+
+    return [{"title": ax.get_title(),
+             "lines": [([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
+                       for line in ax.get_lines()],
+             "bars": [(patch.get_y() + patch.get_height() / 2, float(patch.get_width()), patch.get_facecolor())
+                      for patch in ax.patches],
+             "images": [np.ma.filled(np.ma.asarray(image.get_array(), dtype=float), np.nan)
+                        for image in ax.get_images()]}
+            for ax in fig.axes if ax.get_visible() and ax.get_title()]
+
+
 def _write_report(folder, frame: pd.DataFrame, stem: str):
     """Write ``frame`` as ``stem.csv`` (+ sidecar) and run ``ss1bench report`` on it; returns (out folder,
-    CLI output, legends: per PNG name, each legend label with its handle's style and first-panel data)."""
+    CLI output, legends: per PNG name, each legend label with its handle's style and first-panel data,
+    and under ``"_panels"`` what every panel draws, :func:`_panels`)."""
     frame.to_csv(folder / f"{stem}.csv", index=False)
     (folder / f"{stem}.json").write_text(json.dumps({
         "device_name": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "date": "2026-01-01T00:00:00+00:00",
@@ -88,6 +104,7 @@ def _write_report(folder, frame: pd.DataFrame, stem: str):
                               for label, handle in zip(labels or [], handles or [], strict=True)
                               if hasattr(handle, "get_xdata")}
         legends[path.name]["_order"] = list(labels or [])
+        legends[path.name]["_panels"] = _panels(fig)
         return real_finish(fig, plt, what, context, path, handles, labels, ncol)
 
     out = folder / "out"
@@ -267,6 +284,127 @@ def test_cached_layer_has_its_own_lines_in_fwd_plots(cached_report_dir):
     assert legends["speedup_vs_m_gpt2_fp16_fwdbwd.png"]["_order"] == SPEEDUP_VS_M_LABELS
 
 
+# ---- every plotted value is the CSV's: lines, bars and heatmap cells of every panel ----
+
+MODE_OF_SLUG = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
+DENSE_LINE = ("dense (dotted, at 1)", [0.0, 1.0], [1.0, 1.0])
+
+
+def _panel_shape(title: str) -> tuple[int, int]:
+    match = re.search(r"K=(\d+) → N=(\d+)", title)
+    assert match, title
+    return int(match[1]), int(match[2])
+
+
+def _assert_lines(where: str, lines: list, expected: list) -> None:
+    """``lines`` (``(x, y)`` each) are exactly the ``expected`` ``(name, x, y)`` series, in any order."""
+    left = list(lines)
+    for name, x, y in expected:
+        x, y = [float(v) for v in x], [float(v) for v in y]
+        found = next((i for i, (lx, ly) in enumerate(left)
+                      if lx == pytest.approx(x, rel=1e-12) and ly == pytest.approx(y, rel=1e-12, nan_ok=True)), None)
+        assert found is not None, f"{where}: no line plots {name} (x={x}, y={y}); lines not matched yet: {left}"
+        left.pop(found)
+    assert not left, f"{where}: lines that plot no series of the CSV: {left}"
+
+
+def _ideal(rows: pd.DataFrame) -> pd.Series:
+    """The ideal speedup of ``ss1_tuned`` rows: dense time / ideal time (DESIGN.md section 4)."""
+    return rows["dense_ms"] / rows["ideal_ms"]
+
+
+@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir"])
+def test_every_line_of_the_speedup_plots_is_the_csv(fixture, request):
+    _, frame, _, legends = request.getfixturevalue(fixture)
+    checked = 0
+    for name, legend in legends.items():
+        by_c = re.fullmatch(r"speedup_vs_c_gpt2_fp16_(\w+?)_(decode|prefill)\.png", name)
+        by_m = re.fullmatch(r"speedup_vs_m_gpt2_fp16_(\w+)\.png", name)
+        if not (by_c or by_m):
+            continue
+        mode = MODE_OF_SLUG[(by_c or by_m)[1]]
+        part = frame[frame["mode"] == mode]
+        for panel in legend["_panels"]:
+            k, n = _panel_shape(panel["title"])
+            cell = part[(part["K"] == k) & (part["N"] == n)]
+            expected = [DENSE_LINE]
+            if by_c:
+                cell = cell[cell["M"] == (16 if by_c[2] == "decode" else 4096)]
+                for provider in ("ss1_tuned", "ss1_cached", "ss1_heuristic", "lowrank", "monarch"):
+                    rows = cell[cell["provider"] == provider].sort_values("redn_factor")
+                    if len(rows):  # ss1_cached: only where the results have it
+                        expected.append((provider, rows["redn_factor"], rows["speedup_vs_dense"]))
+                tuned = cell[cell["provider"] == "ss1_tuned"].sort_values("redn_factor")
+                expected.append(("ideal", tuned["redn_factor"], _ideal(tuned)))
+            else:
+                for c in FACTORS:
+                    for provider in ("ss1_tuned", "ss1_cached"):
+                        rows = cell[(cell["provider"] == provider) & (cell["redn_factor"] == c)].sort_values("M")
+                        if len(rows):
+                            expected.append((f"{provider} c={c}", rows["M"], rows["speedup_vs_dense"]))
+                    tuned = cell[(cell["provider"] == "ss1_tuned") & (cell["redn_factor"] == c)].sort_values("M")
+                    expected.append((f"ideal c={c}", tuned["M"], _ideal(tuned)))
+            _assert_lines(f"{name} K={k} N={n}", panel["lines"], expected)
+            checked += 1
+    modes = frame["mode"].nunique()
+    assert checked == modes * len(LAYERS) * 3  # two speedup-vs-c plots and one speedup-vs-M plot per mode
+
+
+@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir"])
+def test_every_bar_of_the_peer_plots_is_the_csv(fixture, request):
+    from matplotlib.colors import to_rgba
+
+    from ss1bench.report import STYLE
+
+    _, frame, _, legends = request.getfixturevalue(fixture)
+    checked = 0
+    for name, legend in legends.items():
+        match = re.fullmatch(r"peers_gpt2_fp16_(\w+?)_(decode|prefill)\.png", name)
+        if not match:
+            continue
+        part = frame[(frame["mode"] == MODE_OF_SLUG[match[1]]) & (frame["M"] == (16 if match[2] == "decode" else 4096))]
+        for panel in legend["_panels"]:
+            c = int(panel["title"].removeprefix("c = "))
+            providers = {to_rgba(STYLE[p]["color"]): p for p in ("ss1_tuned", "lowrank", "monarch")}
+            drawn = {(round(centre), providers[tuple(color)]): length for centre, length, color in panel["bars"]}
+            expected = {}
+            for index, (_, k, n) in enumerate(LAYERS):
+                for provider in providers.values():
+                    row = part[(part["K"] == k) & (part["N"] == n) & (part["redn_factor"] == c)
+                               & (part["provider"] == provider)]
+                    expected[(index, provider)] = float(row["speedup_vs_dense"].iloc[0])
+            assert drawn.keys() == expected.keys(), (name, c)
+            for key, value in expected.items():
+                assert drawn[key] == pytest.approx(value, rel=1e-12, nan_ok=True), (
+                    f"{name} c={c} {key}: bar of {drawn[key]}, the CSV's speedup_vs_dense is {value}")
+            checked += 1
+    assert checked == frame["mode"].nunique() * 2 * len(FACTORS)
+
+
+@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir"])
+def test_every_heatmap_cell_is_the_csv_fraction_of_ideal(fixture, request):
+    import numpy as np
+
+    _, frame, _, legends = request.getfixturevalue(fixture)
+    checked = 0
+    for name, legend in legends.items():
+        match = re.fullmatch(r"fraction_of_ideal_gpt2_fp16_(\w+)\.png", name)
+        if not match:
+            continue
+        part = frame[frame["mode"] == MODE_OF_SLUG[match[1]]]
+        for panel in legend["_panels"]:
+            provider = next(p for p in ("ss1_tuned", "ss1_heuristic") if PROVIDER_LABELS[p] == panel["title"])
+            (image,) = panel["images"]
+            # rows: the layers in the shape set's order, each over M ascending; columns: c ascending
+            expected = [[float(part[(part["provider"] == provider) & (part["K"] == k) & (part["N"] == n)
+                                    & (part["M"] == m) & (part["redn_factor"] == c)]["fraction_of_ideal"].iloc[0])
+                         for c in FACTORS] for _, k, n in LAYERS for m in M_VALUES]
+            assert image == pytest.approx(np.array(expected), rel=1e-12), (
+                f"{name} {provider}: cells {image.tolist()}, the CSV's fraction_of_ideal {expected}")
+            checked += 1
+    assert checked == frame["mode"].nunique() * 2
+
+
 def test_cached_layer_has_its_own_rows_and_columns_in_the_summary(cached_report_dir):
     out, frame, _, _ = cached_report_dir
     summary = (out / "summary.md").read_text()
@@ -308,7 +446,7 @@ def test_report_rejects_a_csv_without_the_columns(tmp_path):
     pd.DataFrame({"M": [1], "K": [2]}).to_csv(bad, index=False)
     result = CliRunner().invoke(main, ["report", str(bad), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert result.output.startswith(f"error: {bad}: not an ss1bench bench CSV")
+    assert result.output.startswith(f"ss1bench report: error: {bad}: not an ss1bench bench CSV")
     assert result.output.count("\n") == 1
 
 
@@ -335,3 +473,87 @@ def test_slower_than_dense_counts_the_cached_layer_apart(cached_report_dir):
         decode = int((slower["M"] <= 64).sum())
         assert summary[("fp16", mode)] == [f"{len(slower)} of {len(expected)}", str(decode), str(len(slower) - decode)]
     assert ("fp16", "fwd+bwd (cached)") not in summary  # the cache has forward rows only
+
+
+# ---- results that cannot be reported as they are ------------------------------------------------------
+
+
+def _csv(folder, frame: pd.DataFrame, name: str = "bench_gpt2_fp16_fwd.csv"):
+    path = folder / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _report(*args: str):
+    return CliRunner().invoke(main, ["report", *args])
+
+
+def _assert_one_line_error(result, *parts: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("ss1bench report: error: ") and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    for part in parts:
+        assert part in result.output, (part, result.output)
+
+
+def test_results_of_two_gpus_get_one_set_of_sections_each(tmp_path):
+    h200 = _fixture_frame()
+    a100 = h200.assign(gpu="A100", median_ms=h200["median_ms"] * 1.5)
+    out = tmp_path / "out"
+    result = _report(str(_csv(tmp_path, h200)), str(_csv(tmp_path, a100, "bench_a100.csv")), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    names = {path.name for path in out.iterdir()}
+    for gpu in ("A100", "H200"):
+        assert f"fraction_of_ideal_{gpu}_gpt2_fp16_fwd.png" in names
+        assert f"speedup_vs_c_{gpu}_gpt2_fp16_fwd_decode.png" in names
+    summary = (out / "summary.md").read_text()
+    headings = [line for line in summary.splitlines() if line.startswith("## ")]
+    assert headings.count("## Definitions") == 1
+    for gpu in ("A100", "H200"):
+        assert f"## Headline: SS1 (tuning database) on {gpu}" in headings
+        assert f"## gpt2 shapes, fp16, forward on {gpu}" in headings
+        assert f"![fraction_of_ideal_{gpu}_gpt2_fp16_fwd](fraction_of_ideal_{gpu}_gpt2_fp16_fwd.png)" in summary
+
+
+def test_a_non_numeric_value_is_one_line_and_nothing_is_written(tmp_path):
+    frame = _fixture_frame()
+    frame["median_ms"] = frame["median_ms"].astype(object)
+    frame.loc[3, "median_ms"] = "abc"
+    out = tmp_path / "out"
+    result = _report(str(_csv(tmp_path, frame)), "--out", str(out))
+    _assert_one_line_error(result, "line 5, column median_ms: 'abc' is not a number")
+    assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize("cut", ["mid-row", "mid-field"])
+def test_a_csv_truncated_in_mid_row_is_refused(tmp_path, cut):
+    path = _csv(tmp_path, _fixture_frame())
+    text = path.read_text()
+    path.write_text(text[: len(text) - (200 if cut == "mid-row" else 3)])  # the last field keeps "2"
+    out = tmp_path / "out"
+    result = _report(str(path), "--out", str(out))
+    _assert_one_line_error(result, str(path), "truncated")
+    assert not out.exists()
+
+
+def test_an_unwritable_out_is_one_line(tmp_path):
+    path = _csv(tmp_path, _fixture_frame())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _report(str(path), "--out", str(blocker / "out"))
+    _assert_one_line_error(result, "cannot write the report there")
+
+
+def test_a_failure_while_plotting_leaves_nothing_half_written(tmp_path, monkeypatch):
+    path = _csv(tmp_path, _fixture_frame())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.txt").write_text("an earlier file")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "plot_peers", broken)  # after the speedup and heatmap plots
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.write_report([path], out)
+    assert [p.name for p in out.iterdir()] == ["kept.txt"]
