@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .ops import records_autograd, rotate_weight, ss1_linear
-from .structure import DEFAULT_BLOCK_N, SS1Structure, default_block_k
+from .structure import (
+    DEFAULT_BLOCK_N,
+    MAX_BLOCK_K,
+    MAX_BLOCK_N,
+    MAX_SEED,
+    MIN_BLOCK,
+    SS1Structure,
+    default_block_k,
+    validate_block,
+    validate_reduction_factor,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Buffer names under which the structure is saved in the state dict.
 _STRUCTURE_KEYS = ("redn_factor", "seed", "block_k", "block_n")
+#: Saved too, and checked on load when present; checkpoints made before they were saved load
+#: without them (never reported as missing keys).
+_SHAPE_KEYS = ("in_features", "out_features")
 
 #: A function ``(in_features, out_features, redn_factor, dtype, device) -> (block_k, block_n) | None``
 #: that recommends a structure (the tuning database registers one); None means "no opinion".
@@ -38,9 +52,15 @@ def choose_structure(in_features: int, out_features: int, redn_factor: int, seed
                      device: torch.device | str | None) -> SS1Structure:
     """Structure for a new layer: explicit block sizes, else the advisor's, else the defaults.
 
+    An advised ``block_k`` that :func:`check_compression` would refuse (a database recommending one
+    block_k for every shape, a hand-edited file) gives way to the default, with a warning; an
+    invalid advised ``block_n`` likewise.
+
     Defaults: ``block_k`` from :func:`~ss1bench.structure.default_block_k` (least padding),
-    ``block_n = 128``.
+    ``block_n = 128``. Every argument is checked (type and range) before any arithmetic: a bad one
+    raises TypeError or ValueError naming it.
     """
+    _check_arguments(in_features, out_features, redn_factor, seed, block_k, block_n)
     if block_k is None or block_n is None:
         advice = None
         if _structure_advisor is not None:
@@ -51,13 +71,105 @@ def choose_structure(in_features: int, out_features: int, redn_factor: int, seed
                 torch.device(device) if device is not None else torch.get_default_device(),
             )
         if advice is not None:
-            block_k = advice[0] if block_k is None else block_k
-            block_n = advice[1] if block_n is None else block_n
+            # A recommendation never makes a layer fail: an advised block_k (then block_n) that
+            # would be refused gives way to the default (as convert_to_ss_linear's fallback does).
+            default_k = default_block_k(in_features, redn_factor)
+            tries = [(advice[0] if block_k is None else block_k, advice[1] if block_n is None else block_n)]
+            if block_k is None:
+                tries.append((default_k, tries[0][1]))
+            for advised in tries:
+                problem = _advice_problem(in_features, out_features, redn_factor, seed, *advised)
+                if problem is None:
+                    block_k, block_n = advised
+                    break
+                logger.warning("ignoring the advised block_k=%s, block_n=%s for this layer: %s", *advised, problem)
         if block_k is None:
             block_k = default_block_k(in_features, redn_factor)
         if block_n is None:
             block_n = DEFAULT_BLOCK_N
     return SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+
+
+def _advice_problem(in_features, out_features, redn_factor, seed, block_k, block_n) -> str | None:
+    """Why an advised structure cannot be used (invalid, or refused by :func:`check_compression`)."""
+    try:
+        return compression_problem(SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n))
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+
+
+def _check_arguments(in_features, out_features, redn_factor, seed, block_k, block_n) -> None:
+    """The checks of :class:`SS1Structure`, run before the defaults do arithmetic on the values
+    (``redn_factor=0`` would divide by zero there, ``"4"`` fail inside an expression)."""
+    for name, value in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    validate_reduction_factor(redn_factor)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**63 - 1] (it is saved as int64), got {seed}")
+    if block_k is not None:
+        validate_block("block_k", block_k, MAX_BLOCK_K)
+    if block_n is not None:
+        validate_block("block_n", block_n, MAX_BLOCK_N)
+
+
+def _largest_fitting_block_k(in_features: int, redn_factor: int) -> int | None:
+    """The largest block_k whose compressed weight is narrower than the dense one, else the largest
+    that is as wide, else None (in_features too small for redn_factor)."""
+    widths = {block_k: math.ceil(in_features / (redn_factor * block_k)) * block_k
+              for block_k in (MIN_BLOCK << shift for shift in range(11))}
+    narrower = [block_k for block_k, width in widths.items() if width < in_features]
+    as_wide = [block_k for block_k, width in widths.items() if width == in_features]
+    return max(narrower or as_wide, default=None)
+
+
+def compression_problem(structure: SS1Structure) -> str | None:
+    """Why :func:`check_compression` refuses ``structure``, or None."""
+    s = structure
+    dense, stored = s.in_features, s.k_red
+    where = f"SSL({s.in_features}, {s.out_features}, redn_factor={s.redn_factor}, block_k={s.block_k})"
+    if s.redn_factor == 1:
+        needed = math.ceil(s.in_features / MIN_BLOCK) * MIN_BLOCK
+        if s.block_k > needed:
+            return (f"{where}: block_k={s.block_k} is wider than in_features={s.in_features} needs, so the weight "
+                    f"({s.out_features} x {stored}) is {stored / dense:.2f}x the dense one (compression "
+                    f"{s.compression:.2f}x); pass a smaller block_k (at most {needed}) or leave block_k out")
+        return None
+    if stored > dense:
+        fitting = _largest_fitting_block_k(s.in_features, s.redn_factor)
+        advice = (f"pass a smaller block_k (at most {fitting}) or leave block_k out" if fitting is not None else
+                  f"in_features={s.in_features} is too small for redn_factor={s.redn_factor} (the smallest "
+                  f"compressed width is {MIN_BLOCK}); use a smaller redn_factor or nn.Linear")
+        return (f"{where}: the compressed weight ({s.out_features} x {stored}) would be larger than the dense one "
+                f"({s.out_features} x {dense}), compression {s.compression:.2f}x; {advice}")
+    return None
+
+
+def check_compression(structure: SS1Structure) -> None:
+    """Refuse a structure whose compressed weight is larger than the dense weight; warn when a
+    reduction factor above 1 saves nothing.
+
+    - ``redn_factor > 1`` and ``K_red > in_features`` (compression below 1x, e.g. ``SSL(64, 64,
+      redn_factor=2, block_k=1024)``: 1024 columns for 64 inputs): ValueError.
+    - ``redn_factor > 1`` and ``K_red == in_features`` (compression exactly 1x): a ``UserWarning``;
+      the layer is valid but stores as many weights as ``nn.Linear``.
+    - ``redn_factor == 1`` asks for no compression: ``K_red`` is ``in_features`` rounded up to
+      ``block_k``, padding included. Refused only when ``block_k`` is wider than ``in_features``
+      rounded up to a multiple of 16 (one block larger than the whole input needs).
+    """
+    problem = compression_problem(structure)
+    if problem is not None:
+        raise ValueError(problem)
+    s = structure
+    if s.redn_factor > 1 and s.k_red == s.in_features:
+        warnings.warn(
+            f"SSL({s.in_features}, {s.out_features}, redn_factor={s.redn_factor}, block_k={s.block_k}): compression "
+            f"is 1.00x (the compressed weight is as wide as the dense one, {s.k_red} columns): this layer saves "
+            "no weights or FLOPs over nn.Linear", UserWarning, stacklevel=3)
 
 
 class SSL(nn.Module):
@@ -75,6 +187,23 @@ class SSL(nn.Module):
         seed: seeds the hash (a private generator; the global RNG is untouched).
         block_k, block_n: structural block sizes (powers of two >= 16). When omitted they come
             from the tuning database for this GPU, dtype and shape, else from the defaults.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range (named in the message),
+            checked before anything is computed from it.
+        ValueError: a structure whose compressed weight would be larger than the dense weight
+            (compression below 1x, e.g. ``SSL(64, 64, redn_factor=2, block_k=1024)``). With
+            ``redn_factor > 1`` a compression of exactly 1x is allowed with a ``UserWarning`` (the
+            layer saves nothing). ``redn_factor=1`` means no compression: ``K_red`` is
+            ``in_features`` rounded up to ``block_k``, refused only when ``block_k`` is wider than
+            ``in_features`` rounded up to 16. See :func:`check_compression`.
+
+    Checkpoints: the state dict holds the structure (``redn_factor``, ``seed``, ``block_k``,
+    ``block_n``) and the shape (``in_features``, ``out_features``) as int64 buffers. Loading checks
+    them against the layer (a different ``redn_factor``, ``seed``, ``in_features`` or
+    ``out_features`` is an error naming both values) and adopts the checkpoint's block sizes, with
+    a warning on the ``ss1bench.layer`` logger. A load is all or nothing: when it fails, the layer
+    keeps its block sizes and weights. Checkpoints saved before the shape was saved still load.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, redn_factor: int = 2,
@@ -84,6 +213,7 @@ class SSL(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.structure = choose_structure(in_features, out_features, redn_factor, seed, block_k,
                                           block_n, dtype, device)
+        check_compression(self.structure)
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(self.structure.weight_shape, **factory))
@@ -137,7 +267,8 @@ class SSL(nn.Module):
         weight, bias = self.weight, self.bias
         device_type = x.device.type
         # Like nn.Linear under autocast: lower-precision compute for float32 inputs; float64 stays.
-        if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
+        # Meta tensors (shape inference) have no autocast state: asking raises.
+        if device_type != "meta" and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
@@ -239,36 +370,94 @@ class SSL(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for key in _STRUCTURE_KEYS:
             destination[prefix + key] = torch.tensor(getattr(self.structure, key), dtype=torch.int64)
+        for key in _SHAPE_KEYS:
+            destination[prefix + key] = torch.tensor(getattr(self, key), dtype=torch.int64)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        """Check everything the checkpoint says about this layer before changing anything.
+
+        A load this layer refuses (another redn_factor, seed, in_features or out_features; a weight
+        or bias of the wrong shape; new block sizes without a weight) leaves it exactly as it was.
+        Missing and unexpected keys fail only a strict load, and torch applies ``strict`` after
+        every module has loaded (``strict`` here is always True): as for any torch module, the
+        layer then holds what the checkpoint had (a consistent structure and weight).
+        """
+        name = prefix.rstrip(".") or "SSL"
         saved = {}
-        for key in _STRUCTURE_KEYS:
+        for key in (*_STRUCTURE_KEYS, *_SHAPE_KEYS):
             full = prefix + key
             if full in state_dict:
                 saved[key] = int(state_dict.pop(full))
-            elif strict:
+            elif strict and key in _STRUCTURE_KEYS:
                 missing_keys.append(full)
-        for key in ("redn_factor", "seed"):
-            if key in saved and saved[key] != getattr(self.structure, key):
-                error_msgs.append(
-                    f"{prefix.rstrip('.') or 'SSL'}: checkpoint has {key}={saved[key]} but this layer has "
-                    f"{key}={getattr(self.structure, key)}; build the layer with the checkpoint's {key}"
-                )
+        current = {"redn_factor": self.redn_factor, "seed": self.seed, "in_features": self.in_features,
+                   "out_features": self.out_features}
+        for key, value in current.items():
+            if key in saved and saved[key] != value:
+                error_msgs.append(f"{name}: checkpoint has {key}={saved[key]} but this layer has {key}={value}; "
+                                  f"build the layer with the checkpoint's {key}")
                 return
         new_blocks = (saved.get("block_k", self.block_k), saved.get("block_n", self.block_n))
+        structure = self.structure
         if new_blocks != (self.block_k, self.block_n):
-            logger.info("%s: adopting the checkpoint's block_k=%d, block_n=%d (was %d, %d)",
-                        prefix.rstrip(".") or "SSL", *new_blocks, self.block_k, self.block_n)
-            self.structure = SS1Structure(self.in_features, self.out_features, self.redn_factor,
-                                          self.seed, *new_blocks)
+            try:
+                structure = SS1Structure(self.in_features, self.out_features, self.redn_factor, self.seed,
+                                         *new_blocks)
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(f"{name}: checkpoint has an invalid structure: {exc}")
+                return
+        problems = self._state_problems(state_dict, prefix, structure)
+        if problems:  # the load fails: report it and change nothing
+            error_msgs.extend(f"{name}: {problem}" for problem in problems)
+            return
+        previous = None
+        if structure is not self.structure:
+            previous = (self.structure, self.weight.data)
+            self.structure = structure
             # The same Parameter object with new storage: an optimizer built before the load keeps
             # updating this layer's weight (its per-parameter state, if any, must come from the
             # same checkpoint: it has the checkpoint's shapes).
-            self.weight.data = self.weight.new_empty(self.structure.weight_shape)
+            self.weight.data = self.weight.new_empty(structure.weight_shape)
             self._forget_rotated_weight()
+        errors_before = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if previous is None:
+            return
+        if len(error_msgs) > errors_before:
+            # A failure the checks above did not foresee: put the old structure and weight back.
+            self.structure, self.weight.data = previous
+            self._forget_rotated_weight()
+            return
+        # Warning, not info: the layer now computes another function than the one it was built
+        # with, and default logging hides INFO.
+        logger.warning("%s: adopting the checkpoint's block_k=%d, block_n=%d (was %d, %d)",
+                       name, structure.block_k, structure.block_n, previous[0].block_k, previous[0].block_n)
+
+    def _state_problems(self, state_dict, prefix: str, structure: SS1Structure) -> list[str]:
+        """What would make loading ``state_dict`` under ``structure`` fail, before anything changes."""
+        problems = []
+        expected = {"weight": structure.weight_shape}
+        if self.bias is not None:
+            expected["bias"] = (self.out_features,)
+        for key, shape in expected.items():
+            value = state_dict.get(prefix + key)
+            if value is None:
+                if key == "weight" and structure is not self.structure:
+                    problems.append(
+                        f"checkpoint changes the block sizes to block_k={structure.block_k}, "
+                        f"block_n={structure.block_n} (this layer has {self.block_k}, {self.block_n}) but holds no "
+                        "weight: this layer's weight is laid out for its own block sizes (the checkpoint's need a "
+                        f"weight of shape {structure.weight_shape}); a load that changes the structure needs the "
+                        "weight too")
+                continue
+            if not isinstance(value, torch.Tensor):
+                problems.append(f"{key} in the checkpoint is a {type(value).__name__}, not a tensor")
+            elif tuple(value.shape) != shape:
+                problems.append(f"size mismatch for {key}: the checkpoint has shape {tuple(value.shape)}, this "
+                                f"layer (with the checkpoint's structure) needs {shape}")
+        return problems
 
     def extra_repr(self) -> str:
         s = self.structure

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -94,6 +96,53 @@ def test_invalid_arguments_are_rejected():
         SSL(300, 70, block_n=8)
     with pytest.raises(ValueError, match=r"in_features must be positive"):
         SSL(0, 70)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"redn_factor": 0}, ValueError, r"redn_factor must be a power of two in \[1, 2, 4, 8, 16, 32\], got 0"),
+    ({"redn_factor": "4"}, TypeError, r"redn_factor must be an int, got str \('4'\)"),
+    ({"redn_factor": 4.0}, TypeError, r"redn_factor must be an int, got float"),
+    ({"redn_factor": None}, TypeError, r"redn_factor must be an int, got NoneType"),
+    ({"block_k": "64"}, TypeError, r"block_k must be an int, got str"),
+    ({"seed": "1"}, TypeError, r"seed must be an int, got str"),
+], ids=["c0", "c-str", "c-float", "c-none", "block_k-str", "seed-str"])
+def test_bad_arguments_are_named_before_any_arithmetic(kwargs, error, message):
+    """redn_factor=0 used to raise ZeroDivisionError and "4" a TypeError from inside the defaults."""
+    with pytest.raises(error, match=message):
+        SSL(300, 70, **kwargs)
+
+
+@pytest.mark.parametrize(("in_features", "out_features", "error"), [
+    ("300", 70, r"in_features must be an int, got str"), (300, 70.0, r"out_features must be an int, got float")])
+def test_bad_feature_counts_are_named(in_features, out_features, error):
+    with pytest.raises(TypeError, match=error):
+        SSL(in_features, out_features)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((64, 64, 2, 1024), r"SSL\(64, 64, redn_factor=2, block_k=1024\): the compressed weight \(64 x 1024\) would be "
+                        r"larger than the dense one \(64 x 64\), compression 0\.06x; pass a smaller block_k "
+                        r"\(at most 32\) or leave block_k out"),
+    ((100, 70, 4, 128), r"compression 0\.78x; pass a smaller block_k \(at most 64\)"),
+    ((8, 8, 2, None), r"in_features=8 is too small for redn_factor=2"),
+    ((64, 64, 1, 1024), r"block_k=1024 is wider than in_features=64 needs, .* is 16\.00x the dense one .*at most 64"),
+], ids=["c2-bk1024", "K100-c4-bk128", "K8-c2-default", "c1-bk1024"])
+def test_a_weight_larger_than_dense_is_refused(args, message):
+    in_features, out_features, c, block_k = args
+    with pytest.raises(ValueError, match=message):
+        SSL(in_features, out_features, redn_factor=c, block_k=block_k)
+
+
+def test_compression_of_one_warns_and_padding_without_compression_is_allowed():
+    with pytest.warns(UserWarning, match=r"compression is 1\.00x .* saves no weights"):
+        layer = SSL(64, 64, redn_factor=2, block_k=64)
+    assert layer.compression == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        padded = SSL(300, 70, redn_factor=1, block_k=32)  # c=1: no compression asked, K padded to 320
+        assert padded.compression < 1
+        assert SSL(300, 70, redn_factor=4).compression > 1
+        assert SSL(8, 8, redn_factor=1).weight.shape == (8, 16)
 
 
 def test_extra_repr():
@@ -253,14 +302,31 @@ def test_structure_advisor_without_opinion_falls_back_to_defaults():
     assert (layer.block_k, layer.block_n) == (default_block_k(300, 4), DEFAULT_BLOCK_N)
 
 
+@pytest.mark.parametrize(("advice", "expected"), [((1024, 32), (None, 32)), ((24, 32), (None, 32)),
+                                                 ((32, 24), (None, DEFAULT_BLOCK_N))],
+                         ids=["larger-than-dense", "block_k-not-a-power-of-two", "block_n-not-a-power-of-two"])
+def test_advice_that_would_refuse_the_layer_gives_way_to_the_defaults(caplog, advice, expected):
+    """A recommendation (a hand-edited tuning database) never makes SSL(...) fail."""
+    previous = set_structure_advisor(lambda *args: advice)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ss1bench.layer"):
+            layer = SSL(64, 64, redn_factor=2)
+    finally:
+        set_structure_advisor(previous)
+    assert (layer.block_k, layer.block_n) == (default_block_k(64, 2), expected[1])
+    assert "ignoring the advised block_k" in caplog.text
+
+
 # ---- state dict --------------------------------------------------------------------------------
 
 
 def test_state_dict_carries_the_structure():
     layer = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
     state = layer.state_dict()
-    assert set(state) == {"weight", "bias", "redn_factor", "seed", "block_k", "block_n"}
-    for key, value in (("redn_factor", 4), ("seed", 9), ("block_k", 32), ("block_n", 16)):
+    assert set(state) == {"weight", "bias", "redn_factor", "seed", "block_k", "block_n", "in_features",
+                          "out_features"}
+    for key, value in (("redn_factor", 4), ("seed", 9), ("block_k", 32), ("block_n", 16), ("in_features", 300),
+                       ("out_features", 70)):
         assert state[key].dtype == torch.int64 and state[key].shape == ()
         assert int(state[key]) == value
 
@@ -273,10 +339,10 @@ def test_state_dict_round_trip_adopts_checkpoint_blocks(caplog, generator):
         target.load_state_dict(state)
     records = [r for r in caplog.records if r.name == "ss1bench.layer"]
     assert len(records) == 1, [r.getMessage() for r in records]
-    assert records[0].levelno == logging.INFO
+    assert records[0].levelno == logging.WARNING  # default logging shows it
     message = records[0].getMessage()
     assert "block_k=32, block_n=16" in message and "(was 16, 64)" in message and message.startswith("1:")
-    assert len(state) == 6  # the caller's dict is left whole
+    assert len(state) == 8  # the caller's dict is left whole
 
     loaded = target[1]
     assert (loaded.block_k, loaded.block_n) == (32, 16)
@@ -340,6 +406,93 @@ def test_state_dict_without_structure_keys_is_missing_keys():
     assert result.missing_keys == ["seed"]
 
 
+def _snapshot(layer: SSL) -> tuple:
+    return (layer.structure, layer.weight.detach().clone(), layer.bias.detach().clone(), layer.weight.data_ptr())
+
+
+def _assert_unchanged(layer: SSL, snapshot: tuple, generator) -> None:
+    structure, weight, bias, pointer = snapshot
+    assert layer.structure == structure and (layer.block_k, layer.block_n) == (structure.block_k, structure.block_n)
+    assert torch.equal(layer.weight, weight) and torch.equal(layer.bias, bias)
+    assert layer.weight.data_ptr() == pointer
+    x = randn(3, layer.in_features, generator=generator)
+    expected = ss1_forward_reference(x, weight, bias, structure)
+    assert torch.equal(layer(x), expected)
+
+
+def _without(state: dict, *names: str) -> dict:
+    return {key: value for key, value in state.items() if key not in names}
+
+
+@pytest.mark.parametrize("case", ["out_features", "old checkpoint, bias shape", "weight not a tensor",
+                                  "strict=False without weight", "strict without weight"])
+def test_a_failed_load_changes_nothing(case, generator):
+    """The checkpoint's block sizes differ from the layer's: a refused load must not adopt them."""
+    target = SSL(300, 70, redn_factor=4, seed=9, block_k=16, block_n=64)
+    before = _snapshot(target)
+    source = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    state, strict = source.state_dict(), True
+    if case == "out_features":
+        state = SSL(300, 80, redn_factor=4, seed=9, block_k=32, block_n=16).state_dict()
+        match = r"checkpoint has out_features=80 but this layer has out_features=70"
+    elif case == "old checkpoint, bias shape":
+        state = _without(SSL(300, 80, redn_factor=4, seed=9, block_k=32, block_n=16).state_dict(),
+                         "in_features", "out_features")
+        match = r"size mismatch for weight: the checkpoint has shape \(80, 96\)"
+    elif case == "weight not a tensor":
+        state["weight"] = [[0.0]]
+        match = r"weight in the checkpoint is a list, not a tensor"
+    else:
+        state, strict = _without(state, "weight"), case == "strict without weight"
+        match = (r"checkpoint changes the block sizes to block_k=32, block_n=16 \(this layer has 16, 64\) but holds "
+                 r"no weight: .* shape \(70, 96\)")
+    with pytest.raises(RuntimeError, match=match):
+        target.load_state_dict(state, strict=strict)
+    _assert_unchanged(target, before, generator)
+
+
+def test_new_block_n_without_weight_is_refused_though_the_shape_fits(generator):
+    """The weight's shape does not change with block_n, its meaning does: no weight, no new structure."""
+    target = SSL(300, 70, redn_factor=4, seed=9, block_k=16, block_n=64)
+    before = _snapshot(target)
+    state = _without(SSL(300, 70, redn_factor=4, seed=9, block_k=16, block_n=16).state_dict(), "weight")
+    with pytest.raises(RuntimeError, match=r"block_n=16 \(this layer has 16, 64\) but holds no weight"):
+        target.load_state_dict(state, strict=False)
+    _assert_unchanged(target, before, generator)
+
+
+def test_in_features_is_checked_on_load(generator):
+    """700 and 768 inputs give the same compressed width at c=4, block_k=32: the weights fit, the layer does not."""
+    source = SSL(768, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    target = SSL(700, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    assert source.weight.shape == target.weight.shape
+    before = _snapshot(target)
+    with pytest.raises(RuntimeError, match=r"SSL: checkpoint has in_features=768 but this layer has in_features=700"):
+        target.load_state_dict(source.state_dict())
+    _assert_unchanged(target, before, generator)
+
+
+def test_a_checkpoint_without_the_shape_still_loads(generator):
+    """Checkpoints saved before in_features/out_features were saved: no missing keys, blocks adopted."""
+    source = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    state = _without(source.state_dict(), "in_features", "out_features")
+    target = SSL(300, 70, redn_factor=4, seed=9, block_k=16, block_n=64)
+    result = target.load_state_dict(state)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert (target.block_k, target.block_n) == (32, 16)
+    x = randn(3, 300, generator=generator)
+    assert torch.equal(target(x), source(x))
+
+
+def test_strict_false_without_weight_and_the_same_blocks_keeps_the_weight():
+    source = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    target = SSL(300, 70, redn_factor=4, seed=9, block_k=32, block_n=16)
+    weight = target.weight.detach().clone()
+    result = target.load_state_dict(_without(source.state_dict(), "weight"), strict=False)
+    assert result.missing_keys == ["weight"]
+    assert torch.equal(target.weight, weight) and torch.equal(target.bias, source.bias)
+
+
 @pytest.mark.parametrize("seed", [0, 2**63 - 1])
 def test_state_dict_round_trips_extreme_seeds(seed):
     layer = SSL(64, 16, seed=seed)
@@ -378,6 +531,17 @@ def test_cpu_autocast_leaves_float64_alone(generator):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(x).dtype == torch.float64
         assert layer(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(5, 300), (2, 3, 300)], ids=["2d", "3d"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+def test_meta_inputs_give_meta_outputs(shape, autocast):
+    """Shape inference on the meta device (no autocast state there: asking used to raise)."""
+    layer = SSL(300, 70, redn_factor=4, device="meta")
+    x = torch.empty(shape, device="meta")
+    with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        y = layer(x)
+    assert y.is_meta and y.shape == (*shape[:-1], 70)
 
 
 def test_structure_advisor_sees_the_default_device(advisor_calls):

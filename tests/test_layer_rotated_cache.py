@@ -107,7 +107,8 @@ def test_turning_it_off_frees_the_copy_and_the_state_dict_never_holds_it(layer, 
     layer.cache_rotated_weight()
     layer(randn(2, 300, generator=generator))
     assert layer._rotated is not None
-    assert set(layer.state_dict()) == {"weight", "bias", "redn_factor", "seed", "block_k", "block_n"}
+    assert set(layer.state_dict()) == {"weight", "bias", "redn_factor", "seed", "block_k", "block_n", "in_features",
+                                       "out_features"}
     layer.cache_rotated_weight(False)
     assert layer._rotated is None and not layer.caches_rotated_weight
 
