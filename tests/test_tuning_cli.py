@@ -102,7 +102,7 @@ def test_db_path_show_validate_merge(no_gpu, places, tmp_path):
     write_db(user / "H200.json")
     assert "(exists)" in runner.invoke(main, ["db", "path", "--gpu", "h200"]).output
 
-    result = runner.invoke(main, ["db", "show", "--gpu", "H200"])
+    result = runner.invoke(main, ["db", "show", "--gpu", "H200", "--launch"])
     assert result.exit_code == 0, result.output
     assert "fp16/K768/N3072/c4" in result.output and "block_k=64" in result.output
     assert "forward/fp16/K768/N3072/c4/bk64/bn128/M4096" in result.output and "2.00x" in result.output
@@ -171,3 +171,224 @@ def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path)
     # run again: everything is in the database, nothing is re-tuned
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "nothing to tune" in again.output
+
+
+# ---- one error style -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "command", "part"), [
+    (["tune", "--bogus"], "ss1bench tune", "No such option '--bogus'"),
+    (["tune", "--compile-workers", "-1", "--dry-run"], "ss1bench tune", "--compile-workers"),
+    (["tune", "--devices", "xyz", "--dry-run"], "ss1bench tune", "--devices 'xyz'"),
+    (["tune", "--devices", "0,x"], "ss1bench tune", "--devices '0,x'"),
+    (["bench", "--dry-run", "--warmup-ms=-5"], "ss1bench bench", "'--warmup-ms': -5 is not in the range x>=0"),
+    (["bench", "--dry-run", "--rep-ms", "0"], "ss1bench bench", "--rep-ms"),
+    (["bench", "--dry-run", "--m-buckets", "0"], "ss1bench bench", "--m-buckets"),
+    (["db", "show", "--bogus"], "ss1bench db show", "No such option"),
+    (["db", "merge", "x.json"], "ss1bench db merge", "Missing option '--into'"),
+    (["report"], "ss1bench report", "Missing argument"),
+    (["nosuch"], "ss1bench", "No such command 'nosuch'"),
+], ids=lambda v: v if isinstance(v, str) else "-".join(v))
+def test_every_usage_error_is_one_line_naming_the_command(no_gpu, places, args, command, part):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"{command}: error: ") and result.output.count("\n") == 1, result.output
+    assert part in result.output and "Usage:" not in result.output and "Traceback" not in result.output
+
+
+def test_bench_takes_m_buckets_and_the_old_m_quietly(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["bench", "--help"]).output
+    assert "--m-buckets" in help_text and "--m " not in help_text and "--m," not in help_text
+    new = runner.invoke(main, ["bench", "--dry-run", "--shapes", "gpt2", "--m-buckets", "1,64", "--redn-factors", "4"])
+    old = runner.invoke(main, ["bench", "--dry-run", "--shapes", "gpt2", "--m", "1,64", "--redn-factors", "4"])
+    assert new.exit_code == old.exit_code == 0 and new.output == old.output
+    assert "M=64" in new.output and "M=4096" not in new.output
+
+
+# ---- tune: what is already tuned, and its database before any GPU work --------------------------------------
+
+
+def test_dry_run_says_what_the_shipped_database_covers(no_gpu, places):
+    _, shipped = places
+    write_db(shipped / "H200.json")
+    args = ["tune", "--gpu", "H200", "--shape", "4096x768x3072", "--redn-factors", "4", "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    covered = f"0 items to tune, 1 already tuned (1 of them by the shipped database {shipped / 'H200.json'}"
+    assert covered in result.output
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0 and "1 items to tune, 0 already tuned (--force" in forced.output
+    partly = CliRunner().invoke(main, [*args, "--kinds", "forward,grad_input"])
+    assert partly.exit_code == 0, partly.output
+    assert "1 items to tune, 0 already tuned; launch records: 1 of 2 recorded (1 by the shipped database)" in (
+        partly.output)
+    assert "fwd@4096: recorded" in partly.output
+
+
+@pytest.fixture
+def one_h200(monkeypatch):
+    """A (pretend) visible H200; tuning itself must not start."""
+    from ss1bench.tuning import runner
+
+    monkeypatch.setattr(tgpu, "list_devices", lambda: [tgpu.Device(0, "NVIDIA H200")])
+    monkeypatch.setattr(tgpu, "current_device_index", lambda: 0)
+
+    def no_gpu_work(*args, **kwargs):
+        raise AssertionError("GPU work started")
+
+    monkeypatch.setattr(runner, "run_tuning", no_gpu_work)
+
+
+@pytest.mark.parametrize("problem", ["read-only file", "corrupted file", "not utf-8", "folder not writable",
+                                     "folder is a file", "results folder cannot be made"])
+def test_tune_checks_its_files_before_any_gpu_work(one_h200, places, tmp_path, monkeypatch, problem):
+    import os
+
+    user, _ = places
+    args = ["tune", "--gpu", "H200", "--shape", "64x64x64", "--redn-factors", "2",
+            "--results-csv", str(tmp_path / "results.csv")]
+    if problem == "read-only file":
+        write_db(user / "H200.json")
+        os.chmod(user / "H200.json", 0o444)
+        expected = "read-only (mode 444)"
+    elif problem in ("corrupted file", "not utf-8"):
+        user.mkdir()
+        (user / "H200.json").write_bytes(b"{broken" if problem == "corrupted file" else b'{"gpu": "\xff"}')
+        expected = "not valid JSON" if problem == "corrupted file" else "not UTF-8"
+    elif problem == "folder not writable":
+        user.mkdir()
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(user) and real_access(path, mode))
+        expected = f"cannot write in {user}"
+    elif problem == "folder is a file":
+        user.write_text("")
+        expected = "H200.json"
+    else:
+        (tmp_path / "a-file").write_text("")
+        args[-1] = str(tmp_path / "a-file" / "results.csv")
+        expected = "cannot create its folder"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("ss1bench tune: error: ") and result.output.count("\n") == 1, result.output
+    assert expected in result.output
+
+
+@pytest.mark.interpret
+def test_a_database_that_fails_mid_run_keeps_the_results_and_says_how_to_resume(monkeypatch, places, tmp_path):
+    import types
+
+    import torch
+
+    from ss1bench.kernels import ss1
+    from ss1bench.tuning import measure, runner, space
+
+    class CpuBench(measure.KernelBench):
+        def __init__(self, device, compile_workers=0, seed=0):
+            super().__init__(torch.device("cpu"), 0, seed)
+
+        def time(self, case, config, confirm=False):
+            return 1.0
+
+        def dense_ms(self, case):
+            return 2.0
+
+    monkeypatch.setattr(tgpu, "list_devices", lambda: [tgpu.Device(0, "NVIDIA H200")])
+    monkeypatch.setattr(tgpu, "current_device_index", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(
+        multi_processor_count=132))
+    monkeypatch.setattr(ss1, "device_limits", lambda device: ("NVIDIA H200", 232448))
+    monkeypatch.setattr(measure, "KernelBench", CpuBench)
+    monkeypatch.setattr(space, "launch_candidates", lambda problem, limit, sm_count=132: space.CandidateSet(
+        problem, [LaunchConfig(16, 32, 16, 4, 2)]))
+    user, _ = places
+    real_write = runner.write_records
+
+    def write_records(path, updates, run=None):  # the database breaks after the checks passed
+        if path == user / "H200.json":
+            raise tdb.DatabaseError(f"{path}: disk full (test)")
+        return real_write(path, updates, run)
+
+    monkeypatch.setattr(runner, "write_records", write_records)
+    results = tmp_path / "results.csv"
+    result = CliRunner().invoke(main, ["tune", "--gpu", "H200", "--shape", "8x64x64", "--redn-factors", "2",
+                                       "--no-structure-search", "--results-csv", str(results)])
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    assert "Traceback" not in result.output
+    (line,) = [text for text in result.output.splitlines() if text.startswith("ss1bench tune: error: ")]
+    pending = tmp_path / "results-unwritten-cuda0.json"
+    assert "disk full (test)" in line and f"every measured candidate is in {results}" in line
+    assert f"ss1bench db merge {pending} --into {user / 'H200.json'}" in line and "re-run the same command" in line
+    assert results.read_text().count("\n") > 1
+    merged = CliRunner().invoke(main, ["db", "merge", str(pending), "--into", str(tmp_path / "fixed.json")])
+    assert merged.exit_code == 0, merged.output
+    assert tdb.read_database(tmp_path / "fixed.json").launch
+
+
+# ---- db show, validate, merge ------------------------------------------------------------------------------
+
+
+def test_db_show_is_short_by_default_and_lists_everything_with_launch(no_gpu, places):
+    user, _ = places
+    write_db(user / "H200.json")
+    short = CliRunner().invoke(main, ["db", "show", "--gpu", "H200"])
+    assert short.exit_code == 0, short.output
+    assert "fp16/K768/N3072/c4" in short.output and "block_k=64" in short.output
+    assert "launch configs (1): forward 1 (--launch lists them)" in short.output
+    assert "forward/fp16/K768/N3072/c4/bk64/bn128/M4096" not in short.output
+    full = CliRunner().invoke(main, ["db", "show", "--gpu", "H200", "--launch"])
+    assert "forward/fp16/K768/N3072/c4/bk64/bn128/M4096" in full.output and "128x128x64 w8 s3 g8" in full.output
+    assert "legend:" in full.output and "TMxTNxTK wW sS gG" in full.output and "W warps" in full.output
+
+
+@pytest.mark.parametrize("change", ["ms Infinity", "dense_ms NaN", "relative_time Infinity", "runs not a list",
+                                    "no speedup"])
+def test_db_validate_rejects_what_later_writes_cannot_handle(no_gpu, places, tmp_path, change):
+    import json
+
+    user, _ = places
+    write_db(user / "H200.json")
+    data = json.loads((user / "H200.json").read_text())
+    (key,) = data["launch"]
+    if change == "ms Infinity":
+        data["launch"][key]["ms"] = float("inf")
+    elif change == "dense_ms NaN":
+        data["launch"][key]["dense_ms"] = float("nan")
+    elif change == "relative_time Infinity":
+        data["structures"]["fp16/K768/N3072/c4"]["relative_time"]["64x256"] = float("inf")
+    elif change == "runs not a list":
+        data["metadata"]["runs"] = "yesterday"
+    else:
+        del data["launch"][key]["speedup"]
+    path = tmp_path / "H200.json"
+    path.write_text(json.dumps(data))  # Infinity / NaN as Python writes them
+    result = CliRunner().invoke(main, ["db", "validate", str(path)])
+    assert result.exit_code == 1 and result.output.startswith("invalid: "), result.output
+    show = CliRunner().invoke(main, ["db", "show", str(path), "--launch"])
+    assert show.exit_code == 2 and show.output.count("\n") == 1 and "Traceback" not in show.output
+
+
+def test_db_commands_on_a_file_that_is_not_utf8(no_gpu, places, tmp_path):
+    path = tmp_path / "H200.json"
+    path.write_bytes(b'{"gpu": "\xff"}')
+    show = CliRunner().invoke(main, ["db", "show", str(path)])
+    assert show.exit_code == 2 and show.output.startswith("ss1bench db show: error: ") and "not UTF-8" in show.output
+    validate = CliRunner().invoke(main, ["db", "validate", str(path)])
+    assert validate.exit_code == 1 and "not UTF-8" in validate.output and "Traceback" not in validate.output
+
+
+def test_db_merge_documents_its_tie_rule():
+    help_text = " ".join(CliRunner().invoke(main, ["db", "merge", "--help"]).output.split())
+    assert "later date wins" in help_text and "same instant the faster record" in help_text
+    assert "does not depend on the order of the files" in help_text
+
+
+def test_a_missing_ss1bench_db_is_noted(no_gpu, tmp_path, monkeypatch):
+    monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "nonexistent" / "dir"))
+    result = CliRunner().invoke(main, ["db", "show"])
+    assert result.exit_code == 0
+    assert result.output.count("does not exist: only the shipped tuning database is read") == 1

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import multiprocessing
+import os
 import warnings
 from importlib.metadata import version
 
@@ -141,7 +145,7 @@ def test_bad_file_is_a_clear_error_and_never_overwritten(tmp_path, content, mess
 def test_lookup_skips_a_corrupted_file_and_logs(user, shipped, caplog):
     user.mkdir()
     (user / "H200.json").write_text("{oops")
-    with caplog.at_level("ERROR", logger="ss1bench.tuning"):
+    with caplog.at_level("WARNING", logger="ss1bench.tuning"):
         problem = Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", H200)
         assert lookup.DatabaseLookup().launch_config(problem) is None
     assert "H200.json" in caplog.text and "not valid JSON" in caplog.text
@@ -158,6 +162,22 @@ def test_validation_catches_bad_records():
     assert any("block_k = 512" in p for p in problems)
     with pytest.raises(tdb.DatabaseError, match="invalid tuning database"):
         tdb.TuningDatabase.from_json(data, "x.json")
+
+
+@pytest.mark.parametrize("dtype", tdb.DTYPES)
+@pytest.mark.parametrize(("gate_rel_err", "valid"), [(0.0105, False), (0.0095, True), (0.0, True), (-1e-6, False)],
+                         ids=["just-over", "just-under", "zero", "negative"])
+def test_a_shipped_record_must_have_passed_the_gate(dtype, gate_rel_err, valid):
+    # 1e-2 is the gate's relative Frobenius bound (ss1bench/tuning/gate.py), written out so that
+    # a loosened bound here or there fails this test instead of moving with it
+    key = tdb.LaunchKey("forward", dtype, 768, 3072, 4, 64, 128, 16)
+    record = {**launch_record(SMALL), "gate_rel_err": gate_rel_err}
+    problems = tdb.validate_launch_record(key.text(), record)
+    if valid:
+        assert problems == [], f"gate_rel_err={gate_rel_err} refused"
+    else:
+        assert problems, f"gate_rel_err={gate_rel_err} accepted: the bound is not 1e-2"
+        assert len(problems) == 1 and "gate_rel_err" in problems[0] and "<= 0.01" in problems[0], problems
 
 
 def _write_many(path: str, writer: int, count: int) -> None:
@@ -182,6 +202,58 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@contextlib.contextmanager
+def _disk_full_after(limit: int):
+    """Writes past ``limit`` bytes of any file fail with EFBIG (RLIMIT_FSIZE; Python ignores
+    SIGXFSZ), as on a full disk: the first ``limit`` bytes land, the rest raise OSError."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@contextlib.contextmanager
+def _fsync_fails():
+    """``os.fsync`` raises EIO, as a disk that fails to flush: the bytes are written, not kept."""
+    def fsync(fd):
+        raise OSError(errno.EIO, "fsync failed (test)")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        yield
+
+
+@pytest.mark.parametrize("writer", ["write_records", "merge_files"])
+@pytest.mark.parametrize("failure", ["disk-full", "fsync-error"])
+def test_a_write_failing_partway_leaves_the_old_file_and_no_temporary(tmp_path, writer, failure):
+    """The atomic write: a failure while the new text is written leaves the old file byte for byte
+    and removes its temporary file (the concurrent-writer test cannot see an in-place write: the
+    lock serialises the writers)."""
+    path = tmp_path / "H200.json"
+    tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
+    before = path.read_bytes()
+    bigger = database_with(**{tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, m).text(): BIG
+                              for m in range(1, 300)})
+    limit = 16 * 1024
+    assert len(before) < limit < len(bigger.dumps())
+    source = tmp_path / "source" / "H200.json"
+    if writer == "merge_files":
+        tdb.write_records(source, bigger)
+    fails = _disk_full_after(limit) if failure == "disk-full" else _fsync_fails()
+    with fails, pytest.raises(OSError):
+        if writer == "write_records":
+            tdb.write_records(path, bigger)
+        else:
+            tdb.merge_files([source], path)
+    after = path.read_bytes()
+    assert after == before, f"the old file changed: {len(before)} bytes before, {len(after)} after"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert left == ["H200.json", "H200.json.lock"], f"files left behind: {left}"
+
+
 def test_merge_newer_record_wins(tmp_path):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     older = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, date="2026-01-01T00:00:00Z")})
@@ -204,3 +276,186 @@ def test_triton_mismatch_warns_once(monkeypatch):
             lookup.warn_triton_mismatch("H200.json", "3.6.0", "3.9.0")
         lookup.warn_triton_mismatch("H200.json", "3.9.0", "3.9.0")
     assert len(caught) == 1 and "3.6.0" in str(caught[0].message) and "H200.json" in str(caught[0].message)
+
+
+# ---- files that must not break anything ---------------------------------------------------------------
+
+BAD_FILES = {
+    "not-json": b"{oops",
+    "not-utf8": b'{"schema": "ss1bench.tuning_db", "gpu": "H\xff200"}',
+    "deeply-nested": b"[" * 200_000 + b"]" * 200_000,
+    "invalid-record": json.dumps({"schema": tdb.SCHEMA, "version": 1, "gpu": "H200", "metadata": {"runs": 3}}).encode(),
+}
+
+
+@pytest.mark.parametrize("content", list(BAD_FILES.values()), ids=list(BAD_FILES))
+def test_a_bad_file_is_a_database_error_naming_it(tmp_path, content):
+    path = tmp_path / "H200.json"
+    path.write_bytes(content)
+    with pytest.raises(tdb.DatabaseError) as error:
+        tdb.read_database(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(tdb.DatabaseError):
+        tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("content", list(BAD_FILES.values()), ids=list(BAD_FILES))
+def test_a_bad_user_file_is_skipped_with_one_warning_and_the_shipped_one_answers(user, shipped, caplog, content):
+    (shipped / "H200.json").write_text(database_with(**{KEY.text(): BIG}).dumps())
+    user.mkdir()
+    (user / "H200.json").write_bytes(content)
+    answers = lookup.DatabaseLookup()
+    with caplog.at_level("WARNING", logger="ss1bench.tuning"):
+        for m in (16, 8, 16, 32):
+            assert answers.launch_config(Problem("forward", m, 768, 3072, 4, 64, 128, "fp16", H200)) == BIG
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert str(user / "H200.json") in warned[0].getMessage()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("ms", math.inf), ("ms", math.nan), ("dense_ms", math.inf), ("dense_ms", -math.inf), ("speedup", math.inf),
+    ("speedup", None), ("relative_time", math.inf), ("relative_time", math.nan), ("runs", {"a": 1}), ("runs", [1]),
+])
+def test_validation_rejects_what_writes_and_show_cannot_handle(field, value):
+    data = database_with(**{KEY.text(): SMALL}).to_json()
+    if field == "relative_time":
+        data["structures"]["fp16/K768/N3072/c4"] = {"block_k": 64, "block_n": 128,
+                                                    "relative_time": {"64x128": 1.0, "32x128": value}}
+    elif field == "runs":
+        data["metadata"]["runs"] = value
+    elif value is None:
+        del data["launch"][KEY.text()][field]
+    else:
+        data["launch"][KEY.text()][field] = value
+    text = json.dumps(data)  # Infinity and NaN as Python's json writes them
+    problems = tdb.validate_data(json.loads(text))
+    assert len(problems) == 1 and field in problems[0], problems
+
+
+def test_a_valid_file_still_validates():
+    database = database_with(**{KEY.text(): SMALL})
+    database.structures["fp16/K768/N3072/c4"] = {"block_k": 64, "block_n": 128, "relative_time": {"64x128": 1.0}}
+    database.metadata["runs"] = [{"date": "2026-01-01T00:00:00Z"}]
+    assert tdb.validate_data(database.to_json()) == []
+
+
+# ---- atomic writes: leftovers, permissions, links -------------------------------------------------------
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "H200.json"
+    tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
+    stale = tmp_path / "H200.json.x1y2z3.tmp"  # what a writer killed before os.replace leaves
+    stale.write_text('{"half": ')
+    other = tmp_path / "A100.json.abc.tmp"  # another file's: not ours to remove
+    other.write_text("")
+    tdb.write_records(path, database_with(**{KEY.text(): BIG}))
+    assert not stale.exists() and other.exists()
+    assert tdb.read_database(path).launch[KEY.text()]["config"] == BIG.to_dict()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
+def test_a_write_keeps_the_files_mode(tmp_path, mode):
+    path = tmp_path / "H200.json"
+    tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
+    os.chmod(path, mode)
+    tdb.write_records(path, database_with(**{KEY.text(): BIG}))
+    assert (path.stat().st_mode & 0o777) == mode
+    tdb.merge_files([path], path)
+    assert (path.stat().st_mode & 0o777) == mode
+
+
+def test_a_read_only_file_is_refused_not_replaced(tmp_path):
+    path = tmp_path / "H200.json"
+    tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    for write in (lambda: tdb.write_records(path, database_with(**{KEY.text(): BIG})),
+                  lambda: tdb.merge_files([path], path)):
+        with pytest.raises(tdb.DatabaseError, match=r"read-only \(mode 444\).*chmod u\+w"):
+            write()
+    assert path.read_bytes() == before and (path.stat().st_mode & 0o777) == 0o444
+    with pytest.raises(tdb.DatabaseError, match="read-only"):
+        tdb.check_writable(path)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["existing", "dangling"])
+def test_a_symlinked_database_is_written_through_the_link(tmp_path, dangling):
+    real = tmp_path / "store" / "H200.json"
+    real.parent.mkdir()
+    if not dangling:
+        tdb.write_records(real, database_with(**{KEY.text(): SMALL}))
+    link = tmp_path / "user" / "H200.json"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    tdb.write_records(link, database_with(**{KEY.text(): BIG}))
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert tdb.read_database(real).launch[KEY.text()]["config"] == BIG.to_dict()
+    tdb.merge_files([real], link)
+    assert link.is_symlink()
+
+
+# ---- merge: real instants and the tie rule --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second", "winner"), [
+    # 10:00+05:00 is 05:00Z: the record dated 06:00Z is the newer one, though it sorts first as text
+    ("2026-03-01T10:00:00+05:00", "2026-03-01T06:00:00Z", "second"),
+    ("2026-03-01T06:00:00Z", "2026-03-01T10:00:00+05:00", "first"),
+    ("2026-03-01T06:00:00", "2026-03-01T05:59:59Z", "first"),  # no offset: UTC
+    ("not a date", "2020-01-01T00:00:00Z", "second"),  # an unreadable date is the oldest
+])
+def test_merge_compares_instants(tmp_path, first, second, winner):
+    sources = []
+    for name, config, date in (("first", SMALL, first), ("second", BIG, second)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(config, date=date)}).dumps())
+        sources.append(path)
+    expected = (SMALL if winner == "first" else BIG).to_dict()
+    for order in (sources, sources[::-1]):
+        target = tmp_path / f"target-{order[0].stem}.json"
+        merged, _ = tdb.merge_files(order, target)
+        assert merged.launch[KEY.text()]["config"] == expected
+
+
+def test_merge_tie_goes_to_the_faster_record_in_any_order(tmp_path):
+    date = "2026-03-01T06:00:00Z"
+    same_instant = "2026-03-01T11:00:00+05:00"
+    slow = tmp_path / "slow.json"
+    fast = tmp_path / "fast.json"
+    slow.write_text(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, ms=0.2, date=date)}).dumps())
+    fast.write_text(tdb.TuningDatabase(
+        gpu="H200", launch={KEY.text(): launch_record(SMALL, ms=0.1, date=same_instant)}).dumps())
+    results = []
+    for index, order in enumerate(([slow, fast], [fast, slow])):
+        merged, _ = tdb.merge_files(order, tmp_path / f"target{index}.json")
+        results.append(merged.launch[KEY.text()])
+    assert results[0] == results[1] and results[0]["config"] == SMALL.to_dict()
+    # equal instants and equal ms: the same record wins whichever side holds it
+    a = {**launch_record(SMALL, date=date), "note": "a"}
+    b = {**launch_record(SMALL, date=date), "note": "b"}
+    left = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): a})
+    left.merge(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): b}))
+    right = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): b})
+    right.merge(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): a}))
+    assert left.launch == right.launch
+
+
+# ---- where the files are ---------------------------------------------------------------------------------
+
+
+def test_a_missing_ss1bench_db_location_is_said_once(tmp_path, shipped, monkeypatch, caplog):
+    (shipped / "H200.json").write_text(database_with(**{KEY.text(): BIG}).dumps())
+    missing = tmp_path / "nonexistent" / "dir"
+    monkeypatch.setenv(tdb.ENV_VAR, str(missing))
+    monkeypatch.setattr(tdb, "_warned_locations", set())
+    with caplog.at_level("WARNING", logger="ss1bench.tuning"):
+        for _ in range(2):
+            answers = lookup.DatabaseLookup()  # a fresh lookup reads the files again: still said once
+            assert answers.launch_config(Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", H200)) == BIG
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"SS1BENCH_DB={missing} does not exist" in warned[0], warned
+    assert "shipped" in warned[0]

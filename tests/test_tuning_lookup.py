@@ -109,3 +109,45 @@ def test_importing_ss1bench_installs_the_hooks_and_does_not_touch_cuda():
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("content", [b'{"gpu": "\xff"}', b"[" * 200_000 + b"]" * 200_000],
+                         ids=["not-utf8", "deeply-nested"])
+def test_a_bad_user_file_never_stops_a_layer_or_a_launch(tmp_path, monkeypatch, caplog, content):
+    """The user file cannot be read: the shipped database answers, with one warning."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(tdb, "shipped_dir", lambda: shipped)
+    monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
+    ship = tdb.TuningDatabase(gpu="H200")
+    ship.structures["fp16/K768/N3072/c4"] = {"block_k": 32, "block_n": 256, "searched": True}
+    ship.launch[tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
+    (shipped / "H200.json").write_text(ship.dumps())
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "H200.json").write_bytes(content)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    lookup.install_database_hooks()
+    lookup.DATABASE.reset()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ss1bench.tuning"):
+            structure = choose_structure(768, 3072, 4, 1024, None, None, torch.float16, torch.device("cuda", 0))
+            problem = Problem("forward", 4096, 768, 3072, 4, 32, 256, "fp16", H200)
+            assert resolve_launch_config(problem, 232448) == TUNED
+    finally:
+        lookup.DATABASE.reset()
+    assert (structure.block_k, structure.block_n) == (32, 256)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "H200.json" in warned[0], warned
+
+
+def test_a_lookup_that_raises_answers_none_and_logs_once(database, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(lookup.DatabaseLookup, "_view", broken)
+    with caplog.at_level(logging.WARNING, logger="ss1bench.tuning"):
+        for m in (1, 2):
+            assert lookup.DATABASE.launch_config(Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", H200)) is None
+        assert lookup.DATABASE.structure(768, 3072, 4, torch.float16, torch.device("cuda", 0)) is None
+    assert caplog.text.count("lookup failed (RecursionError") == 2  # once for launches, once for structures

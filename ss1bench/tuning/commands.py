@@ -2,17 +2,20 @@
 
 Registered on the ``main`` group when ``ss1bench.cli`` imports this module. torch and triton are
 imported inside the commands. Usage errors and missing prerequisites (no CUDA device, no device
-matching ``--gpu``, a bad ``--shape``, an unusable database file) print one line and exit 2.
+matching ``--gpu``, a bad ``--shape`` or ``--devices``, a database file that is corrupted or cannot
+be written) print one line (``ss1bench tune: error: ...``) and exit 2, before any GPU work. A
+failure while tuning exits 1 and says what was kept and how to resume.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 import click
 
-from ss1bench.cli import main
+from ss1bench.cli import CommandError, fail, main
 from ss1bench.kernels.config import FALLBACK_SHARED_MEMORY, KINDS
 from ss1bench.provenance import command_line
 from ss1bench.structure import REDUCTION_FACTORS
@@ -25,9 +28,17 @@ DTYPE_CHOICES = ("fp16", "bf16", "fp32")
 
 
 def _fail(command: str, message: str, code: int = 2) -> None:
-    """One line on stderr, then exit ``code`` (no traceback, no usage block)."""
-    click.echo(f"ss1bench {command}: error: {message}", err=True)
-    raise SystemExit(code)
+    """One line on stderr, then exit ``code`` (no traceback, no usage block): :func:`ss1bench.cli.fail`."""
+    fail(message, command, code)
+
+
+def _check_devices(text: str | None) -> None:
+    """``--devices``: 'all' or comma-separated device indices (checked before any device is asked)."""
+    if text is None or text.strip() == "" or text.strip().lower() == "all":
+        return
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        _fail("tune", f"--devices {text!r}: give 'all' or comma-separated CUDA device indices such as 0,1")
 
 
 def _split(text: str) -> list[str]:
@@ -78,8 +89,9 @@ _KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin",
 @click.option("--db", "db_override", default=None,
               help="Database to write: a .json file or a directory of <GPU>.json (default: $SS1BENCH_DB or the "
                    "user data dir).")
-@click.option("--force", is_flag=True, help="Re-tune keys the database already has (with --no-structure-search "
-              "the recorded block sizes stay; with the search, it is redone).")
+@click.option("--force", is_flag=True, help="Re-tune keys the databases already have, the shipped database's "
+              "included (with --no-structure-search the recorded block sizes stay; with the search, it is "
+              "redone).")
 @click.option("--dry-run", is_flag=True, help="Print the work items and candidate counts; no GPU needed.")
 @click.option("--results-csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV of every candidate (default: <user data dir>/results/tune-<GPU>-<time>.csv).")
@@ -89,9 +101,13 @@ _KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin",
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factors, dtypes, kinds, db_override,
                  force, dry_run, results_csv, compile_workers, no_structure_search, seed) -> None:
-    """Tune SS1 kernels on this machine's GPU and write the tuning database."""
+    """Tune SS1 kernels on this machine's GPU and write the tuning database.
+
+    Keys the user database or the shipped one already has are skipped (--force re-tunes them).
+    """
     from .tuner import TuneOptions
 
+    _check_devices(devices)
     sets = _split(shape_sets) if shape_sets else ([] if custom_shapes else ["gpt2"])
     try:
         buckets = parse_m_buckets(m_buckets) if m_buckets else DEFAULT_M_BUCKETS
@@ -143,13 +159,13 @@ def _dry_run(request, gpu: str | None, devices: str | None) -> None:
             source = "not visible and not in the known-GPU table: fallback limit"
     name = name or "UNKNOWN"
     try:
-        todo, done, db_path, _database = plan_for_gpu(name, request)
+        plan = plan_for_gpu(name, request)
     except tdb.DatabaseError as exc:
         _fail("tune", str(exc))
+    todo, db_path = plan.todo, plan.db_path
     click.echo(_plan_header(name, limit, request.layers, request.redn_factors, request.dtypes,
                             request.options.kinds, source))
-    click.echo(f"database: {db_path} ({'exists' if db_path.exists() else 'new'}); "
-               f"{len(todo)} items to tune, {len(done)} already tuned{' (--force)' if request.options.force else ''}")
+    click.echo(f"database: {db_path} ({'exists' if db_path.exists() else 'new'}); {_plan_counts(plan, request)}")
     header = f"{'item':34} {'structures':>10}  candidates per (kind, M): kept/pruned"
     click.echo(header)
     total_units = 0
@@ -168,6 +184,34 @@ def _dry_run(request, gpu: str | None, devices: str | None) -> None:
     click.echo(f"total: {len(todo)} items, about {total_units} measurements (gate + time each)")
 
 
+def _plan_counts(plan, request) -> str:
+    """``3 items to tune, 61 already tuned (58 of them by the shipped database ...; --force re-tunes
+    them ...); launch records: 300 of 320 recorded (290 by the shipped database)``."""
+    text = f"{len(plan.todo)} items to tune, {len(plan.done)} already tuned"
+    if request.options.force:
+        return text + " (--force: every key is re-tuned)"
+    if plan.shipped_done:
+        text += (f" ({plan.shipped_done} of them by the shipped database {plan.shipped_path}; --force re-tunes "
+                 "them into the user database)")
+    asked, recorded, shipped = plan.pairs
+    if plan.todo and recorded:
+        text += (f"; launch records: {recorded} of {asked} recorded"
+                 + (f" ({shipped} by the shipped database)" if shipped else "") + ", only the others are tuned")
+    return text
+
+
+def _check_results_csv(path: Path) -> None:
+    """The results CSV can be written (its folder made, the file appended to): before GPU work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail("tune", f"--results-csv {path}: cannot create its folder ({exc.strerror or exc})")
+    if path.is_dir():
+        _fail("tune", f"--results-csv {path} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        _fail("tune", f"--results-csv {path}: cannot write there (permission denied)")
+
+
 def _run(request, devices) -> None:
     from .runner import plan_for_gpu, run_tuning
 
@@ -177,21 +221,25 @@ def _run(request, devices) -> None:
             continue
         try:
             plans[device.gpu] = plan_for_gpu(device.gpu, request)
+            tdb.check_writable(plans[device.gpu].db_path)  # before any GPU work
         except tdb.DatabaseError as exc:
             _fail("tune", str(exc))
     if request.results_csv is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         request.results_csv = tdb.user_data_dir() / "results" / f"tune-{devices[0].gpu}-{stamp}.csv"
-    request.results_csv.parent.mkdir(parents=True, exist_ok=True)
-    for gpu, (todo, done, db_path, _database) in plans.items():
+    _check_results_csv(request.results_csv)
+    for gpu, plan in plans.items():
         names = ", ".join(d.describe() for d in devices if d.gpu == gpu)
-        click.echo(f"{gpu}: {names}; database {db_path}; {len(todo)} items to tune, {len(done)} already tuned")
-    if not any(plan[0] for plan in plans.values()):
-        click.echo("nothing to tune (every key is in the database; --force re-tunes)")
+        click.echo(f"{gpu}: {names}; database {plan.db_path}; {_plan_counts(plan, request)}")
+    if not any(plan.todo for plan in plans.values()):
+        click.echo("nothing to tune (every key is in the user or the shipped database; --force re-tunes)")
         return
     reports = run_tuning(request, devices, plans, click.echo)
     _print_summary(reports, request, plans)
-    if any(r.error for r in reports):
+    errors = [report for report in reports if report.error]
+    for report in errors:
+        CommandError(f"{report.device}: {report.error}", "tune", 1).show()
+    if errors:
         raise SystemExit(1)
 
 
@@ -219,13 +267,14 @@ def _print_summary(reports, request, plans) -> None:
             f"({report.compile_worker_s:.0f} s of compiling), first launches in the timing process "
             f"{report.first_launch_s:.1f} s ({report.slow_first_launches} over 0.5 s)"
             + (f"; compile pool unavailable: {report.pool_error}" if report.pool_error else ""))
-        if report.error:
-            click.echo(f"{report.device}: {report.error}", err=True)
     for gpu, plan in plans.items():
-        database = tdb.read_database(plan[2])
+        try:
+            database = tdb.read_database(plan.db_path)
+        except tdb.DatabaseError:
+            database = None
         if database is not None:
             wall = database.metadata.get("tuning_wall_time_s")
-            click.echo(f"{gpu}: database {plan[2]} (tuning wall time {wall} s)")
+            click.echo(f"{gpu}: database {plan.db_path} (tuning wall time {wall} s)")
     if request.results_csv is not None:
         click.echo(f"results: {request.results_csv}")
 
@@ -271,12 +320,17 @@ def _files_for(files: tuple[str, ...], gpu: str | None, db_override: str | None)
 
 
 def _read(path):
-    if isinstance(path, Path):
-        database = tdb.read_database(path)
-        if database is None:
-            raise tdb.DatabaseError(f"{path}: no such file")
-        return database
-    return tdb.parse_text(path.read_text(encoding="utf-8"), path)
+    """The database in ``path`` (a file or the shipped package's); DatabaseError for anything wrong."""
+    database = tdb.read_database(path)
+    if database is None:
+        raise tdb.DatabaseError(f"{path}: no such file")
+    return database
+
+
+def _note_missing_env() -> None:
+    note = tdb.missing_env_location()
+    if note is not None:
+        click.echo(f"note: {note}", err=True)
 
 
 @db_command.command("path")
@@ -284,6 +338,8 @@ def _read(path):
 @click.option("--db", "db_override", default=None, help="Database override (as for tune).")
 def db_path_command(gpu, db_override) -> None:
     """Where the user and shipped databases are (looked up in this order)."""
+    if db_override is None:
+        _note_missing_env()
     name = _current_gpu(gpu)
     if name is None:
         click.echo(f"user:    {tdb.user_location(db_override)}  (<GPU>.json inside unless it is a .json file)")
@@ -295,39 +351,74 @@ def db_path_command(gpu, db_override) -> None:
     click.echo(f"shipped: {shipped}  ({'exists' if shipped.is_file() else 'missing'})")
 
 
+#: What ``db show --launch`` prints, line by line (the tile strings come from ``space.describe``).
+LAUNCH_LEGEND = """\
+legend: KIND/DTYPE/K<in>/N<out>/c<reduction>/bk<block_k>/bn<block_n>/M<bucket>  CONFIG  ms  dense ms  speedup
+  CONFIG of the fused kernel: TMxTNxTK wW sS gG [splitX] [splitkY] = tile along M x N x K_red, W warps,
+    S pipeline stages, grouped ordering G rows of tiles wide, M reduction split X ways (grad_weight),
+    K_red reduction split Y ways (forward at decode sizes)
+  sketch+gemm TMxTK wW = the sketch kernel's tile (M x K_red) and warps, then cuBLAS for the product
+  gemv TNxTK [rowsR] wW sS = matrix-vector kernel: tile N x K_red, R rows of x per program
+  resident TMxTN (K_red TK) wW sS = the whole K_red reduced in one step per M x N tile
+  ms: the tuned config's median time; dense ms: cuBLAS F.linear at the same M, K, N; speedup = dense / ms"""
+
+def _structure_legend() -> str:
+    from .tuner import TuneOptions
+
+    gain = TuneOptions().structure_min_gain
+    return ("legend: DTYPE/K<in>/N<out>/c<reduction>  block_k/block_n: the structure a new SSL layer gets; "
+            "relative time: each candidate BKxBN's time over the default structure's (geometric mean over the "
+            f"prefill buckets; lower is faster; another structure is chosen only when {gain:.0%} faster)")
+
+
 @db_command.command("show")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--gpu", default=None, help="GPU name (default: the current CUDA device, else every file).")
 @click.option("--db", "db_override", default=None, help="Database override (as for tune).")
-@click.option("--launch/--no-launch", default=True, help="List launch records too.")
+@click.option("--launch/--no-launch", default=False, show_default=True,
+              help="List every launch record (with a legend of the config strings); by default only their "
+                   "count per kind.")
 def db_show_command(files, gpu, db_override, launch) -> None:
-    """Print databases: metadata, recommended structures and launch configs."""
+    """Print databases: metadata, recommended structures, and launch records (counted; --launch lists them)."""
     from ss1bench.kernels.config import LaunchConfig
 
     from .space import describe
 
+    if not files and db_override is None:
+        _note_missing_env()
     paths = _files_for(files, gpu if gpu else (None if files else _current_gpu(None)), db_override)
     if not paths:
         click.echo("no tuning database files found")
         return
-    for path in paths:
+    for index, path in enumerate(paths):
         try:
             database = _read(path)
         except tdb.DatabaseError as exc:
             _fail("db show", str(exc))
         meta = database.metadata
+        if index:
+            click.echo("")
         click.echo(f"== {path}  (GPU {database.gpu}; {meta.get('device_name', '?')}; torch {meta.get('torch', '?')}, "
                    f"triton {meta.get('triton', '?')}; {meta.get('date', '?')}; tuning wall time "
                    f"{meta.get('tuning_wall_time_s', '?')} s)")
         click.echo(f"structures ({len(database.structures)}): what a new SSL layer gets")
+        if database.structures:
+            click.echo("  " + _structure_legend())
         for key in sorted(database.structures, key=lambda k: tdb.StructureKey.parse(k)):
             record = database.structures[key]
             times = record.get("relative_time", {})
             note = "searched" if record.get("searched", True) else "default kept (not searched)"
             click.echo(f"  {key:24} block_k={record['block_k']:<4} block_n={record['block_n']:<4} {note}"
                        + (f"  relative time {times}" if times else ""))
-        if launch:
-            click.echo(f"launch configs ({len(database.launch)}):")
+        kinds: dict[str, int] = {}
+        for key in database.launch:
+            kind = tdb.LaunchKey.parse(key).kind
+            kinds[kind] = kinds.get(kind, 0) + 1
+        counts = ", ".join(f"{kind} {kinds[kind]}" for kind in KINDS if kind in kinds)
+        click.echo(f"launch configs ({len(database.launch)}){': ' + counts if counts else ''}"
+                   + ("" if launch or not database.launch else " (--launch lists them)"))
+        if launch and database.launch:
+            click.echo(LAUNCH_LEGEND)
             for key in sorted(database.launch, key=lambda k: tdb.LaunchKey.parse(k)):
                 record = database.launch[key]
                 config = describe(LaunchConfig.from_dict(record["config"]))
@@ -340,6 +431,8 @@ def db_show_command(files, gpu, db_override, launch) -> None:
 @click.option("--db", "db_override", default=None, help="Database override (as for tune).")
 def db_validate_command(files, db_override) -> None:
     """Check database files (default: every user and shipped file); exit 1 if any is invalid."""
+    if not files and db_override is None:
+        _note_missing_env()
     paths = [Path(f) for f in files] if files else _all_files(db_override)
     if not paths:
         click.echo("no tuning database files found")
@@ -363,7 +456,12 @@ def db_validate_command(files, db_override) -> None:
 @click.option("--into", "target", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Database file to merge into (created if missing), e.g. tuning_db/H200.json.")
 def db_merge_command(sources, target) -> None:
-    """Merge database files into one (a key both have: the newer record wins)."""
+    """Merge database files into one.
+
+    A key two files have: the record with the later date wins (dates are compared as instants,
+    offsets honoured). On the same instant the faster record (smaller ms) wins, then the one whose
+    JSON text sorts first, so the result does not depend on the order of the files.
+    """
     try:
         merged, changed = tdb.merge_files([Path(s) for s in sources], target)
     except tdb.DatabaseError as exc:

@@ -19,10 +19,15 @@ indent so a re-tune diffs line by line::
 ``structures`` is record kind (1) of DESIGN.md section 3 (the structure a new layer gets);
 ``launch`` is kind (2) (a launch config per structure and M bucket).
 
-Writes take a file lock (``<file>.lock``), re-read the file, merge (the newer ``date`` wins a key
-both sides have), write a temporary file in the same directory and ``os.replace`` it: concurrent
-writers lose nothing and a reader never sees half a file. A file that does not parse or has an
-unknown schema raises :class:`DatabaseError` naming it and is never overwritten.
+Writes take a file lock (``<file>.lock``), re-read the file, merge (see :meth:`TuningDatabase.merge`:
+the record with the later ``date`` instant wins a key both sides have), write a temporary file in the
+same directory and ``os.replace`` it: concurrent writers lose nothing and a reader never sees half a
+file. Temporary files a killed writer left behind are removed by the next writer (under the lock).
+The file keeps its permission bits; a file without the owner's write bit (``chmod 444``) is refused
+with :class:`DatabaseError` rather than replaced. A symlinked database is written through the link
+(the target is replaced, the link stays). A file that does not parse (bad JSON, not UTF-8, nested
+too deeply) or has an unknown schema raises :class:`DatabaseError` naming it and is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
+import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,6 +59,8 @@ DTYPES = ("fp32", "fp16", "bf16")
 MAX_RUNS = 50
 #: Seconds a writer waits for another writer's lock before giving up with an error.
 LOCK_TIMEOUT_S = 120
+
+logger = logging.getLogger("ss1bench.tuning")
 
 
 class DatabaseError(Exception):
@@ -139,6 +149,45 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
+def parse_instant(text: object) -> datetime.datetime | None:
+    """The instant an ISO 8601 date names (``2026-01-01T00:00:00Z``, ``...+05:00``; no offset: UTC),
+    or None when ``text`` is not such a date."""
+    if not isinstance(text, str) or not text:
+        return None
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        instant = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=datetime.timezone.utc)
+    return instant
+
+
+def record_instant(record: dict) -> datetime.datetime:
+    """The instant of a record's ``date``; records without a readable one sort first."""
+    return parse_instant(record.get("date")) or _OLDEST
+
+
+def _tie_key(record: dict) -> tuple:
+    ms = record.get("ms")
+    speed = ms if isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) else math.inf
+    return (speed, json.dumps(record, sort_keys=True, default=str))
+
+
+def _preferred(candidate: dict, current: dict, candidate_wins_ties: bool = False) -> bool:
+    """Whether ``candidate`` replaces ``current`` in a merge (see :meth:`TuningDatabase.merge`)."""
+    new, old = record_instant(candidate), record_instant(current)
+    if new != old:
+        return new > old
+    return candidate_wins_ties or _tie_key(candidate) < _tie_key(current)
+
+
 @dataclass
 class TuningDatabase:
     """One GPU's records. ``structures`` and ``launch`` map key text to a record dict."""
@@ -164,9 +213,17 @@ class TuningDatabase:
             families.setdefault(key.family, {})[key.m] = (key, record)
         return families
 
-    def merge(self, other: TuningDatabase) -> int:
-        """Take ``other``'s records where this has none or an older one (by ``date``; a tie goes
-        to ``other``). Returns how many records changed."""
+    def merge(self, other: TuningDatabase, other_wins_ties: bool = False) -> int:
+        """Take ``other``'s records where this has none or an older one. Returns how many changed.
+
+        Records are compared by the instant of their ``date`` (ISO 8601; an offset such as
+        ``+05:00`` is honoured, ``Z`` and dates without an offset are UTC; a missing or unreadable
+        date is older than any date). The later instant wins. On equal instants the outcome does not
+        depend on which side is which (so merging files gives the same result in any order): the
+        faster record wins (smaller ``ms``; structure records have none), then the record whose
+        sorted JSON text sorts first. With ``other_wins_ties`` (:func:`write_records`: what is being
+        written replaces a record of the same instant) ``other``'s record wins equal instants.
+        """
         if other.gpu != self.gpu:
             raise DatabaseError(f"{other.path or 'source'} holds {other.gpu} results; "
                                 f"{self.path or 'the target'} is for {self.gpu}")
@@ -174,13 +231,13 @@ class TuningDatabase:
         for mine, theirs in ((self.structures, other.structures), (self.launch, other.launch)):
             for key, record in theirs.items():
                 current = mine.get(key)
-                if current is None or str(record.get("date", "")) >= str(current.get("date", "")):
+                if current is None or _preferred(record, current, other_wins_ties):
                     if current != record:
                         changed += 1
                     mine[key] = record
         runs = self.metadata.get("runs", []) + [r for r in other.metadata.get("runs", [])
                                                  if r not in self.metadata.get("runs", [])]
-        runs.sort(key=lambda r: str(r.get("date", "")))
+        runs.sort(key=lambda r: record_instant(r))
         if runs:
             self.metadata["runs"] = runs[-MAX_RUNS:]
             latest = runs[-1]
@@ -235,7 +292,8 @@ class TuningDatabase:
 
 
 def _positive_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    """A finite number above 0 (JSON's ``Infinity`` and ``NaN`` are not: writes refuse them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def validate_structure_record(key_text: str, record: object) -> list[str]:
@@ -253,6 +311,13 @@ def validate_structure_record(key_text: str, record: object) -> list[str]:
         if not isinstance(value, int) or value < 16 or value > limit or value & (value - 1):
             problems.append(f"structures[{key_text}].{name} = {value!r}: tuned structures are powers of two "
                             f"in 16..{limit}")
+    times = record.get("relative_time", {})
+    if not isinstance(times, dict):
+        problems.append(f"structures[{key_text}].relative_time is not an object")
+    else:
+        bad = {name: value for name, value in times.items() if not _positive_number(value)}
+        if bad:
+            problems.append(f"structures[{key_text}].relative_time {bad!r}: expected positive finite numbers")
     return problems
 
 
@@ -279,9 +344,11 @@ def validate_launch_record(key_text: str, record: object) -> list[str]:
             raise ValueError("missing")
     except (TypeError, ValueError) as exc:
         problems.append(f"launch[{key_text}].config: {exc}")
-    for name in ("ms", "dense_ms"):
-        if not _positive_number(record.get(name)):
-            problems.append(f"launch[{key_text}].{name} = {record.get(name)!r}: expected a positive number")
+    for name in ("ms", "dense_ms", "speedup"):
+        if name not in record:
+            problems.append(f"launch[{key_text}] has no {name}")
+        elif not _positive_number(record[name]):
+            problems.append(f"launch[{key_text}].{name} = {record[name]!r}: expected a positive finite number")
     rel = record.get("gate_rel_err")
     bound = GATE_TOLERANCE.get(key.dtype, (0.0, 0.0))[0]
     if not isinstance(rel, (int, float)) or isinstance(rel, bool) or not 0 <= rel <= bound:
@@ -290,14 +357,24 @@ def validate_launch_record(key_text: str, record: object) -> list[str]:
     return problems
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def validate_data(data: dict) -> list[str]:
     """Every problem in a database object (empty when valid)."""
     problems = []
     gpu = data.get("gpu")
     if not isinstance(gpu, str) or not re.fullmatch(r"[A-Z0-9]+", gpu or ""):
         problems.append(f"gpu = {gpu!r}: expected a normalized GPU name like 'H200'")
-    if not isinstance(data.get("metadata", {}), dict):
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
         problems.append("metadata is not an object")
+    else:
+        runs = metadata.get("runs", [])
+        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+            problems.append(f"metadata.runs = {_short(runs)}: expected a list of objects (one per tuning run)")
     for section, check in (("structures", validate_structure_record), ("launch", validate_launch_record)):
         records = data.get(section, {})
         if not isinstance(records, dict):
@@ -322,19 +399,39 @@ def parse_text(text: str, path: Path | str) -> TuningDatabase:
     except json.JSONDecodeError as exc:
         raise DatabaseError(f"{path}: not valid JSON ({exc}); fix or move the file away (it is never "
                             "overwritten)") from None
+    except RecursionError:
+        raise DatabaseError(f"{path}: nested too deeply to be a tuning database; fix or move the file away "
+                            "(it is never overwritten)") from None
     return TuningDatabase.from_json(data, path)
 
 
-def read_database(path: Path | str) -> TuningDatabase | None:
-    """The database in ``path``; None when the file does not exist. Raises DatabaseError."""
-    path = Path(path)
+def read_text(path) -> str | None:
+    """The UTF-8 text of ``path`` (a Path or a package Traversable); None when it does not exist.
+    Raises DatabaseError for a file that cannot be read or is not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as exc:
+        raise DatabaseError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix or move the file "
+                            "away (it is never overwritten)") from None
     except OSError as exc:
         raise DatabaseError(f"{path}: cannot read ({exc})") from None
-    return parse_text(text, path)
+
+
+def read_database(path) -> TuningDatabase | None:
+    """The database in ``path`` (a Path, a str or a package Traversable); None when the file does
+    not exist. Raises DatabaseError (naming the file) for anything else that keeps it from use."""
+    if isinstance(path, str):
+        path = Path(path)
+    text = read_text(path)
+    return None if text is None else parse_text(text, path)
+
+
+def _target(path: Path | str) -> Path:
+    """The file a write to ``path`` changes: through a symlink (even a dangling one), its target."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @contextlib.contextmanager
@@ -351,16 +448,70 @@ def locked(path: Path) -> Iterator[None]:
         raise DatabaseError(f"{path}: another process has held its lock for {LOCK_TIMEOUT_S} s") from None
 
 
+def _temporary_files(path: Path) -> list[Path]:
+    """Temporary files :func:`_atomic_write` makes for ``path`` (``<name>.<random>.tmp``)."""
+    return [entry for entry in path.parent.glob(f"{_glob_escape(path.name)}.*.tmp") if entry.is_file()]
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def check_writable(path: Path | str) -> Path:
+    """Raise DatabaseError unless a write to ``path`` can succeed; returns the file written.
+
+    Checks, without writing anything: the folder exists or can be made, and can be written; an
+    existing file is readable, valid and has its owner's write bit. Run it before any GPU work.
+    """
+    target = _target(path)
+    folder = target.parent
+    existing = folder
+    while not existing.exists():  # the first folder up the chain that exists decides
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DatabaseError(f"{target}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DatabaseError(f"{target}: cannot write in {existing} (permission denied); pass another --db")
+    if target.exists():
+        mode = target.stat().st_mode
+        if not mode & stat.S_IWUSR:
+            raise DatabaseError(f"{target}: the file is read-only (mode {stat.S_IMODE(mode):o}); make it writable "
+                                "(chmod u+w) or pass another --db")
+        if not os.access(target, os.R_OK):
+            raise DatabaseError(f"{target}: cannot read the file (permission denied)")
+        read_database(target)  # raises for a corrupted file
+    return target
+
+
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` (a regular file or none: resolve links first) by ``text``, atomically.
+
+    The caller holds the file's lock: temporary files of ``path`` still there are left by a killed
+    writer and are removed. The new file keeps the old one's permission bits (new files: 0666
+    less the umask); a file without its owner's write bit is refused.
+    """
+    mode = None
+    with contextlib.suppress(FileNotFoundError):
+        mode = stat.S_IMODE(path.stat().st_mode)
+    if mode is not None and not mode & stat.S_IWUSR:
+        raise DatabaseError(f"{path}: the file is read-only (mode {mode:o}); make it writable (chmod u+w) to "
+                            "update it, or pass another --db")
+    for stale in _temporary_files(path):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -371,15 +522,16 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_records(path: Path | str, updates: TuningDatabase, run: dict | None = None) -> TuningDatabase:
     """Merge ``updates`` into the file at ``path`` under its lock; returns what was written.
 
-    The file is re-read inside the lock, so records another process wrote since are kept.
+    The file is re-read inside the lock, so records another process wrote since are kept; a key
+    both have goes to the record with the later date, and to ``updates`` on the same date.
     Raises DatabaseError (file untouched) if the existing file is corrupted, has an unknown
-    schema, or belongs to another GPU.
+    schema, belongs to another GPU or is read-only. A symlink is written through (its target).
     """
-    path = Path(path)
+    path = _target(path)
     with locked(path):
         current = read_database(path) or TuningDatabase(gpu=updates.gpu, path=path)
         current.path = path
-        current.merge(updates)
+        current.merge(updates, other_wins_ties=True)
         if run is not None:
             current.add_run(run)
         _atomic_write(path, current.dumps())
@@ -389,7 +541,8 @@ def write_records(path: Path | str, updates: TuningDatabase, run: dict | None = 
 def merge_files(sources: list[Path | str], target: Path | str) -> tuple[TuningDatabase, int]:
     """Merge database files into ``target`` (created if missing). Returns (result, records changed).
 
-    Every source is read and validated before the target is touched.
+    Every source is read and validated before the target is touched. Which record wins a key:
+    :meth:`TuningDatabase.merge` (the later date instant; ties do not depend on the order).
     """
     databases = []
     for source in sources:
@@ -399,7 +552,7 @@ def merge_files(sources: list[Path | str], target: Path | str) -> tuple[TuningDa
         databases.append(database)
     if not databases:
         raise DatabaseError("nothing to merge")
-    target = Path(target)
+    target = _target(target)
     changed = 0
     with locked(target):
         current = read_database(target) or TuningDatabase(gpu=databases[0].gpu, path=target)
@@ -448,16 +601,47 @@ def shipped_gpus() -> list[str]:
                   if entry.name.endswith(".json") and entry.is_file())
 
 
-def load_chain(gpu: str, override: str | os.PathLike | None = None) -> list[TuningDatabase]:
+def missing_env_location() -> str | None:
+    """A one-line note when ``$SS1BENCH_DB`` names something that does not exist, else None."""
+    chosen = os.environ.get(ENV_VAR)
+    if not chosen:
+        return None
+    location = Path(chosen).expanduser()
+    exists = location.is_file() if location.suffix == ".json" else location.is_dir()
+    if exists:
+        return None
+    return (f"{ENV_VAR}={chosen} does not exist: only the shipped tuning database is read (`ss1bench tune` "
+            "creates it)")
+
+
+_warned_locations: set[str] = set()
+
+
+def warn_missing_env_location() -> None:
+    """Log :func:`missing_env_location` once per process and value."""
+    note = missing_env_location()
+    if note is not None and note not in _warned_locations:
+        _warned_locations.add(note)
+        logger.warning("%s", note)
+
+
+def load_chain(gpu: str, override: str | os.PathLike | None = None, on_error=None) -> list[TuningDatabase]:
     """The databases for ``gpu`` in lookup order (user, shipped), those that exist.
 
-    Raises DatabaseError for a file that exists but cannot be used.
+    A file that exists but cannot be used raises DatabaseError, or, with ``on_error``, is passed to
+    ``on_error(error)`` and skipped (the other file still answers).
     """
+    if override in (None, ""):
+        warn_missing_env_location()
     chain = []
-    user = read_database(user_db_path(gpu, override))
-    if user is not None and user.gpu == gpu:
-        chain.append(user)
-    shipped = shipped_db_path(gpu)
-    if shipped.is_file():
-        chain.append(parse_text(shipped.read_text(encoding="utf-8"), shipped))
+    for source in (user_db_path(gpu, override), shipped_db_path(gpu)):
+        try:
+            database = read_database(source)
+        except DatabaseError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        if database is not None and database.gpu == gpu:
+            chain.append(database)
     return chain

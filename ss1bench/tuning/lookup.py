@@ -15,8 +15,12 @@
 
 Nothing touches CUDA at import; the first lookup reads the files (user database first, then the
 shipped one, see :mod:`.db`) and every answer is cached in memory. A CPU problem
-(``device_name == ""``) or a CPU device is answered None at once. A file that cannot be read is
-logged once and skipped: a forward pass never fails because of the database.
+(``device_name == ""``) or a CPU device is answered None at once. A file that cannot be used (bad
+JSON, not UTF-8, nested too deeply, invalid records) is skipped with one warning on the
+``ss1bench.tuning`` logger, and the other file still answers: a corrupted user database leaves the
+shipped one in use. Anything else that goes wrong in a lookup is logged once and answered None (the
+defaults and the heuristic): neither ``SSL(...)`` nor a forward pass ever fails because of the
+database.
 """
 
 from __future__ import annotations
@@ -96,14 +100,16 @@ class DatabaseLookup:
             self._logged.add(key)
             logger.info(message, *args)
 
+    def _skip_source(self, error: DatabaseError) -> None:
+        key = ("bad file", str(error))
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning("ignoring an ss1bench tuning database file (the others still answer): %s", error)
+
     def _view(self, gpu: str) -> _GpuView:
         view = self._views.get(gpu)
         if view is None:
-            try:
-                chain = load_chain(gpu, self.override)
-            except DatabaseError as exc:
-                logger.error("ignoring the ss1bench tuning database: %s", exc)
-                chain = []
+            chain = load_chain(gpu, self.override, on_error=self._skip_source)
             view = _GpuView(gpu, chain)
             self._views[gpu] = view
             if not chain:
@@ -117,15 +123,27 @@ class DatabaseLookup:
         warn_triton_mismatch(source, str(record.get("triton", "")), self._triton)
 
     # ---- launch configs -----------------------------------------------------------------------
+    def _failed(self, what: str, exc: Exception) -> None:
+        """A lookup that raised: logged once per kind of failure; the caller answers None."""
+        key = ("failed", what, type(exc).__name__)
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning("ss1bench tuning database %s lookup failed (%s: %s): using the defaults", what,
+                           type(exc).__name__, exc)
+
     def launch_config(self, problem: Problem) -> LaunchConfig | None:
-        """Tuned config for ``problem`` on its GPU, or None (the heuristic decides)."""
+        """Tuned config for ``problem`` on its GPU, or None (the heuristic decides). Never raises."""
         if not problem.device_name:
             return None
         cached = self._launch_cache.get(problem, _MISSING)
         if cached is not _MISSING:
             return cached
         with self._lock:
-            answer = self._launch_uncached(problem)
+            try:
+                answer = self._launch_uncached(problem)
+            except Exception as exc:  # a forward pass never fails because of the database
+                self._failed("launch config", exc)
+                answer = None
             if len(self._launch_cache) >= _MAX_CACHED:
                 self._launch_cache.clear()
             self._launch_cache[problem] = answer
@@ -178,7 +196,8 @@ class DatabaseLookup:
 
     # ---- structures ---------------------------------------------------------------------------
     def structure(self, in_features: int, out_features: int, redn_factor: int, dtype, device) -> tuple[int, int] | None:
-        """Recommended ``(block_k, block_n)`` for a new layer on ``device``, or None."""
+        """Recommended ``(block_k, block_n)`` for a new layer on ``device``, or None. Never raises
+        because of the database (a bad file or record: None, the defaults)."""
         if getattr(device, "type", None) != "cuda":
             return None
         dtype_name = _TORCH_DTYPE_NAMES.get(str(dtype))
@@ -198,8 +217,12 @@ class DatabaseLookup:
                 import torch
 
                 name = self._device_names[index] = torch.cuda.get_device_name(index)
-            answer = self._structure_uncached(normalize_gpu_name(name), dtype_name, in_features, out_features,
-                                              redn_factor)
+            try:
+                answer = self._structure_uncached(normalize_gpu_name(name), dtype_name, in_features, out_features,
+                                                  redn_factor)
+            except Exception as exc:  # building a layer never fails because of the database
+                self._failed("structure", exc)
+                answer = None
             self._structure_cache[key] = answer
         return answer
 

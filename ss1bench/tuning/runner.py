@@ -16,8 +16,18 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from .db import TuningDatabase, now_iso, read_database, user_db_path, write_records
+from .db import (
+    DatabaseError,
+    TuningDatabase,
+    now_iso,
+    read_database,
+    shipped_db_path,
+    user_data_dir,
+    user_db_path,
+    write_records,
+)
 from .gpu import Device
 from .shapes import Layer
 from .tuner import CSV_FIELDS, TuneOptions, Tuner, TuningAborted, WorkItem, csv_rows, estimate_units, plan_work
@@ -128,11 +138,15 @@ def run_on_device(device: Device, items: list[WorkItem], request: TuneRequest, p
             except TuningAborted as exc:
                 report.error = f"stopped: {exc} (records written so far are kept; re-run to resume)"
                 break
-            write_records(db_path, outcome.updates)
-            DATABASE.reset()
             rows = csv_rows(outcome, device.gpu, name)
-            if request.results_csv is not None:
+            if request.results_csv is not None:  # first: kept even when the database write fails
                 _append_csv(request.results_csv, rows)
+            try:
+                write_records(db_path, outcome.updates)
+            except (DatabaseError, OSError) as exc:
+                report.error = _unwritten(exc, outcome, device, db_path, request)
+                break
+            DATABASE.reset()
             report.items += 1
             report.records += len(outcome.updates.launch) + len(outcome.updates.structures)
             report.summary.extend(summary_rows(outcome))
@@ -148,6 +162,26 @@ def run_on_device(device: Device, items: list[WorkItem], request: TuneRequest, p
         report.pool_error = bench.pool_error
         bench.close()
     return report
+
+
+def unwritten_path(request: TuneRequest, device: Device) -> Path:
+    """Where a run keeps the records it measured but could not write to the database."""
+    csv_path = request.results_csv or (user_data_dir() / "results" / "tune.csv")
+    return csv_path.with_name(f"{csv_path.stem}-unwritten-cuda{device.index}.json")
+
+
+def _unwritten(error: Exception, outcome, device: Device, db_path: Path, request: TuneRequest) -> str:
+    """Keep ``outcome``'s records in a file of their own; the message says how to resume."""
+    kept = [f"every measured candidate is in {request.results_csv}"] if request.results_csv else []
+    pending = unwritten_path(request, device)
+    try:
+        write_records(pending, outcome.updates)
+        kept.append(f"the records of {outcome.item.label} are in {pending} (add them with "
+                    f"`ss1bench db merge {pending} --into {db_path}`)")
+    except (DatabaseError, OSError) as exc:
+        kept.append(f"the records of {outcome.item.label} could not be kept either ({exc})")
+    return (f"could not write the tuning database: {error}. Kept: {'; '.join(kept)}. Fix the database file, then "
+            "re-run the same command to resume (items already in the database are skipped)")
 
 
 def _dense_count(outcome) -> int:
@@ -226,16 +260,61 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60:d}:{seconds % 60:02d}"
 
 
-def plan_for_gpu(gpu: str, request: TuneRequest) -> tuple[list[WorkItem], list[WorkItem], Path, TuningDatabase | None]:
-    """(todo, done, database file, its content) for ``gpu``. Raises DatabaseError for a bad file."""
+class Plan(NamedTuple):
+    """What ``tune`` will do for one GPU."""
+
+    todo: list[WorkItem]
+    done: list[WorkItem]
+    #: The database file written (the user database).
+    db_path: Path
+    #: Its content (None: no file yet).
+    database: TuningDatabase | None
+    #: Items done only because the shipped database covers them (0 with ``--force``).
+    shipped_done: int = 0
+    #: The shipped file that covers them (None: no shipped file for this GPU).
+    shipped_path: object = None
+    #: (kind, M) launch records asked for, those recorded already, and those only the shipped file has.
+    pairs: tuple[int, int, int] = (0, 0, 0)
+
+
+def _known_records(user: TuningDatabase | None, shipped: TuningDatabase | None) -> TuningDatabase | None:
+    """The records a layer would find: the shipped ones, shadowed key by key by the user's."""
+    if shipped is None:
+        return user
+    if user is None:
+        return shipped
+    return TuningDatabase(gpu=user.gpu, structures={**shipped.structures, **user.structures},
+                          launch={**shipped.launch, **user.launch}, path=user.path)
+
+
+def plan_for_gpu(gpu: str, request: TuneRequest) -> Plan:
+    """What to tune for ``gpu``: keys the user database or the shipped one already has are done
+    (``--force`` re-tunes them). Raises DatabaseError for a bad user database file; a bad shipped
+    file counts as absent."""
     db_path = user_db_path(gpu, request.db_override)
     database = read_database(db_path)
     if database is not None and database.gpu != gpu:
-        from .db import DatabaseError
-
         raise DatabaseError(f"{db_path} holds tuning results for {database.gpu}, not {gpu}; pass another --db")
-    todo, done = plan_work(request.layers, request.redn_factors, request.dtypes, request.options, database)
-    return todo, done, db_path, database
+    shipped_path = shipped_db_path(gpu)
+    try:
+        shipped = read_database(shipped_path)
+    except DatabaseError:
+        shipped = None
+    if shipped is not None and shipped.gpu != gpu:
+        shipped = None
+    known = _known_records(database, shipped)
+    todo, done = plan_work(request.layers, request.redn_factors, request.dtypes, request.options, known)
+    asked = sum(len(item.pairs()) for item in todo + done)
+    recorded = sum(len(item.recorded) for item in todo) + sum(len(item.pairs()) for item in done)
+    shipped_done, shipped_pairs = 0, 0
+    if shipped is not None:
+        user_todo, user_done = plan_work(request.layers, request.redn_factors, request.dtypes, request.options,
+                                         database)
+        shipped_done = len(done) - len(user_done)
+        shipped_pairs = recorded - (sum(len(item.recorded) for item in user_todo)
+                                    + sum(len(item.pairs()) for item in user_done))
+    return Plan(todo, done, db_path, database, shipped_done, shipped_path if shipped is not None else None,
+                (asked, recorded, shipped_pairs))
 
 
 def run_tuning(request: TuneRequest, devices: list[Device], plans: dict[str, tuple], echo) -> list[DeviceReport]:
@@ -279,7 +358,10 @@ def run_tuning(request: TuneRequest, devices: list[Device], plans: dict[str, tup
         run = {**env, "date": now_iso(), "wall_time_s": round(wall, 1), "devices": [r.device for r in gpu_reports],
                "items_tuned": sum(r.items for r in gpu_reports), "items_skipped": len(plans[gpu][1]),
                "records_written": sum(r.records for r in gpu_reports), "command": request.command}
-        write_records(plans[gpu][2], TuningDatabase(gpu=gpu), run=run)
+        try:
+            write_records(plans[gpu][2], TuningDatabase(gpu=gpu), run=run)
+        except (DatabaseError, OSError) as exc:  # the records are in; only the run's metadata is lost
+            echo(f"{gpu}: could not record this run in the database metadata: {exc}")
     return reports
 
 
