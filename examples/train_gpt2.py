@@ -9,14 +9,13 @@ The data is a fixed random Markov chain: every token is followed by one of ``--b
 tokens, uniformly. The loss starts near ln(vocab) and can fall to ln(branching) (1.39 for 4),
 so both the learning and its speed are visible in a few minutes.
 
-GPU (GPT-2 small, a few minutes per model):
-
-    python examples/train_gpt2.py --redn-factor 4 --minutes 3 --batch 8 --seq 1024 --dtype bf16
-
-CPU smoke test (seconds):
-
-    python examples/train_gpt2.py --device cpu --steps 6 --batch 2 --seq 32 --n-layer 2 --n-embd 64 \\
-        --vocab 128 --dtype fp32 --log-every 2
+What it logs: every ``--log-every`` steps the loss and the *interval* tokens/s (tokens trained
+since the previous log line over its wall time); at the end of each model the median interval
+tokens/s. The final table's tokens/s is the *overall* figure: every step after the
+``--warmup-steps`` steps, total tokens over total time. Parameter counts: per converted model, the
+weights and biases of its linear layers before and after conversion (the layers
+``convert_to_ss_linear`` looked at, the ones left dense included), then the whole model's
+parameters (embeddings too), which the table's "model params" repeats.
 """
 
 from __future__ import annotations
@@ -37,36 +36,59 @@ from ss1bench import conversion_report, convert_to_ss_linear
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
+#: The commands of ``--help`` (kept in one place with the module doc above).
+EXAMPLES = """\
+examples:
+  GPU (GPT-2 small, a few minutes per model):
+    python examples/train_gpt2.py --redn-factor 4 --minutes 3 --batch 8 --seq 1024 --dtype bf16
+
+  CPU smoke test (about 20 s, most of it importing transformers):
+    python examples/train_gpt2.py --device cpu --steps 6 --batch 2 --seq 32 --n-layer 2 --n-embd 64 \\
+        --vocab 128 --dtype fp32 --log-every 2
+"""
+
 log = logging.getLogger("train_gpt2")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option's help; the examples epilog kept as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--redn-factor", type=int, default=4, help="SS1 reduction factor c")
-    parser.add_argument("--steps", type=int, default=None, help="steps per model (stops at --minutes too)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per model (stops at --minutes too; none: --minutes alone)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock minutes per model (default 3 when --steps is not given)")
+                        help="wall-clock minutes per model (none: 3 when --steps is not given, else no limit)")
     parser.add_argument("--warmup-steps", type=int, default=5,
                         help="first steps left out of tokens/s (Triton compiles, allocator warms up)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence (and GPT-2's n_positions)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                         help="autocast dtype (fp32: no autocast); weights and optimizer stay fp32")
-    parser.add_argument("--n-layer", type=int, default=12)
-    parser.add_argument("--n-embd", type=int, default=768)
-    parser.add_argument("--n-head", type=int, default=None, help="default: n_embd // 64 (at least 1)")
-    parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--branching", type=int, default=4, help="successors per token in the data")
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--n-layer", type=int, default=12, help="transformer blocks (GPT-2 small: 12)")
+    parser.add_argument("--n-embd", type=int, default=768, help="hidden size (GPT-2 small: 768)")
+    parser.add_argument("--n-head", type=int, default=None, help="attention heads (none: n_embd // 64, at least 1)")
+    parser.add_argument("--vocab", type=int, default=50257, help="vocabulary size (GPT-2: 50257)")
+    parser.add_argument("--branching", type=int, default=4,
+                        help="successors per token in the synthetic data (the loss floor is ln of it)")
+    parser.add_argument("--lr", type=float, default=6e-4, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--models", default="dense,ss1", help="comma list of dense and ss1, run in order")
     parser.add_argument("--skip-attention", action="store_true", help="leave attention projections dense")
     parser.add_argument("--project", action="store_true", help="project the dense init instead of a fresh one")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--csv", default=None, help="write one row per log line here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda or cpu (default here: cuda when a GPU is visible, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init, the data and the batch order")
+    parser.add_argument("--log-every", type=int, default=20, help="steps between log lines")
+    parser.add_argument("--csv", default=None, help="write one row per log line to this file (none: no file)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps is None and args.minutes is None:
         args.minutes = 3.0
@@ -138,9 +160,9 @@ def train(name: str, args: argparse.Namespace, pool: torch.Tensor, writer) -> Ru
     params = sum(p.numel() for p in model.parameters())
     if name == "ss1":
         report = conversion_report(model)
-        log.info("[%s] %d layers converted, %d left dense; %d -> %d parameters in them", label,
+        log.info("[%s] linear layers: %d converted, %d left dense; their weights and biases %d -> %d", label,
                  len(report.converted), len(report.skipped), report.params_before, report.params_after)
-    log.info("[%s] %.2f M parameters", label, params / 1e6)
+    log.info("[%s] model parameters (all, embeddings included): %.2f M", label, params / 1e6)
 
     device_type = torch.device(args.device).type
     dtype = DTYPES[args.dtype]
@@ -169,7 +191,7 @@ def train(name: str, args: argparse.Namespace, pool: torch.Tensor, writer) -> Ru
             timed_steps += interval_steps
             timed_seconds += now - interval_start
             rates.append(rate)
-        log.info("[%s] step %5d  loss %.4f  %9.0f tokens/s", label, step, losses[-1], rate)
+        log.info("[%s] step %5d  loss %.4f  %9.0f tokens/s (this interval)", label, step, losses[-1], rate)
         if writer is not None:
             writer.writerow({"model": label, "step": step, "loss": losses[-1], "tokens_per_s": rate})
         interval_start, interval_steps = now, 0
@@ -194,7 +216,7 @@ def train(name: str, args: argparse.Namespace, pool: torch.Tensor, writer) -> Ru
     final_loss = losses[-1] if losses else math.nan
     tokens_per_s = timed_steps * tokens_per_step / timed_seconds if timed_seconds else math.nan
     if rates:
-        log.info("[%s] median interval %.0f tokens/s", label, statistics.median(rates))
+        log.info("[%s] median interval %.0f tokens/s (after warm-up)", label, statistics.median(rates))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device_type == "cuda" else math.nan
     del model, optimizer
     if device_type == "cuda":
@@ -219,14 +241,25 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         for name in args.models:
             results.append(train(name, args, pool, writer))
 
+    print("\n" + "\n".join(summary_lines(results)))
+    return results
+
+
+def summary_lines(results: list[RunResult]) -> list[str]:
+    """The final table: one row per model, then what its columns are."""
     dense = next((r for r in results if r.name == "dense"), None)
-    print(f"\n{'model':<10} {'params':>10} {'steps':>7} {'loss':>8} {'tokens/s':>11} {'speedup':>8} {'peak GiB':>9}")
+    lines = [f"{'model':<10} {'model params':>12} {'steps':>7} {'loss':>8} {'tokens/s':>11} {'speedup':>8} "
+             f"{'peak GiB':>9}"]
     for r in results:
         speedup = r.tokens_per_s / dense.tokens_per_s if dense and dense.tokens_per_s else math.nan
         speedup_text = "-" if math.isnan(speedup) else f"{speedup:.2f}x"
-        print(f"{r.name:<10} {r.params / 1e6:>9.2f}M {r.steps:>7} {r.final_loss:>8.4f} {r.tokens_per_s:>11.0f} "
-              f"{speedup_text:>8} {r.peak_memory_gib:>9.2f}")
-    return results
+        tokens = "n/a" if math.isnan(r.tokens_per_s) else f"{r.tokens_per_s:.0f}"
+        peak = "n/a" if math.isnan(r.peak_memory_gib) else f"{r.peak_memory_gib:.2f}"
+        lines.append(f"{r.name:<10} {r.params / 1e6:>11.2f}M {r.steps:>7} {r.final_loss:>8.4f} {tokens:>11} "
+                     f"{speedup_text:>8} {peak:>9}")
+    lines.append("tokens/s: every step after --warmup-steps, total tokens / total time (the log's figures are "
+                 "per interval); speedup: over dense; peak GiB: CUDA only (n/a on CPU)")
+    return lines
 
 
 if __name__ == "__main__":

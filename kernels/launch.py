@@ -31,10 +31,18 @@ On by default; ``SS1BENCH_DIRECT_LAUNCH=0`` switches it off (the setting is read
 (``scripts/host_profile.py``, two runs): one launch 13.3 / 14.0 us through this path against
 20.8 / 23.6 us through ``kernel[grid]``. (Before v10 it launched through ``CompiledKernel[grid]``,
 which builds launch metadata per call, and was slower than ``kernel[grid]``: it was opt-in then.)
+
+The C launcher's argument list is Triton's private interface, and ``pyproject.toml`` allows any
+``triton>=3.6``: the first launch checks once that this Triton's own launch makes the same call
+(:func:`interface_mismatch`); on any difference every launch, recorded ones included, goes through
+``kernel[grid]`` (one warning on the ``ss1bench.kernels`` logger). A Triton that changed the
+interface costs launch time, never a wrong launch.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import threading
 from typing import Any
@@ -43,6 +51,21 @@ import torch
 import triton
 
 _INT64 = (-(2**63), 2**63 - 1)
+
+logger = logging.getLogger("ss1bench.kernels")
+
+#: The calls Triton's own launches make once they have the binary, whitespace removed:
+#: ``kernel[grid](...)`` (``JITFunction.run``, the path :func:`launch` skips) and the runner of
+#: ``CompiledKernel[grid]``. :func:`run_binary` makes the same call (written for Triton 3.6; the
+#: source of Triton 3.9, the CPU test environment's, reads the same).
+_TRITON_RUN_CALLS = {
+    "JITFunction.run": ("kernel.run(grid_0,grid_1,grid_2,stream,kernel.function,kernel.packed_metadata,"
+                        "launch_metadata,knobs.runtime.launch_enter_hook,knobs.runtime.launch_exit_hook,"
+                        "*bound_args.values())"),
+    "CompiledKernel.__getitem__": ("self.run(grid[0],grid[1],grid[2],stream,self.function,self.packed_metadata,"
+                                   "launch_metadata,knobs.runtime.launch_enter_hook,knobs.runtime.launch_exit_hook,"
+                                   "*args)"),
+}
 
 
 class _KernelInfo:
@@ -68,15 +91,57 @@ def interpreting() -> bool:
 
 
 _ENABLED: bool | None = None
+_INTERFACE_OK: bool | None = None
+
+
+def _runner_sources() -> dict[str, str]:
+    """The source of the Triton functions that launch a compiled binary (keys of _TRITON_RUN_CALLS)."""
+    from triton.compiler.compiler import CompiledKernel
+    from triton.runtime.jit import JITFunction
+
+    return {"JITFunction.run": inspect.getsource(JITFunction.run),
+            "CompiledKernel.__getitem__": inspect.getsource(CompiledKernel.__getitem__)}
+
+
+def interface_mismatch() -> str | None:
+    """Why :func:`run_binary`'s call may not fit this Triton, or None when Triton's own launches make
+    the same call (``CompiledKernel.run`` with grid, stream, function, packed metadata, launch
+    metadata, the two hooks, then the kernel's arguments) and it has the launch hooks read here."""
+    try:
+        sources = _runner_sources()
+        runtime = triton.knobs.runtime
+        runtime.launch_enter_hook, runtime.launch_exit_hook  # noqa: B018  (read by _no_launch_hooks)
+    except Exception as error:  # any Triton this path cannot check is a mismatch
+        return f"cannot check Triton's launch interface ({type(error).__name__}: {error})"
+    for name, call in _TRITON_RUN_CALLS.items():
+        if call not in "".join(sources.get(name, "").split()):
+            return f"{name} launches the binary with another argument list than Triton 3.6's"
+    return None
+
+
+def interface_ok() -> bool:
+    """Whether this Triton's launch interface is the one :func:`run_binary` calls; checked once
+    (:func:`clear` checks again), a mismatch logged once."""
+    global _INTERFACE_OK
+    if _INTERFACE_OK is None:
+        problem = interface_mismatch()
+        _INTERFACE_OK = problem is None
+        if problem is not None:
+            logger.warning("ss1bench: direct kernel launches are off for triton %s: %s; launching through "
+                           "kernel[grid] instead (correct, 7 to 10 us more per launch on an H200 host)",
+                           getattr(triton, "__version__", "?"), problem)
+    return _INTERFACE_OK
 
 
 def enabled() -> bool:
-    """Whether launches may bypass ``kernel[grid]``: not switched off (``SS1BENCH_DIRECT_LAUNCH=0``)
-    and not in the interpreter. Read once (a per-launch environment lookup costs microseconds);
+    """Whether launches may bypass ``kernel[grid]``: not switched off (``SS1BENCH_DIRECT_LAUNCH=0``),
+    not in the interpreter, and this Triton's launch interface is the expected one
+    (:func:`interface_ok`). Read once (a per-launch environment lookup costs microseconds);
     :func:`clear` reads it again."""
     global _ENABLED
     if _ENABLED is None:
-        _ENABLED = os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") not in ("", "0") and not interpreting()
+        _ENABLED = (os.environ.get("SS1BENCH_DIRECT_LAUNCH", "1") not in ("", "0") and not interpreting()
+                    and interface_ok())
     return _ENABLED
 
 
@@ -180,8 +245,9 @@ def _values(names, args: tuple, kwargs: dict) -> list | None:
 
 def _launchable(binary) -> bool:
     """``binary`` is a compiled kernel :func:`run_binary` can launch (not None, as the
-    interpreter's launches return)."""
-    return binary is not None and all(hasattr(binary, name) for name in ("run", "function", "packed_metadata"))
+    interpreter's launches return, and this Triton's launch interface is the expected one)."""
+    return (binary is not None and all(hasattr(binary, name) for name in ("run", "function", "packed_metadata"))
+            and interface_ok())
 
 
 def _grid3(grid: tuple[int, ...]) -> tuple[int, int, int]:
@@ -294,8 +360,9 @@ def _record(kernel, grid, args, kwargs, binary) -> None:
 
 
 def clear() -> None:
-    """Forget every cached binary and re-read the switch (tests, and after changing
-    ``SS1BENCH_DIRECT_LAUNCH``; Triton's own caches are untouched)."""
-    global _ENABLED
+    """Forget every cached binary, re-read the switch and re-check the launch interface (tests,
+    and after changing ``SS1BENCH_DIRECT_LAUNCH``; Triton's own caches are untouched)."""
+    global _ENABLED, _INTERFACE_OK
     _INFO.clear()
     _ENABLED = None
+    _INTERFACE_OK = None

@@ -48,7 +48,7 @@ def test_bench_without_cuda_exits_2_with_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = CliRunner().invoke(main, ["bench", "--shapes", "gpt2", "--redn-factors", "4"])
     assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert result.output.count("\n") == 1 and result.output.startswith("ss1bench bench: error: ")
     assert "CUDA" in result.output and "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
 

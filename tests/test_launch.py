@@ -223,3 +223,64 @@ def test_launches_that_cannot_be_replayed_are_marked(kernel):
         direct.launch(kernel, (1,), x, 32, seed=5)  # BLOCK left to its default: not recorded
         direct.launch(kernel, (1,), x, 32, seed=x, BLOCK=16)  # a tensor among the fixed arguments
     assert launches[0] is None and launches[1].tensors == -1
+
+
+# ---- a Triton whose launch interface changed ---------------------------------------------------------------
+
+#: Triton's launch as it would read if a release added an argument before the kernel's (say, a
+#: scratch buffer): the direct call would hand the binary shifted arguments.
+CHANGED_LAUNCH = '''
+    def run(self, *args, grid, warmup, **kwargs):
+        kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, launch_metadata,
+                   knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, scratch, *bound_args.values())
+'''
+
+
+#: The CompiledKernel runner of a release that launches some other way.
+CHANGED_RUNNER = '''
+    def __getitem__(self, grid):
+        return functools.partial(self._launch, grid)
+'''
+
+
+def _changed(part: str):
+    """Triton's real launch sources with ``part`` replaced by a changed one."""
+    real = direct._runner_sources()
+
+    def sources():
+        return {**real, part: CHANGED_LAUNCH if part == "JITFunction.run" else CHANGED_RUNNER}
+    return sources
+
+
+def test_the_installed_triton_has_the_expected_launch_interface():
+    assert direct.interface_mismatch() is None
+
+
+def _unreadable():
+    raise OSError("could not get source code")
+
+
+@pytest.mark.parametrize("change", ["kernel[grid] argument list", "CompiledKernel runner", "source unavailable",
+                                    "no launch hooks"])
+def test_a_changed_launch_interface_falls_back_to_kernel_grid_and_logs_once(kernel, monkeypatch, caplog, change):
+    if change == "kernel[grid] argument list":
+        monkeypatch.setattr(direct, "_runner_sources", _changed("JITFunction.run"))
+    elif change == "CompiledKernel runner":
+        monkeypatch.setattr(direct, "_runner_sources", _changed("CompiledKernel.__getitem__"))
+    elif change == "source unavailable":
+        monkeypatch.setattr(direct, "_runner_sources", _unreadable)
+    else:
+        monkeypatch.setattr(direct.triton, "knobs", SimpleNamespace(runtime=SimpleNamespace()))
+    direct.clear()  # the interface is checked once: again after clear()
+    kernel.arg_names = [p.name for p in PARAMS]
+    x = torch.zeros(64)
+    with caplog.at_level("WARNING", logger="ss1bench.kernels"):
+        for _ in range(3):
+            direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+        with direct.record() as launches:
+            direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16, num_warps=4)
+        launches[0](x)  # a recorded launch replays through kernel[grid] too
+    assert paths(kernel) == ["triton"] * 5
+    assert launches[0].binary is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "ss1bench.kernels"]
+    assert len(warned) == 1 and "kernel[grid]" in warned[0], warned

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ss1bench.cli import main
+from ss1bench.cli import AliasedOption, fail, main
 
 from .schema import DTYPES, MODES, provider_listing
 from .shapes import SHAPE_SET_NAMES
@@ -45,8 +45,8 @@ def _ints(option: str, text: str) -> list[int]:
                    "(default gpt2 unless --shape is given).")
 @click.option("--shape", "custom_shapes", multiple=True, metavar="MxKxN",
               help="A custom shape, e.g. 4096x768x3072 (repeatable).")
-@click.option("--m", "m_values", default=None, metavar="M,...",
-              help="Replace the shape sets' M values (rows of x), e.g. 1,64,4096.")
+@click.option("--m-buckets", "m_values", cls=AliasedOption, aliases=("--m",), default=None, metavar="M,...",
+              help="Replace the shape sets' M values (rows of x), e.g. 1,64,4096 (the name tune uses).")
 @click.option("--redn-factors", default="2,4,8,16", show_default=True, help="Reduction factors c.")
 @click.option("--dtype", "dtypes", default="fp16", show_default=True, help=f"Comma-separated: {', '.join(DTYPES)}.")
 @click.option("--mode", "modes", default="fwd", show_default=True,
@@ -54,8 +54,10 @@ def _ints(option: str, text: str) -> list[int]:
                    "one backward together; ss1_cached, the inference setting, is timed in fwd only).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder for the CSV and its JSON sidecar (default reports/<GPU>).")
-@click.option("--warmup-ms", default=25, show_default=True, help="do_bench warm-up time per timing.")
-@click.option("--rep-ms", default=100, show_default=True, help="do_bench timed repetitions per timing.")
+@click.option("--warmup-ms", default=25, show_default=True, type=click.IntRange(min=0),
+              help="do_bench warm-up time per timing (ms, >= 0).")
+@click.option("--rep-ms", default=100, show_default=True, type=click.IntRange(min=1),
+              help="do_bench timed repetitions per timing (ms, >= 1).")
 @click.option("--cuda-graph", is_flag=True,
               help="Time calls (forward, or forward+backward) as CUDA-graph replays: no host launch "
                    "overhead, for every provider.")
@@ -78,7 +80,7 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
     dtype_list = _choices("--dtype", dtypes, DTYPES)
     mode_list = _choices("--mode", modes, MODES)
     try:
-        shapes = resolve_shapes(set_names, list(custom_shapes), _ints("--m", m_values) if m_values else None)
+        shapes = resolve_shapes(set_names, list(custom_shapes), _ints("--m-buckets", m_values) if m_values else None)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--shape") from None
 
@@ -96,9 +98,8 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
     import torch
 
     if not torch.cuda.is_available():
-        click.echo("error: ss1bench bench needs a CUDA GPU and none is visible "
-                   "(use --dry-run to list the work, or ss1bench report on existing results)", err=True)
-        raise SystemExit(2)
+        fail("needs a CUDA GPU and none is visible (use --dry-run to list the work, or ss1bench report on "
+             "existing results)")
 
     from ss1bench.tuning.gpu import normalize_gpu_name
 
@@ -129,7 +130,6 @@ def report(results, out_dir) -> None:
     try:
         written = write_report(list(results), out)
     except ReportError as error:
-        click.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from None
+        fail(str(error))
     for path in written:
         click.echo(f"wrote {path}")
