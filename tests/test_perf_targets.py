@@ -47,7 +47,7 @@ def test_prefill_medians_count_a_shape_once_and_the_goal_per_c(perf_targets, tmp
             rows.append(_row("ss1_tuned", "fwd", 4096, c, f, 1.5, k=1024 * (i + 1)))
     # the same shape in a second set: counted once, so c = 2's median stays 0.7
     rows.append(_row("ss1_tuned", "fwd", 4096, 2, 0.9, 1.5, shape_set="llama", k=1024))
-    rows.append(_row("ss1_tuned", "fwd", 2048, 2, 0.01, 1.5))  # under M = 4096: not prefill here
+    rows.append(_row("ss1_tuned", "fwd", 512, 2, 0.01, 1.5))  # under PREFILL_MIN_M = 1024: not prefill
     out = _run(perf_targets, tmp_path, rows, capsys)
     line = next(x for x in out.splitlines() if "prefill fwd ss1_tuned" in x)
     assert "median 0.700 / 0.810 / 0.700 / 0.200" in line
