@@ -134,8 +134,9 @@ class Problem:
 
     @property
     def k_red(self) -> int:
-        groups = cdiv(self.in_features, self.redn_factor * self.block_k)
-        return groups * self.block_k
+        from ss1bench.structure import reduced_width
+
+        return reduced_width(self.in_features, self.redn_factor, self.block_k)
 
 
 ConfigHook = Callable[[Problem], "LaunchConfig | None"]

@@ -20,6 +20,7 @@ import math
 import torch
 import triton
 
+from ss1bench.dtypes import dtype_name
 from ss1bench.structure import VEC, SS1Structure
 
 from . import plans
@@ -54,22 +55,6 @@ from .launch import interpreting, record
 from .launch import launch as launch_kernel
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-# ---------------------------------------------------------------------------------------------
-# launchers
-# ---------------------------------------------------------------------------------------------
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    try:
-        return SUPPORTED_DTYPES[dtype]
-    except KeyError:
-        raise TypeError(
-            f"SS1 kernels support float32, float16 and bfloat16 tensors, got {dtype}"
-        ) from None
-
 
 @functools.lru_cache(maxsize=16)
 def _device_limits(device_index: int) -> tuple[str, int]:

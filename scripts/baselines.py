@@ -20,6 +20,7 @@ import triton
 
 from ss1bench import SSL
 from ss1bench.bench.runner import measure_copy_bandwidth, memory_floor_bytes
+from ss1bench.dtypes import TORCH_DTYPES
 
 # (M, K, N, c, original SS1 ms) from BASELINES.md.
 ROWS = [
@@ -31,7 +32,7 @@ ROWS = [
     (32768, 768, 3072, 8, float("nan")), (32768, 768, 3072, 16, float("nan")),
     (8192, 4096, 4096, 8, float("nan")), (8192, 4096, 4096, 16, float("nan")),
 ]
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: TORCH_DTYPES[name] for name in ("fp16", "bf16")}
 
 
 def time_row(m: int, k: int, n: int, c: int, dtype: torch.dtype, bandwidth: float, backward: bool) -> dict:

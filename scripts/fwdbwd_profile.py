@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ss1bench import SSL
-from ss1bench.bench.runner import TORCH_DTYPES
+from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.timing import kernel_table
 
 

@@ -19,6 +19,7 @@ from .structure import (
     MIN_BLOCK,
     SS1Structure,
     default_block_k,
+    reduced_width,
     validate_block,
     validate_reduction_factor,
 )
@@ -120,7 +121,7 @@ def _check_arguments(in_features, out_features, redn_factor, seed, block_k, bloc
 def _largest_fitting_block_k(in_features: int, redn_factor: int) -> int | None:
     """The largest block_k whose compressed weight is narrower than the dense one, else the largest
     that is as wide, else None (in_features too small for redn_factor)."""
-    widths = {block_k: math.ceil(in_features / (redn_factor * block_k)) * block_k
+    widths = {block_k: reduced_width(in_features, redn_factor, block_k)
               for block_k in (MIN_BLOCK << shift for shift in range(11))}
     narrower = [block_k for block_k, width in widths.items() if width < in_features]
     as_wide = [block_k for block_k, width in widths.items() if width == in_features]

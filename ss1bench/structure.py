@@ -87,6 +87,11 @@ def hash_numbers(seed: int) -> tuple[int, int, int, int]:
     return HASH_PRIME, int(r1), int(r2), int(r3)
 
 
+def reduced_width(in_features: int, redn_factor: int, block_k: int) -> int:
+    """``K_red = ceil(K / (c * BK)) * BK``: the columns of the compressed weight."""
+    return -(-in_features // (redn_factor * block_k)) * block_k
+
+
 def default_block_k(in_features: int, redn_factor: int) -> int:
     """Documented default ``block_k`` when neither the caller nor the tuning DB gives one.
 
@@ -96,7 +101,7 @@ def default_block_k(in_features: int, redn_factor: int) -> int:
     """
     best = None
     for block_k in (128, 64, 32, 16):
-        k_red = math.ceil(in_features / (redn_factor * block_k)) * block_k
+        k_red = reduced_width(in_features, redn_factor, block_k)
         if best is None or k_red < best[0]:
             best = (k_red, block_k)
     assert best is not None
@@ -146,8 +151,8 @@ class SS1Structure:
         validate_block("block_k", self.block_k, MAX_BLOCK_K)
         validate_block("block_n", self.block_n, MAX_BLOCK_N)
         object.__setattr__(self, "hash", hash_numbers(self.seed))
-        groups = math.ceil(self.in_features / (self.redn_factor * self.block_k))
-        object.__setattr__(self, "_sizes", (groups, groups * self.block_k))
+        k_red = reduced_width(self.in_features, self.redn_factor, self.block_k)
+        object.__setattr__(self, "_sizes", (k_red // self.block_k, k_red))
         kernel_hash = (0, 0, 0, 0) if self.redn_factor == 1 else tuple(v % self.block_k for v in self.hash)
         object.__setattr__(self, "_kernel_hash", kernel_hash)
         object.__setattr__(self, "key", (self.in_features, self.out_features, self.redn_factor, self.seed,

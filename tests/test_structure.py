@@ -426,3 +426,14 @@ def test_project_is_the_least_squares_minimizer(K, N, c, block_k, block_n, gener
         direction = randn(*structure.weight_shape, dtype=torch.float64, generator=generator)
         for step in (1e-3, 1e-1):
             assert error(best.detach() + step * direction).item() > best_error
+
+
+def test_dtype_names_are_defined_once():
+    """The CSV schema spells out the dtype names (it imports no torch): they must be dtypes.TORCH_DTYPES'."""
+    from ss1bench.bench.schema import DTYPES
+    from ss1bench.dtypes import DTYPE_NAMES, TORCH_DTYPES, dtype_name
+
+    assert tuple(TORCH_DTYPES) == DTYPES
+    assert all(dtype_name(dtype) == name for dtype, name in DTYPE_NAMES.items())
+    with pytest.raises(TypeError, match="float64"):
+        dtype_name(torch.float64)

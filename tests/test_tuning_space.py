@@ -12,6 +12,7 @@ from ss1bench.kernels.config import (
     resident_width,
     shared_memory_bytes,
 )
+from ss1bench.structure import reduced_width
 from ss1bench.tuning import gpu as tgpu
 from ss1bench.tuning import shapes, space
 
@@ -128,10 +129,10 @@ def test_refinements_are_new_and_fit():
 def test_structure_candidates(k, n, c):
     candidates = space.structure_candidates(k, n, c)
     assert candidates[0] == space.default_structure(k, c)
-    k_red = space.k_red_of(k, c, candidates[0][0])
+    k_red = reduced_width(k, c, candidates[0][0])
     for bk, bn in candidates[1:]:
         assert bk <= 128 and bn <= 256
-        assert space.k_red_of(k, c, bk) == k_red  # never a bigger compressed weight than the default
+        assert reduced_width(k, c, bk) == k_red  # never a bigger compressed weight than the default
     assert len(set(candidates)) == len(candidates)
 
 

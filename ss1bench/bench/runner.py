@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.layer import SSL, choose_structure
 from ss1bench.provenance import command_line
 from ss1bench.structure import SS1Structure
@@ -54,8 +55,6 @@ from .schema import (
     providers_in,
 )
 from .shapes import Shape
-
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 #: Copy-bandwidth probe: 1 GiB read + 1 GiB written, far beyond any L2 (50-60 MiB on H100/H200),
 #: so it measures HBM. BASELINES.md's H200 figure (4.23 TB/s) was measured this way.

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("fwd", "fwd+bwd")
+#: The names of ``ss1bench.dtypes.TORCH_DTYPES`` (spelled out: this module imports no torch).
 DTYPES = ("fp16", "bf16", "fp32")
 
 

@@ -15,7 +15,6 @@ import torch
 
 from ss1bench.bench.runner import (
     INPUT_SEED,
-    TORCH_DTYPES,
     ResultWriter,
     RunInfo,
     Timing,
@@ -24,6 +23,7 @@ from ss1bench.bench.runner import (
 )
 from ss1bench.bench.schema import DTYPES
 from ss1bench.cli_options import choices, positive_ints
+from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.layer import cache_rotated_weights
 from ss1bench.tuning.gpu import normalize_gpu_name
 

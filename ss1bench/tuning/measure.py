@@ -45,13 +45,12 @@ from dataclasses import dataclass
 import torch
 
 from ss1bench import reference
+from ss1bench.dtypes import TORCH_DTYPES, dtype_name
 from ss1bench.kernels.config import FORWARD_KINDS, LaunchConfig
 from ss1bench.structure import SS1Structure, cached_structure
 from ss1bench.timing import graph_bench_ms
 
 from .gate import GateResult, compare
-
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 #: do_bench settings. Screening ranks ~20-40 candidates per bucket, so it is short; the top few
 #: are re-timed longer. Medians of do_bench with the L2 flushed before every call (its default),
@@ -196,8 +195,7 @@ def run_gate(case: Case, config: LaunchConfig) -> GateResult:
     result = LAUNCHERS[case.kind](case, config, out)
     if result.data_ptr() != out.data_ptr():
         out = result
-    dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[case.dtype]
-    return compare(out, case.reference(), dtype_name)
+    return compare(out, case.reference(), dtype_name(case.dtype))
 
 
 def bench_ms(fn, warmup_ms: float, rep_ms: float) -> float:

@@ -39,7 +39,7 @@ from ss1bench.kernels.config import (
     resident_width,
     shared_memory_bytes,
 )
-from ss1bench.structure import DEFAULT_BLOCK_N, default_block_k
+from ss1bench.structure import DEFAULT_BLOCK_N, default_block_k, reduced_width
 
 #: Largest fp32 accumulator tile per thread. 128 x 256 over 8 warps (128 per thread) is the
 #: largest tile of Triton's Hopper matmul configs; 255 registers per thread is the hardware cap,
@@ -85,10 +85,6 @@ def is_decode(m: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def k_red_of(in_features: int, redn_factor: int, block_k: int) -> int:
-    return cdiv(in_features, redn_factor * block_k) * block_k
-
-
 def default_structure(in_features: int, redn_factor: int) -> tuple[int, int]:
     """The structure a layer gets without the database (``ss1bench.structure`` defaults)."""
     return default_block_k(in_features, redn_factor), DEFAULT_BLOCK_N
@@ -103,7 +99,7 @@ def structure_candidates(in_features: int, out_features: int, redn_factor: int) 
     rounded up to a power of two.
     """
     default = default_structure(in_features, redn_factor)
-    sizes = {bk: k_red_of(in_features, redn_factor, bk) for bk in STRUCTURE_BLOCK_K}
+    sizes = {bk: reduced_width(in_features, redn_factor, bk) for bk in STRUCTURE_BLOCK_K}
     smallest = min(sizes.values())
     block_ks = [bk for bk in STRUCTURE_BLOCK_K if sizes[bk] == smallest][:MAX_STRUCTURE_BLOCK_K]
     block_ns = [bn for bn in STRUCTURE_BLOCK_N if bn <= max(16, next_power_of_two(out_features))]
