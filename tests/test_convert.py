@@ -278,6 +278,52 @@ def test_skip_pattern():
     assert _ssl_paths(single) == [p for p in GPT2_LAYERS if "attn" in p]
 
 
+def _shared_under_two_names(second: str) -> nn.Module:
+    """A model whose Linear is registered first as ``body`` and then as ``second`` (a pooler, a
+    block of a ModuleList, a projection in an attention module, the ``out_proj`` of an
+    ``nn.MultiheadAttention``), and a plain Linear ``head``."""
+    def factory():
+        root = nn.Module()
+        mha = nn.MultiheadAttention(64, 2) if second == "mha.out_proj" else None
+        root.body = shared = nn.Linear(64, 64) if mha is None else mha.out_proj
+        if mha is not None:
+            root.mha = mha
+        elif second == "pooler":
+            root.pooler = shared
+        elif second == "blocks.1":
+            root.blocks = nn.ModuleList([nn.Linear(64, 64), shared])
+        elif second == "attn.proj":
+            root.attn = nn.ModuleDict({"proj": shared})
+        else:
+            raise ValueError(second)
+        root.head = nn.Linear(64, 64)
+        return root
+
+    return _build(factory)
+
+
+@pytest.mark.parametrize(("second", "settings", "reason", "converted"), [
+    pytest.param("pooler", dict(skip_pattern="pooler"), "pattern", ["head"], id="skip_pattern"),
+    pytest.param("blocks.1", dict(layer_indices=[1]), "layer_index", ["blocks.0", "head"], id="layer_indices"),
+    pytest.param("attn.proj", dict(skip_attention=True), "attention", ["head"], id="skip_attention"),
+    pytest.param("mha.out_proj", {}, "unsupported", ["head"], id="multihead_attention"),
+])
+def test_a_skip_rule_matching_only_a_shared_modules_second_name_keeps_it_dense(second, settings, reason, converted):
+    """Every registered name of a shared module is checked against the skip rules (and the
+    MultiheadAttention parent), not only the first one (``named_modules`` reports the module
+    once, under ``body``)."""
+    model = _shared_under_two_names(second)
+    assert [path for path, _ in model.named_modules(remove_duplicate=False) if path in ("body", second)] == [
+        "body", second]
+    convert_to_ss_linear(model, reduction_factor=2, **settings)
+    shared = model.get_submodule(second)
+    assert model.body is shared, "the shared module was replaced under one name only"
+    assert not isinstance(shared, SSL), f"the Linear reached as body and {second} was converted ({settings})"
+    row = conversion_report(model)["body"]
+    assert (row.converted, row.reason) == (False, reason), row
+    assert _ssl_paths(model) == converted
+
+
 # ---- seeds, reproducibility, projection -----------------------------------------------------
 
 

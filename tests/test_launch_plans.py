@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOLERANCE, assert_close, randn
+from conftest import TOLERANCE, assert_close, randn, rounded_once_references
 
 from ss1bench import SSL, ops, reference
 from ss1bench.kernels import plans
@@ -75,6 +75,21 @@ def test_a_replayed_plan_gives_the_reference_result(algorithm, bias, monkeypatch
             y = kernels.ss1_forward(x2, weight2, b2, STRUCTURE)
             assert_close(f"{algorithm} replay {seed}", y, expected(x2, weight2, b2), TOLERANCE[torch.float32])
         assert len(launch_plans) == 1
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["M19-K200-N40-c4-fp16-bias", "M19-K200-N40-c4-fp16-nobias"])
+def test_a_replayed_split_k_plan_keeps_fp32_partials(bias, monkeypatch, nan_empty):
+    """The replay allocates its own split-K partials: fp16 in, each output still rounds once
+    (within 1 ulp of the float64 product of the rounded sketch and the weight). fp16 partials
+    would pass the 1e-2 tolerance (issue 22)."""
+    with override_launch_config(CONFIGS["fused split-K"], kinds=("forward",)):
+        x, weight, b = inputs(19, dtype=torch.float16, bias=bias)
+        kernels.ss1_forward(x, weight, b, STRUCTURE)  # records
+        no_slow_path(monkeypatch)
+        x2, weight2, b2 = inputs(19, dtype=torch.float16, bias=bias, seed=1)
+        y = kernels.ss1_forward(x2, weight2, b2, STRUCTURE)
+    exact, slack = rounded_once_references(x2, weight2, b2, STRUCTURE)["y"]
+    assert_close("split-K fp16 replay", y, exact, ulp=1.0, slack=slack)
 
 
 def test_a_replay_with_the_rotated_weight_multiplies_by_it(monkeypatch, nan_empty):
@@ -180,7 +195,7 @@ def test_the_layer_replays_without_grad_and_trains_through_autograd(monkeypatch)
     monkeypatch.setattr(plans, "current_device", lambda: 0)
     monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
     layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
-    x = torch.randn(19, 200)
+    x = randn(19, 200, generator=torch.Generator().manual_seed(7))
     dense = layer.dense_weight().detach().double()
     with torch.no_grad():
         layer(x)

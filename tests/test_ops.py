@@ -11,7 +11,7 @@ import torch
 from conftest import assert_close, dtype_id, randn
 
 from ss1bench.ops import ss1_linear
-from ss1bench.reference import ss1_forward_reference
+from ss1bench.reference import rotate_weight, ss1_forward_reference
 from ss1bench.structure import SS1Structure
 
 K, N = 100, 40
@@ -189,6 +189,24 @@ def test_no_grad_and_grad_paths_agree(structure, tensors):
     y_training = ss1_linear(x, weight, bias, structure)
     assert y_training.requires_grad
     assert torch.equal(y_inference, y_training.detach())
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["M6-K100-N40-c4-bias", "M6-K100-N40-c4-nobias"])
+def test_the_rotated_weight_is_used_without_grad_and_the_bias_still_added(with_bias, structure, tensors, generator):
+    """Without autograd the op multiplies by the caller's rotated weight (trusted: a different one
+    changes the result) and adds the bias; a call that records autograd rotates ``weight`` itself."""
+    x, weight, bias = tensors
+    bias = bias if with_bias else None
+    other = randn(*structure.weight_shape, generator=generator)
+    rotated_other = rotate_weight(other, structure)
+    b64 = None if bias is None else bias.double()
+    with torch.no_grad():
+        y = ss1_linear(x, weight, bias, structure, rotated_weight=rotated_other)
+    assert_close("y (the given rotated weight)", y, x.double() @ structure.dense_weight(other.double()).T
+                 + (0 if b64 is None else b64))
+    y_grad = ss1_linear(x, weight.requires_grad_(), bias, structure, rotated_weight=rotated_other)
+    assert_close("y (autograd: weight rotated in the call)", y_grad,
+                 ss1_forward_reference(x.double(), weight.double(), b64, structure))
 
 
 def test_gradcheck(generator):

@@ -101,6 +101,33 @@ def test_forward_follows_the_sketch_form(M, K, N, c, block_k, block_n, generator
     assert_close("y", ss1_forward_reference(x, weight, bias, structure), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize(("M", "K", "N", "c", "block_k", "block_n"), cases(SHAPES, (1, 4, 32)))
+def test_forward_with_the_rotated_weight_matches_dense(M, K, N, c, block_k, block_n, with_bias, dtype, generator):
+    """The caller's rotated weight replaces the rotation; the bias is still added."""
+    structure, x, weight, bias = make_inputs(M, K, N, c, block_k, block_n, dtype, generator)
+    bias = bias if with_bias else None
+    y = ss1_forward_reference(x, weight, bias, structure, rotated_weight=rotate_weight(weight, structure))
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert_close("y", y, dense_forward(x, weight, bias, structure))
+
+
+def test_the_rotated_weight_is_used_and_gradients_reach_x_and_bias_only(generator):
+    """The rotated weight is trusted, not recomputed from ``weight``; the result is differentiable in
+    x and bias (the weight's gradient flows through the caller's rotation instead)."""
+    structure, x, weight, bias = make_inputs(5, 300, 70, 4, 16, 32, torch.float64, generator)
+    other = randn(*structure.weight_shape, dtype=torch.float64, generator=generator)
+    grad_out = randn(5, 70, dtype=torch.float64, generator=generator)
+    leaves = [x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()]
+    y = ss1_forward_reference(*leaves, structure, rotated_weight=rotate_weight(other, structure))
+    assert_close("y", y, dense_forward(x, other, bias, structure))
+    grad_x, grad_w, grad_b = torch.autograd.grad(y, leaves, grad_out, allow_unused=True)
+    assert grad_w is None
+    assert_close("grad_x", grad_x, grad_out @ structure.dense_weight(other))
+    assert_close("grad_b", grad_b, grad_out.sum(0))
+
+
 # ---- backward ------------------------------------------------------------------------------------
 
 
