@@ -201,12 +201,14 @@ def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, d
 
 def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, through the cached binary when there is one (and
-    recorded, under :func:`record`)."""
+    recorded, under :func:`record`; handed to the handler instead, under :func:`capture`)."""
+    if _RECORDING.capture is not None:
+        _RECORDING.capture(kernel, grid, args, kwargs)
+        return
     if _RECORDING.launches is not None:
         _record(kernel, grid, args, kwargs, kernel[grid](*args, **kwargs))
         return
-    # "run" set on the instance: someone intercepts launches (the tuner's compile capture)
-    if not enabled() or "run" in getattr(kernel, "__dict__", {}):
+    if not enabled():
         kernel[grid](*args, **kwargs)
         return
     info = _INFO.get(id(kernel))
@@ -328,7 +330,9 @@ class RecordedLaunch:
 
 
 class _Recording(threading.local):
-    launches: list | None = None  # per thread: another thread's launches never land in a recording
+    # per thread: another thread's launches never land in a recording or a capture
+    launches: list | None = None
+    capture = None
 
 
 _RECORDING = _Recording()
@@ -346,6 +350,21 @@ class record:
 
     def __exit__(self, *exc) -> None:
         _RECORDING.launches = self.previous
+
+
+class capture:
+    """``with capture(handler):``: every :func:`launch` this thread makes inside calls
+    ``handler(kernel, grid, args, kwargs)`` instead of compiling and running the kernel (the
+    tuner collects the compiles a candidate needs this way, then compiles them in parallel)."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+
+    def __enter__(self) -> None:
+        self.previous, _RECORDING.capture = _RECORDING.capture, self.handler
+
+    def __exit__(self, *exc) -> None:
+        _RECORDING.capture = self.previous
 
 
 def _record(kernel, grid, args, kwargs, binary) -> None:

@@ -150,12 +150,21 @@ def test_an_argument_of_another_type_is_never_cached(kernel):
     assert paths(kernel) == ["triton", "triton"]
 
 
-def test_an_intercepted_kernel_is_launched_the_normal_way(kernel):
+def test_a_capture_gets_every_launch_and_nothing_runs(kernel):
+    """The tuner collects compiles through launch.capture: inside it, launches (cached binary or
+    not, recorded or not) reach the handler only; outside, the launch path is as before."""
     x = torch.zeros(64)
     direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)  # cached
-    kernel.run = lambda *args, **kwargs: None  # what the tuner's compile capture does
+    seen = []
+    with direct.capture(lambda *call: seen.append(call)):
+        direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
+        with direct.record() as launches:
+            direct.launch(kernel, (2,), x, 16, seed=5, BLOCK=16)
+    assert launches == [] and paths(kernel) == ["triton"]  # nothing ran inside
+    assert [(grid, args[1:], kwargs) for _, grid, args, kwargs in seen] == [
+        ((1,), (32,), {"seed": 5, "BLOCK": 16}), ((2,), (16,), {"seed": 5, "BLOCK": 16})]
     direct.launch(kernel, (1,), x, 32, seed=5, BLOCK=16)
-    assert paths(kernel) == ["triton", "triton"]
+    assert paths(kernel) == ["triton", "direct"]
 
 
 def test_a_kernel_without_parameter_metadata_is_launched_the_normal_way(kernel):

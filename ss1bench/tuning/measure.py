@@ -262,35 +262,23 @@ def constexpr_names(kernel) -> frozenset[str]:
 
 @contextlib.contextmanager
 def capture_launches() -> Iterator[list]:
-    """Within the block, SS1 kernel launches are recorded as :class:`CompileTask` (or an error
-    string when an argument cannot be replayed) instead of compiled and run. Main thread only."""
-    from ss1bench.kernels import jit
+    """Within the block, SS1 kernel launches (through ``kernels/launch.py``, as every launcher
+    makes them) are recorded as :class:`CompileTask` (or an error string when an argument cannot
+    be replayed) instead of compiled and run. Per thread."""
+    from ss1bench.kernels import launch
 
     captured: list = []
-    saved = {}
-    names = kernel_names()
-    for name in names:
-        kernel = getattr(jit, name)
-        saved[name] = kernel.__dict__.get("run", None)
 
-        def record(*args, grid, warmup, _name=name, **kwargs):
-            try:
-                # keyword order kept: Triton's in-memory cache key is the str() of the options dict
-                captured.append(CompileTask(_name, tuple(_describe_arg(a) for a in args),
-                                            tuple((k, _describe_arg(v)) for k, v in kwargs.items())))
-            except ValueError as exc:
-                captured.append(str(exc))
+    def handler(kernel, grid, args, kwargs) -> None:
+        try:
+            # keyword order kept: Triton's in-memory cache key is the str() of the options dict
+            captured.append(CompileTask(kernel.fn.__name__, tuple(_describe_arg(a) for a in args),
+                                        tuple((k, _describe_arg(v)) for k, v in kwargs.items())))
+        except ValueError as exc:
+            captured.append(str(exc))
 
-        kernel.run = record  # instance attribute: shadows JITFunction.run for this object only
-    try:
+    with launch.capture(handler):
         yield captured
-    finally:
-        for name in names:
-            kernel = getattr(jit, name)
-            if saved[name] is None:
-                kernel.__dict__.pop("run", None)
-            else:
-                kernel.run = saved[name]
 
 
 def _worker_init(device_index: int) -> None:
