@@ -13,7 +13,7 @@ on the fly (c rotated loads summed in fp32) and ``Wr[n, it*BK + t] = Wc[n, it*BK
 mod BK)]`` is read in place. Every shift is a multiple of VEC = 8 and every tile starts on a
 multiple of 8, so each 8-element chunk of a rotated index is contiguous and 8-aligned: the
 ``tl.multiple_of``/``tl.max_contiguous`` hints below keep those loads 16 bytes wide (without them
-a first fused kernel ran at 0.02-0.10 of ideal on an H200, docs/perf-notes.md). Kernel tiles are
+the fused kernel ran at 0.02-0.10 of ideal on an H200, docs/perf-notes.md). Kernel tiles are
 free of the structural block sizes: the index math is per column and per row.
 
 Shapes: x (M, K), weight (N, K_red), bias (N,), y and dy (M, N).

@@ -1,16 +1,19 @@
 """Launch paths for compiled Triton kernels: the host cost of a launch, not the kernel.
 
 ``kernel[grid](*args, **kwargs)`` re-derives, on every call, which compiled binary the arguments
-select (binding, specialization, cache key) and builds launch metadata before launching it: on an
-H200 host with Triton 3.6, 15-24 us per launch, as much as a decode-sized SS1 kernel runs.
-Two ways around it live here:
+select (binding, specialization, cache key) and builds launch metadata before launching it:
+15-24 us of host time per launch (``scripts/host_profile.py``, H200, Triton 3.6), as long as a
+decode-sized SS1 kernel runs. Two ways around it live here:
 
 - :func:`launch` (the direct path) keeps, per kernel, the compiled binary for each
   *specialization key* and runs it through its C launcher (:func:`run_binary`).
 - :func:`record` / :class:`RecordedLaunch`: the launches made inside a ``with record()`` block,
-  replayable with new leading tensors and nothing else re-derived. ``kernels.ss1`` builds the
-  eager forward's *plans* from them (one per input key); the plan's key is the caller's
+  replayable with new leading tensors and nothing else re-derived. The *plans* of eager calls
+  (``kernels/plans.py``, one per input key) are built from them; the plan's key is the caller's
   guarantee that the binary still applies.
+
+A third hook, :class:`capture`, hands every launch to a handler instead of running it (the tuner
+collects the compiles a candidate needs this way).
 
 The key is at least as fine as Triton's own specialization, so a cached binary is only reused
 where Triton would pick the same one:
@@ -23,14 +26,11 @@ where Triton would pick the same one:
 
 The first call for a key goes through ``kernel[grid]`` (which compiles, or loads Triton's cache)
 and keeps the binary it returns. In the interpreter (``TRITON_INTERPRET=1``), for arguments of
-other types, or while a kernel's ``run`` is replaced on the instance (the tuner's compile
-capture), every call takes the normal path.
+other types and for a parameter left to its default, every call takes the normal path.
 
-On by default; ``SS1BENCH_DIRECT_LAUNCH=0`` switches it off (the setting is read once;
-:func:`clear` reads it again). Measured on the H200 host with Triton 3.6
-(``scripts/host_profile.py``, two runs): one launch 13.3 / 14.0 us through this path against
-20.8 / 23.6 us through ``kernel[grid]``. (Before v10 it launched through ``CompiledKernel[grid]``,
-which builds launch metadata per call, and was slower than ``kernel[grid]``: it was opt-in then.)
+On by default, because it is faster: one launch took 13-14 us through this path against 21-24 us
+through ``kernel[grid]`` (same measurement, two runs). ``SS1BENCH_DIRECT_LAUNCH=0`` switches it off
+(the setting is read once; :func:`clear` reads it again).
 
 The C launcher's argument list is Triton's private interface, and ``pyproject.toml`` allows any
 ``triton>=3.6``: the first launch checks once that this Triton's own launch makes the same call
@@ -128,7 +128,7 @@ def interface_ok() -> bool:
         _INTERFACE_OK = problem is None
         if problem is not None:
             logger.warning("ss1bench: direct kernel launches are off for triton %s: %s; launching through "
-                           "kernel[grid] instead (correct, 7 to 10 us more per launch on an H200 host)",
+                           "kernel[grid] instead (correct, but several microseconds more per launch)",
                            getattr(triton, "__version__", "?"), problem)
     return _INTERFACE_OK
 

@@ -5,8 +5,8 @@ Usage (GPU): python scripts/baselines.py --out results.csv [--dtype fp16]
 Providers, side by side for each row: dense (cuBLAS F.linear), dense at K/c (the compute ideal),
 the memory floor (x, Wc, bias, y moved once at the measured copy bandwidth), and SS1 (the layer's
 normal path: tuning database if present, else the heuristic). Median of triton.testing.do_bench,
-random inputs. The original kernel's times are the published figures of BASELINES.md (measured
-on an H200, fp16, bias on), reproduced here so the table can show the ratio.
+random inputs. The original kernel's times (``ROWS``) are its published figures (H200, fp16, bias
+on), copied here so the table can show the ratio.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 import triton
 
 from ss1bench import SSL
-from ss1bench.bench.runner import measure_copy_bandwidth, memory_floor_bytes
+from ss1bench.bench.measure import measure_copy_bandwidth, memory_floor_bytes
 from ss1bench.dtypes import TORCH_DTYPES
 
-# (M, K, N, c, original SS1 ms) from BASELINES.md.
+# (M, K, N, c, original SS1 ms): the original kernel's published baseline table.
 ROWS = [
     (32768, 768, 3072, 2, 2.503), (32768, 768, 3072, 4, 0.304), (32768, 3072, 768, 2, 2.410),
     (32768, 3072, 768, 4, 0.205), (32768, 768, 2304, 2, 1.889), (16384, 4096, 14336, 2, 28.41),

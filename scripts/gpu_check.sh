@@ -2,7 +2,7 @@
 # One device call: install the checkout, then run the stages named in STAGES (default: tests).
 #   tests      the GPU tests; every measured error goes to $OUT/errors_all.csv
 #   host       host time per call of SSL against nn.Linear (scripts/host_profile.py)
-#   baselines  eager forward/backward against dense on the BASELINES rows (scripts/baselines.py)
+#   baselines  eager forward/backward against dense on the original kernel's baseline rows (scripts/baselines.py)
 #   bench      ss1bench bench: gpt2 + llama + bert sets, fp16 and bf16, fwd and fwd+bwd, CUDA-graph timing
 #   e2e        ss1bench e2e: whole models, dense and SS1 side by side, eager / compiled / CUDA graphs,
 #              inference and training steps (E2E_MODELS, E2E_COMPILE, E2E_ARGS override the defaults)

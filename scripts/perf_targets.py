@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="+", help="ss1bench bench CSV files")
     parser.add_argument("--sketch-tbps", type=float, default=3.4,
-                        help="the sketch kernel's bandwidth, reads + writes (reports/H200/raw/sketch_bw_probe_v9.txt)")
+                        help="the sketch kernel's bandwidth, reads + writes (H200: 3.3-3.4, docs/perf-notes.md)")
     args = parser.parse_args()
     frame = pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True)
     # a shape in two sets (or twice in one) is timed once; count it once

@@ -283,7 +283,7 @@ def convert_to_ss_linear(
         skip_pattern: substrings; a layer whose path contains any of them stays dense (a single
             string counts as one pattern).
         project: True: each weight is the least-squares projection of the dense weight onto SS1
-            (DESIGN.md section 2) and the bias is copied. False: a fresh SS1 initialisation.
+            (:meth:`SS1Structure.project`) and the bias is copied. False: a fresh SS1 initialisation.
         block_k, block_n: structural block sizes for every converted layer; when None each layer
             takes the tuning database's structure for its shape on this GPU, else the defaults
             (``SSL`` does the lookup). A database ``block_k`` that would save nothing is replaced

@@ -3,10 +3,11 @@ replays.
 
 Why graphs. ``triton.testing.do_bench`` flushes the L2 (a 256 MB memset) and records a CUDA event
 before every call. When a call costs more host time than the flush costs GPU time, the GPU idles
-between the start event and the kernel, and the host's launch cost is measured, not the kernel: a
-Triton launch costs 60-80 us of Python on the H200 host, a decode kernel 5-15 us. Replaying a
-captured graph costs a few microseconds of host time, so the flush hides it and the median is the
-GPU's time for the call (L2 still flushed before every replay).
+between the start event and the kernel, and the host's launch cost is measured, not the kernel:
+an eager SS1 call at M = 1 took 18-74 us of host time (H200, with and without launch plans,
+docs/perf-notes.md) where a decode-sized kernel runs 5-15 us. Replaying a captured graph costs a
+few microseconds of host time, so the flush hides it and the median is the GPU's time for the
+call (L2 still flushed before every replay).
 """
 
 from __future__ import annotations

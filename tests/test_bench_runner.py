@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ss1bench.bench import runner
-from ss1bench.bench.runner import Progress, memory_floor_bytes, plan, timings_in
+from ss1bench.bench import measure as bench_measure
+from ss1bench.bench import results, runner
+from ss1bench.bench.measure import memory_floor_bytes, tightest
+from ss1bench.bench.results import Progress
+from ss1bench.bench.runner import plan, timings_in
 from ss1bench.bench.schema import (
     PROVIDER_LABELS,
     PROVIDER_NAMES,
@@ -132,8 +135,8 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
     assert ("ss1_cached" in meta["providers"]) == (mode == "fwd") and "ss1_tuned" in meta["providers"]
     assert frame.shape == written.shape
     # End-of-run table: one line per distinct (M, K, N, c), the shared shape listed once.
-    assert len(runner.summary_table(frame).splitlines()) == 1 + 2 * 2
-    assert ("cached x" in runner.summary_table(frame).splitlines()[0]) == (mode == "fwd")
+    assert len(results.summary_table(frame).splitlines()) == 1 + 2 * 2
+    assert ("cached x" in results.summary_table(frame).splitlines()[0]) == (mode == "fwd")
 
 
 def test_failed_provider_is_a_row_not_a_crash(tmp_path, cpu_as_cuda, monkeypatch):
@@ -216,7 +219,7 @@ def test_the_rotated_weight_cache_is_filled_before_graph_capture(cpu_as_cuda, mo
         seen.append(layer._rotated is not None)
         return call
 
-    monkeypatch.setattr(runner, "graphed", fake_graphed)
+    monkeypatch.setattr(bench_measure, "graphed", fake_graphed)
     case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd"])[0]
     cpu = torch.device("cpu")
     built = runner.build_provider("ss1_cached", case, runner.case_structure(case, cpu, torch.float32), cpu,
@@ -262,24 +265,24 @@ def _sequence(runs):
 
 def test_tightest_times_once_when_the_spread_is_narrow():
     measure, calls = _sequence([(1.0, 0.95, 1.2)])
-    assert runner.tightest(measure) == [1.0, 0.95, 1.2] and len(calls) == 1
+    assert tightest(measure) == [1.0, 0.95, 1.2] and len(calls) == 1
 
 
 def test_tightest_retimes_a_bimodal_run_and_keeps_the_tight_one():
     measure, calls = _sequence([(0.042, 0.0087, 0.059), (0.0091, 0.0088, 0.0094)])
-    assert runner.tightest(measure) == [0.0091, 0.0088, 0.0094] and len(calls) == 2
+    assert tightest(measure) == [0.0091, 0.0088, 0.0094] and len(calls) == 2
 
 
 def test_tightest_stops_after_its_retimes_and_keeps_the_tightest_seen():
     runs = [(3.0, 1.0, 4.0), (2.0, 1.0, 2.0), (5.0, 1.0, 6.0), (1.0, 1.0, 1.0)]
     measure, calls = _sequence(runs)
-    assert runner.tightest(measure, retimes=2) == [2.0, 1.0, 2.0] and len(calls) == 3
+    assert tightest(measure, retimes=2) == [2.0, 1.0, 2.0] and len(calls) == 3
 
 
 def test_time_module_reports_the_retimed_run(cpu_as_cuda, monkeypatch):
     """A provider whose first do_bench run is bimodal gets the re-timed quantiles in its row."""
     runs = iter([[0.042, 0.0087, 0.059], [0.0091, 0.0088, 0.0094]])
-    monkeypatch.setattr(runner, "do_bench", lambda call, *a, **k: (call(), next(runs))[1])
+    monkeypatch.setattr(bench_measure, "do_bench", lambda call, *a, **k: (call(), next(runs))[1])
     case = plan([Shape("custom", "64x48", 4, 64, 48)], [2], ["fp32"], ["fwd"])[0]
     cpu = torch.device("cpu")
     built = runner.build_provider("dense", case, runner.case_structure(case, cpu, torch.float32), cpu,
@@ -303,7 +306,7 @@ def test_a_captured_backward_writes_fresh_gradients_instead_of_accumulating(cpu_
         captured.update({name: tensor.grad.clone() for name, tensor in [("x", x), *module.named_parameters()]})
         return call
 
-    monkeypatch.setattr(runner, "graphed", fake_graphed)
+    monkeypatch.setattr(bench_measure, "graphed", fake_graphed)
     case = plan([Shape("custom", "5x64x48", 5, 64, 48)], [2], ["fp32"], ["fwd+bwd"])[0]
     cpu = torch.device("cpu")
     built = runner.build_provider(provider, case, runner.case_structure(case, cpu, torch.float32), cpu,

@@ -95,7 +95,7 @@ def _write_report(folder, frame: pd.DataFrame, stem: str):
         "device_name": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "date": "2026-01-01T00:00:00+00:00",
         "git_commit": "0123456789abcdef", "database": "shipped tuning_db/H200.json", "copy_bandwidth_gbs": 4230.0,
         "complete": True}))
-    legends, real_finish = {}, report._finish
+    legends, real_finish = {}, report.plots._finish
 
     def finish(fig, plt, what, context, path, handles=None, labels=None, ncol=None):
         legends[path.name] = {label: {"linestyle": handle.get_linestyle(), "marker": handle.get_marker(),
@@ -109,7 +109,7 @@ def _write_report(folder, frame: pd.DataFrame, stem: str):
 
     out = folder / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report, "_finish", finish)
+        patch.setattr(report.plots, "_finish", finish)
         result = CliRunner().invoke(main, ["report", str(folder / f"{stem}.csv"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output, legends
@@ -553,7 +553,7 @@ def test_a_failure_while_plotting_leaves_nothing_half_written(tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(report, "plot_peers", broken)  # after the speedup and heatmap plots
+    monkeypatch.setattr(report.write, "plot_peers", broken)  # after the speedup and heatmap plots
     with pytest.raises(RuntimeError, match="plot failed"):
         report.write_report([path], out)
     assert [p.name for p in out.iterdir()] == ["kept.txt"]

@@ -84,7 +84,8 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--shape") from None
 
-    from .runner import output_stem, plan, timings_in
+    from .results import output_stem
+    from .runner import plan, timings_in
 
     cases = plan(shapes, factors, dtype_list, mode_list)
     stem = output_stem(set_names + (["custom"] if custom_shapes else []), dtype_list, mode_list)
@@ -103,7 +104,8 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
 
     from ss1bench.tuning.gpu import normalize_gpu_name
 
-    from .runner import run, summary_table
+    from .results import summary_table
+    from .runner import run
 
     out = out_dir or Path("reports") / normalize_gpu_name(torch.cuda.get_device_name())
     args = {"shapes": set_names, "custom_shapes": list(custom_shapes), "m_values": m_values,

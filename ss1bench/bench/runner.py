@@ -2,33 +2,26 @@
 
 Providers are data (``schema.PROVIDERS``, each with the modes it has rows in: ``ss1_cached`` only in
 ``fwd``); each measured provider has a builder here that returns an ``nn.Module`` plus its
-settings, and one function times them all the same way:
+settings, and :func:`~ss1bench.bench.measure.time_module` times them all the same way:
 ``triton.testing.do_bench`` (L2 flushed before every call) median and 20th/80th percentiles, on
 random inputs (never zeros). In ``fwd`` mode the module runs under ``torch.no_grad()``; in
 ``fwd+bwd`` mode one call is forward plus ``backward(dy)`` with gradients for x, the weights and
-the bias (reset to None before each call). Yardsticks (DESIGN.md section 4): dense = cuBLAS
-``F.linear``; ideal = max(cuBLAS at K/c, memory floor at the copy bandwidth measured once per run).
+the bias (reset to None before each call). Yardsticks (``schema.PROVIDERS`` defines each): dense =
+cuBLAS ``F.linear``; ideal = max(cuBLAS at K/c, memory floor at the copy bandwidth measured once
+per run).
 
 Run order: dtype, mode, shape (the dense layer is timed once per shape), then c. A shape two
 sets share (BERT's and GPT-2's layers coincide) is timed once and its rows are written under each
-set. The CSV and its JSON sidecar are rewritten after every shape, so an interrupted run keeps
-what it measured.
+set. The CSV and its JSON sidecar (:mod:`~ss1bench.bench.results`) are rewritten after every shape,
+so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
-import json
 import math
-import os
-import platform
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,40 +29,23 @@ from torch import nn
 
 from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.layer import SSL, choose_structure
-from ss1bench.provenance import command_line
 from ss1bench.structure import SS1Structure
-from ss1bench.timing import do_bench, graphed
 from ss1bench.tuning.gpu import normalize_gpu_name
 
-from .peers import LowRankLinear, MonarchLinear
-from .schema import (
-    CASE_KEY,
-    FLOP_COUNTS,
-    MEMORY_FLOOR,
-    MODES,
-    PROVIDERS,
-    QUANTILES,
-    RESULT_COLUMNS,
-    SS1_PROVIDERS,
-    mode_slug,
-    providers_in,
+from .measure import (
+    DEFAULT_REP_MS,
+    DEFAULT_WARMUP_MS,
+    Built,
+    Timing,
+    measure_copy_bandwidth,
+    memory_floor_bytes,
+    one_line_error,
+    time_module,
 )
+from .peers import LowRankLinear, MonarchLinear
+from .results import ResultWriter, RunInfo, use_tuning_database
+from .schema import MODES, SS1_PROVIDERS, providers_in
 from .shapes import Shape
-
-#: Copy-bandwidth probe: 1 GiB read + 1 GiB written, far beyond any L2 (50-60 MiB on H100/H200),
-#: so it measures HBM. BASELINES.md's H200 figure (4.23 TB/s) was measured this way.
-COPY_BYTES = 1 << 30
-
-#: do_bench defaults (ms of warm-up and of timed repetitions); ``--warmup-ms``/``--rep-ms`` change them.
-DEFAULT_WARMUP_MS = 25
-DEFAULT_REP_MS = 100
-
-#: A timing whose p80 exceeds this multiple of its p20 is taken again, up to RETIMES more runs,
-#: and the run with the tightest p80/p20 kept. Graph replays and L2-flushed calls spread by a few
-#: percent; a bimodal spread is interference from outside the call (another process on the GPU
-#: or its host), and it lands in the median (seen in a committed run: p20 8.7 us, median 42 us).
-SPREAD_LIMIT = 1.5
-RETIMES = 2
 
 #: Hash seed of the SS1 layers timed (SSL's default; the seed does not change the work done).
 LAYER_SEED = 1024
@@ -119,20 +95,6 @@ def timings_in(cases: list[Case]) -> int:
 
 
 # ---- providers --------------------------------------------------------------------------------
-
-
-@dataclass
-class Built:
-    """A provider ready to time: its module, input width and what the CSV says about it."""
-
-    module: nn.Module
-    in_features: int
-    weight_params: int
-    forward_flops: int
-    detail: str = ""
-    block_k: int | None = None
-    block_n: int | None = None
-    launch_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def _fill_(module: nn.Module, generator: torch.Generator) -> None:
@@ -217,126 +179,6 @@ def build_provider(name: str, case: Case, structure: SS1Structure, device: torch
     raise ValueError(f"no builder for provider {name!r}")
 
 
-# ---- measurement ------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    median_ms: float = math.nan
-    p20_ms: float = math.nan
-    p80_ms: float = math.nan
-    peak_mem_mib: float = math.nan
-    status: str = "ok"
-
-
-def measure_copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES, warmup_ms: int = DEFAULT_WARMUP_MS,
-                           rep_ms: int = DEFAULT_REP_MS) -> float:
-    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written, do_bench median)."""
-    source = torch.full((nbytes // 2,), 1.5, dtype=torch.float16, device=device)
-    target = torch.empty_like(source)
-    ms = do_bench(lambda: target.copy_(source), warmup_ms, rep_ms)
-    return 2 * nbytes / (ms * 1e-3)
-
-
-def memory_floor_bytes(m: int, k: int, n: int, k_red: int, element_size: int, mode: str) -> int:
-    """Bytes SS1 must move at least (see ``schema.MEMORY_FLOOR``)."""
-    elements = m * k + n * k_red + n + m * n
-    if mode == "fwd+bwd":
-        elements += (m * n + m * k + n * k_red) + (m * k + n * k_red + n)
-    return elements * element_size
-
-
-def one_line_error(error: BaseException) -> str:
-    """``"TypeName: first line of the message"``, at most 200 characters: a failed timing's status."""
-    message = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {message[0] if message else ''}".strip()
-    return text[:200]
-
-
-def tightest(measure: Callable[[], list[float]], spread_limit: float = SPREAD_LIMIT,
-             retimes: int = RETIMES) -> list[float]:
-    """``measure()``'s (median, p20, p80), re-measured while p80 > ``spread_limit`` x p20, at most
-    ``retimes`` more times; the run with the smallest p80/p20 is returned."""
-    best = measure()
-    for _ in range(retimes):
-        if not best[2] > spread_limit * best[1]:
-            break
-        again = measure()
-        if again[2] * best[1] < best[2] * again[1]:
-            best = again
-    return best
-
-
-def _with_fresh_gradients(call: Callable[[], None], tensors: list[torch.Tensor] | None) -> Callable[[], None]:
-    """``call`` that first drops the ``.grad`` of ``tensors`` (None: ``call`` itself).
-
-    A captured backward then writes its gradients into new buffers of the graph's pool, as a
-    training step with ``zero_grad(set_to_none=True)`` does. Without it, the capture would
-    accumulate into the gradients that the warm-up run before it left: one more read-modify-write
-    of every gradient per replay (x's: 3 x M x K elements), for every provider alike, which is
-    not part of the layer's work (it added 0.09 ms to both dense and SS1 at 16384 x 4096 x 1024).
-    """
-    if not tensors:
-        return call
-
-    def fresh() -> None:
-        for tensor in tensors:
-            tensor.grad = None
-        call()
-
-    return fresh
-
-
-def time_module(built: Built, x: torch.Tensor, dy: torch.Tensor | None, warmup_ms: int, rep_ms: int,
-                cuda_graph: bool = False) -> Timing:
-    """do_bench quantiles and peak memory of one provider call (``dy`` given: forward + backward).
-
-    With ``cuda_graph`` the call (forward, or forward and backward) is captured once in a CUDA
-    graph and its replays are timed: host-side launch overhead (Python, dispatch, Triton's
-    launcher, autograd) drops out for every provider alike, which is how decode steps are served
-    and how graph-captured training steps run. The gradients then live in the graph's memory pool
-    and are overwritten by every replay (the captured call drops them first: nothing accumulates).
-    """
-    module = built.module
-    backward = dy is not None
-    params = list(module.parameters())
-    for param in params:
-        param.requires_grad_(backward)
-    x.requires_grad_(backward)
-    if backward:
-        def call() -> None:
-            module(x).backward(dy)
-        grads = [x, *params]
-    else:
-        def call() -> None:
-            module(x)
-        grads = None
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(built.launch_context())
-        if not backward:
-            stack.enter_context(torch.no_grad())
-        # Eager, before any CUDA-graph capture: compiles (Triton), warms cuBLAS and fills an SSL
-        # layer's rotated-weight cache (ss1_cached; a capture does not fill it) before peak memory is read.
-        call()
-        for tensor in grads or ():
-            tensor.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-        for tensor in grads or ():
-            tensor.grad = None
-        if cuda_graph:
-            call, grads = graphed(_with_fresh_gradients(call, grads)), None
-        median, p20, p80 = tightest(lambda: do_bench(call, warmup_ms, rep_ms, quantiles=QUANTILES,
-                                                     grad_to_none=grads))
-    for tensor in [x, *params]:
-        tensor.grad = None
-    return Timing(median, p20, p80, peak)
-
-
 # ---- rows -------------------------------------------------------------------------------------
 
 
@@ -367,158 +209,6 @@ def _row(case: Case, gpu: str, provider: str, structure: SS1Structure, built: Bu
         "speedup_vs_dense": ratio(dense_ms, ms), "fraction_of_ideal": ratio(ideal_ms, ms),
         "peak_mem_mib": timing.peak_mem_mib,
     }
-
-
-# ---- metadata ---------------------------------------------------------------------------------
-
-
-def _git_commit() -> str | None:
-    """HEAD of the checkout (``-dirty`` with uncommitted changes); ``SS1BENCH_GIT_COMMIT`` wins
-    (a copy of the tree on a remote machine may carry a stale ``.git``)."""
-    override = os.environ.get("SS1BENCH_GIT_COMMIT")
-    if override:
-        return override
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "") if commit else None
-
-
-def _digest(path: Path) -> str:
-    """First 12 hex digits of the file's sha256 (which database a result was measured with)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: Path,
-                  columns: Sequence[str] = RESULT_COLUMNS):
-    """Write the results CSV (``columns``: :data:`RESULT_COLUMNS`, and ``e2e``'s own after them;
-    integer columns that SS1-less rows leave empty as nullable ints) and its JSON sidecar; return
-    the DataFrame. Shared with ``e2e``."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=list(columns)).astype(
-        {"block_k": "Int64", "block_n": "Int64", "k_red": "Int64", "weight_params": "Int64"})
-    frame.to_csv(csv_path, index=False)
-    json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
-    return frame
-
-
-def use_tuning_database(gpu: str) -> str:
-    """Make sure SSL layers read the tuning database (idempotent); describe the files for ``gpu``.
-
-    Lookup order is the layer's: the user file (``SS1BENCH_DB`` or the user data dir), then the
-    shipped ``tuning_db/<GPU>.json``. The description goes into the run's metadata.
-    """
-    from ss1bench.tuning.db import shipped_db_path, user_db_path
-    from ss1bench.tuning.lookup import install_database_hooks
-
-    install_database_hooks()
-    files = [f"user {path} (sha256 {_digest(path)})" for path in [user_db_path(gpu)] if path.is_file()]
-    shipped = shipped_db_path(gpu)
-    if shipped.is_file():  # named inside the package: the same on every machine
-        files.append(f"shipped ss1bench/tuning_db/{shipped.name} (sha256 {_digest(shipped)})")
-    return "; ".join(files) or f"no database file for {gpu} (SS1 launches fall back to the heuristic)"
-
-
-@dataclass
-class RunInfo:
-    """What the JSON sidecar records about a run."""
-
-    gpu: str
-    device_name: str
-    database: str
-    copy_bandwidth_gbs: float
-    args: dict
-    started: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"))
-
-    def metadata(self, cases_total: int, cases_done: int, wall_s: float, complete: bool) -> dict:
-        import triton
-
-        return {
-            "gpu": self.gpu, "device_name": self.device_name,
-            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "cuda": torch.version.cuda, "date": self.started, "git_commit": _git_commit(),
-            "database": self.database, "copy_bandwidth_gbs": self.copy_bandwidth_gbs,
-            "timing": "triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call; "
-                      f"a run with p80 > {SPREAD_LIMIT} x p20 re-timed up to {RETIMES} times, the tightest kept"
-                      + ("; every call replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
-            "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
-            "providers": {p.name: p.description for p in PROVIDERS
-                          if any(p.runs_in(mode) for mode in self.args.get("modes", MODES))},
-            "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
-            "wall_s": round(wall_s, 1), "complete": complete, "command": command_line(),
-        }
-
-
-class ResultWriter:
-    """A run's results: its rows so far, its progress line, and its CSV + JSON sidecar, rewritten
-    by every :meth:`flush` (an interrupted run keeps what it measured). Shared with ``e2e``, whose
-    ``adjust_metadata`` edits the sidecar's entries in place and whose rows have more ``columns``."""
-
-    def __init__(self, info: RunInfo, out_dir: Path, stem: str, total: int,
-                 adjust_metadata: Callable[[dict], None] | None = None,
-                 columns: Sequence[str] = RESULT_COLUMNS) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path, self.json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-        self.info, self.rows, self.progress = info, [], Progress(total)
-        self.start = time.monotonic()
-        self._adjust_metadata = adjust_metadata
-        self.columns = tuple(columns)
-
-    def flush(self, complete: bool):
-        """Rewrite the CSV and its sidecar; return the DataFrame."""
-        metadata = self.info.metadata(self.progress.total, self.progress.done, time.monotonic() - self.start,
-                                      complete)
-        if self._adjust_metadata is not None:
-            self._adjust_metadata(metadata)
-        return write_results(self.rows, metadata, self.csv_path, self.json_path, self.columns)
-
-
-def output_stem(set_names: list[str], dtypes: list[str], modes: list[str]) -> str:
-    """File name stem of a run's CSV and sidecar, e.g. ``bench_gpt2_fp16_fwd``."""
-    return "bench_" + "_".join(["-".join(set_names) or "custom", "-".join(dtypes),
-                                "-".join(mode_slug(m) for m in modes)])
-
-
-# ---- progress ---------------------------------------------------------------------------------
-
-
-class Progress:
-    """One line with count, percent and ETA on stderr: redrawn on a terminal, else every 15 s."""
-
-    def __init__(self, total: int, stream=None, interval_s: float = 15.0) -> None:
-        self.total, self.done = total, 0
-        self.stream = stream or sys.stderr
-        self.start = self.last = time.monotonic()
-        self.interval_s = interval_s
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if not self.tty and now - self.last < self.interval_s and self.done < self.total:
-            return
-        self.last = now
-        elapsed = now - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        line = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {100 * self.done / self.total:3.0f}% "
-                f"elapsed {_duration(elapsed)} eta {_duration(eta)}  {label}")
-        if self.tty:
-            self.stream.write("\r\033[K" + line + ("\n" if self.done == self.total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -634,30 +324,3 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
         torch.cuda.empty_cache()
         results.flush(complete=False)
     return results.csv_path, results.flush(complete=True)
-
-
-def summary_table(frame) -> str:
-    """One line per case: SS1 (tuning database) against dense and the ideal, with the heuristic's and
-    the peers' speedups, and the rotated-weight cache's where the run has it (a shape two sets share
-    is listed once)."""
-    import pandas as pd
-
-    speedups = {(row["provider"], *(row[k] for k in CASE_KEY)): row["speedup_vs_dense"]
-                for row in frame.to_dict("records")}
-    lines = []
-    cached = (frame["provider"] == "ss1_cached").any()
-    ss1 = frame[frame["provider"] == "ss1_tuned"]
-    ss1 = ss1.drop_duplicates(subset=["dtype", "mode", "M", "K", "N", "redn_factor"])
-    for row in ss1.to_dict("records"):
-        key = tuple(row[k] for k in CASE_KEY)
-        lines.append({
-            "dtype": row["dtype"], "mode": row["mode"], "M": row["M"], "K": row["K"], "N": row["N"],
-            "c": row["redn_factor"], "dense ms": row["dense_ms"], "ideal ms": row["ideal_ms"],
-            "SS1 ms": row["median_ms"], "speedup": row["speedup_vs_dense"], "of ideal": row["fraction_of_ideal"],
-            **({"cached x": speedups.get(("ss1_cached", *key))} if cached else {}),
-            "heuristic x": speedups.get(("ss1_heuristic", *key)), "low-rank x": speedups.get(("lowrank", *key)),
-            "Monarch x": speedups.get(("monarch", *key)),
-        })
-    if not lines:
-        return "(no results)"
-    return pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.4g}")

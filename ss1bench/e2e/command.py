@@ -13,14 +13,9 @@ from typing import Any
 import click
 import torch
 
-from ss1bench.bench.runner import (
-    INPUT_SEED,
-    ResultWriter,
-    RunInfo,
-    Timing,
-    one_line_error,
-    use_tuning_database,
-)
+from ss1bench.bench.measure import Timing, one_line_error
+from ss1bench.bench.results import ResultWriter, RunInfo, use_tuning_database
+from ss1bench.bench.runner import INPUT_SEED
 from ss1bench.bench.schema import DTYPES
 from ss1bench.cli_options import choices, positive_ints
 from ss1bench.dtypes import TORCH_DTYPES
@@ -257,7 +252,7 @@ def _dry_run(models: list[str], factors: list[int], batch: int, seq: int, compil
                    "-padded: GPT-2's vocabulary padded from 50257 to 50304 rows).")
 @click.option("--redn-factors", "redn_factors", default=None, metavar="C,...",
               help="Reduction factors c, comma-separated (e.g. 2,4,8).  [default: 4]")
-@click.option("--redn-factor", "redn_factor_alias", default=None, hidden=True)  # the old spelling
+@click.option("--redn-factor", "redn_factor_alias", default=None, hidden=True)  # hidden alias of --redn-factors
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Sequences per call.")
 @click.option("--seq", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Tokens per sequence (prefill, training step); KV-cache length in decode.")

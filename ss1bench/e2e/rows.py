@@ -34,7 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ss1bench.bench.runner import Timing
+from ss1bench.bench.measure import Timing
 from ss1bench.bench.schema import E2E_COLUMNS, RESULT_COLUMNS
 from ss1bench.report import E2E_SHAPE_SET
 from ss1bench.structure import SS1Structure

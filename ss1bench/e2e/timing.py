@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ss1bench.bench.runner import Timing, one_line_error
+from ss1bench.bench.measure import Timing, one_line_error
 from ss1bench.bench.schema import QUANTILES
 from ss1bench.timing import do_bench, graphed, kernel_ms
 
