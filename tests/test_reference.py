@@ -1,7 +1,7 @@
 """The pure-torch reference op (the oracle of every kernel test) against the dense definition.
 
 ``y = x @ dense_weight(Wc).T + b``, with ``dense_weight`` checked entry by entry against
-DESIGN.md section 2 in test_structure.py.
+the definition (ss1bench/structure.py) in test_structure.py.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_forward_matches_dense(M, K, N, c, block_k, block_n, with_bias, dtype, g
 
 @pytest.mark.parametrize(("M", "K", "N", "c", "block_k", "block_n"), cases(SHAPES[:2], (2, 8)))
 def test_forward_follows_the_sketch_form(M, K, N, c, block_k, block_n, generator):
-    """DESIGN.md's sketch form, one N block at a time, with the structure's ``s(i, j)``."""
+    """The sketch form of ss1bench/structure.py, one N block at a time, with the structure's ``s(i, j)``."""
     structure, x, weight, bias = make_inputs(M, K, N, c, block_k, block_n, torch.float64, generator)
     x_padded = torch.nn.functional.pad(x, (0, structure.num_groups * c * block_k - K))
     expected = torch.empty(M, N, dtype=torch.float64)

@@ -309,7 +309,7 @@ def _assert_lines(where: str, lines: list, expected: list) -> None:
 
 
 def _ideal(rows: pd.DataFrame) -> pd.Series:
-    """The ideal speedup of ``ss1_tuned`` rows: dense time / ideal time (DESIGN.md section 4)."""
+    """The ideal speedup of ``ss1_tuned`` rows: dense time / ideal time."""
     return rows["dense_ms"] / rows["ideal_ms"]
 
 

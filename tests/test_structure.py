@@ -1,4 +1,4 @@
-"""The SS1 structure (DESIGN.md section 2) checked against literal, independent constructions.
+"""The SS1 structure (the definition in ss1bench/structure.py) checked against literal, independent constructions.
 
 Every oracle here is written from the design text with plain Python ints (or, for the public
 SSLinear hashing, from its block-by-block procedure), never from ``ss1bench.structure`` itself.
@@ -25,7 +25,7 @@ PRIME = 45007
 VEC = 8
 
 
-# ---- literal oracles (plain Python ints, straight from DESIGN.md section 2) ---------------------
+# ---- literal oracles (plain Python ints, straight from the definition in ss1bench/structure.py) ---------------------
 
 
 def literal_hash(seed: int) -> tuple[int, int, int, int]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 from ss1bench.bench.schema import E2E_COLUMNS
+from ss1bench.kernels.config import DECODE_MAX_M
 
-#: Decode: at most this many rows (one token per sequence, batches up to 64; the kernels'
-#: config heuristic uses the same boundary). Prefill/training: at least PREFILL_MIN_M rows.
-DECODE_MAX_M = 64
+#: Prefill/training: at least this many rows (decode: at most ``DECODE_MAX_M``, the boundary the
+#: launch-config heuristic and the tuning database's M buckets use).
 PREFILL_MIN_M = 1024
 
 MODE_TITLES = {"fwd": "forward", "fwd+bwd": "forward + backward"}
