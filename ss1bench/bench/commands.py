@@ -11,32 +11,10 @@ from pathlib import Path
 import click
 
 from ss1bench.cli import AliasedOption, fail, main
+from ss1bench.cli_options import choices, positive_ints
 
 from .schema import DTYPES, MODES, provider_listing
 from .shapes import SHAPE_SET_NAMES
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _choices(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
-    values = _split(text)
-    bad = [v for v in values if v not in allowed]
-    if bad or not values:
-        raise click.BadParameter(f"{', '.join(bad) or 'nothing given'}; choose from {', '.join(allowed)}",
-                                 param_hint=option)
-    return values
-
-
-def _ints(option: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in _split(text)]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
-    if not values or min(values) <= 0:
-        raise click.BadParameter(f"{text!r}: give positive integers", param_hint=option)
-    return values
 
 
 @main.command()
@@ -69,18 +47,19 @@ def bench(shape_sets, custom_shapes, m_values, redn_factors, dtypes, modes, out_
 
     from .shapes import resolve_shapes
 
-    set_names = _choices("--shapes", shape_sets, SHAPE_SET_NAMES) if shape_sets else (
+    set_names = choices("--shapes", shape_sets, SHAPE_SET_NAMES) if shape_sets else (
         [] if custom_shapes else ["gpt2"])
-    factors = _ints("--redn-factors", redn_factors)
+    factors = positive_ints("--redn-factors", redn_factors)
     for factor in factors:
         try:
             validate_reduction_factor(factor)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--redn-factors") from None
-    dtype_list = _choices("--dtype", dtypes, DTYPES)
-    mode_list = _choices("--mode", modes, MODES)
+    dtype_list = choices("--dtype", dtypes, DTYPES)
+    mode_list = choices("--mode", modes, MODES)
     try:
-        shapes = resolve_shapes(set_names, list(custom_shapes), _ints("--m-buckets", m_values) if m_values else None)
+        m_list = positive_ints("--m-buckets", m_values) if m_values else None
+        shapes = resolve_shapes(set_names, list(custom_shapes), m_list)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--shape") from None
 
