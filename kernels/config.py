@@ -12,7 +12,8 @@ are correct for every config this module accepts. Three kernels, three ``kind`` 
 
 Resolution order for a launch (:func:`resolve_launch_config`): the newest hook registered with
 :func:`register_config_hook` that returns a config (the tests' and the tuner's overrides, then the
-tuning database), else :func:`heuristic_config`.
+tuning database, whose answers must fit the device's shared memory), else :func:`heuristic_config`
+(the learned rule of :mod:`.heuristic`, else :func:`fallback_config`).
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ class Problem:
 
 
 ConfigHook = Callable[[Problem], "LaunchConfig | None"]
+#: An advisory hook (the tuning database) also receives the launch's shared-memory limit.
+AdvisoryHook = Callable[[Problem, int], "LaunchConfig | None"]
 
-_hooks: list[ConfigHook] = []
+#: (hook, advisory) in registration order.
+_hooks: list[tuple[Callable, bool]] = []
 _hooks_lock = threading.Lock()
 #: Resolved configs, so a forward pass pays one dict lookup (the launch path is host-bound at
 #: decode sizes). Cleared whenever a hook is added or removed, or by invalidate_config_cache().
@@ -165,16 +169,23 @@ def invalidate_config_cache() -> None:
     _forget_resolved()
 
 
-def register_config_hook(hook: ConfigHook) -> Callable[[], None]:
-    """Add ``hook`` (newest first); returns a function that removes it."""
+def register_config_hook(hook: ConfigHook | AdvisoryHook, advisory: bool = False) -> Callable[[], None]:
+    """Add ``hook`` (newest first); returns a function that removes it.
+
+    An override (``advisory=False``: the tests', the tuner's) is called as ``hook(problem)`` and
+    its answer is launched as it is. An advisory hook (the tuning database, whose records may come
+    from another GPU) is called as ``hook(problem, shared_memory_limit)``, and an answer that does
+    not fit that limit (:func:`fits`) is dropped: the next hook, then the heuristic, answer.
+    """
+    entry = (hook, advisory)
     with _hooks_lock:
-        _hooks.append(hook)
+        _hooks.append(entry)
         _forget_resolved()
 
     def remove() -> None:
         with _hooks_lock:
-            if hook in _hooks:
-                _hooks.remove(hook)
+            if entry in _hooks:
+                _hooks.remove(entry)
             _forget_resolved()
 
     return remove
@@ -314,8 +325,9 @@ def decode_split_k(problem: Problem, tile_m: int, tile_n: int, tile_k: int, prog
     return split
 
 
-def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
-    """Default config: always launches (fits ``shared_memory_limit``), reasonable everywhere.
+def fallback_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
+    """The fixed rule :func:`heuristic_config` falls back to where the learned rule has no examples
+    (fp32, a kind without records): always launches (fits ``shared_memory_limit``).
 
     Tiles follow the classic Triton matmul choices (128 x 128 x 32-64 for large problems, a
     16-row tile for decode) and shrink with c so the c in-flight member tiles still fit.
@@ -355,8 +367,26 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
     return _largest_fitting(config, problem, shared_memory_limit)
 
 
+def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY,
+                     sm_count: int | None = None) -> LaunchConfig:
+    """Default config (no tuning record): always launches (fits ``shared_memory_limit``).
+
+    The learned rule of :mod:`.heuristic` (the config of the nearest tuned layer of the reference
+    GPU, adapted to this problem and ``sm_count`` SMs, pruned by ``shared_memory_limit``); where it
+    has no examples (fp32, a kind without records), :func:`fallback_config`. ``sm_count`` None:
+    the device named by ``problem.device_name`` when visible, else the reference GPU's.
+    """
+    if problem.kind not in KINDS:
+        raise ValueError(f"unknown kernel kind {problem.kind!r}; expected one of {KINDS}")
+    from .heuristic import learned_config  # the learned rule imports this module
+
+    learned = learned_config(problem, shared_memory_limit, sm_count)
+    return learned if learned is not None else fallback_config(problem, shared_memory_limit)
+
+
 def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
-    """Config for ``problem``: newest hook that answers, else :func:`heuristic_config` (cached)."""
+    """Config for ``problem``: newest hook that answers (an advisory one only with a config that fits
+    ``shared_memory_limit``), else :func:`heuristic_config` (cached)."""
     key = (problem, shared_memory_limit)
     cached = _resolved.get(key)
     if cached is not None:
@@ -364,8 +394,10 @@ def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_
     with _hooks_lock:
         hooks = list(reversed(_hooks))
     config = None
-    for hook in hooks:
-        config = hook(problem)
+    for hook, advisory in hooks:
+        config = hook(problem, shared_memory_limit) if advisory else hook(problem)
+        if config is not None and advisory and not fits(config, problem, shared_memory_limit):
+            config = None  # e.g. a record of a GPU with more shared memory than this one
         if config is not None:
             break
     if config is None:
