@@ -134,8 +134,12 @@ def info() -> None:
     if not torch.cuda.is_available():
         click.echo("CUDA devices: none (the CPU path uses the pure-torch reference)")
         return
+    from .tuning.gpu import normalize_gpu_name
+    from .tuning.lookup import DATABASE
+
     for index in range(torch.cuda.device_count()):
-        click.echo(f"cuda:{index}: {torch.cuda.get_device_name(index)}")
+        name = torch.cuda.get_device_name(index)
+        click.echo(f"cuda:{index}: {name}; tuning database: {DATABASE.serving(normalize_gpu_name(name)).describe()}")
 
 
 # Commands from other modules register here (one line each).

@@ -102,8 +102,13 @@ def test_lookup_user_before_shipped_and_nearest_bucket(user, shipped):
     assert ask(4096) == BIG  # only shipped has M4096
     assert ask(8) == SMALL and ask(2048) == BIG  # nearest buckets
     assert answers.launch_config(Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", "")) is None  # CPU
-    assert answers.launch_config(Problem("forward", 16, 768, 3072, 4, 32, 128, "fp16", H200)) is None  # structure
-    assert answers.launch_config(Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", "NVIDIA A100-SXM4-80GB")) is None
+    # another structure of the same layer: no record of its own, the nearest tuned shape's (this layer's)
+    other_structure = Problem("forward", 16, 768, 3072, 4, 32, 128, "fp16", H200)
+    assert answers.explain(other_structure, 232448).source == "nearest shape"
+    # an A100 has no file: the H200's records serve it (issue 20), pruned by its own shared memory
+    a100 = Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", "NVIDIA A100-SXM4-80GB")
+    assert answers.launch_config(a100) == SMALL
+    assert answers.launch_config(Problem("forward", 16, 768, 3072, 4, 64, 128, "fp16", "Mystery 9")) is None
 
 
 def test_single_json_file_override(tmp_path, shipped, monkeypatch):

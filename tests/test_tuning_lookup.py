@@ -58,8 +58,11 @@ def test_forward_takes_the_launch_config_of_the_nearest_bucket(database):
     for m in (4096, 2048, 32768):
         problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", H200)
         assert resolve_launch_config(problem, 232448) == TUNED
+    # Another structure of the same shape has no record: the nearest tuned shape's (this one's) answers.
     other_structure = Problem("forward", 4096, 768, 3072, 4, 64, 128, "fp16", H200)
-    assert resolve_launch_config(other_structure, 232448) != TUNED  # the heuristic
+    assert resolve_launch_config(other_structure, 232448) == TUNED
+    answer = lookup.DATABASE.explain(other_structure, 232448)
+    assert (answer.source, answer.key) == ("nearest shape", "forward/fp16/K768/N3072/c4/bk32/bn256/M4096")
     assert lookup.DATABASE.launch_config(Problem("forward", 4096, 768, 3072, 4, 32, 256, "fp16", "")) is None
 
 
@@ -91,9 +94,9 @@ def test_forward_rotated_has_its_own_records_else_takes_the_forward_ones(databas
 def test_unknown_gpu_logs_once(database, caplog):
     with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
         for m in (1, 2, 3):
-            problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", "Tesla T4")
+            problem = Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", "Mystery Accelerator 9")
             assert lookup.DATABASE.launch_config(problem) is None
-    assert caplog.text.count("no ss1bench tuning database for GPU T4") == 1
+    assert caplog.text.count("no ss1bench tuning database for GPU MYSTERYACCELERATOR9: layers use the default") == 1
 
 
 def test_importing_ss1bench_installs_the_hooks_and_does_not_touch_cuda():
@@ -105,7 +108,7 @@ def test_importing_ss1bench_installs_the_hooks_and_does_not_touch_cuda():
             "from ss1bench.kernels import config\n"
             "from ss1bench.tuning import lookup\n"
             "assert layer._structure_advisor == lookup.DATABASE.structure\n"
-            "assert config._hooks == [lookup.DATABASE.launch_config]\n"
+            "assert config._hooks == [(lookup.DATABASE.launch_config, True)]\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
@@ -151,3 +154,75 @@ def test_a_lookup_that_raises_answers_none_and_logs_once(database, monkeypatch, 
             assert lookup.DATABASE.launch_config(Problem("forward", m, 768, 3072, 4, 32, 256, "fp16", H200)) is None
         assert lookup.DATABASE.structure(768, 3072, 4, torch.float16, torch.device("cuda", 0)) is None
     assert caplog.text.count("lookup failed (RecursionError") == 2  # once for launches, once for structures
+
+
+# ---- sibling databases and the nearest tuned shape (issue 20) ----------------------------------------
+
+AMPERE = 166912  # opt-in shared memory per block of an A100 (163 KiB)
+
+
+@pytest.fixture
+def shipped_only(tmp_path, monkeypatch):
+    """The real shipped database (H200) and an empty user database; the global lookup reset."""
+    monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
+    lookup.install_database_hooks()
+    lookup.DATABASE.reset()
+    yield tdb.read_database(tdb.shipped_db_path("H200"))
+    lookup.DATABASE.reset()
+
+
+def test_an_a100_takes_the_h200_records_and_never_launches_a_config_over_its_shared_memory(shipped_only, monkeypatch,
+                                                                                            caplog):
+    """A faked A100 (device name and limits of kernels.ss1 patched): its launches resolve through the
+    launchers' own path; every config fits 163 KiB, and the H200 records that fit are used as they are."""
+    from ss1bench.kernels import ss1
+    from ss1bench.kernels.config import fits
+    from ss1bench.structure import SS1Structure
+
+    monkeypatch.setattr(ss1, "device_limits", lambda device: ("NVIDIA A100-SXM4-80GB", AMPERE))
+    cuda = torch.device("cuda", 0)
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    over, used = 0, 0
+    with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
+        for text, entry in shipped_only.launch.items():
+            key = tdb.LaunchKey.parse(text)
+            structure = SS1Structure(key.in_features, key.out_features, key.redn_factor, 0, key.block_k, key.block_n)
+            problem = Problem(key.kind, key.m, key.in_features, key.out_features, key.redn_factor, key.block_k,
+                              key.block_n, key.dtype, "NVIDIA A100-SXM4-80GB")
+            config = ss1._resolved_config((key.kind, key.m, structure.key, dtypes[key.dtype], cuda), structure)
+            assert fits(config, problem, AMPERE), (text, config)
+            recorded = LaunchConfig.from_dict(entry["config"])
+            if fits(recorded, problem, AMPERE):
+                used += config == recorded
+            else:
+                over += 1
+            if key.kind in ("forward_rotated", "grad_input"):  # the training path's sketch passes
+                ss1.sketch_pass_config(key.kind, key.m, structure, dtypes[key.dtype], cuda)
+    assert over > 0  # the check has something to catch: H200 records over the A100's limit exist
+    assert used == len(shipped_only.launch) - over
+    assert caplog.text.count("no ss1bench tuning database for GPU A100: using H200's") == 1
+
+
+def test_the_shared_memory_limit_prunes_database_answers_but_not_overrides(database):
+    from ss1bench.kernels.config import override_launch_config, shared_memory_bytes
+
+    problem = Problem("forward", 4096, 768, 3072, 4, 32, 256, "fp16", H200)
+    small_limit = shared_memory_bytes(TUNED, problem) - 1
+    assert resolve_launch_config(problem, 232448) == TUNED
+    assert resolve_launch_config(problem, small_limit) != TUNED  # the record does not fit: not launched
+    with override_launch_config(TUNED):  # a pinned config is the caller's decision
+        assert resolve_launch_config(problem, small_limit) == TUNED
+
+
+def test_explain_says_record_nearest_shape_or_heuristic(shipped_only):
+    def explain(m, k, n, c, bk, bn, dtype="fp16", kind="forward"):
+        return lookup.DATABASE.explain(Problem(kind, m, k, n, c, bk, bn, dtype, "NVIDIA H100 80GB HBM3"), 232448)
+
+    hit = explain(64, 768, 3072, 16, 16, 128)
+    assert (hit.source, hit.key, hit.sibling) == ("record", "forward/fp16/K768/N3072/c16/bk16/bn128/M64", "H200")
+    assert explain(48, 768, 3072, 16, 16, 128).key.endswith("/M64")  # nearest bucket of its regime
+    near = explain(64, 2048, 5632, 8, 128, 128)  # not a shipped shape
+    assert near.source == "nearest shape" and near.key.startswith("forward/fp16/") and "/c8/" in near.key
+    assert near.distance > 0
+    fp32 = explain(64, 2048, 5632, 8, 128, 128, dtype="fp32")
+    assert (fp32.source, fp32.file) == ("heuristic", "fixed rule")

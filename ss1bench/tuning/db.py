@@ -645,3 +645,65 @@ def load_chain(gpu: str, override: str | os.PathLike | None = None, on_error=Non
         if database is not None and database.gpu == gpu:
             chain.append(database)
     return chain
+
+
+def available_gpus(override: str | os.PathLike | None = None) -> list[str]:
+    """GPUs with a database file: the user's (a directory's ``<GPU>.json`` files, or the one file
+    ``--db``/``$SS1BENCH_DB`` names) and the shipped ones."""
+    names = set(shipped_gpus())
+    location = user_location(override)
+    if location.suffix == ".json":
+        with contextlib.suppress(DatabaseError, OSError):
+            database = read_database(location)
+            if database is not None:
+                names.add(database.gpu)
+    elif location.is_dir():
+        names.update(entry.stem for entry in location.glob("*.json") if re.fullmatch(r"[A-Z0-9]+", entry.stem))
+    return sorted(names)
+
+
+def sibling_gpu(gpu: str, override: str | os.PathLike | None = None) -> tuple[str, str] | None:
+    """``(GPU, why)`` whose files serve ``gpu`` when it has none of its own (see
+    :func:`ss1bench.tuning.gpu.closest_gpu`: same architecture first), or None."""
+    from .gpu import closest_gpu
+
+    return closest_gpu(gpu, available_gpus(override))
+
+
+@dataclass
+class Serving:
+    """Which databases answer for a GPU: its own files, or a sibling GPU's (``sibling`` set)."""
+
+    gpu: str
+    chain: list[TuningDatabase]
+    sibling: str | None = None
+    why: str = ""
+
+    @property
+    def files(self) -> list[str]:
+        return [str(database.path) for database in self.chain]
+
+    def describe(self) -> str:
+        """One line: which file(s) serve ``gpu`` and why."""
+        if not self.chain:
+            return (f"no tuning database for {self.gpu} (nor for a GPU of its architecture): default structures, "
+                    "heuristic launch configs")
+        files = ", ".join(self.files)
+        if self.sibling is None:
+            return f"{files} ({self.gpu}'s own)"
+        return (f"{files} ({self.sibling}'s records: no {self.gpu} file, {self.why}; configs over this GPU's "
+                "shared memory are skipped)")
+
+
+def serving_chain(gpu: str, override: str | os.PathLike | None = None, on_error=None) -> Serving:
+    """:func:`load_chain` for ``gpu``, or, when it has no file, for its sibling (:func:`sibling_gpu`)."""
+    chain = load_chain(gpu, override, on_error)
+    if chain:
+        return Serving(gpu, chain)
+    found = sibling_gpu(gpu, override)
+    if found is None:
+        return Serving(gpu, [])
+    sibling, why = found
+    chain = load_chain(sibling, override, on_error)
+    return Serving(gpu, chain, sibling if chain else None, why if chain else "")
+

@@ -33,6 +33,67 @@ KNOWN_SHARED_MEMORY = {
 }
 
 
+#: Compute capability of known chips (NVIDIA's CUDA GPUs table), for choosing a sibling database
+#: (:func:`closest_gpu`). A visible device not listed is asked (:func:`compute_capability`).
+KNOWN_ARCHITECTURE = {
+    "H100": (9, 0), "H200": (9, 0), "H800": (9, 0), "H20": (9, 0), "GH200": (9, 0),
+    "B200": (10, 0), "GB200": (10, 0), "B100": (10, 0),
+    "A100": (8, 0), "A800": (8, 0), "A30": (8, 0),
+    "A10": (8, 6), "A10G": (8, 6), "A40": (8, 6), "A16": (8, 6), "RTXA6000": (8, 6), "RTX3090": (8, 6),
+    "RTX3080": (8, 6),
+    "L4": (8, 9), "L40": (8, 9), "L40S": (8, 9), "RTX4090": (8, 9), "RTX4080": (8, 9), "RTX6000ADA": (8, 9),
+    "V100": (7, 0), "T4": (7, 5),
+}
+
+
+def compute_capability(gpu: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of a normalized GPU name: the table, else a visible device of that name,
+    else None."""
+    if gpu in KNOWN_ARCHITECTURE:
+        return KNOWN_ARCHITECTURE[gpu]
+    try:
+        devices = list_devices()
+    except Exception:  # no CUDA at all
+        return None
+    for device in devices:
+        if device.gpu == gpu:
+            import torch
+
+            return tuple(torch.cuda.get_device_capability(device.index))
+    return None
+
+
+def architecture_name(capability: tuple[int, int] | None) -> str:
+    return f"sm_{capability[0]}{capability[1]}" if capability else "unknown architecture"
+
+
+def closest_gpu(gpu: str, available: list[str]) -> tuple[str, str] | None:
+    """The GPU of ``available`` (names with a database file) whose records serve ``gpu`` best, and
+    why: the same compute capability first (an H100 takes the H200's records: both sm_90), then
+    the same major version, then the nearest capability (newer on a tie); by name among equals.
+    None when ``gpu``'s architecture is unknown or nothing is available."""
+    target = compute_capability(gpu)
+    others = [name for name in available if name != gpu]
+    if target is None or not others:
+        return None
+    known = [(name, compute_capability(name)) for name in others]
+    known = [(name, cap) for name, cap in known if cap is not None]
+    if not known:
+        return None
+
+    def rank(entry):
+        name, cap = entry
+        distance = abs((cap[0] * 10 + cap[1]) - (target[0] * 10 + target[1]))
+        return (cap != target, cap[0] != target[0], distance, cap < target, name)
+
+    name, cap = min(known, key=rank)
+    if cap == target:
+        why = f"same architecture, {architecture_name(cap)}"
+    else:
+        why = f"closest architecture: {architecture_name(cap)} for {architecture_name(target)}"
+    return name, why
+
+
 def normalize_gpu_name(name: str) -> str:
     """Database name of a device: the chip family, upper case, letters and digits only.
 

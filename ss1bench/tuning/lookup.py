@@ -7,11 +7,23 @@
   layer gets that ``(block_k, block_n)`` (the best over the tuned M buckets); otherwise None and
   the documented defaults (``ss1bench.structure``) apply.
 - each kernel launch without an explicit config asks :meth:`DatabaseLookup.launch_config` with its
-  :class:`~ss1bench.kernels.config.Problem`: the record for its kind, dtype, K, N, c, structure and
-  M bucket (the nearest tuned bucket in log2 M when M itself was not tuned, among the buckets of
-  its own regime: decode M <= 64 or prefill; ``forward_rotated`` without records of its own
-  takes the ``forward`` record), else None and the
-  heuristic (``ss1bench.kernels.config.heuristic_config``) runs.
+  :class:`~ss1bench.kernels.config.Problem` and the device's shared-memory limit (an advisory hook:
+  a config over the limit is never used). The answer, in order:
+
+  1. the record for its kind, dtype, K, N, c, structure and M bucket (the nearest tuned bucket in
+     log2 M when M itself was not tuned, among the buckets of its own regime: decode M <= 64 or
+     prefill; ``forward_rotated`` without records of its own takes the ``forward`` record);
+  2. else the record of the **nearest tuned shape**: same kind (the same fallback), dtype, c and
+     regime, any structure; distance ``|log2 N - log2 N'| + 0.5 |log2 K_red - log2 K_red'|``
+     (:func:`ss1bench.kernels.heuristic.shape_distance`), the nearest M bucket of that shape; its
+     config adapted to the problem (tiles clamped, splits worked out for this M and SM count);
+  3. else None, and the heuristic (``ss1bench.kernels.config.heuristic_config``) runs.
+
+  :meth:`DatabaseLookup.explain` says which (``ss1bench db show --explain``).
+
+A GPU without a database file of its own is served by the closest GPU that has one (same
+architecture first: an H100 by the H200's records; :func:`ss1bench.tuning.db.serving_chain`), with
+one log line naming the files; configs over the device's shared memory are still skipped.
 
 Nothing touches CUDA at import; the first lookup reads the files (user database first, then the
 shipped one, see :mod:`.db`) and every answer is cached in memory. A CPU problem
@@ -29,10 +41,19 @@ import dataclasses
 import logging
 import threading
 import warnings
+from dataclasses import dataclass
 
-from ss1bench.kernels.config import DECODE_MAX_M, LaunchConfig, Problem, register_config_hook
+from ss1bench.kernels import heuristic
+from ss1bench.kernels.config import (
+    DECODE_MAX_M,
+    LaunchConfig,
+    Problem,
+    fallback_config,
+    fits,
+    register_config_hook,
+)
 
-from .db import DatabaseError, LaunchKey, StructureKey, TuningDatabase, load_chain, nearest_bucket
+from .db import DatabaseError, LaunchKey, Serving, StructureKey, TuningDatabase, serving_chain
 from .gpu import normalize_gpu_name
 
 logger = logging.getLogger("ss1bench.tuning")
@@ -76,7 +97,7 @@ class DatabaseLookup:
         self.override = override
         self._lock = threading.Lock()
         self._views: dict[str, _GpuView] = {}
-        self._launch_cache: dict[Problem, LaunchConfig | None] = {}
+        self._launch_cache: dict[tuple, LaunchAnswer | None] = {}
         self._structure_cache: dict[tuple, tuple[int, int] | None] = {}
         self._device_names: dict[int, str] = {}
         self._logged: set[tuple] = set()
@@ -109,13 +130,21 @@ class DatabaseLookup:
     def _view(self, gpu: str) -> _GpuView:
         view = self._views.get(gpu)
         if view is None:
-            chain = load_chain(gpu, self.override, on_error=self._skip_source)
-            view = _GpuView(gpu, chain)
+            serving = serving_chain(gpu, self.override, on_error=self._skip_source)
+            view = _GpuView(gpu, serving.chain, serving.sibling)
             self._views[gpu] = view
-            if not chain:
+            if not serving.chain:
                 self._log_once(("gpu", gpu), "no ss1bench tuning database for GPU %s: layers use the default "
                                              "structure and heuristic launch configs", gpu)
+            elif serving.sibling is not None:
+                self._log_once(("gpu", gpu), "no ss1bench tuning database for GPU %s: using %s's, %s (%s); "
+                                             "configs over this GPU's shared memory are skipped", gpu,
+                               serving.sibling, ", ".join(serving.files), serving.why)
         return view
+
+    def serving(self, gpu: str) -> Serving:
+        """Which files answer for ``gpu`` (``ss1bench info``, ``db show``)."""
+        return serving_chain(normalize_gpu_name(gpu), self.override, on_error=self._skip_source)
 
     def _check_triton(self, source: str, record: dict) -> None:
         if self._triton is None:
@@ -131,68 +160,122 @@ class DatabaseLookup:
             logger.warning("ss1bench tuning database %s lookup failed (%s: %s): using the defaults", what,
                            type(exc).__name__, exc)
 
-    def launch_config(self, problem: Problem) -> LaunchConfig | None:
-        """Tuned config for ``problem`` on its GPU, or None (the heuristic decides). Never raises."""
+    def launch_config(self, problem: Problem, shared_memory_limit: int | None = None) -> LaunchConfig | None:
+        """Tuned config for ``problem`` on its GPU (a record, else the record of the nearest tuned
+        shape), or None (the heuristic decides). With ``shared_memory_limit``, configs over it are
+        passed over. Never raises."""
+        answer = self.launch_answer(problem, shared_memory_limit)
+        return None if answer is None else answer.config
+
+    def launch_answer(self, problem: Problem, shared_memory_limit: int | None = None) -> LaunchAnswer | None:
+        """:meth:`launch_config` with where the config comes from (cached)."""
         if not problem.device_name:
             return None
-        cached = self._launch_cache.get(problem, _MISSING)
+        key = (problem, shared_memory_limit)
+        cached = self._launch_cache.get(key, _MISSING)
         if cached is not _MISSING:
             return cached
         with self._lock:
             try:
-                answer = self._launch_uncached(problem)
+                answer = self._launch_uncached(problem, shared_memory_limit)
             except Exception as exc:  # a forward pass never fails because of the database
                 self._failed("launch config", exc)
                 answer = None
             if len(self._launch_cache) >= _MAX_CACHED:
                 self._launch_cache.clear()
-            self._launch_cache[problem] = answer
+            self._launch_cache[key] = answer
         return answer
 
-    def _launch_uncached(self, problem: Problem) -> LaunchConfig | None:
-        if problem.kind in FALLBACK_KINDS:
+    def _launch_uncached(self, problem: Problem, limit: int | None) -> LaunchAnswer | None:
+        kinds = [problem.kind] + ([FALLBACK_KINDS[problem.kind]] if problem.kind in FALLBACK_KINDS else [])
+        for index, kind in enumerate(kinds):
             # forward_rotated: its own records where tuned, else the plain forward's (valid for it,
             # and never slower there: only sketch_gemm differs, by the weight rotation it skips).
-            answer = self._launch_for_kind(problem, log=False)
+            last = index == len(kinds) - 1
+            answer = self._record_for(dataclasses.replace(problem, kind=kind), limit, log=last)
             if answer is not None:
                 return answer
-            problem = dataclasses.replace(problem, kind=FALLBACK_KINDS[problem.kind])
-        return self._launch_for_kind(problem)
+        return self._nearest_shape(problem, limit)
 
-    def _launch_for_kind(self, problem: Problem, log: bool = True) -> LaunchConfig | None:
+    def _fits(self, config: LaunchConfig, problem: Problem, limit: int | None) -> bool:
+        return limit is None or fits(config, problem, limit)
+
+    def _record_for(self, problem: Problem, limit: int | None, log: bool = True) -> LaunchAnswer | None:
         gpu = normalize_gpu_name(problem.device_name)
         view = self._view(gpu)
         family = (problem.kind, problem.dtype, problem.in_features, problem.out_features, problem.redn_factor,
                   problem.block_k, problem.block_n)
         buckets = view.families.get(family)
         if not buckets:
-            if not log:
-                return None
-            if view.chain:
-                self._log_once(("launch", gpu, family),
-                               "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d on %s: using the "
-                               "heuristic", *family, gpu)
             return None
         # A decode-sized config at a prefill M (or the reverse) is a worse guess than the
         # heuristic, which is built for each regime: only buckets of M's own regime count.
-        decode = problem.m <= DECODE_MAX_M
-        same_regime = [b for b in buckets if (b <= DECODE_MAX_M) == decode]
-        if not same_regime and not log:
+        bucket = heuristic.nearest_bucket(problem.m, buckets)
+        if bucket is None:
+            if log:
+                decode = problem.m <= DECODE_MAX_M
+                self._log_once(("regime", gpu, family, decode),
+                               "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d at %s sizes on %s: "
+                               "using the heuristic", *family, "decode" if decode else "prefill", gpu)
             return None
-        if not same_regime:
-            self._log_once(("regime", gpu, family, decode),
-                           "no tuned %s config for %s K=%d N=%d c=%d block_k=%d block_n=%d at %s sizes on %s: "
-                           "using the heuristic", *family, "decode" if decode else "prefill", gpu)
-            return None
-        bucket = nearest_bucket(problem.m, same_regime)
         source, record = buckets[bucket]
         try:
             config = LaunchConfig.from_dict(record["config"])
         except (KeyError, TypeError, ValueError) as exc:  # validated on load; belt and braces
             logger.error("ignoring a bad record in %s: %s", source, exc)
             return None
+        key = LaunchKey(*family, bucket).text()
+        if not self._fits(config, problem, limit):
+            self._log_once(("too big", gpu, key, limit),
+                           "tuned config %s (%s) needs more shared memory than %s has (%d B): not used", key,
+                           source, problem.device_name, limit)
+            return None
         self._check_triton(source, record)
-        return config
+        return LaunchAnswer(config, "record", key, source, view.sibling)
+
+    def _nearest_shape(self, problem: Problem, limit: int | None) -> LaunchAnswer | None:
+        """The record of the nearest tuned layer shape: same kind (``forward_rotated`` falls back
+        to ``forward``), dtype, c and regime; distance :func:`ss1bench.kernels.heuristic.shape_distance`
+        on N and K_red; its config adapted to this problem (:func:`~ss1bench.kernels.heuristic.adapt`)."""
+        gpu = normalize_gpu_name(problem.device_name)
+        view = self._view(gpu)
+        same_c = [e for e in view.examples() if e.redn_factor == problem.redn_factor]
+        ranked = heuristic.ranked(problem, same_c, dtypes=(problem.dtype,))
+        sm_count = heuristic.device_sm_count(problem.device_name)
+        for example in ranked:
+            config = heuristic.adapt(example.config, problem, sm_count, example.m)
+            if config is None or not self._fits(config, problem, limit):
+                continue
+            source = view.sources[example.key]
+            self._log_once(("nearest", gpu, problem.kind, problem.dtype, problem.in_features, problem.out_features,
+                            problem.redn_factor, problem.m <= DECODE_MAX_M),
+                           "no tuned %s config for %s K=%d N=%d c=%d on %s: using the nearest tuned shape's (%s)",
+                           problem.kind, problem.dtype, problem.in_features, problem.out_features,
+                           problem.redn_factor, gpu, example.key)
+            return LaunchAnswer(config, "nearest shape", example.key, source, view.sibling,
+                                heuristic.shape_distance(problem.k_red, problem.out_features, example.k_red,
+                                                         example.out_features))
+        if view.chain:
+            self._log_once(("launch", gpu, problem.kind, problem.dtype, problem.redn_factor,
+                            problem.m <= DECODE_MAX_M),
+                           "no tuned %s config for %s c=%d at M=%d on %s (nor of a nearby shape): using the "
+                           "heuristic", problem.kind, problem.dtype, problem.redn_factor, problem.m, gpu)
+        return None
+
+    def explain(self, problem: Problem, shared_memory_limit: int) -> LaunchAnswer:
+        """What a launch of ``problem`` gets and why: a record, the nearest tuned shape's record, or
+        the heuristic (``ss1bench db show --explain``)."""
+        answer = self.launch_answer(problem, shared_memory_limit)
+        if answer is not None:
+            return answer
+        sm_count = heuristic.device_sm_count(problem.device_name)
+        found = heuristic.nearest_config(problem, heuristic.reference_examples(), shared_memory_limit, sm_count)
+        if found is not None:
+            config, example = found
+            return LaunchAnswer(config, "heuristic", example.key, f"learned rule ({heuristic.REFERENCE_GPU} records)",
+                                None, heuristic.shape_distance(problem.k_red, problem.out_features, example.k_red,
+                                                               example.out_features))
+        return LaunchAnswer(fallback_config(problem, shared_memory_limit), "heuristic", "", "fixed rule")
 
     # ---- structures ---------------------------------------------------------------------------
     def structure(self, in_features: int, out_features: int, redn_factor: int, dtype, device) -> tuple[int, int] | None:
@@ -252,18 +335,45 @@ _MISSING = object()
 FALLBACK_KINDS = {"forward_rotated": "forward"}
 
 
-class _GpuView:
-    """The chain of databases of one GPU, flattened: user records shadow shipped ones per key."""
+@dataclass(frozen=True)
+class LaunchAnswer:
+    """A launch config and where it comes from: ``source`` is ``"record"`` (the problem's own
+    key, at the nearest M bucket of its regime), ``"nearest shape"`` (the record ``key`` of the
+    nearest tuned shape, at ``distance``) or ``"heuristic"``; ``file`` is the database file (or
+    the rule); ``sibling`` the GPU whose records serve this one, if not its own."""
 
-    def __init__(self, gpu: str, chain: list[TuningDatabase]) -> None:
+    config: LaunchConfig
+    source: str
+    key: str = ""
+    file: str = ""
+    sibling: str | None = None
+    distance: float = 0.0
+
+
+class _GpuView:
+    """The chain of databases serving one GPU, flattened: user records shadow shipped ones per key."""
+
+    def __init__(self, gpu: str, chain: list[TuningDatabase], sibling: str | None = None) -> None:
         self.gpu = gpu
         self.chain = chain
+        self.sibling = sibling
         self.families: dict[tuple, dict[int, tuple[str, dict]]] = {}
+        self.records: dict[str, dict] = {}
+        self.sources: dict[str, str] = {}
         for database in reversed(chain):  # shipped first, so user records overwrite
             for family, buckets in database.launch_families().items():
                 target = self.families.setdefault(family, {})
-                for m, (_key, record) in buckets.items():
+                for m, (key, record) in buckets.items():
                     target[m] = (str(database.path), record)
+                    self.records[key.text()] = record
+                    self.sources[key.text()] = str(database.path)
+        self._examples: tuple | None = None
+
+    def examples(self) -> tuple:
+        """The records as nearest-shape examples (their configs as recorded), built once."""
+        if self._examples is None:
+            self._examples = heuristic.examples_from_records(self.records, grid=False)
+        return self._examples
 
 
 #: The process-wide lookup the hooks use.
@@ -278,7 +388,7 @@ def install_database_hooks() -> None:
 
     set_structure_advisor(DATABASE.structure)
     if _remove_hook is None:
-        _remove_hook = register_config_hook(DATABASE.launch_config)
+        _remove_hook = register_config_hook(DATABASE.launch_config, advisory=True)
 
 
 def uninstall_database_hooks() -> None:
