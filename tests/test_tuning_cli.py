@@ -28,12 +28,13 @@ def places(tmp_path, monkeypatch):
     return user, shipped
 
 
-def write_db(path, gpu="H200"):
+def write_db(path, gpu="H200", config=None):
     updates = tdb.TuningDatabase(gpu=gpu)
     updates.structures["fp16/K768/N3072/c4"] = {"block_k": 64, "block_n": 128, "searched": True,
                                                 "relative_time": {"64x128": 1.0, "64x256": 1.01}}
     key = tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 4096).text()
-    updates.launch[key] = {"config": LaunchConfig(128, 128, 64, 8, 3).to_dict(), "ms": 0.05, "dense_ms": 0.1,
+    config = config or LaunchConfig(128, 128, 64, 8, 3)
+    updates.launch[key] = {"config": config.to_dict(), "ms": 0.05, "dense_ms": 0.1,
                            "speedup": 2.0, "gate_rel_err": 2e-4, "gate_max_err": 1e-3,
                            "date": "2026-01-01T00:00:00Z", "triton": version("triton")}
     tdb.write_records(path, updates, run={"date": "2026-01-01T00:00:00Z", "device_name": "NVIDIA H200",
@@ -392,3 +393,96 @@ def test_a_missing_ss1bench_db_is_noted(no_gpu, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["db", "show"])
     assert result.exit_code == 0
     assert result.output.count("does not exist: only the shipped tuning database is read") == 1
+
+
+# ---- issue 20: tune --model / --budget, db show --explain, siblings, info ----------------------------------
+
+
+def test_tune_model_dry_run_lists_exactly_the_converted_layers(no_gpu, places):
+    result = CliRunner().invoke(main, ["tune", "--model", "gpt2", "--gpu", "H200", "--redn-factors", "4",
+                                       "--dtype", "fp16", "--dry-run", "--no-structure-search", "--force"])
+    assert result.exit_code == 0, result.output
+    items = [line.split()[1:4] for line in result.output.splitlines() if line.startswith("fp16 K=")]
+    # GPT-2 small: c_attn, attn c_proj, mlp c_fc, mlp c_proj; the LM head is tied to the embeddings (kept dense)
+    assert items == [["K=768", "N=2304", "c=4"], ["K=768", "N=768", "c=4"], ["K=768", "N=3072", "c=4"],
+                     ["K=3072", "N=768", "c=4"]]
+    assert "4 items to tune" in result.output
+
+
+def test_tune_model_takes_a_hugging_face_config_json(no_gpu, places, tmp_path):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+              "intermediate_size": 688, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+              "vocab_size": 1000, "tie_word_embeddings": False}
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["tune", "--model", str(tmp_path), "--gpu", "H200", "--redn-factors", "4",
+                                       "--m-buckets", "16", "--dry-run", "--no-structure-search"])
+    assert result.exit_code == 0, result.output
+    shapes = {tuple(line.split()[1:3]) for line in result.output.splitlines() if line.startswith("fp16 K=")}
+    assert shapes == {("K=256", "N=256"), ("K=256", "N=128"), ("K=256", "N=688"), ("K=688", "N=256"),
+                      ("K=256", "N=1000")}  # q/o, k/v (2 KV heads of 64), gate/up, down, the untied LM head
+    bad = CliRunner().invoke(main, ["tune", "--model", str(tmp_path / "nothing.json"), "--dry-run"])
+    assert bad.exit_code == 2 and "neither a known model" in bad.output
+
+
+def test_budget_dry_run_orders_by_expected_gain_and_marks_what_does_not_fit(no_gpu, places):
+    result = CliRunner().invoke(main, ["tune", "--model", "gpt2", "--gpu", "H100", "--redn-factors", "2,16",
+                                       "--budget", "0.5", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("fp16 K=")]
+    gains = [float(line.split()[4]) for line in rows]
+    assert len(rows) == 8 and "budget 0.5 min" in result.output
+    assert any("over budget" in line for line in rows) and "over budget" not in rows[0]
+    first_over = next(i for i, line in enumerate(rows) if "over budget" in line)
+    assert all("over budget" in line for line in rows[first_over:])
+    assert gains[0] == max(gains)  # the most gain per second of tuning first (here also the most gain)
+    assert CliRunner().invoke(main, ["tune", "--budget", "0", "--dry-run"]).exit_code == 2
+
+
+def test_db_show_names_the_sibling_file_and_explains_a_layer(no_gpu, places):
+    _, shipped = places
+    write_db(shipped / "H200.json", config=LaunchConfig(64, 128, 32, 8, 3))  # fits an H100's 227 KiB
+    shown = CliRunner().invoke(main, ["db", "show", "--gpu", "H100"])
+    assert shown.exit_code == 0, shown.output
+    assert f"GPU H100 has no database file: served by {shipped / 'H200.json'}" in shown.output
+    assert "same architecture, sm_90" in shown.output and "== " in shown.output
+    explained = CliRunner().invoke(main, ["db", "show", "--gpu", "H100", "--explain", "4096x768x3072",
+                                          "--redn-factor", "4"])
+    assert explained.exit_code == 0, explained.output
+    lines = explained.output.splitlines()
+    assert "structure: block_k=64 block_n=128 (record fp16/K768/N3072/c4)" in lines
+    forward = next(line for line in lines if line.strip().startswith("forward "))
+    assert "record forward/fp16/K768/N3072/c4/bk64/bn128/M4096" in forward and "64x128x32 w8 s3" in forward
+    a100 = CliRunner().invoke(main, ["db", "show", "--gpu", "A100", "--explain", "4096x768x3072",
+                                     "--redn-factor", "4"])
+    assert "shared memory 166912" in a100.output and "sm_90 for sm_80" in a100.output
+    rotated = next(line for line in lines if line.strip().startswith("forward_rotated"))
+    assert "record forward/fp16/K768/N3072/c4/bk64/bn128/M4096" in rotated  # falls back to the forward's
+    near = CliRunner().invoke(main, ["db", "show", "--gpu", "H200", "--explain", "2048x1024x3072",
+                                     "--redn-factors", "4,8"])
+    assert near.output.count("structure: ") == 2  # one block per c
+    forward = next(line for line in near.output.splitlines() if line.strip().startswith("forward "))
+    assert "nearest tuned shape: record forward/fp16/K768/N3072/c4/bk64/bn128/M4096" in forward
+    decode = CliRunner().invoke(main, ["db", "show", "--gpu", "H200", "--explain", "16x768x3072", "--redn-factor", "4"])
+    assert "heuristic: the learned rule, nearest H200 layer" in decode.output  # no decode record here
+    missing = CliRunner().invoke(main, ["db", "show", "--explain", "16x768x3072"])
+    assert missing.exit_code == 2 and "--explain needs a GPU" in missing.output
+    bad = CliRunner().invoke(main, ["db", "show", "--gpu", "H200", "--explain", "16x768x3072", "--redn-factor", "3"])
+    assert bad.exit_code == 2 and bad.output.startswith("ss1bench db show: error: --redn-factors '3'")
+
+
+def test_info_says_which_file_serves_each_device(places, monkeypatch):
+    import torch
+
+    _, shipped = places
+    write_db(shipped / "H200.json")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    names = ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: names[index])
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    h100, h200 = [line for line in result.output.splitlines() if line.startswith("cuda:")]
+    assert f"{shipped / 'H200.json'} (H200's records: no H100 file, same architecture, sm_90" in h100
+    assert f"{shipped / 'H200.json'} (H200's own)" in h200

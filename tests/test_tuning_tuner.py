@@ -24,7 +24,12 @@ from ss1bench.tuning.tuner import (
     WorkItem,
     choose_structure,
     csv_rows,
+    estimate_units,
+    expected_gain_ms,
+    launches,
+    order_by_gain,
     plan_work,
+    prefer_single_launch,
     problem_for,
     summary_rows,
 )
@@ -425,3 +430,108 @@ def test_structure_record_is_not_replaced_by_an_unsearched_one():
     assert not todo[0].searches_structure and todo[0].structure_recorded
     again = tuner(FakeBench()).tune_item(todo[0])
     assert not again.updates.structures and again.updates.launch
+
+
+# ---- issue 20: one launch at decode, work by expected gain, a budget that stops cleanly -------------------
+
+SKETCH = LaunchConfig(16, 64, 128, 4, 1, algorithm="sketch_gemm")
+FUSED = LaunchConfig(16, 128, 64, 4, 4)
+
+
+def test_prefer_single_launch_only_for_the_decode_forward_within_the_margin():
+    assert (launches("forward", SKETCH), launches("forward_rotated", SKETCH), launches("forward", FUSED)) == (3, 2, 1)
+    close = [(SKETCH, 1.00), (FUSED, 1.04)]
+    far = [(SKETCH, 1.00), (FUSED, 1.10)]
+    assert prefer_single_launch(close, "forward", 64, 0.05) == (FUSED, 1.04)
+    assert prefer_single_launch(far, "forward", 64, 0.05) == (SKETCH, 1.00)
+    assert prefer_single_launch(close, "forward", 4096, 0.05) == (SKETCH, 1.00)  # prefill: GPU time only
+    assert prefer_single_launch(close, "forward_rotated", 64, 0.05) == (SKETCH, 1.00)  # the training path's pass
+    assert prefer_single_launch([], "forward", 64, 0.05) is None
+
+
+class LaunchCountBench(FakeBench):
+    """sketch_gemm 4% faster than the best fused config (as at 64 x 768 x 3072, c = 16)."""
+
+    def speed(self, config):
+        if config.algorithm == "sketch_gemm":
+            return 0.96
+        return 1.0 if config == FUSED else 1.5
+
+
+def test_the_tuner_records_one_launch_at_decode_and_confirms_it():
+    it = item(k=768, n=3072, c=16, buckets=(64, 4096))
+    bench = LaunchCountBench()
+    outcome = tuner(bench).tune_item(it)
+    decode = outcome.results[(it.primary, "forward", 64)]
+    prefill = outcome.results[(it.primary, "forward", 4096)]
+    assert decode.config == FUSED and decode.ms == pytest.approx(1.0)
+    assert prefill.config.algorithm == "sketch_gemm"  # graph time decides at prefill
+    confirmed = {x.config for x in outcome.measurements if x.phase == "confirm" and x.m == 64}
+    assert FUSED in confirmed
+    refined = [x.config for x in outcome.measurements if x.phase == "refine" and x.m == 64]
+    assert any(c.num_stages == 3 and (c.tile_m, c.tile_n, c.tile_k) == (16, 128, 64) for c in refined)
+    assert outcome_with_margin_zero(it).results[(it.primary, "forward", 64)].config.algorithm == "sketch_gemm"
+
+
+def outcome_with_margin_zero(it):
+    return tuner(LaunchCountBench(), single_launch_margin=0.0).tune_item(it)
+
+
+def test_order_by_gain_puts_many_slow_layers_first():
+    small = item(k=768, n=768, c=4, buckets=(16, 4096))
+    large = item(k=4096, n=14336, c=4, buckets=(16, 4096))
+    many = dataclasses.replace(item(k=768, n=768, c=4, buckets=(16, 4096)), count=48)
+    assert expected_gain_ms(large) > expected_gain_ms(small)
+    assert expected_gain_ms(many) == pytest.approx(48 * expected_gain_ms(small))
+    ordered = order_by_gain([small, large, many], HOPPER, 132, TuneOptions())
+    assert ordered[0] is many and ordered[-1] is small
+    done = dataclasses.replace(small, todo=[])  # nothing to tune: no gain
+    assert order_by_gain([done, small], HOPPER, 132, TuneOptions())[0] is small
+
+
+def test_a_budget_stops_between_items_and_leaves_a_usable_database(monkeypatch, tmp_path):
+    import types
+
+    from ss1bench.kernels import ss1
+    from ss1bench.tuning import runner
+    from ss1bench.tuning.gpu import Device
+
+    clock = {"now": 1000.0}
+
+    class ClockBench(FakeBench):
+        """Every timing takes 0.1 s of the fake clock; nothing runs."""
+
+        compile_worker_s = first_launch_s = 0.0
+        slow_first_launches = 0
+        pool_error = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+
+        def time(self, case, config, confirm=False):
+            clock["now"] += 0.1
+            return super().time(case, config, confirm)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(runner, "now", lambda: clock["now"])
+    monkeypatch.setattr(measure, "KernelBench", ClockBench)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(ss1, "device_limits", lambda device: ("NVIDIA H200", HOPPER))
+    options = TuneOptions(structure_search=False, refine=False)
+    layers = [Layer(768, 3072, (16,), ("a",), count=12), Layer(768, 768, (16,), ("b",)),
+              Layer(4096, 4096, (16,), ("c",), count=4)]
+    todo, _ = plan_work(layers, [4], ["fp16"], options, None)
+    todo = order_by_gain(todo, HOPPER, 132, options)
+    db_path = tmp_path / "H200.json"
+    request = runner.TuneRequest(layers, [4], ["fp16"], options, db_override=str(db_path), compile_workers=0)
+    first_units = estimate_units(todo[0], options, HOPPER, 132)
+    request.deadline = clock["now"] + first_units * 0.1 * 1.5  # room for the first item only
+    report = runner.run_on_device(Device(0, "NVIDIA H200"), todo, request, lambda *args: None)
+    assert report.items == 1 and len(report.skipped) == 2 and report.error is None
+    assert report.skipped == [it.label for it in todo[1:]]
+    written = tdb.read_database(db_path)  # valid, and holds exactly the first item's records
+    assert {tdb.LaunchKey.parse(k).in_features for k in written.launch} == {todo[0].in_features}

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import click
 
-from ss1bench.cli import CommandError, fail, main
+from ss1bench.cli import AliasedOption, CommandError, fail, main
 from ss1bench.kernels.config import FALLBACK_SHARED_MEMORY, KINDS
 from ss1bench.provenance import command_line
 from ss1bench.structure import REDUCTION_FACTORS
 
 from . import db as tdb
 from . import gpu as tgpu
-from .shapes import DEFAULT_M_BUCKETS, SHAPE_SET_NAMES, ShapeError, parse_m_buckets, resolve_layers
+from .shapes import DEFAULT_M_BUCKETS, SHAPE_SET_NAMES, ShapeError, parse_m_buckets, parse_shape, resolve_layers
 
 DTYPE_CHOICES = ("fp16", "bf16", "fp32")
 
@@ -77,8 +77,18 @@ _KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin",
 @click.option("--gpu", default=None, help="Tune the visible device whose name normalizes to NAME (H200, A100, ...).")
 @click.option("--devices", default=None, help="'all' or comma-separated CUDA indices: one worker per GPU.")
 @click.option("--shapes", "shape_sets", default=None,
-              help=f"Comma-separated shape sets ({', '.join(SHAPE_SET_NAMES)}); default gpt2 unless --shape is given.")
+              help=f"Comma-separated shape sets ({', '.join(SHAPE_SET_NAMES)}); default gpt2 unless --shape or "
+                   "--model is given.")
 @click.option("--shape", "custom_shapes", multiple=True, help="A custom MxKxN shape (repeatable).")
+@click.option("--model", "model", default=None, metavar="NAME|CONFIG.JSON",
+              help="Tune exactly the linear layers of a model that its SS1 conversion converts, at the "
+                   "--redn-factors: a name (gpt2, gpt2-medium, bert-base, bert-large, llama-1b, ...) or a path to "
+                   "a Hugging Face config.json (or its folder). Built on the meta device: nothing is downloaded.")
+@click.option("--budget", "budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+              help="Tune for at most this long: the work runs by expected gain (layer count x predicted time x "
+                   "the untuned shortfall, per second of tuning) and an item that would not finish in time is "
+                   "skipped; records are written after every item, so the database is always usable. Re-run "
+                   "to continue.")
 @click.option("--m-buckets", default=None,
               help=f"M buckets for the shape sets (default {','.join(map(str, DEFAULT_M_BUCKETS))}).")
 @click.option("--redn-factors", default="2,4,8,16", show_default=True, help="Reduction factors c.")
@@ -99,8 +109,8 @@ _KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin",
               help="Processes compiling kernels ahead of timing (0: compile in the timing process).")
 @click.option("--no-structure-search", is_flag=True, help="Keep the default structure; tune launch configs only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factors, dtypes, kinds, db_override,
-                 force, dry_run, results_csv, compile_workers, no_structure_search, seed) -> None:
+def tune_command(gpu, devices, shape_sets, custom_shapes, model, budget, m_buckets, redn_factors, dtypes, kinds,
+                 db_override, force, dry_run, results_csv, compile_workers, no_structure_search, seed) -> None:
     """Tune SS1 kernels on this machine's GPU and write the tuning database.
 
     Keys the user database or the shipped one already has are skipped (--force re-tunes them).
@@ -108,13 +118,15 @@ def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factor
     from .tuner import TuneOptions
 
     _check_devices(devices)
-    sets = _split(shape_sets) if shape_sets else ([] if custom_shapes else ["gpt2"])
+    sets = _split(shape_sets) if shape_sets else ([] if custom_shapes or model else ["gpt2"])
+    factors = _redn_factors(redn_factors)
     try:
         buckets = parse_m_buckets(m_buckets) if m_buckets else DEFAULT_M_BUCKETS
         layers = resolve_layers(sets, list(custom_shapes), buckets)
+        if model is not None:
+            layers = _with_model_layers(layers, model, factors, buckets)
     except ShapeError as exc:
         _fail("tune", str(exc))
-    factors = _redn_factors(redn_factors)
     dtype_list = _choices("--dtype", dtypes, DTYPE_CHOICES)
     kind_list = _choices("--kinds", kinds, KINDS)
     options = TuneOptions(kinds=tuple(kind_list), structure_search=not no_structure_search, force=force)
@@ -122,7 +134,8 @@ def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factor
 
     command = command_line()
     request = TuneRequest(layers, factors, dtype_list, options, db_override=db_override, results_csv=results_csv,
-                          compile_workers=compile_workers, seed=seed, command=command)
+                          compile_workers=compile_workers, seed=seed, command=command,
+                          budget_s=None if budget is None else budget * 60.0)
     if dry_run:
         _dry_run(request, gpu, devices)
         return
@@ -131,6 +144,25 @@ def tune_command(gpu, devices, shape_sets, custom_shapes, m_buckets, redn_factor
     except tgpu.DeviceSelectionError as exc:
         _fail("tune", str(exc))
     _run(request, chosen)
+
+
+def _with_model_layers(layers, model: str, factors: list[int], buckets: tuple[int, ...]):
+    """``layers`` (from --shapes/--shape) with the model's converted layers; a shape in both is one
+    layer (its buckets joined, tuned at every factor the model or the sets ask for)."""
+    from .models import build_meta_model, model_layers
+    from .shapes import Layer
+
+    built, label = build_meta_model(model)
+    merged = {(layer.in_features, layer.out_features): layer for layer in layers}
+    for layer in model_layers(built, label, factors, buckets):
+        key = (layer.in_features, layer.out_features)
+        other = merged.get(key)
+        if other is None:
+            merged[key] = layer
+            continue
+        merged[key] = Layer(*key, tuple(sorted(set(other.m_buckets) | set(layer.m_buckets))),
+                            tuple(dict.fromkeys(other.names + layer.names)), max(other.count, layer.count), ())
+    return list(merged.values())
 
 
 def _dry_run(request, gpu: str | None, devices: str | None) -> None:
@@ -167,6 +199,13 @@ def _dry_run(request, gpu: str | None, devices: str | None) -> None:
                             request.options.kinds, source))
     click.echo(f"database: {db_path} ({'exists' if db_path.exists() else 'new'}); {_plan_counts(plan, request)}")
     header = f"{'item':34} {'structures':>10}  candidates per (kind, M): kept/pruned"
+    if request.budget_s is not None:
+        from .tuner import SECONDS_PER_UNIT, expected_gain_ms, order_by_gain
+
+        todo = order_by_gain(todo, limit, 132, request.options)
+        click.echo(f"budget {request.budget_s / 60:g} min: items by expected gain (ms saved per model step), about "
+                   f"{SECONDS_PER_UNIT} s per measurement; items marked 'over budget' would be skipped")
+        header = f"{'item':34} {'gain ms':>8} {'layers':>6} {'structures':>10}  candidates per (kind, M): kept/pruned"
     click.echo(header)
     total_units = 0
     for item in todo:
@@ -180,7 +219,12 @@ def _dry_run(request, gpu: str | None, devices: str | None) -> None:
         units = estimate_units(item, request.options, limit, 132)
         total_units += units
         structures = f"{len(item.structures)}" + ("" if item.searches_structure else " (kept)")
-        click.echo(f"{item.label:34} {structures:>10}  " + ", ".join(parts))
+        if request.budget_s is None:
+            click.echo(f"{item.label:34} {structures:>10}  " + ", ".join(parts))
+            continue
+        over = "" if total_units * SECONDS_PER_UNIT <= request.budget_s else "over budget: "
+        click.echo(f"{item.label:34} {expected_gain_ms(item):8.4f} {item.count:>6} {structures:>10}  {over}"
+                   + ", ".join(parts))
     click.echo(f"total: {len(todo)} items, about {total_units} measurements (gate + time each)")
 
 
@@ -267,6 +311,12 @@ def _print_summary(reports, request, plans) -> None:
             f"({report.compile_worker_s:.0f} s of compiling), first launches in the timing process "
             f"{report.first_launch_s:.1f} s ({report.slow_first_launches} over 0.5 s)"
             + (f"; compile pool unavailable: {report.pool_error}" if report.pool_error else ""))
+    skipped = [label for report in reports for label in report.skipped]
+    if skipped:
+        click.echo(f"budget of {request.budget_s / 60:g} min reached: {len(skipped)} items left untuned "
+                   f"({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''}); every item tuned is in the "
+                   "database, the others use the nearest tuned shape or the heuristic; re-run the same command "
+                   "to continue")
     for gpu, plan in plans.items():
         try:
             database = tdb.read_database(plan.db_path)
@@ -378,15 +428,52 @@ def _structure_legend() -> str:
 @click.option("--launch/--no-launch", default=False, show_default=True,
               help="List every launch record (with a legend of the config strings); by default only their "
                    "count per kind.")
-def db_show_command(files, gpu, db_override, launch) -> None:
-    """Print databases: metadata, recommended structures, and launch records (counted; --launch lists them)."""
+@click.option("--explain", "explain_shape", default=None, metavar="MxKxN",
+              help="Say what an SSL layer of this shape gets on the GPU (structure, then each kernel's launch "
+                   "config) and why: a record, the nearest tuned shape's record, or the heuristic.")
+@click.option("--redn-factors", "redn_factors", cls=AliasedOption, aliases=("--redn-factor",), default="4",
+              show_default=True, help="With --explain: the layer's reduction factor c (comma-separated: each).")
+@click.option("--dtype", "dtype", type=click.Choice(DTYPE_CHOICES), default="fp16", show_default=True,
+              help="With --explain: the layer's dtype.")
+def db_show_command(files, gpu, db_override, launch, explain_shape, redn_factors, dtype) -> None:
+    """Print databases: metadata, recommended structures, and launch records (counted; --launch lists them).
+
+    Without FILES: the files that serve the GPU (--gpu, else the current device): its own, or, when it
+    has none, those of the closest GPU that has (same architecture first)."""
     from ss1bench.kernels.config import LaunchConfig
 
     from .space import describe
 
+    factors: list[int] = []
+    if explain_shape is not None:  # usage errors before anything else is said
+        try:
+            factors = list(dict.fromkeys(int(v) for v in _split(redn_factors)))
+        except ValueError:
+            factors = []
+        if not factors or any(c not in REDUCTION_FACTORS for c in factors):
+            _fail("db show", f"--redn-factors {redn_factors!r}: each must be one of "
+                             f"{', '.join(map(str, REDUCTION_FACTORS))}")
+        try:
+            shape = parse_shape(explain_shape)
+        except ShapeError as exc:
+            _fail("db show", str(exc).replace("--shape", "--explain"))
     if not files and db_override is None:
         _note_missing_env()
-    paths = _files_for(files, gpu if gpu else (None if files else _current_gpu(None)), db_override)
+    name = gpu if gpu else (None if files else _current_gpu(None))
+    if explain_shape is not None:
+        for index, c in enumerate(factors):
+            if index:
+                click.echo("")
+            _explain(shape, c, dtype, name, db_override)
+        return
+    paths = _files_for(files, name, db_override)
+    if not paths and name and not files:
+        serving = _serving(name, db_override)
+        if serving.sibling is not None:
+            click.echo(f"GPU {serving.gpu} has no database file: served by {serving.describe()}")
+            paths = [database.path for database in serving.chain]
+    elif name and not files:
+        click.echo(f"GPU {tgpu.normalize_gpu_name(name)} is served by {_serving(name, db_override).describe()}")
     if not paths:
         click.echo("no tuning database files found")
         return
@@ -424,6 +511,68 @@ def db_show_command(files, gpu, db_override, launch) -> None:
                 config = describe(LaunchConfig.from_dict(record["config"]))
                 click.echo(f"  {key:46} {config:30} {record['ms']:.4f} ms  dense {record['dense_ms']:.4f} ms  "
                            f"{record['speedup']:.2f}x")
+
+
+def _serving(gpu: str, db_override: str | None):
+    from .lookup import DatabaseLookup
+
+    return DatabaseLookup(db_override).serving(gpu)
+
+
+def _explain_limit(gpu: str) -> tuple[int, str]:
+    """Shared memory per block for ``--explain``: the visible device's, else the known-GPU table's."""
+    for device in tgpu.list_devices():
+        if device.gpu == gpu:
+            import torch
+
+            from ss1bench.kernels.ss1 import device_limits
+
+            return device_limits(torch.device("cuda", device.index))[1], f"cuda:{device.index}"
+    if gpu in tgpu.KNOWN_SHARED_MEMORY:
+        return tgpu.KNOWN_SHARED_MEMORY[gpu], "known-GPU table"
+    return FALLBACK_SHARED_MEMORY, "not visible, not in the known-GPU table: fallback"
+
+
+def _explain(shape: tuple[int, int, int], redn_factor: int, dtype: str, gpu: str | None,
+             db_override: str | None) -> None:
+    """``db show --explain MxKxN``: what a layer of shape ``(M, K, N)`` gets on ``gpu``, and why."""
+    from ss1bench.kernels.config import Problem
+    from ss1bench.kernels.heuristic import REFERENCE_GPU
+
+    from .lookup import DatabaseLookup
+    from .space import default_structure, describe
+
+    m, k, n = shape
+    if gpu is None:
+        _fail("db show", "--explain needs a GPU: pass --gpu NAME (no CUDA device is visible)")
+    name = tgpu.normalize_gpu_name(gpu)
+    lookup = DatabaseLookup(db_override)
+    serving = lookup.serving(name)
+    limit, limit_source = _explain_limit(name)
+    click.echo(f"{m}x{k}x{n} {dtype} c={redn_factor} on {name} (shared memory {limit} B/block, {limit_source})")
+    click.echo(f"database: {serving.describe()}")
+    structure = lookup.structure_for_gpu(name, dtype, k, n, redn_factor)
+    if structure is None:
+        block_k, block_n = default_structure(k, redn_factor)
+        click.echo(f"structure: block_k={block_k} block_n={block_n} (the default: no structure record for "
+                   f"{dtype}/K{k}/N{n}/c{redn_factor})")
+    else:
+        block_k, block_n = structure
+        click.echo(f"structure: block_k={block_k} block_n={block_n} (record {dtype}/K{k}/N{n}/c{redn_factor})")
+    for kind in KINDS:
+        problem = Problem(kind, m, k, n, redn_factor, block_k, block_n, dtype, name)
+        answer = lookup.explain(problem, limit)
+        if answer.source == "record":
+            why = f"record {answer.key} ({answer.file})"
+        elif answer.source == "nearest shape":
+            why = (f"nearest tuned shape: record {answer.key} at distance {answer.distance:.2f} ({answer.file}), "
+                   "adapted to this shape")
+        elif answer.key:
+            why = (f"heuristic: the learned rule, nearest {REFERENCE_GPU} layer {answer.key} at distance "
+                   f"{answer.distance:.2f}, adapted to this shape")
+        else:
+            why = "heuristic: the fixed rule (the learned rule has no examples for this dtype or kind)"
+        click.echo(f"  {kind:16} {describe(answer.config):32} {why}")
 
 
 @db_command.command("validate")

@@ -30,7 +30,17 @@ from .db import (
 )
 from .gpu import Device
 from .shapes import Layer
-from .tuner import CSV_FIELDS, TuneOptions, Tuner, TuningAborted, WorkItem, csv_rows, estimate_units, plan_work
+from .tuner import (
+    CSV_FIELDS,
+    TuneOptions,
+    Tuner,
+    TuningAborted,
+    WorkItem,
+    csv_rows,
+    estimate_units,
+    order_by_gain,
+    plan_work,
+)
 
 
 @dataclass
@@ -46,6 +56,47 @@ class TuneRequest:
     command: str = ""
     #: Devices tuning at once (splits the default compile workers between them).
     device_count: int = 1
+    #: ``--budget``: seconds of tuning (None: no limit). Work runs by expected gain and an item that
+    #: would not finish in the time left is skipped (:class:`Budget`).
+    budget_s: float | None = None
+    #: The budget's end (``time.time()``), set when the run starts (shared by the worker processes).
+    deadline: float | None = None
+
+
+def now() -> float:
+    """Wall-clock seconds (``time.time``: the budget's deadline is shared by worker processes)."""
+    return time.time()
+
+
+class Budget:
+    """Whether the next item fits in the time left (``--budget``).
+
+    An item's time is predicted as its measurement count (:func:`~.tuner.estimate_units`) times the
+    seconds per measurement this run has taken so far (:data:`~.tuner.SECONDS_PER_UNIT` until it
+    has measured something). An item predicted to end after the deadline is not started (a later,
+    cheaper one may still fit); a started item always finishes, and its records are written as
+    soon as it does, so the database is complete for every layer tuned when the run stops.
+    """
+
+    def __init__(self, deadline: float | None, clock=None) -> None:
+        self.deadline = deadline
+        self.clock = clock if clock is not None else now
+        self.units = 0
+        self.seconds = 0.0
+
+    def seconds_per_unit(self) -> float:
+        from .tuner import SECONDS_PER_UNIT
+
+        return self.seconds / self.units if self.units else SECONDS_PER_UNIT
+
+    def allows(self, units: int) -> bool:
+        if self.deadline is None:
+            return True
+        return self.clock() + units * self.seconds_per_unit() <= self.deadline
+
+    def spent(self, units: int, seconds: float) -> None:
+        self.units += units
+        self.seconds += seconds
 
 
 @dataclass
@@ -64,6 +115,8 @@ class DeviceReport:
     compile_workers: int = 0
     pool_error: str | None = None
     error: str | None = None
+    #: Labels of the items the budget left untuned.
+    skipped: list[str] = field(default_factory=list)
 
 
 def environment(device_name: str) -> dict[str, str]:
@@ -76,9 +129,18 @@ def environment(device_name: str) -> dict[str, str]:
             "ss1bench": __version__}
 
 
-def split_items(items: list[WorkItem], devices: int, cost) -> list[list[WorkItem]]:
-    """Longest-processing-time-first split of ``items`` over ``devices`` (``cost(item)``)."""
+def split_items(items: list[WorkItem], devices: int, cost, keep_order: bool = False) -> list[list[WorkItem]]:
+    """Longest-processing-time-first split of ``items`` over ``devices`` (``cost(item)``); with
+    ``keep_order`` (a budget: items come by expected gain), each device takes the next item in
+    order when its share is the lightest, and keeps that order."""
     shares: list[list[WorkItem]] = [[] for _ in range(devices)]
+    if keep_order:
+        loads = [0] * devices
+        for item in items:
+            target = loads.index(min(loads))
+            shares[target].append(item)
+            loads[target] += cost(item)
+        return shares
     loads = [0] * devices
     for item in sorted(items, key=cost, reverse=True):
         target = loads.index(min(loads))
@@ -131,8 +193,14 @@ def run_on_device(device: Device, items: list[WorkItem], request: TuneRequest, p
         # item, queued later with its index, overtake the later items' screening compiles.
         for index, item in enumerate(items):
             tuner.precompile_item(item, index)
+        budget = Budget(request.deadline)
         for index, item in enumerate(items):
             estimate = estimate_units(item, request.options, shared_memory, sm_count)
+            if not budget.allows(estimate):
+                report.skipped.append(item.label)
+                progress(0, -estimate, item.label)
+                continue
+            started = budget.clock()
             try:
                 outcome = tuner.tune_item(item, index)
             except TuningAborted as exc:
@@ -155,6 +223,7 @@ def run_on_device(device: Device, items: list[WorkItem], request: TuneRequest, p
             report.failed_gate += sum(x.status == "failed_gate" for x in done)
             report.failed_run += sum(x.status == "failed_run" for x in done)
             progress(0, len(done) + _dense_count(outcome) - estimate, item.label)
+            budget.spent(len(done) + _dense_count(outcome), budget.clock() - started)
     finally:
         report.first_launch_s = bench.first_launch_s
         report.slow_first_launches = bench.slow_first_launches
@@ -334,11 +403,16 @@ def run_tuning(request: TuneRequest, devices: list[Device], plans: dict[str, tup
         _, limit = device_limits(torch.device("cuda", group[0].index))
         sm_count = torch.cuda.get_device_properties(group[0].index).multi_processor_count
         cost = lambda item, limit=limit, sm_count=sm_count: estimate_units(item, request.options, limit, sm_count)
+        if request.budget_s is not None:
+            todo = order_by_gain(todo, limit, sm_count, request.options)
         total_units += sum(cost(item) for item in todo)
-        for device, share in zip(group, split_items(todo, len(group), cost), strict=True):
+        shares = split_items(todo, len(group), cost, keep_order=request.budget_s is not None)
+        for device, share in zip(group, shares, strict=True):
             if share:
                 assignments.append((device, share))
     request.device_count = len(assignments)
+    if request.budget_s is not None:
+        request.deadline = now() + request.budget_s
     progress = ProgressLine(total_units)
     reports: list[DeviceReport] = []
     try:
@@ -358,6 +432,9 @@ def run_tuning(request: TuneRequest, devices: list[Device], plans: dict[str, tup
         run = {**env, "date": now_iso(), "wall_time_s": round(wall, 1), "devices": [r.device for r in gpu_reports],
                "items_tuned": sum(r.items for r in gpu_reports), "items_skipped": len(plans[gpu][1]),
                "records_written": sum(r.records for r in gpu_reports), "command": request.command}
+        if request.budget_s is not None:
+            run["budget_s"] = request.budget_s
+            run["items_over_budget"] = sum(len(r.skipped) for r in gpu_reports)
         try:
             write_records(plans[gpu][2], TuningDatabase(gpu=gpu), run=run)
         except (DatabaseError, OSError) as exc:  # the records are in; only the run's metadata is lost

@@ -64,12 +64,19 @@ class ShapeError(ValueError):
 
 @dataclass(frozen=True)
 class Layer:
-    """One ``(K, N)`` layer to tune and the M buckets to tune it at."""
+    """One ``(K, N)`` layer to tune and the M buckets to tune it at.
+
+    ``count``: how many layers of a model have this shape (``tune --model``; it weighs the
+    expected gain of tuning it). ``redn_factors``: the only reduction factors to tune it at (those
+    at which the model's conversion makes it an SS1 layer); empty: every factor asked for.
+    """
 
     in_features: int
     out_features: int
     m_buckets: tuple[int, ...]
     names: tuple[str, ...]
+    count: int = 1
+    redn_factors: tuple[int, ...] = ()
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

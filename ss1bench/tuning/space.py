@@ -295,7 +295,7 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     if problem.kind in FORWARD_KINDS and is_decode(problem.m):
         grid = [split for config in grid for split in _with_k_splits(clamp_to_problem(config, problem), problem,
                                                                       sm_count)]
-    baseline = heuristic_config(problem, shared_memory_limit)
+    baseline = heuristic_config(problem, shared_memory_limit, sm_count)
     seen: set[LaunchConfig] = set()
     for config in [baseline, *(clamp_to_problem(c, problem) for c in grid)]:
         if config in seen:

@@ -8,7 +8,10 @@ recorded for it):
    (NaN-poisoned output against the float64 reference), then a short ``do_bench`` median;
 2. **refine** around the screening winner (group size, one stage more or less);
 3. **confirm**: re-time the best :attr:`TuneOptions.top_confirm` with longer runs, next to the
-   dense cuBLAS baseline; the fastest confirmed config is the record;
+   dense cuBLAS baseline; the fastest confirmed config is the record, except that the plain
+   ``forward`` at decode sizes records a one-launch config within
+   :attr:`TuneOptions.single_launch_margin` of a faster ``sketch_gemm`` (three launches, whose host
+   cost the graph timing hides: :func:`launches`; that candidate is refined and confirmed too);
 4. **probe** the other structure candidates with the primary's best :attr:`TuneOptions.probe_top`
    configs (each gated too), on the prefill pairs (:func:`structure_pairs`).
 
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ss1bench.kernels.config import LaunchConfig, Problem
+from ss1bench.structure import reduced_width
 
 from . import space
 from .db import LaunchKey, StructureKey, TuningDatabase, now_iso
@@ -60,6 +64,46 @@ class TuneOptions:
     probe_top: int = 2
     #: A structure other than the primary must be this much faster (geometric mean) to be chosen.
     structure_min_gain: float = 0.03
+    #: Decode ``forward``: a one-launch config within this fraction of a faster ``sketch_gemm`` is
+    #: recorded instead (see :func:`launches`).
+    single_launch_margin: float = 0.05
+
+
+def launches(kind: str, config: LaunchConfig) -> int:
+    """Kernel launches of one eager call: ``sketch_gemm`` is three for the plain ``forward`` (rotate
+    the weight, sketch, cuBLAS) and two for the others (pass, cuBLAS); every other algorithm one.
+
+    The tuner times CUDA-graph replays, which hide the host's cost of a launch; an eager call pays
+    it. At decode sizes that cost is the kernel's whole time: on the H200 an eager forward of
+    64 x 768 x 3072 at c = 16 took 46 us with its ``sketch_gemm`` record (11.2 us in a graph)
+    against 8.5 us at c = 8 with a fused one (issue 20). So at decode sizes the plain forward
+    records a one-launch config when it is within :attr:`TuneOptions.single_launch_margin` of the
+    ``sketch_gemm`` winner (:func:`prefer_single_launch`).
+    """
+    if config.algorithm != "sketch_gemm":
+        return 1
+    return 3 if kind == "forward" else 2
+
+
+def prefers_single_launch(kind: str, m: int) -> bool:
+    """Whether :func:`prefer_single_launch` applies to ``(kind, M)``: the plain decode forward."""
+    return kind == "forward" and space.is_decode(m)
+
+
+def prefer_single_launch(ranked: list[tuple[LaunchConfig, float]], kind: str, m: int,
+                         margin: float) -> tuple[LaunchConfig, float] | None:
+    """The ``(config, ms)`` to record from ``ranked`` (fastest first): the fastest, unless it takes
+    more launches than the fastest one-launch entry and that one is within ``margin`` of it (only
+    where :func:`prefers_single_launch`). None for an empty list."""
+    if not ranked:
+        return None
+    best = ranked[0]
+    if not prefers_single_launch(kind, m) or launches(kind, best[0]) == 1:
+        return best
+    single = next((entry for entry in ranked if launches(kind, entry[0]) == 1), None)
+    if single is not None and single[1] <= best[1] * (1 + margin):
+        return single
+    return best
 
 
 class TuningAborted(Exception):
@@ -86,6 +130,8 @@ class WorkItem:
     names: tuple[str, ...] = ()
     #: The database already has a structure record for this layer (never replaced by an unsearched one).
     structure_recorded: bool = False
+    #: Layers of this shape in the model tuned for (``tune --model``), else 1.
+    count: int = 1
 
     @property
     def label(self) -> str:
@@ -118,6 +164,8 @@ def plan_work(layers: list[Layer], redn_factors: list[int], dtypes: list[str], o
         for layer in layers:
             k, n = layer.in_features, layer.out_features
             for c in redn_factors:
+                if layer.redn_factors and c not in layer.redn_factors:
+                    continue  # the model keeps this layer dense at c
                 existing = None
                 if database is not None and not (options.force and options.structure_search):
                     existing = database.structure(StructureKey(dtype, k, n, c))
@@ -141,7 +189,7 @@ def plan_work(layers: list[Layer], redn_factors: list[int], dtypes: list[str], o
                     else:
                         recorded[(kind, m)] = LaunchConfig.from_dict(record["config"])
                 item = WorkItem(dtype, k, n, c, layer.m_buckets, tuple(options.kinds), primary, structures, todo,
-                                recorded, layer.names, structure_recorded=existing is not None)
+                                recorded, layer.names, structure_recorded=existing is not None, count=layer.count)
                 needs_structure = existing is None or (options.structure_search and not searched)
                 (todo_items if todo or needs_structure else done_items).append(item)
     return todo_items, done_items
@@ -167,6 +215,59 @@ def estimate_units(item: WorkItem, options: TuneOptions, shared_memory_limit: in
         elif item.searches_structure:
             units += 1 + probed
     return units
+
+
+#: Seconds one measurement (gate + time) takes, before a run has measured its own: 244 s for 3,726
+#: candidates in the H200's cold-cache gpt2 tune (issue 20), compiles included.
+SECONDS_PER_UNIT = 0.065
+#: Expected (tuned time / untuned time) per kind and regime (decode True): what a layer runs at
+#: without its own records, i.e. with the nearest tuned shape's or the learned heuristic's config.
+#: Leave-one-shape-out geometric means of scripts/heuristic_eval.py on the H200's records
+#: (reports/H200/heuristic_vs_tuned.csv); they weigh the expected gain of tuning a layer.
+EXPECTED_UNTUNED_RATIO = {
+    ("forward", True): 0.98, ("forward", False): 0.985,
+    ("forward_rotated", True): 0.98, ("forward_rotated", False): 0.985,  # prefill: the forward's
+    ("grad_input", True): 0.96, ("grad_input", False): 0.96,
+    ("grad_weight", True): 0.94, ("grad_weight", False): 0.99,
+}
+#: Nominal device for :func:`predicted_ms` (H200: HBM3e bandwidth, dense fp16 tensor-core rate,
+#: a launch's floor).
+NOMINAL_BYTES_PER_S, NOMINAL_FLOPS, NOMINAL_LAUNCH_S = 4.0e12, 7.0e14, 5e-6
+
+
+def predicted_ms(kind: str, m: int, item: WorkItem) -> float:
+    """Roofline time of one ``kind`` call at ``m`` rows (the larger of the bytes each kernel moves
+    at :data:`NOMINAL_BYTES_PER_S` and its GEMM at :data:`NOMINAL_FLOPS`, plus a launch): only to
+    rank layers against each other."""
+    k, n = item.in_features, item.out_features
+    k_red = reduced_width(k, item.redn_factor, item.primary[0])
+    size = 4 if item.dtype == "fp32" else 2
+    elements = {"forward": m * k + n * k_red + m * n, "forward_rotated": m * k + n * k_red + m * n,
+                "grad_input": m * n + n * k_red + m * k, "grad_weight": m * n + m * k + n * k_red}[kind]
+    seconds = max(elements * size / NOMINAL_BYTES_PER_S, 2 * m * n * k_red / NOMINAL_FLOPS) + NOMINAL_LAUNCH_S
+    return seconds * 1e3
+
+
+def expected_gain_ms(item: WorkItem) -> float:
+    """Milliseconds per model step (one call of each pair to tune, for each of the ``count`` layers
+    of this shape) that tuning ``item`` is expected to save over running it untuned."""
+    gain = 0.0
+    for kind, m in item.todo:
+        ratio = EXPECTED_UNTUNED_RATIO.get((kind, space.is_decode(m)), 0.9)
+        gain += predicted_ms(kind, m, item) * (1 / ratio - 1)
+    return gain * item.count
+
+
+def order_by_gain(items: list[WorkItem], shared_memory_limit: int, sm_count: int,
+                  options: TuneOptions) -> list[WorkItem]:
+    """Items by expected gain per second of tuning (:func:`expected_gain_ms` over
+    :func:`estimate_units`), most first: a budget spent in this order buys the most speed first.
+    Items that only need a structure search (no launch pair to tune) come last."""
+    def rate(item: WorkItem) -> float:
+        units = max(estimate_units(item, options, shared_memory_limit, sm_count), 1)
+        return expected_gain_ms(item) / units
+
+    return sorted(items, key=rate, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +508,10 @@ class Tuner:
         if ranking and full and self.options.refine:
             problem = problem_for(item, kind, m, item.primary)
             state["refinements"] = space.refinements(ranking[0].config, problem, self.limit, state["tried"])
+            single = self._best_single_launch(kind, m, ranking)
+            if single is not None and single is not ranking[0]:  # its neighbours may close the gap
+                more = space.refinements(single.config, problem, self.limit, state["tried"])
+                state["refinements"] = list(dict.fromkeys(state["refinements"] + more))
             self._precompile(item, kind, m, item.primary, state["refinements"], item_index)
         probe_configs = [x.config for x in ranking[: self.options.probe_top if full else 1]]
         state["probe_configs"] = probe_configs
@@ -414,6 +519,13 @@ class Tuner:
             for other in item.structures[1:]:
                 self._precompile(item, kind, m, other, probe_configs, item_index)
         return state
+
+    def _best_single_launch(self, kind: str, m: int, ranking: list[Measurement]) -> Measurement | None:
+        """The fastest one-launch measurement of ``ranking`` where a multi-launch one leads it and
+        :func:`prefers_single_launch`; else None."""
+        if not ranking or not prefers_single_launch(kind, m) or launches(kind, ranking[0].config) == 1:
+            return None
+        return next((x for x in ranking if launches(kind, x.config) == 1), None)
 
     def _finish(self, item: WorkItem, state: dict, measurements: list[Measurement],
                 results: dict, per_structure: dict, probes: dict) -> None:
@@ -429,11 +541,17 @@ class Tuner:
         result = PairResult(kind, m, item.primary, ok=len(ranking), failed=len(screened) - len(ranking))
         by_config = {x.config: x for x in ranking}
         if state["full"] and ranking:
-            confirmed = [self._retime(case, x) for x in ranking[: self.options.top_confirm]]
+            top = ranking[: self.options.top_confirm]
+            single = self._best_single_launch(kind, m, ranking)
+            if single is not None and single not in top:  # confirmed too, to compare like with like
+                top = [*top, single]
+            confirmed = [self._retime(case, x) for x in top]
             measurements.extend(confirmed)
             confirmed = sorted((x for x in confirmed if x.ok), key=lambda x: x.ms)
-            if confirmed:
-                best = confirmed[0]
+            chosen = prefer_single_launch([(x.config, x.ms) for x in confirmed], kind, m,
+                                          self.options.single_launch_margin)
+            if chosen is not None:
+                best = next(x for x in confirmed if x.config == chosen[0])
                 screen = by_config[best.config]
                 result.config, result.ms = best.config, best.ms
                 result.gate_rel_err, result.gate_max_err = screen.gate_rel_err, screen.gate_max_err
