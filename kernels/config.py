@@ -10,10 +10,11 @@ are correct for every config this module accepts. Three kernels, three ``kind`` 
   ``SSL`` layer's rotated-weight cache, for inference): same kernels and configs as ``"forward"``,
   but ``sketch_gemm`` skips its per-call weight rotation, so it is tuned (and recorded) apart
 
-Resolution order for a launch (:func:`resolve_launch_config`): the newest hook registered with
-:func:`register_config_hook` that returns a config (the tests' and the tuner's overrides, then the
-tuning database, whose answers must fit the device's shared memory), else :func:`heuristic_config`
-(the learned rule of :mod:`.heuristic`, else :func:`fallback_config`).
+One resolver (:func:`resolve_launch_config`): the newest override that answers (the tests' and the
+tuner's, :func:`override_launch_config`), else the tuning database (activated on the first
+resolution; its answers must fit the device's shared memory), else :func:`heuristic_config` (the
+learned rule of :mod:`.heuristic`, else :func:`fallback_config`). The launchers cache the result
+under one key in :data:`launch_config_cache`.
 """
 
 from __future__ import annotations
@@ -141,54 +142,73 @@ class Problem:
 
 
 ConfigHook = Callable[[Problem], "LaunchConfig | None"]
-#: An advisory hook (the tuning database) also receives the launch's shared-memory limit.
-AdvisoryHook = Callable[[Problem, int], "LaunchConfig | None"]
 
-#: (hook, advisory) in registration order.
-_hooks: list[tuple[Callable, bool]] = []
+#: Overrides, newest last: the tests' and the tuner's (:func:`override_launch_config`).
+_overrides: list[ConfigHook] = []
 _hooks_lock = threading.Lock()
-#: Resolved configs, so a forward pass pays one dict lookup (the launch path is host-bound at
-#: decode sizes). Cleared whenever a hook is added or removed, or by invalidate_config_cache().
-_resolved: dict[tuple[Problem, int], LaunchConfig] = {}
-#: The launchers' own cache of resolved configs under a plain-tuple key (building a Problem and
-#: hashing it costs microseconds per launch); cleared together with ``_resolved``.
+#: The tuning database's answer, ``(problem, shared_memory_limit) -> LaunchConfig | None``, or None
+#: for none. ``DATABASE_DEFAULT`` until the first resolution, which imports
+#: ``ss1bench.tuning.lookup`` then (the database is activated on first use, not when ``ss1bench``
+#: is imported); :func:`set_database` replaces it.
+DATABASE_DEFAULT = "ss1bench.tuning.lookup"
+_database: Callable | str | None = DATABASE_DEFAULT
+#: The one cache of resolved configs, under the launchers' plain-tuple key ``(kind, M, structure,
+#: dtype, device)`` (building a Problem and hashing it costs microseconds per launch; the launch
+#: path is host-bound at decode sizes). Cleared whenever an override or the database changes.
 launch_config_cache: dict[tuple, LaunchConfig] = {}
-#: Launch plans (``kernels.ss1``): the recorded launches of one eager forward, grad_input or
-#: grad_weight call per key; they hold resolved configs, so they are cleared with ``_resolved`` too.
+#: Launch plans (``kernels/plans.py``): recorded launches per input key; they hold resolved configs,
+#: so they are cleared with them.
 launch_plans: dict[tuple, object] = {}
 
 
-def _forget_resolved() -> None:
-    _resolved.clear()
+def invalidate_config_cache() -> None:
+    """Forget resolved configs and plans (after an override or the database's answers change)."""
     launch_config_cache.clear()
     launch_plans.clear()
 
 
-def invalidate_config_cache() -> None:
-    """Forget resolved configs (call after a hook's answers change, e.g. a database update)."""
-    _forget_resolved()
-
-
-def register_config_hook(hook: ConfigHook | AdvisoryHook, advisory: bool = False) -> Callable[[], None]:
-    """Add ``hook`` (newest first); returns a function that removes it.
-
-    An override (``advisory=False``: the tests', the tuner's) is called as ``hook(problem)`` and
-    its answer is launched as it is. An advisory hook (the tuning database, whose records may come
-    from another GPU) is called as ``hook(problem, shared_memory_limit)``, and an answer that does
-    not fit that limit (:func:`fits`) is dropped: the next hook, then the heuristic, answer.
-    """
-    entry = (hook, advisory)
+def register_config_hook(hook: ConfigHook) -> Callable[[], None]:
+    """Add an override ``hook(problem) -> LaunchConfig | None`` (newest first; its answer is
+    launched as it is); returns a function that removes it."""
     with _hooks_lock:
-        _hooks.append(entry)
-        _forget_resolved()
+        _overrides.append(hook)
+        invalidate_config_cache()
 
     def remove() -> None:
         with _hooks_lock:
-            if entry in _hooks:
-                _hooks.remove(entry)
-            _forget_resolved()
+            if hook in _overrides:
+                _overrides.remove(hook)
+            invalidate_config_cache()
 
     return remove
+
+
+def set_database(source: Callable | str | None) -> Callable | str | None:
+    """Where launch configs come from after the overrides: ``source(problem, shared_memory_limit)``,
+    None for no database (the heuristic answers), or :data:`DATABASE_DEFAULT`. Returns the one
+    it replaces."""
+    global _database
+    with _hooks_lock:
+        previous, _database = _database, source
+        invalidate_config_cache()
+    return previous
+
+
+def database_answer(problem: Problem, shared_memory_limit: int) -> LaunchConfig | None:
+    """The tuning database's config for ``problem`` if it fits ``shared_memory_limit`` (its records
+    may come from a GPU with more shared memory), else None. Imports the default database on the
+    first call."""
+    global _database
+    if _database == DATABASE_DEFAULT:
+        import importlib
+
+        _database = importlib.import_module(DATABASE_DEFAULT).DATABASE.launch_config
+    if _database is None:
+        return None
+    config = _database(problem, shared_memory_limit)
+    if config is not None and not fits(config, problem, shared_memory_limit):
+        return None
+    return config
 
 
 @contextlib.contextmanager
@@ -385,22 +405,14 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
 
 
 def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
-    """Config for ``problem``: newest hook that answers (an advisory one only with a config that fits
-    ``shared_memory_limit``), else :func:`heuristic_config` (cached)."""
-    key = (problem, shared_memory_limit)
-    cached = _resolved.get(key)
-    if cached is not None:
-        return cached
+    """Config for ``problem``: the newest override that answers, else the tuning database's answer
+    (:func:`database_answer`), else :func:`heuristic_config`. Not cached here: the launchers cache
+    the result (:data:`launch_config_cache`)."""
     with _hooks_lock:
-        hooks = list(reversed(_hooks))
-    config = None
-    for hook, advisory in hooks:
-        config = hook(problem, shared_memory_limit) if advisory else hook(problem)
-        if config is not None and advisory and not fits(config, problem, shared_memory_limit):
-            config = None  # e.g. a record of a GPU with more shared memory than this one
+        overrides = list(reversed(_overrides))
+    for hook in overrides:
+        config = hook(problem)
         if config is not None:
-            break
-    if config is None:
-        config = heuristic_config(problem, shared_memory_limit)
-    _resolved[key] = config
-    return config
+            return config
+    config = database_answer(problem, shared_memory_limit)
+    return config if config is not None else heuristic_config(problem, shared_memory_limit)

@@ -10,7 +10,6 @@ from .convert import ConversionReport, LayerReport, conversion_report, convert_t
 from .layer import SSL, cache_rotated_weights, set_structure_advisor
 from .ops import ss1_linear
 from .structure import SS1Structure
-from .tuning.lookup import install_database_hooks as _install_database_hooks
 
 __version__ = "0.1.0"
 
@@ -26,7 +25,3 @@ __all__ = [
     "set_structure_advisor",
     "ss1_linear",
 ]
-
-# Layers read the tuning database (structure advisor + launch-config hook); nothing is read until
-# the first lookup, so importing stays GPU-free.
-_install_database_hooks()

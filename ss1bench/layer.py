@@ -33,15 +33,15 @@ _STRUCTURE_KEYS = ("redn_factor", "seed", "block_k", "block_n")
 _SHAPE_KEYS = ("in_features", "out_features")
 
 #: A function ``(in_features, out_features, redn_factor, dtype, device) -> (block_k, block_n) | None``
-#: that recommends a structure (the tuning database registers one); None means "no opinion".
+#: that recommends a structure; it returns None for "no opinion". Without one installed, new layers
+#: ask the tuning database (``ss1bench.tuning.lookup.DATABASE.structure``, imported on first use).
 StructureAdvisor = Callable[[int, int, int, torch.dtype, torch.device], "tuple[int, int] | None"]
 _structure_advisor: StructureAdvisor | None = None
 
 
 def set_structure_advisor(advisor: StructureAdvisor | None) -> StructureAdvisor | None:
-    """Install the function new layers ask for (block_k, block_n) when none are given.
-
-    Returns the advisor it replaces, so a caller can put it back.
+    """Install the function new layers ask for (block_k, block_n) when none are given (None: the
+    tuning database). Returns the advisor it replaces, so a caller can put it back.
     """
     global _structure_advisor
     previous, _structure_advisor = _structure_advisor, advisor
@@ -63,14 +63,17 @@ def choose_structure(in_features: int, out_features: int, redn_factor: int, seed
     """
     _check_arguments(in_features, out_features, redn_factor, seed, block_k, block_n)
     if block_k is None or block_n is None:
-        advice = None
-        if _structure_advisor is not None:
-            advice = _structure_advisor(
-                in_features, out_features, redn_factor,
-                dtype or torch.get_default_dtype(),
-                # Where the layer's tensors will live: honours `with torch.device("cuda"):`.
-                torch.device(device) if device is not None else torch.get_default_device(),
-            )
+        advisor = _structure_advisor
+        if advisor is None:
+            from .tuning.lookup import DATABASE
+
+            advisor = DATABASE.structure
+        advice = advisor(
+            in_features, out_features, redn_factor,
+            dtype or torch.get_default_dtype(),
+            # Where the layer's tensors will live: honours `with torch.device("cuda"):`.
+            torch.device(device) if device is not None else torch.get_default_device(),
+        )
         if advice is not None:
             # A recommendation never makes a layer fail: an advised block_k (then block_n) that
             # would be refused gives way to the default (as convert_to_ss_linear's fallback does).

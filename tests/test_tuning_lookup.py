@@ -24,6 +24,16 @@ def record(config: LaunchConfig) -> dict:
             "gate_max_err": 1e-3, "date": "2026-01-01T00:00:00Z", "triton": version("triton")}
 
 
+def use_the_database() -> None:
+    """The defaults: new layers and launches ask the tuning database (other tests may have set an
+    advisor or a database of their own and put it back; this makes sure)."""
+    from ss1bench.kernels import config
+    from ss1bench.layer import set_structure_advisor
+
+    set_structure_advisor(None)
+    config.set_database(config.DATABASE_DEFAULT)
+
+
 @pytest.fixture
 def database(tmp_path, monkeypatch):
     """A user database for H200 with a structure and one launch record; the global lookup reset."""
@@ -37,7 +47,7 @@ def database(tmp_path, monkeypatch):
     tdb.write_records(tmp_path / "user" / "H200.json", updates)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    lookup.install_database_hooks()  # idempotent; other tests may have replaced the advisor
+    use_the_database()
     lookup.DATABASE.reset()
     yield
     lookup.DATABASE.reset()
@@ -99,16 +109,21 @@ def test_unknown_gpu_logs_once(database, caplog):
     assert caplog.text.count("no ss1bench tuning database for GPU MYSTERYACCELERATOR9: layers use the default") == 1
 
 
-def test_importing_ss1bench_installs_the_hooks_and_does_not_touch_cuda():
-    code = ("import torch\n"
+def test_importing_ss1bench_reads_no_database_and_does_not_touch_cuda():
+    """The database is activated on first use: importing ss1bench neither imports the lookup nor
+    queries CUDA; the first launch-config resolution brings the default database in."""
+    code = ("import sys, torch\n"
             "def boom(*a, **k):\n    raise SystemExit('CUDA queried at import')\n"
             "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.get_device_name = boom\n"
             "torch.cuda.current_device = torch.cuda.get_device_properties = boom\n"
-            "import ss1bench, ss1bench.cli, ss1bench.layer as layer\n"
+            "import ss1bench, ss1bench.layer as layer\n"
             "from ss1bench.kernels import config\n"
+            "assert 'ss1bench.tuning.lookup' not in sys.modules, 'the lookup was imported'\n"
+            "assert layer._structure_advisor is None and config._database == config.DATABASE_DEFAULT\n"
+            "problem = config.Problem('forward', 64, 768, 3072, 4, 32, 128, 'fp16', '')\n"
+            "assert config.database_answer(problem, 232448) is None  # a CPU problem: no records\n"
             "from ss1bench.tuning import lookup\n"
-            "assert layer._structure_advisor == lookup.DATABASE.structure\n"
-            "assert config._hooks == [(lookup.DATABASE.launch_config, True)]\n"
+            "assert config._database == lookup.DATABASE.launch_config\n"
             "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
@@ -130,7 +145,7 @@ def test_a_bad_user_file_never_stops_a_layer_or_a_launch(tmp_path, monkeypatch, 
     (tmp_path / "user" / "H200.json").write_bytes(content)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    lookup.install_database_hooks()
+    use_the_database()
     lookup.DATABASE.reset()
     try:
         with caplog.at_level(logging.WARNING, logger="ss1bench.tuning"):
@@ -165,7 +180,7 @@ AMPERE = 166912  # opt-in shared memory per block of an A100 (163 KiB)
 def shipped_only(tmp_path, monkeypatch):
     """The real shipped database (H200) and an empty user database; the global lookup reset."""
     monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
-    lookup.install_database_hooks()
+    use_the_database()
     lookup.DATABASE.reset()
     yield tdb.read_database(tdb.shipped_db_path("H200"))
     lookup.DATABASE.reset()

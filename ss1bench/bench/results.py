@@ -65,15 +65,12 @@ def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: P
 
 
 def use_tuning_database(gpu: str) -> str:
-    """Make sure SSL layers read the tuning database (idempotent); describe the files for ``gpu``.
+    """Describe the tuning database files that serve ``gpu`` (SSL layers read them on first use).
 
     Lookup order is the layer's: the user file (``SS1BENCH_DB`` or the user data dir), then the
     shipped ``tuning_db/<GPU>.json``. The description goes into the run's metadata.
     """
     from ss1bench.tuning.db import shipped_db_path, user_db_path
-    from ss1bench.tuning.lookup import install_database_hooks
-
-    install_database_hooks()
     files = [f"user {path} (sha256 {_digest(path)})" for path in [user_db_path(gpu)] if path.is_file()]
     shipped = shipped_db_path(gpu)
     if shipped.is_file():  # named inside the package: the same on every machine

@@ -1,6 +1,8 @@
-"""How layers read the tuning database: a structure advisor and a launch-config hook.
+"""How layers read the tuning database: structures for new layers, launch configs for kernels.
 
-:func:`install_database_hooks` (called when ``ss1bench`` is imported) registers both:
+:data:`DATABASE` answers both, activated on first use (nothing is read when ``ss1bench`` is
+imported): ``SSL(...)`` asks it for a structure (``layer.choose_structure``) and the launch-config
+resolver for configs (``kernels.config.database_answer``):
 
 - ``SSL(...)`` without explicit ``block_k``/``block_n`` asks :meth:`DatabaseLookup.structure` with its
   K, N, c, dtype and device: on a CUDA device whose GPU has a record for ``(dtype, K, N, c)`` the
@@ -50,7 +52,6 @@ from ss1bench.kernels.config import (
     Problem,
     fallback_config,
     fits,
-    register_config_hook,
 )
 
 from .db import DatabaseError, LaunchKey, Serving, StructureKey, TuningDatabase, serving_chain
@@ -376,29 +377,9 @@ class _GpuView:
         return self._examples
 
 
-#: The process-wide lookup the hooks use.
+#: The process-wide lookup: the launch-config resolver's default database
+#: (``kernels.config.database_answer``) and the layers' default structure advice.
 DATABASE = DatabaseLookup()
-_remove_hook = None
 
 
-def install_database_hooks() -> None:
-    """Register the database as structure advisor and launch-config hook (idempotent)."""
-    global _remove_hook
-    from ss1bench.layer import set_structure_advisor
-
-    set_structure_advisor(DATABASE.structure)
-    if _remove_hook is None:
-        _remove_hook = register_config_hook(DATABASE.launch_config, advisory=True)
-
-
-def uninstall_database_hooks() -> None:
-    global _remove_hook
-    from ss1bench.layer import set_structure_advisor
-
-    set_structure_advisor(None)
-    if _remove_hook is not None:
-        _remove_hook()
-        _remove_hook = None
-
-
-__all__ = ["DATABASE", "DatabaseLookup", "LaunchKey", "install_database_hooks", "uninstall_database_hooks"]
+__all__ = ["DATABASE", "DatabaseLookup", "LaunchKey"]
