@@ -244,8 +244,7 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
     Triton pipelines every load in the reduction loop ``num_stages - 1`` iterations ahead, and
     the c member loads of the sketched operand are c separate loads: so the sketched operand
     costs c tiles per stage (measured on an H200: at c = 8 most large configs asked for
-    256-608 KiB and failed, see BASELINES). One extra stage of slack covers the epilogue and
-    layout conversions.
+    256-608 KiB and failed). One extra stage of slack covers the epilogue and layout conversions.
     """
     size = element_size(problem.dtype)
     if config.algorithm == "sketch_gemm":

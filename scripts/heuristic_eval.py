@@ -36,9 +36,10 @@ import pandas as pd
 
 from ss1bench.kernels import heuristic
 from ss1bench.kernels.config import LaunchConfig, Problem, fallback_config
-from ss1bench.tuning import db as tdb
 from ss1bench.tuning import results
+from ss1bench.tuning.db import read_database
 from ss1bench.tuning.gpu import KNOWN_SHARED_MEMORY
+from ss1bench.tuning.records import TuningDatabase
 from ss1bench.tuning.space import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def problem_of(item: tuple, device_name: str) -> Problem:
     return Problem(kind, m, k, n, c, bk, bn, dtype, device_name)
 
 
-def evaluate(database: tdb.TuningDatabase, raw_paths: list[Path], shared_memory_limit: int,
+def evaluate(database: TuningDatabase, raw_paths: list[Path], shared_memory_limit: int,
              sm_count: int) -> pd.DataFrame:
     """One row per item: tuned and picked configs and times (see the module doc)."""
     items = results.match_items(database, [results.read_results(path) for path in raw_paths])
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-memory", type=int, default=None, help="bytes (default: the GPU's known limit)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    database = tdb.read_database(args.db)
+    database = read_database(args.db)
     if database is None:
         parser.error(f"{args.db}: no such file")
     raw = args.raw or [Path(p) for p in sorted(glob.glob(str(ROOT / "reports" / database.gpu / "raw" / "tune_*.csv*")))]

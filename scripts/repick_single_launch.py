@@ -3,9 +3,9 @@ from the raw results the records were chosen from (no GPU needed).
 
 The tuner times CUDA-graph replays; at decode sizes the plain forward's ``sketch_gemm`` is three
 launches (weight rotation, sketch, cuBLAS), whose host cost an eager call pays and a graph hides
-(``ss1bench.tuning.tuner.launches``). Since issue 20 the tuner records a one-launch config within
+(``ss1bench.tuning.selection.launches``). The tuner records a one-launch config within
 ``TuneOptions.single_launch_margin`` of a faster ``sketch_gemm``; this script applies that rule to
-records chosen before it, using the same item's measured candidates: the record becomes the
+records chosen without it, using the same item's measured candidates: the record becomes the
 fastest one-launch candidate (its time, dense time and gate errors as measured), and keeps its
 date (the measurement is that run's) with a ``repicked`` note saying what it replaced.
 
@@ -19,21 +19,24 @@ import sys
 from pathlib import Path
 
 from ss1bench.kernels.config import LaunchConfig
-from ss1bench.tuning import db as tdb
 from ss1bench.tuning import results
+from ss1bench.tuning.db import read_database, write_records
+from ss1bench.tuning.keys import LaunchKey
+from ss1bench.tuning.records import TuningDatabase
+from ss1bench.tuning.selection import launches, prefer_single_launch, prefers_single_launch
 from ss1bench.tuning.space import describe
-from ss1bench.tuning.tuner import TuneOptions, launches, prefer_single_launch, prefers_single_launch
+from ss1bench.tuning.work import TuneOptions
 
 
-def repick(database: tdb.TuningDatabase, raw_paths: list[Path],
-           margin: float = TuneOptions().single_launch_margin) -> tdb.TuningDatabase:
+def repick(database: TuningDatabase, raw_paths: list[Path],
+           margin: float = TuneOptions().single_launch_margin) -> TuningDatabase:
     """The records of ``database`` the rule changes, as a database of updates."""
     frames = [results.read_results(path) for path in raw_paths]
     matched = results.match_items(database, frames)
     errors = [results.gate_errors(frame) for frame in frames]
-    updates = tdb.TuningDatabase(gpu=database.gpu)
+    updates = TuningDatabase(gpu=database.gpu)
     for item, (text, times, index) in sorted(matched.items()):
-        key = tdb.LaunchKey.parse(text)
+        key = LaunchKey.parse(text)
         record = database.launch[text]
         config = LaunchConfig.from_dict(record["config"])
         if not prefers_single_launch(key.kind, key.m) or launches(key.kind, config) == 1:
@@ -59,17 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=TuneOptions().single_launch_margin)
     parser.add_argument("--dry-run", action="store_true", help="list the changes, write nothing")
     args = parser.parse_args(argv)
-    database = tdb.read_database(args.database)
+    database = read_database(args.database)
     if database is None:
         parser.error(f"{args.database}: no such file")
     updates = repick(database, args.raw, args.margin)
-    for text, record in sorted(updates.launch.items(), key=lambda entry: tdb.LaunchKey.parse(entry[0])):
+    for text, record in sorted(updates.launch.items(), key=lambda entry: LaunchKey.parse(entry[0])):
         before = database.launch[text]
         print(f"{text:48} {describe(LaunchConfig.from_dict(before['config'])):24} {before['ms'] * 1e3:6.2f} us -> "
               f"{describe(LaunchConfig.from_dict(record['config'])):24} {record['ms'] * 1e3:6.2f} us")
     print(f"{len(updates.launch)} records {'would change' if args.dry_run else 'changed'}")
     if updates.launch and not args.dry_run:
-        tdb.write_records(args.database, updates)
+        write_records(args.database, updates)
     return 0
 
 

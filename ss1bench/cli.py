@@ -145,6 +145,7 @@ def info() -> None:
 # Commands from other modules register here (one line each).
 from .bench import commands as _bench_commands  # noqa: E402, F401  (registers bench, report)
 from .e2e.command import e2e_command  # noqa: E402  (a command object: e2e imports nothing from this module)
-from .tuning import commands as _tuning_commands  # noqa: E402, F401  (registers tune, db)
+from .tuning import commands as _tuning_commands  # noqa: E402, F401  (registers tune)
+from .tuning import db_commands as _db_commands  # noqa: E402, F401  (registers db)
 
 main.add_command(e2e_command)

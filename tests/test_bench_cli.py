@@ -98,7 +98,7 @@ def test_recorded_command_keeps_file_names_not_folders():
 
 
 @pytest.mark.parametrize("module", ["ss1bench.bench.runner", "ss1bench.e2e", "ss1bench.tuning.commands",
-                                    "ss1bench.report", "ss1bench.cli"])
+                                    "ss1bench.tuning.db_commands", "ss1bench.report", "ss1bench.cli"])
 def test_every_entry_module_imports_first(module):
     """No import cycle bites a program that imports one of these before anything else."""
     import subprocess

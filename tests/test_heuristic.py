@@ -20,9 +20,10 @@ from ss1bench.kernels.config import (
     heuristic_config,
     shared_memory_bytes,
 )
-from ss1bench.tuning import db as tdb
 from ss1bench.tuning import space
-from ss1bench.tuning.tuner import CSV_FIELDS
+from ss1bench.tuning.keys import LaunchKey
+from ss1bench.tuning.outcome import CSV_FIELDS
+from ss1bench.tuning.records import TuningDatabase
 
 HOPPER = 232448
 AMPERE = 166912
@@ -41,7 +42,7 @@ def record(config: LaunchConfig, ms: float = 0.01) -> dict:
 
 def key(kind, k, n, c, m, dtype="fp16") -> str:
     bk, bn = space.default_structure(k, c)
-    return tdb.LaunchKey(kind, dtype, k, n, c, bk, bn, m).text()
+    return LaunchKey(kind, dtype, k, n, c, bk, bn, m).text()
 
 
 FUSED = LaunchConfig(16, 64, 128, num_warps=4, num_stages=5, group_m=8)  # a refined grid point (s4 in the grid)
@@ -151,7 +152,7 @@ def raw_row(kind, k, n, c, m, config: LaunchConfig, ms: float, phase="screen") -
 def test_eval_leaves_the_shape_out_and_counts_unmeasured_picks_apart(heuristic_eval, tmp_path):
     grid_fused = LaunchConfig(16, 64, 128, num_warps=4, num_stages=4, group_m=8)
     other = LaunchConfig(16, 32, 64, num_warps=4, num_stages=4, group_m=8)
-    database = tdb.TuningDatabase(gpu="H200", metadata={"device_name": "NVIDIA H200"})
+    database = TuningDatabase(gpu="H200", metadata={"device_name": "NVIDIA H200"})
     database.launch[key("forward", 768, 3072, 4, 16)] = record(grid_fused, 0.010)   # A: fused wins
     database.launch[key("forward", 1024, 3072, 4, 16)] = record(other, 0.008)       # B: other wins
     database.launch[key("forward", 4096, 4096, 4, 16)] = record(GEMV, 0.020)        # C: gemv wins
@@ -182,7 +183,7 @@ def test_eval_leaves_the_shape_out_and_counts_unmeasured_picks_apart(heuristic_e
     assert len(pd.read_csv(tmp_path / "out.csv")) == 3
 
 
-def _write(database: tdb.TuningDatabase, tmp_path) -> pathlib.Path:
+def _write(database: TuningDatabase, tmp_path) -> pathlib.Path:
     path = tmp_path / "H200.json"
     path.write_text(database.dumps())
     return path

@@ -11,6 +11,7 @@ from ss1bench.cli import main
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import gpu as tgpu
+from ss1bench.tuning.keys import LaunchKey
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def write_db(path, gpu="H200", config=None):
     updates = tdb.TuningDatabase(gpu=gpu)
     updates.structures["fp16/K768/N3072/c4"] = {"block_k": 64, "block_n": 128, "searched": True,
                                                 "relative_time": {"64x128": 1.0, "64x256": 1.01}}
-    key = tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 4096).text()
+    key = LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 4096).text()
     config = config or LaunchConfig(128, 128, 64, 8, 3)
     updates.launch[key] = {"config": config.to_dict(), "ms": 0.05, "dense_ms": 0.1,
                            "speedup": 2.0, "gate_rel_err": 2e-4, "gate_max_err": 1e-3,
@@ -163,7 +164,7 @@ def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path)
     database = tdb.read_database(user / "H200.json")
     assert database.metadata["tuning_wall_time_s"] >= 0 and database.metadata["device_name"] == "NVIDIA H200"
     default = space.default_structure(64, 2)
-    (record,) = [r for k, r in database.launch.items() if tdb.LaunchKey.parse(k).family[5:] == default]
+    (record,) = [r for k, r in database.launch.items() if LaunchKey.parse(k).family[5:] == default]
     assert record["config"] == sketch.to_dict() and record["speedup"] == 4.0
     assert database.structures["fp16/K64/N64/c2"]["searched"] is True
     with results.open() as handle:

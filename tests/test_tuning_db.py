@@ -16,6 +16,9 @@ import pytest
 from ss1bench.kernels.config import LaunchConfig, Problem
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import lookup
+from ss1bench.tuning.keys import DTYPES, LaunchKey, StructureKey, nearest_bucket
+from ss1bench.tuning.records import SCHEMA, SCHEMA_VERSION, DatabaseError, TuningDatabase
+from ss1bench.tuning.validation import validate_data, validate_launch_record
 
 H200 = "NVIDIA H200"
 
@@ -26,14 +29,14 @@ def launch_record(config: LaunchConfig, ms: float = 0.1, date: str = "2026-01-01
             "gate_max_err": 5e-3, "date": date, "torch": "2.11.0", "triton": triton}
 
 
-def database_with(gpu: str = "H200", **launch: LaunchConfig) -> tdb.TuningDatabase:
-    database = tdb.TuningDatabase(gpu=gpu)
+def database_with(gpu: str = "H200", **launch: LaunchConfig) -> TuningDatabase:
+    database = TuningDatabase(gpu=gpu)
     for text, config in launch.items():
         database.launch[text] = launch_record(config)
     return database
 
 
-KEY = tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 16)
+KEY = LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 16)
 SMALL = LaunchConfig(16, 64, 128, 4, 3)
 BIG = LaunchConfig(128, 128, 64, 8, 3)
 
@@ -56,11 +59,11 @@ def user(tmp_path, monkeypatch):
 
 def test_keys_round_trip():
     assert KEY.text() == "forward/fp16/K768/N3072/c4/bk64/bn128/M16"
-    assert tdb.LaunchKey.parse(KEY.text()) == KEY
-    skey = tdb.StructureKey("bf16", 4096, 14336, 8)
-    assert tdb.StructureKey.parse(skey.text()) == skey
+    assert LaunchKey.parse(KEY.text()) == KEY
+    skey = StructureKey("bf16", 4096, 14336, 8)
+    assert StructureKey.parse(skey.text()) == skey
     with pytest.raises(ValueError, match="bad launch key"):
-        tdb.LaunchKey.parse("forward/fp16/K768")
+        LaunchKey.parse("forward/fp16/K768")
 
 
 def test_round_trip_is_byte_stable(tmp_path):
@@ -76,21 +79,21 @@ def test_round_trip_is_byte_stable(tmp_path):
     path.write_text(again.dumps())
     assert path.read_bytes() == first
     data = json.loads(first)
-    assert list(data) == sorted(data) and data["schema"] == tdb.SCHEMA and data["version"] == tdb.SCHEMA_VERSION
+    assert list(data) == sorted(data) and data["schema"] == SCHEMA and data["version"] == SCHEMA_VERSION
     assert first.endswith(b"\n") and b'\n "gpu": "H200",\n' in first
 
 
 def test_nearest_bucket_in_log2():
     buckets = [1, 16, 4096]
-    assert tdb.nearest_bucket(1, buckets) == 1
-    assert tdb.nearest_bucket(8, buckets) == 16
-    assert tdb.nearest_bucket(4, buckets) == 1  # tie (2 octaves each way): the smaller bucket
-    assert tdb.nearest_bucket(300, buckets) == 4096
-    assert tdb.nearest_bucket(10**6, buckets) == 4096
+    assert nearest_bucket(1, buckets) == 1
+    assert nearest_bucket(8, buckets) == 16
+    assert nearest_bucket(4, buckets) == 1  # tie (2 octaves each way): the smaller bucket
+    assert nearest_bucket(300, buckets) == 4096
+    assert nearest_bucket(10**6, buckets) == 4096
 
 
 def test_lookup_user_before_shipped_and_nearest_bucket(user, shipped):
-    other = tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 4096)
+    other = LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 4096)
     (shipped / "H200.json").write_text(database_with(**{KEY.text(): BIG, other.text(): BIG}).dumps())
     tdb.write_records(user / "H200.json", database_with(**{KEY.text(): SMALL}))
     answers = lookup.DatabaseLookup()
@@ -138,11 +141,11 @@ def test_user_data_dir_follows_xdg(monkeypatch, tmp_path):
 def test_bad_file_is_a_clear_error_and_never_overwritten(tmp_path, content, message):
     path = tmp_path / "H200.json"
     path.write_text(content)
-    with pytest.raises(tdb.DatabaseError, match=message) as error:
+    with pytest.raises(DatabaseError, match=message) as error:
         tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
     assert str(path) in str(error.value)
     assert path.read_text() == content
-    with pytest.raises(tdb.DatabaseError, match=message):
+    with pytest.raises(DatabaseError, match=message):
         tdb.merge_files([path], tmp_path / "other.json")
     assert not (tmp_path / "other.json").exists()
 
@@ -161,23 +164,23 @@ def test_validation_catches_bad_records():
     data["launch"][KEY.text()]["gate_rel_err"] = 0.5
     data["launch"]["forward/fp16/K1/N1/c3/bk64/bn128/M1"] = launch_record(SMALL)
     data["structures"]["fp16/K768/N3072/c4"] = {"block_k": 512, "block_n": 128}
-    problems = tdb.validate_data(data)
+    problems = validate_data(data)
     assert any("gate_rel_err" in p for p in problems)
     assert any("reduction factor 3" in p for p in problems)
     assert any("block_k = 512" in p for p in problems)
-    with pytest.raises(tdb.DatabaseError, match="invalid tuning database"):
-        tdb.TuningDatabase.from_json(data, "x.json")
+    with pytest.raises(DatabaseError, match="invalid tuning database"):
+        TuningDatabase.from_json(data, "x.json")
 
 
-@pytest.mark.parametrize("dtype", tdb.DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("gate_rel_err", "valid"), [(0.0105, False), (0.0095, True), (0.0, True), (-1e-6, False)],
                          ids=["just-over", "just-under", "zero", "negative"])
 def test_a_shipped_record_must_have_passed_the_gate(dtype, gate_rel_err, valid):
     # 1e-2 is the gate's relative Frobenius bound (ss1bench/tuning/gate.py), written out so that
     # a loosened bound here or there fails this test instead of moving with it
-    key = tdb.LaunchKey("forward", dtype, 768, 3072, 4, 64, 128, 16)
+    key = LaunchKey("forward", dtype, 768, 3072, 4, 64, 128, 16)
     record = {**launch_record(SMALL), "gate_rel_err": gate_rel_err}
-    problems = tdb.validate_launch_record(key.text(), record)
+    problems = validate_launch_record(key.text(), record)
     if valid:
         assert problems == [], f"gate_rel_err={gate_rel_err} refused"
     else:
@@ -187,7 +190,7 @@ def test_a_shipped_record_must_have_passed_the_gate(dtype, gate_rel_err, valid):
 
 def _write_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
-        key = tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 1 + writer * 1000 + i)
+        key = LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, 1 + writer * 1000 + i)
         tdb.write_records(path, database_with(**{key.text(): SMALL}))
 
 
@@ -240,7 +243,7 @@ def test_a_write_failing_partway_leaves_the_old_file_and_no_temporary(tmp_path, 
     path = tmp_path / "H200.json"
     tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
     before = path.read_bytes()
-    bigger = database_with(**{tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, m).text(): BIG
+    bigger = database_with(**{LaunchKey("forward", "fp16", 768, 3072, 4, 64, 128, m).text(): BIG
                               for m in range(1, 300)})
     limit = 16 * 1024
     assert len(before) < limit < len(bigger.dumps())
@@ -261,15 +264,15 @@ def test_a_write_failing_partway_leaves_the_old_file_and_no_temporary(tmp_path, 
 
 def test_merge_newer_record_wins(tmp_path):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
-    older = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, date="2026-01-01T00:00:00Z")})
-    newer = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(SMALL, date="2026-02-01T00:00:00Z")})
+    older = TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, date="2026-01-01T00:00:00Z")})
+    newer = TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(SMALL, date="2026-02-01T00:00:00Z")})
     tdb.write_records(old, older)
     tdb.write_records(new, newer)
     target = tmp_path / "H200.json"
     merged, changed = tdb.merge_files([new, old], target)
     assert changed == 1 and merged.launch[KEY.text()]["config"] == SMALL.to_dict()
-    with pytest.raises(tdb.DatabaseError, match="holds A100 results"):
-        tdb.write_records(tmp_path / "a100.json", tdb.TuningDatabase(gpu="A100"))
+    with pytest.raises(DatabaseError, match="holds A100 results"):
+        tdb.write_records(tmp_path / "a100.json", TuningDatabase(gpu="A100"))
         tdb.merge_files([tmp_path / "a100.json"], target)
 
 
@@ -289,7 +292,7 @@ BAD_FILES = {
     "not-json": b"{oops",
     "not-utf8": b'{"schema": "ss1bench.tuning_db", "gpu": "H\xff200"}',
     "deeply-nested": b"[" * 200_000 + b"]" * 200_000,
-    "invalid-record": json.dumps({"schema": tdb.SCHEMA, "version": 1, "gpu": "H200", "metadata": {"runs": 3}}).encode(),
+    "invalid-record": json.dumps({"schema": SCHEMA, "version": 1, "gpu": "H200", "metadata": {"runs": 3}}).encode(),
 }
 
 
@@ -297,10 +300,10 @@ BAD_FILES = {
 def test_a_bad_file_is_a_database_error_naming_it(tmp_path, content):
     path = tmp_path / "H200.json"
     path.write_bytes(content)
-    with pytest.raises(tdb.DatabaseError) as error:
+    with pytest.raises(DatabaseError) as error:
         tdb.read_database(path)
     assert str(path) in str(error.value)
-    with pytest.raises(tdb.DatabaseError):
+    with pytest.raises(DatabaseError):
         tdb.write_records(path, database_with(**{KEY.text(): SMALL}))
     assert path.read_bytes() == content
 
@@ -335,7 +338,7 @@ def test_validation_rejects_what_writes_and_show_cannot_handle(field, value):
     else:
         data["launch"][KEY.text()][field] = value
     text = json.dumps(data)  # Infinity and NaN as Python's json writes them
-    problems = tdb.validate_data(json.loads(text))
+    problems = validate_data(json.loads(text))
     assert len(problems) == 1 and field in problems[0], problems
 
 
@@ -343,7 +346,7 @@ def test_a_valid_file_still_validates():
     database = database_with(**{KEY.text(): SMALL})
     database.structures["fp16/K768/N3072/c4"] = {"block_k": 64, "block_n": 128, "relative_time": {"64x128": 1.0}}
     database.metadata["runs"] = [{"date": "2026-01-01T00:00:00Z"}]
-    assert tdb.validate_data(database.to_json()) == []
+    assert validate_data(database.to_json()) == []
 
 
 # ---- atomic writes: leftovers, permissions, links -------------------------------------------------------
@@ -379,10 +382,10 @@ def test_a_read_only_file_is_refused_not_replaced(tmp_path):
     before = path.read_bytes()
     for write in (lambda: tdb.write_records(path, database_with(**{KEY.text(): BIG})),
                   lambda: tdb.merge_files([path], path)):
-        with pytest.raises(tdb.DatabaseError, match=r"read-only \(mode 444\).*chmod u\+w"):
+        with pytest.raises(DatabaseError, match=r"read-only \(mode 444\).*chmod u\+w"):
             write()
     assert path.read_bytes() == before and (path.stat().st_mode & 0o777) == 0o444
-    with pytest.raises(tdb.DatabaseError, match="read-only"):
+    with pytest.raises(DatabaseError, match="read-only"):
         tdb.check_writable(path)
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -417,7 +420,7 @@ def test_merge_compares_instants(tmp_path, first, second, winner):
     sources = []
     for name, config, date in (("first", SMALL, first), ("second", BIG, second)):
         path = tmp_path / f"{name}.json"
-        path.write_text(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(config, date=date)}).dumps())
+        path.write_text(TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(config, date=date)}).dumps())
         sources.append(path)
     expected = (SMALL if winner == "first" else BIG).to_dict()
     for order in (sources, sources[::-1]):
@@ -431,8 +434,8 @@ def test_merge_tie_goes_to_the_faster_record_in_any_order(tmp_path):
     same_instant = "2026-03-01T11:00:00+05:00"
     slow = tmp_path / "slow.json"
     fast = tmp_path / "fast.json"
-    slow.write_text(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, ms=0.2, date=date)}).dumps())
-    fast.write_text(tdb.TuningDatabase(
+    slow.write_text(TuningDatabase(gpu="H200", launch={KEY.text(): launch_record(BIG, ms=0.2, date=date)}).dumps())
+    fast.write_text(TuningDatabase(
         gpu="H200", launch={KEY.text(): launch_record(SMALL, ms=0.1, date=same_instant)}).dumps())
     results = []
     for index, order in enumerate(([slow, fast], [fast, slow])):
@@ -442,10 +445,10 @@ def test_merge_tie_goes_to_the_faster_record_in_any_order(tmp_path):
     # equal instants and equal ms: the same record wins whichever side holds it
     a = {**launch_record(SMALL, date=date), "note": "a"}
     b = {**launch_record(SMALL, date=date), "note": "b"}
-    left = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): a})
-    left.merge(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): b}))
-    right = tdb.TuningDatabase(gpu="H200", launch={KEY.text(): b})
-    right.merge(tdb.TuningDatabase(gpu="H200", launch={KEY.text(): a}))
+    left = TuningDatabase(gpu="H200", launch={KEY.text(): a})
+    left.merge(TuningDatabase(gpu="H200", launch={KEY.text(): b}))
+    right = TuningDatabase(gpu="H200", launch={KEY.text(): b})
+    right.merge(TuningDatabase(gpu="H200", launch={KEY.text(): a}))
     assert left.launch == right.launch
 
 

@@ -18,6 +18,7 @@ from ss1bench.kernels.ss1 import device_limits
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import lookup
 from ss1bench.tuning.gpu import normalize_gpu_name
+from ss1bench.tuning.keys import LaunchKey
 
 
 @pytest.mark.gpu
@@ -34,7 +35,7 @@ def test_tune_then_a_fresh_layer_uses_the_records(tmp_path, monkeypatch):
     structure = database.structures["fp16/K512/N1024/c4"]
     assert structure["searched"] is True
     block_k, block_n = structure["block_k"], structure["block_n"]
-    records = {tdb.LaunchKey.parse(k): r for k, r in database.launch.items()}
+    records = {LaunchKey.parse(k): r for k, r in database.launch.items()}
     chosen = {key.m: r for key, r in records.items() if (key.block_k, key.block_n) == (block_k, block_n)}
     assert set(chosen) == {1, 64}
     for record in chosen.values():

@@ -14,6 +14,8 @@ from ss1bench.kernels.config import LaunchConfig, Problem, resolve_launch_config
 from ss1bench.layer import choose_structure
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import lookup
+from ss1bench.tuning.keys import LaunchKey
+from ss1bench.tuning.records import TuningDatabase
 
 TUNED = LaunchConfig(64, 128, 32, num_warps=4, num_stages=4, group_m=4)
 H200 = "NVIDIA H200"
@@ -41,9 +43,9 @@ def database(tmp_path, monkeypatch):
     shipped.mkdir()
     monkeypatch.setattr(tdb, "shipped_dir", lambda: shipped)
     monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
-    updates = tdb.TuningDatabase(gpu="H200")
+    updates = TuningDatabase(gpu="H200")
     updates.structures["fp16/K768/N3072/c4"] = {"block_k": 32, "block_n": 256, "searched": True}
-    updates.launch[tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
+    updates.launch[LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
     tdb.write_records(tmp_path / "user" / "H200.json", updates)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -92,8 +94,8 @@ def test_forward_rotated_has_its_own_records_else_takes_the_forward_ones(databas
     decode = Problem("forward_rotated", 16, 768, 3072, 4, 32, 256, "fp16", H200)
     assert lookup.DATABASE.launch_config(prefill) == TUNED  # no record of its own: the forward's
     assert lookup.DATABASE.launch_config(decode) is None  # neither kind has a decode record
-    updates = tdb.TuningDatabase(gpu="H200")
-    updates.launch[tdb.LaunchKey("forward_rotated", "fp16", 768, 3072, 4, 32, 256, 16).text()] = record(rotated_pick)
+    updates = TuningDatabase(gpu="H200")
+    updates.launch[LaunchKey("forward_rotated", "fp16", 768, 3072, 4, 32, 256, 16).text()] = record(rotated_pick)
     tdb.write_records(tmp_path / "user" / "H200.json", updates)
     lookup.DATABASE.reset()
     assert lookup.DATABASE.launch_config(decode) == rotated_pick
@@ -137,9 +139,9 @@ def test_a_bad_user_file_never_stops_a_layer_or_a_launch(tmp_path, monkeypatch, 
     shipped.mkdir()
     monkeypatch.setattr(tdb, "shipped_dir", lambda: shipped)
     monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "user"))
-    ship = tdb.TuningDatabase(gpu="H200")
+    ship = TuningDatabase(gpu="H200")
     ship.structures["fp16/K768/N3072/c4"] = {"block_k": 32, "block_n": 256, "searched": True}
-    ship.launch[tdb.LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
+    ship.launch[LaunchKey("forward", "fp16", 768, 3072, 4, 32, 256, 4096).text()] = record(TUNED)
     (shipped / "H200.json").write_text(ship.dumps())
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "H200.json").write_bytes(content)
@@ -200,7 +202,7 @@ def test_an_a100_takes_the_h200_records_and_never_launches_a_config_over_its_sha
     over, used = 0, 0
     with caplog.at_level(logging.INFO, logger="ss1bench.tuning"):
         for text, entry in shipped_only.launch.items():
-            key = tdb.LaunchKey.parse(text)
+            key = LaunchKey.parse(text)
             structure = SS1Structure(key.in_features, key.out_features, key.redn_factor, 0, key.block_k, key.block_n)
             problem = Problem(key.kind, key.m, key.in_features, key.out_features, key.redn_factor, key.block_k,
                               key.block_n, key.dtype, "NVIDIA A100-SXM4-80GB")

@@ -11,7 +11,10 @@ import pytest
 
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
-from ss1bench.tuning.tuner import CSV_FIELDS
+from ss1bench.tuning.keys import LaunchKey
+from ss1bench.tuning.outcome import CSV_FIELDS
+from ss1bench.tuning.records import TuningDatabase
+from ss1bench.tuning.validation import validate_data
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 SKETCH = LaunchConfig(16, 64, 64, 4, 1, algorithm="sketch_gemm")
@@ -41,10 +44,10 @@ def record(config, ms) -> dict:
 
 def test_repick_keeps_measured_one_launch_configs_within_the_margin(tmp_path):
     repick = load("repick_single_launch")
-    decode = tdb.LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 64).text()
-    far = tdb.LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 16).text()
-    prefill = tdb.LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 4096).text()
-    database = tdb.TuningDatabase(gpu="H200")
+    decode = LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 64).text()
+    far = LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 16).text()
+    prefill = LaunchKey("forward", "fp16", 768, 3072, 16, 16, 128, 4096).text()
+    database = TuningDatabase(gpu="H200")
     database.launch[decode] = record(SKETCH, 0.011424)  # the outlier's record
     database.launch[far] = record(SKETCH, 0.0100)
     database.launch[prefill] = record(SKETCH, 0.0300)
@@ -65,7 +68,7 @@ def test_repick_keeps_measured_one_launch_configs_within_the_margin(tmp_path):
     assert after.launch[decode]["date"] == "2026-11-28T16:24:35Z" and "repicked" in after.launch[decode]
     assert after.launch[far] == database.launch[far]  # 20% slower: sketch_gemm stays
     assert after.launch[prefill] == database.launch[prefill]  # prefill: graph time decides
-    assert tdb.validate_data(after.to_json()) == []
+    assert validate_data(after.to_json()) == []
 
 
 def bench_row(provider, m, c, ms, mode="fwd", dtype="fp16", k=768, n=3072, shape_set="gpt2") -> dict:

@@ -16,23 +16,16 @@ from ss1bench import reference
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
 from ss1bench.tuning import gate, measure, space
+from ss1bench.tuning.budget import expected_gain_ms, order_by_gain
+from ss1bench.tuning.keys import LaunchKey, StructureKey
 from ss1bench.tuning.measure import MeasurementError
+from ss1bench.tuning.outcome import csv_rows, summary_rows
+from ss1bench.tuning.records import TuningDatabase
+from ss1bench.tuning.selection import choose_structure, launches, prefer_single_launch
 from ss1bench.tuning.shapes import Layer
-from ss1bench.tuning.tuner import (
-    TuneOptions,
-    Tuner,
-    WorkItem,
-    choose_structure,
-    csv_rows,
-    estimate_units,
-    expected_gain_ms,
-    launches,
-    order_by_gain,
-    plan_work,
-    prefer_single_launch,
-    problem_for,
-    summary_rows,
-)
+from ss1bench.tuning.tuner import Tuner
+from ss1bench.tuning.validation import validate_launch_record
+from ss1bench.tuning.work import TuneOptions, WorkItem, estimate_units, plan_work, problem_for
 
 HOPPER = 227 * 1024
 ENV = {"device_name": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "ss1bench": "0.1.0"}
@@ -118,10 +111,10 @@ def test_a_fastest_but_wrong_candidate_is_never_chosen():
     assert ("forward", 4096, (768, 3072, 4, *it.primary), fastest) in bench.gated
     wrong = [x for x in outcome.measurements if x.config == fastest and x.m == 4096]
     assert wrong[0].status == "failed_gate" and wrong[0].ms is None
-    record = outcome.updates.launch[tdb.LaunchKey("forward", "fp16", 768, 3072, 4, *it.primary, 4096).text()]
+    record = outcome.updates.launch[LaunchKey("forward", "fp16", 768, 3072, 4, *it.primary, 4096).text()]
     assert record["config"] == result.config.to_dict()
     assert record["speedup"] == pytest.approx(2.0 / result.ms, rel=1e-3)
-    assert tdb.validate_launch_record(tdb.LaunchKey("forward", "fp16", 768, 3072, 4, *it.primary, 4096).text(),
+    assert validate_launch_record(LaunchKey("forward", "fp16", 768, 3072, 4, *it.primary, 4096).text(),
                                       record) == []
 
 
@@ -170,7 +163,7 @@ def test_structure_search_end_to_end(factor, expect_other):
     record = outcome.updates.structures["fp16/K768/N3072/c4"]
     assert (record["block_k"], record["block_n"]) == chosen and record["searched"] is True
     # primary launch records always, the chosen structure's too
-    written = {tdb.LaunchKey.parse(key).family[5:] for key in outcome.updates.launch}
+    written = {LaunchKey.parse(key).family[5:] for key in outcome.updates.launch}
     assert written == {primary, chosen}
     assert any(x.phase == "probe" and x.structure == other for x in outcome.measurements)
     # structures are compared on the prefill bucket only; decode is measured on the winner alone
@@ -205,7 +198,7 @@ def test_resume_skips_tuned_keys_and_force_redoes_them(tmp_path):
     assert len(todo) == 1 and todo[0].searches_structure and todo[0].todo == []
     # --force without the structure search re-tunes the launch records of the recorded structure,
     # even one that is not the default (and writes no structure record over it)
-    key = tdb.StructureKey("fp16", 768, 3072, 4)
+    key = StructureKey("fp16", 768, 3072, 4)
     database.structures[key.text()] = dict(database.structures[key.text()], block_k=32, block_n=128)
     todo, _ = plan_work(layers, [4], ["fp16"], dataclasses.replace(options, force=True), database)
     assert todo[0].primary == (32, 128) != space.default_structure(768, 4)
@@ -216,13 +209,13 @@ def test_resumed_item_with_structure_search_probes_recorded_configs():
     layers = [Layer(768, 3072, (16,), ("x",))]
     first = tuner(FakeBench(), structure_search=False).tune_item(
         plan_work(layers, [4], ["fp16"], TuneOptions(structure_search=False), None)[0][0])
-    database = tdb.TuningDatabase(gpu="H200", launch=first.updates.launch)
+    database = TuningDatabase(gpu="H200", launch=first.updates.launch)
     todo, _ = plan_work(layers, [4], ["fp16"], TuneOptions(), database)
     bench = FakeBench()
     outcome = tuner(bench).tune_item(todo[0])
     assert [x.phase for x in outcome.measurements if x.structure == todo[0].primary] == ["recorded"]
     assert "fp16/K768/N3072/c4" in outcome.updates.structures
-    assert not any(tdb.LaunchKey.parse(k).family[5:] == todo[0].primary for k in outcome.updates.launch)
+    assert not any(LaunchKey.parse(k).family[5:] == todo[0].primary for k in outcome.updates.launch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +418,7 @@ def test_structure_record_is_not_replaced_by_an_unsearched_one():
     layers = [Layer(768, 3072, (16,), ("x",))]
     first = tuner(FakeBench()).tune_item(plan_work(layers, [4], ["fp16"], TuneOptions(), None)[0][0])
     assert first.updates.structures["fp16/K768/N3072/c4"]["searched"] is True
-    database = tdb.TuningDatabase(gpu="H200", structures=first.updates.structures)  # launch records lost
+    database = TuningDatabase(gpu="H200", structures=first.updates.structures)  # launch records lost
     todo, _ = plan_work(layers, [4], ["fp16"], TuneOptions(), database)
     assert not todo[0].searches_structure and todo[0].structure_recorded
     again = tuner(FakeBench()).tune_item(todo[0])
@@ -534,4 +527,4 @@ def test_a_budget_stops_between_items_and_leaves_a_usable_database(monkeypatch, 
     assert report.items == 1 and len(report.skipped) == 2 and report.error is None
     assert report.skipped == [it.label for it in todo[1:]]
     written = tdb.read_database(db_path)  # valid, and holds exactly the first item's records
-    assert {tdb.LaunchKey.parse(k).in_features for k in written.launch} == {todo[0].in_features}
+    assert {LaunchKey.parse(k).in_features for k in written.launch} == {todo[0].in_features}

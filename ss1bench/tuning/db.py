@@ -1,4 +1,4 @@
-"""The tuning database: one JSON file per GPU (``H200.json``), shipped and per user.
+"""The tuning database's files: one JSON file per GPU (``H200.json``), shipped and per user.
 
 Where files live, looked up in this order (the first file that has a key answers):
 
@@ -7,385 +7,41 @@ Where files live, looked up in this order (the first file that has a key answers
    ending in ``.json`` is that one file; anything else is a directory of ``<GPU>.json`` files.
 2. the shipped database: ``<GPU>.json`` inside the ``ss1bench.tuning_db`` package (``tuning_db/``).
 
-File layout (schema ``ss1bench.tuning_db`` version 1), written with sorted keys and one-space
-indent so a re-tune diffs line by line::
+A GPU without a file of its own is served by the closest GPU's (:func:`serving_chain`). What a file
+holds: :mod:`.records`.
 
-    {"schema": "ss1bench.tuning_db", "version": 1, "gpu": "H200",
-     "metadata": {"device_name", "torch", "triton", "date", "tuning_wall_time_s", "runs": [...]},
-     "structures": {"fp16/K768/N3072/c4": {"block_k", "block_n", "relative_time", "m_buckets", ...}},
-     "launch": {"forward/fp16/K768/N3072/c4/bk64/bn128/M16":
-                {"config": {...}, "ms", "dense_ms", "speedup", "gate_rel_err", "triton", "date", ...}}}
-
-``structures`` is record kind (1) of DESIGN.md section 3 (the structure a new layer gets);
-``launch`` is kind (2) (a launch config per structure and M bucket).
-
-Writes take a file lock (``<file>.lock``), re-read the file, merge (see :meth:`TuningDatabase.merge`:
-the record with the later ``date`` instant wins a key both sides have), write a temporary file in the
-same directory and ``os.replace`` it: concurrent writers lose nothing and a reader never sees half a
-file. Temporary files a killed writer left behind are removed by the next writer (under the lock).
-The file keeps its permission bits; a file without the owner's write bit (``chmod 444``) is refused
-with :class:`DatabaseError` rather than replaced. A symlinked database is written through the link
-(the target is replaced, the link stays). A file that does not parse (bad JSON, not UTF-8, nested
-too deeply) or has an unknown schema raises :class:`DatabaseError` naming it and is never
-overwritten.
+Writes take a file lock (``<file>.lock``), re-read the file, merge (see
+:meth:`~.records.TuningDatabase.merge`: the record with the later ``date`` instant wins a key both
+sides have), write a temporary file in the same directory and ``os.replace`` it: concurrent writers
+lose nothing and a reader never sees half a file. Temporary files a killed writer left behind are
+removed by the next writer (under the lock). The file keeps its permission bits; a file without the
+owner's write bit (``chmod 444``) is refused with :class:`~.records.DatabaseError` rather than
+replaced. A symlinked database is written through the link (the target is replaced, the link
+stays). A file that does not parse (bad JSON, not UTF-8, nested too deeply) or has an unknown
+schema raises :class:`~.records.DatabaseError` naming it and is never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
-import math
 import os
 import re
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ss1bench.kernels.config import KINDS, LaunchConfig
-from ss1bench.structure import REDUCTION_FACTORS
+from .records import DatabaseError, TuningDatabase
 
-from .gate import GATE_TOLERANCE
-
-SCHEMA = "ss1bench.tuning_db"
-SCHEMA_VERSION = 1
 ENV_VAR = "SS1BENCH_DB"
-DTYPES = ("fp32", "fp16", "bf16")
-#: Run entries kept in the metadata (oldest dropped first).
-MAX_RUNS = 50
 #: Seconds a writer waits for another writer's lock before giving up with an error.
 LOCK_TIMEOUT_S = 120
 
 logger = logging.getLogger("ss1bench.tuning")
-
-
-class DatabaseError(Exception):
-    """A database file that cannot be used; the message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# keys
-# ---------------------------------------------------------------------------------------------
-
-_STRUCTURE_KEY = re.compile(r"(fp32|fp16|bf16)/K(\d+)/N(\d+)/c(\d+)")
-_LAUNCH_KEY = re.compile(
-    r"(" + "|".join(KINDS) + r")/(fp32|fp16|bf16)/K(\d+)/N(\d+)/c(\d+)/bk(\d+)/bn(\d+)/M(\d+)")
-
-
-@dataclass(frozen=True, order=True)
-class StructureKey:
-    """Key of a recommended structure: ``fp16/K768/N3072/c4``."""
-
-    dtype: str
-    in_features: int
-    out_features: int
-    redn_factor: int
-
-    def text(self) -> str:
-        return f"{self.dtype}/K{self.in_features}/N{self.out_features}/c{self.redn_factor}"
-
-    @classmethod
-    def parse(cls, text: str) -> StructureKey:
-        match = _STRUCTURE_KEY.fullmatch(text)
-        if not match:
-            raise ValueError(f"bad structure key {text!r} (expected like 'fp16/K768/N3072/c4')")
-        dtype, k, n, c = match.groups()
-        return cls(dtype, int(k), int(n), int(c))
-
-
-@dataclass(frozen=True, order=True)
-class LaunchKey:
-    """Key of a tuned launch config: ``forward/fp16/K768/N3072/c4/bk64/bn128/M16``."""
-
-    kind: str
-    dtype: str
-    in_features: int
-    out_features: int
-    redn_factor: int
-    block_k: int
-    block_n: int
-    m: int
-
-    def text(self) -> str:
-        return (f"{self.kind}/{self.dtype}/K{self.in_features}/N{self.out_features}/c{self.redn_factor}"
-                f"/bk{self.block_k}/bn{self.block_n}/M{self.m}")
-
-    @property
-    def family(self) -> tuple:
-        """Everything but the M bucket: the keys nearest-bucket lookup chooses among."""
-        return (self.kind, self.dtype, self.in_features, self.out_features, self.redn_factor,
-                self.block_k, self.block_n)
-
-    @classmethod
-    def parse(cls, text: str) -> LaunchKey:
-        match = _LAUNCH_KEY.fullmatch(text)
-        if not match:
-            raise ValueError(f"bad launch key {text!r} (expected like 'forward/fp16/K768/N3072/c4/bk64/bn128/M16')")
-        kind, dtype, *ints = match.groups()
-        return cls(kind, dtype, *(int(v) for v in ints))
-
-
-def nearest_bucket(m: int, buckets: list[int] | tuple[int, ...] | set[int]) -> int:
-    """The bucket closest to ``m`` in log2 (ties go to the smaller bucket: its smaller tiles waste
-    less when the problem is smaller than the bucket, and still launch when it is larger)."""
-    import math
-
-    if not buckets:
-        raise ValueError("no buckets to choose from")
-    target = math.log2(max(m, 1))
-    return min(sorted(buckets), key=lambda b: (abs(math.log2(max(b, 1)) - target), b))
-
-
-# ---------------------------------------------------------------------------------------------
-# the in-memory database
-# ---------------------------------------------------------------------------------------------
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-_OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
-
-
-def parse_instant(text: object) -> datetime.datetime | None:
-    """The instant an ISO 8601 date names (``2026-01-01T00:00:00Z``, ``...+05:00``; no offset: UTC),
-    or None when ``text`` is not such a date."""
-    if not isinstance(text, str) or not text:
-        return None
-    value = text.strip()
-    if value[-1:] in ("Z", "z"):
-        value = value[:-1] + "+00:00"
-    try:
-        instant = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=datetime.timezone.utc)
-    return instant
-
-
-def record_instant(record: dict) -> datetime.datetime:
-    """The instant of a record's ``date``; records without a readable one sort first."""
-    return parse_instant(record.get("date")) or _OLDEST
-
-
-def _tie_key(record: dict) -> tuple:
-    ms = record.get("ms")
-    speed = ms if isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) else math.inf
-    return (speed, json.dumps(record, sort_keys=True, default=str))
-
-
-def _preferred(candidate: dict, current: dict, candidate_wins_ties: bool = False) -> bool:
-    """Whether ``candidate`` replaces ``current`` in a merge (see :meth:`TuningDatabase.merge`)."""
-    new, old = record_instant(candidate), record_instant(current)
-    if new != old:
-        return new > old
-    return candidate_wins_ties or _tie_key(candidate) < _tie_key(current)
-
-
-@dataclass
-class TuningDatabase:
-    """One GPU's records. ``structures`` and ``launch`` map key text to a record dict."""
-
-    gpu: str
-    metadata: dict = field(default_factory=dict)
-    structures: dict[str, dict] = field(default_factory=dict)
-    launch: dict[str, dict] = field(default_factory=dict)
-    path: Path | str | None = None
-
-    # ---- records ------------------------------------------------------------------------------
-    def structure(self, key: StructureKey) -> dict | None:
-        return self.structures.get(key.text())
-
-    def launch_record(self, key: LaunchKey) -> dict | None:
-        return self.launch.get(key.text())
-
-    def launch_families(self) -> dict[tuple, dict[int, tuple[LaunchKey, dict]]]:
-        """family -> {M bucket: (key, record)} (for nearest-bucket lookups)."""
-        families: dict[tuple, dict[int, tuple[LaunchKey, dict]]] = {}
-        for text, record in self.launch.items():
-            key = LaunchKey.parse(text)
-            families.setdefault(key.family, {})[key.m] = (key, record)
-        return families
-
-    def merge(self, other: TuningDatabase, other_wins_ties: bool = False) -> int:
-        """Take ``other``'s records where this has none or an older one. Returns how many changed.
-
-        Records are compared by the instant of their ``date`` (ISO 8601; an offset such as
-        ``+05:00`` is honoured, ``Z`` and dates without an offset are UTC; a missing or unreadable
-        date is older than any date). The later instant wins. On equal instants the outcome does not
-        depend on which side is which (so merging files gives the same result in any order): the
-        faster record wins (smaller ``ms``; structure records have none), then the record whose
-        sorted JSON text sorts first. With ``other_wins_ties`` (:func:`write_records`: what is being
-        written replaces a record of the same instant) ``other``'s record wins equal instants.
-        """
-        if other.gpu != self.gpu:
-            raise DatabaseError(f"{other.path or 'source'} holds {other.gpu} results; "
-                                f"{self.path or 'the target'} is for {self.gpu}")
-        changed = 0
-        for mine, theirs in ((self.structures, other.structures), (self.launch, other.launch)):
-            for key, record in theirs.items():
-                current = mine.get(key)
-                if current is None or _preferred(record, current, other_wins_ties):
-                    if current != record:
-                        changed += 1
-                    mine[key] = record
-        runs = self.metadata.get("runs", []) + [r for r in other.metadata.get("runs", [])
-                                                 if r not in self.metadata.get("runs", [])]
-        runs.sort(key=lambda r: record_instant(r))
-        if runs:
-            self.metadata["runs"] = runs[-MAX_RUNS:]
-            latest = runs[-1]
-            for name in ("device_name", "torch", "triton", "date"):
-                if name in latest:
-                    self.metadata[name] = latest[name]
-            if "wall_time_s" in latest:
-                self.metadata["tuning_wall_time_s"] = latest["wall_time_s"]
-        return changed
-
-    def add_run(self, run: dict) -> None:
-        """Record one tuning run in the metadata (the top-level fields describe the latest run)."""
-        runs = [*self.metadata.get("runs", []), run]
-        self.metadata["runs"] = runs[-MAX_RUNS:]
-        for name in ("device_name", "torch", "triton", "date"):
-            if name in run:
-                self.metadata[name] = run[name]
-        if "wall_time_s" in run:
-            self.metadata["tuning_wall_time_s"] = run["wall_time_s"]
-
-    # ---- serialization ------------------------------------------------------------------------
-    def to_json(self) -> dict:
-        return {"schema": SCHEMA, "version": SCHEMA_VERSION, "gpu": self.gpu, "metadata": self.metadata,
-                "structures": self.structures, "launch": self.launch}
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True, indent=1, allow_nan=False) + "\n"
-
-    @classmethod
-    def from_json(cls, data: object, path: Path | str | None = None) -> TuningDatabase:
-        """Parse and validate; raises :class:`DatabaseError` naming ``path``."""
-        where = str(path) if path is not None else "<data>"
-        if not isinstance(data, dict):
-            raise DatabaseError(f"{where}: not a tuning database (top level is not an object)")
-        if data.get("schema") != SCHEMA:
-            raise DatabaseError(f"{where}: unknown schema {data.get('schema')!r} (expected {SCHEMA!r}); "
-                                "not an ss1bench tuning database, left untouched")
-        if data.get("version") != SCHEMA_VERSION:
-            raise DatabaseError(f"{where}: schema version {data.get('version')!r} is not supported (this ss1bench "
-                                f"reads version {SCHEMA_VERSION}); upgrade ss1bench or use another file")
-        problems = validate_data(data)
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise DatabaseError(f"{where}: invalid tuning database: {shown}")
-        return cls(gpu=data["gpu"], metadata=dict(data.get("metadata", {})),
-                   structures=dict(data.get("structures", {})), launch=dict(data.get("launch", {})), path=path)
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-# ---------------------------------------------------------------------------------------------
-
-
-def _positive_number(value: object) -> bool:
-    """A finite number above 0 (JSON's ``Infinity`` and ``NaN`` are not: writes refuse them)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def validate_structure_record(key_text: str, record: object) -> list[str]:
-    try:
-        key = StructureKey.parse(key_text)
-    except ValueError as exc:
-        return [str(exc)]
-    if not isinstance(record, dict):
-        return [f"structures[{key_text}] is not an object"]
-    problems = []
-    if key.redn_factor not in REDUCTION_FACTORS:
-        problems.append(f"structures[{key_text}]: reduction factor {key.redn_factor} not in {REDUCTION_FACTORS}")
-    for name, limit in (("block_k", 128), ("block_n", 256)):
-        value = record.get(name)
-        if not isinstance(value, int) or value < 16 or value > limit or value & (value - 1):
-            problems.append(f"structures[{key_text}].{name} = {value!r}: tuned structures are powers of two "
-                            f"in 16..{limit}")
-    times = record.get("relative_time", {})
-    if not isinstance(times, dict):
-        problems.append(f"structures[{key_text}].relative_time is not an object")
-    else:
-        bad = {name: value for name, value in times.items() if not _positive_number(value)}
-        if bad:
-            problems.append(f"structures[{key_text}].relative_time {bad!r}: expected positive finite numbers")
-    return problems
-
-
-def validate_launch_record(key_text: str, record: object) -> list[str]:
-    try:
-        key = LaunchKey.parse(key_text)
-    except ValueError as exc:
-        return [str(exc)]
-    if not isinstance(record, dict):
-        return [f"launch[{key_text}] is not an object"]
-    problems = []
-    if key.kind not in KINDS:
-        problems.append(f"launch[{key_text}]: unknown kind")
-    if key.redn_factor not in REDUCTION_FACTORS:
-        problems.append(f"launch[{key_text}]: reduction factor {key.redn_factor} not in {REDUCTION_FACTORS}")
-    for name, value in (("block_k", key.block_k), ("block_n", key.block_n)):
-        if value < 16 or value & (value - 1):
-            problems.append(f"launch[{key_text}]: {name} {value} is not a power of two >= 16")
-    if key.in_features < 1 or key.out_features < 1 or key.m < 1:
-        problems.append(f"launch[{key_text}]: K, N and M must be positive")
-    try:
-        LaunchConfig.from_dict(record.get("config", None) or {})
-        if not isinstance(record.get("config"), dict):
-            raise ValueError("missing")
-    except (TypeError, ValueError) as exc:
-        problems.append(f"launch[{key_text}].config: {exc}")
-    for name in ("ms", "dense_ms", "speedup"):
-        if name not in record:
-            problems.append(f"launch[{key_text}] has no {name}")
-        elif not _positive_number(record[name]):
-            problems.append(f"launch[{key_text}].{name} = {record[name]!r}: expected a positive finite number")
-    rel = record.get("gate_rel_err")
-    bound = GATE_TOLERANCE.get(key.dtype, (0.0, 0.0))[0]
-    if not isinstance(rel, (int, float)) or isinstance(rel, bool) or not 0 <= rel <= bound:
-        problems.append(f"launch[{key_text}].gate_rel_err = {rel!r}: a shipped config must have passed the "
-                        f"correctness gate (<= {bound:g})")
-    return problems
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def validate_data(data: dict) -> list[str]:
-    """Every problem in a database object (empty when valid)."""
-    problems = []
-    gpu = data.get("gpu")
-    if not isinstance(gpu, str) or not re.fullmatch(r"[A-Z0-9]+", gpu or ""):
-        problems.append(f"gpu = {gpu!r}: expected a normalized GPU name like 'H200'")
-    metadata = data.get("metadata", {})
-    if not isinstance(metadata, dict):
-        problems.append("metadata is not an object")
-    else:
-        runs = metadata.get("runs", [])
-        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
-            problems.append(f"metadata.runs = {_short(runs)}: expected a list of objects (one per tuning run)")
-    for section, check in (("structures", validate_structure_record), ("launch", validate_launch_record)):
-        records = data.get(section, {})
-        if not isinstance(records, dict):
-            problems.append(f"{section} is not an object")
-            continue
-        for key_text, record in records.items():
-            problems.extend(check(key_text, record))
-    extra = set(data) - {"schema", "version", "gpu", "metadata", "structures", "launch"}
-    if extra:
-        problems.append(f"unknown top-level fields {sorted(extra)}")
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,8 +54,10 @@ from ss1bench.kernels.config import (
     fits,
 )
 
-from .db import DatabaseError, LaunchKey, Serving, StructureKey, TuningDatabase, serving_chain
+from .db import Serving, serving_chain
 from .gpu import normalize_gpu_name
+from .keys import LaunchKey, StructureKey
+from .records import DatabaseError, TuningDatabase
 
 logger = logging.getLogger("ss1bench.tuning")
 

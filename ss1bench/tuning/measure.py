@@ -19,11 +19,9 @@ instead and the main process times whatever is ready:
 
 Why processes, not threads: a compile thread in the timing process competes for its GIL, and a
 launch delayed inside ``do_bench``'s timed region inflates the measurement; worker processes
-leave the timing process alone. (Not measured on a GPU host yet: on the 1-core CPU box this was
-written on, 4 sm_90 compiles of the forward kernel took 9.1 s serially, 10.8 s on 2 threads and
-11.2 s on 2 processes, i.e. no core to gain from. On the H200 host, compare a run with
-``--compile-workers 0`` against the default; the summary's "first launches in the timing
-process" line shows how much compiling was left to the timing process.)
+leave the timing process alone. The run's summary says how much compiling was left to the timing
+process ("first launches in the timing process"); with ``--compile-workers 0`` everything compiles
+there.
 """
 
 from __future__ import annotations
@@ -170,7 +168,8 @@ LAUNCHERS = {"forward": _launch_forward, "forward_rotated": _launch_forward_rota
 
 
 def dense_function(case: Case, seed: int = 1):
-    """The cuBLAS baseline for ``case`` (DESIGN.md section 4): a dense layer of the same K, N."""
+    """The cuBLAS baseline for ``case`` (the ``dense`` yardstick of ``ss1bench/bench/schema.py``): a
+    dense layer of the same K, N."""
     s, device, dtype = case.structure, case.device, case.dtype
     generator = torch.Generator(device=device).manual_seed(seed)
     dense_w = (torch.rand((s.out_features, s.in_features), generator=generator, device=device) - 0.5).to(dtype)

@@ -1,4 +1,4 @@
-"""The tuner's results CSV (``--results-csv``, one row per candidate; ``tuner.CSV_FIELDS``) read back.
+"""The tuner's results CSV (``--results-csv``, one row per candidate; ``outcome.CSV_FIELDS``) read back.
 
 Used offline: ``scripts/heuristic_eval.py`` (the heuristic's picks against the records) and
 ``scripts/repick_single_launch.py`` (re-choosing records from what was measured). An *item* is
@@ -17,7 +17,8 @@ import pandas as pd
 
 from ss1bench.kernels.config import LaunchConfig
 
-from .db import LaunchKey, TuningDatabase
+from .keys import LaunchKey
+from .records import TuningDatabase
 
 CONFIG_FIELDS = ("tile_m", "tile_n", "tile_k", "num_warps", "num_stages", "group_m", "split_m", "algorithm",
                  "split_k")

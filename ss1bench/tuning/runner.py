@@ -18,29 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .db import (
-    DatabaseError,
-    TuningDatabase,
-    now_iso,
-    read_database,
-    shipped_db_path,
-    user_data_dir,
-    user_db_path,
-    write_records,
-)
+from .budget import SECONDS_PER_UNIT, order_by_gain
+from .db import read_database, shipped_db_path, user_data_dir, user_db_path, write_records
 from .gpu import Device
+from .outcome import CSV_FIELDS, csv_rows, summary_rows
+from .records import DatabaseError, TuningDatabase, now_iso
 from .shapes import Layer
-from .tuner import (
-    CSV_FIELDS,
-    TuneOptions,
-    Tuner,
-    TuningAborted,
-    WorkItem,
-    csv_rows,
-    estimate_units,
-    order_by_gain,
-    plan_work,
-)
+from .tuner import Tuner, TuningAborted
+from .work import TuneOptions, WorkItem, estimate_units, plan_work
 
 
 @dataclass
@@ -71,8 +56,8 @@ def now() -> float:
 class Budget:
     """Whether the next item fits in the time left (``--budget``).
 
-    An item's time is predicted as its measurement count (:func:`~.tuner.estimate_units`) times the
-    seconds per measurement this run has taken so far (:data:`~.tuner.SECONDS_PER_UNIT` until it
+    An item's time is predicted as its measurement count (:func:`~.work.estimate_units`) times the
+    seconds per measurement this run has taken so far (:data:`~.budget.SECONDS_PER_UNIT` until it
     has measured something). An item predicted to end after the deadline is not started (a later,
     cheaper one may still fit); a started item always finishes, and its records are written as
     soon as it does, so the database is complete for every layer tuned when the run stops.
@@ -85,8 +70,6 @@ class Budget:
         self.seconds = 0.0
 
     def seconds_per_unit(self) -> float:
-        from .tuner import SECONDS_PER_UNIT
-
         return self.seconds / self.units if self.units else SECONDS_PER_UNIT
 
     def allows(self, units: int) -> bool:
@@ -184,7 +167,6 @@ def run_on_device(device: Device, items: list[WorkItem], request: TuneRequest, p
     bench = KernelBench(cuda, compile_workers=workers, seed=request.seed)
     tuner = Tuner(bench, device.gpu, shared_memory, request.options, environment(name), sm_count=sm_count,
                   progress=progress)
-    from .tuner import summary_rows
 
     try:
         # Queue every item's screening compiles now: the pool works through them in item order

@@ -67,9 +67,10 @@ GEMV_ROWS_MAX_K_RED = 64
 #: Streaming multiprocessors assumed when the device is not at hand (H100/H200 SXM: 132).
 DEFAULT_SM_COUNT = 132
 
-#: Structural block sizes the tuner may choose from (DESIGN.md section 2: block_n <= 256,
-#: block_k <= 128). block_k 16 leaves only two distinct shifts per block, so it is offered only
-#: when nothing larger keeps the compressed weight as small.
+#: Structural block sizes the tuner may choose from: the range the original project explored
+#: (block_n <= 256, block_k <= 128; the structure is defined in ``ss1bench/structure.py``). block_k
+#: 16 leaves only two distinct shifts per block, so it is offered only when nothing larger keeps
+#: the compressed weight as small.
 STRUCTURE_BLOCK_K = (128, 64, 32, 16)
 STRUCTURE_BLOCK_N = (64, 128, 256)
 #: At most this many block_k values (the largest with the least padding) enter the search.
@@ -175,7 +176,7 @@ def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
     # for it there; with the rotated weight held by the caller it is one sketch launch plus the
     # product at K/c, and its tile is worth a sweep: the decode sketch is a few rows of K_red, so
     # narrow tiles spread it over more programs (tile_k 16 saved ~2 us, 15%, against 128 at
-    # c = 16 on Llama shapes; reports/H200/raw/sketch_tile_probe_v8.txt).
+    # c = 16 on Llama shapes on the H200; the decode re-tune in docs/perf-notes.md).
     if kind == "forward_rotated" and is_decode(m):
         configs += [sketch_gemm_config(tm, tk, 4)
                     for tm, tk in itertools.product((16, 64), (16, 32, 64, 128, 256))]
