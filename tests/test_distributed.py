@@ -20,7 +20,6 @@ spawn (most of it two imports of torch and transformers), 10 s for the example's
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -33,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
-from conftest import assert_close
+from conftest import assert_close, one_thread
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import fully_shard
@@ -112,19 +111,6 @@ def _train(model: nn.Module, batch: torch.Tensor) -> list[float]:
 
 def _ssl_paths(model: nn.Module) -> list[str]:
     return [path for path, module in model.named_modules() if isinstance(module, SSL)]
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """One intra-op thread, then restore the count: two processes share the 2 cores, and matrices
-    this small gain nothing from threads (tests/test_training.py measured a 15x slowdown with two
-    threads on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---- the workers (module level: torch.multiprocessing pickles them by name) ---------------------
@@ -219,7 +205,7 @@ def runs(tmp_path_factory) -> Path:
 def reference() -> tuple[nn.Module, list[float]]:
     """The same model trained by one process on the whole global batch, and its losses."""
     model = _tiny_gpt2()
-    with _one_thread():
+    with one_thread():
         losses = _train(model, _global_batch())
     return model, losses
 

@@ -8,10 +8,9 @@ the start; dense and SS1 (c = 4, fresh init) both end below 0.05 in 200 steps of
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from conftest import one_thread
 from torch import nn
 
 from ss1bench import SSL, convert_to_ss_linear
@@ -41,24 +40,9 @@ def _tiny_gpt2(redn_factor: int | None) -> nn.Module:
     return model
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one thread, then restore the count.
-
-    Matrices this small gain nothing from intra-op threads, and on a busy 2-core machine two
-    threads made a step 15x slower (110 ms instead of 7 ms dense, 185 ms instead of 30 ms SS1).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _train(redn_factor: int | None, steps: int = STEPS) -> list[float]:
     """Losses of ``steps`` full-batch Adam steps; seeds only a forked copy of the global RNG."""
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]), one_thread():
         torch.manual_seed(0)
         model = _tiny_gpt2(redn_factor).train()
         tokens = _task(torch.Generator().manual_seed(1))

@@ -124,10 +124,9 @@ def test_db_path_show_validate_merge(no_gpu, places, tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1
 
 
-@pytest.mark.interpret
-def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path):
-    """The whole command on CPU: real kernels in the interpreter, timing faked, two candidates."""
-    import csv
+def fake_h200_tuning(monkeypatch, candidates, timed) -> None:
+    """`ss1bench tune` on CPU as on one H200: real kernels in the interpreter, ``timed(config)``
+    as every candidate's time, ``candidates`` as the launch candidates."""
     import types
 
     import torch
@@ -140,7 +139,7 @@ def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path)
             super().__init__(torch.device("cpu"), 0, seed)
 
         def time(self, case, config, confirm=False):
-            return 0.5 if config.algorithm == "sketch_gemm" else 1.0
+            return timed(config)
 
         def dense_ms(self, case):
             return 2.0
@@ -152,9 +151,19 @@ def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path)
         multi_processor_count=132))
     monkeypatch.setattr(ss1, "device_limits", lambda device: ("NVIDIA H200", 232448))
     monkeypatch.setattr(measure, "KernelBench", CpuBench)
-    fused, sketch = LaunchConfig(16, 32, 16, 4, 2), space.sketch_gemm_config(16, 64, 4)
     monkeypatch.setattr(space, "launch_candidates",
-                        lambda problem, limit, sm_count=132: space.CandidateSet(problem, [fused, sketch]))
+                        lambda problem, limit, sm_count=132: space.CandidateSet(problem, list(candidates)))
+
+
+@pytest.mark.interpret
+def test_tune_end_to_end_with_interpreted_kernels(monkeypatch, places, tmp_path):
+    """The whole command on CPU: real kernels in the interpreter, timing faked, two candidates."""
+    import csv
+
+    from ss1bench.tuning import space
+
+    fused, sketch = LaunchConfig(16, 32, 16, 4, 2), space.sketch_gemm_config(16, 64, 4)
+    fake_h200_tuning(monkeypatch, [fused, sketch], lambda config: 0.5 if config.algorithm == "sketch_gemm" else 1.0)
     results = tmp_path / "results.csv"
     args = ["tune", "--gpu", "H200", "--shape", "8x64x64", "--redn-factors", "2", "--results-csv", str(results)]
     result = CliRunner().invoke(main, args)
@@ -281,32 +290,9 @@ def test_tune_checks_its_files_before_any_gpu_work(one_h200, places, tmp_path, m
 
 @pytest.mark.interpret
 def test_a_database_that_fails_mid_run_keeps_the_results_and_says_how_to_resume(monkeypatch, places, tmp_path):
-    import types
+    from ss1bench.tuning import runner
 
-    import torch
-
-    from ss1bench.kernels import ss1
-    from ss1bench.tuning import measure, runner, space
-
-    class CpuBench(measure.KernelBench):
-        def __init__(self, device, compile_workers=0, seed=0):
-            super().__init__(torch.device("cpu"), 0, seed)
-
-        def time(self, case, config, confirm=False):
-            return 1.0
-
-        def dense_ms(self, case):
-            return 2.0
-
-    monkeypatch.setattr(tgpu, "list_devices", lambda: [tgpu.Device(0, "NVIDIA H200")])
-    monkeypatch.setattr(tgpu, "current_device_index", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(
-        multi_processor_count=132))
-    monkeypatch.setattr(ss1, "device_limits", lambda device: ("NVIDIA H200", 232448))
-    monkeypatch.setattr(measure, "KernelBench", CpuBench)
-    monkeypatch.setattr(space, "launch_candidates", lambda problem, limit, sm_count=132: space.CandidateSet(
-        problem, [LaunchConfig(16, 32, 16, 4, 2)]))
+    fake_h200_tuning(monkeypatch, [LaunchConfig(16, 32, 16, 4, 2)], lambda config: 1.0)
     user, _ = places
     real_write = runner.write_records
 
