@@ -316,3 +316,14 @@ def test_a_captured_backward_writes_fresh_gradients_instead_of_accumulating(cpu_
     assert torch.allclose(captured["x"], xr.grad, atol=1e-5)
     for name, param in module.named_parameters():
         assert torch.allclose(captured[name], param.grad, atol=1e-5), name
+
+
+def test_the_run_metadata_names_the_database_serving_the_gpu(tmp_path, monkeypatch):
+    """A GPU without a file of its own is served by a sibling's: the run's metadata says whose."""
+    from ss1bench.bench.results import use_tuning_database
+    from ss1bench.tuning import db as tdb
+
+    monkeypatch.setenv(tdb.ENV_VAR, str(tmp_path / "no-user-db"))
+    assert use_tuning_database("H200").startswith("shipped ss1bench/tuning_db/H200.json (sha256 ")
+    assert "H200's records serve H100 (same architecture" in use_tuning_database("H100")
+    assert use_tuning_database("MYSTERY9").startswith("no database file for MYSTERY9")

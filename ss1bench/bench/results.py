@@ -65,17 +65,26 @@ def write_results(rows: list[dict], metadata: dict, csv_path: Path, json_path: P
 
 
 def use_tuning_database(gpu: str) -> str:
-    """Describe the tuning database files that serve ``gpu`` (SSL layers read them on first use).
+    """Describe the tuning database files that serve ``gpu`` (SSL layers read them on first use):
+    its user file (``SS1BENCH_DB`` or the user data dir) and its shipped ``tuning_db/<GPU>.json``,
+    else a sibling GPU's (``tuning.db.serving_chain``). The description goes into the run's metadata."""
+    from ss1bench.tuning.db import serving_chain, shipped_db_path, user_db_path
 
-    Lookup order is the layer's: the user file (``SS1BENCH_DB`` or the user data dir), then the
-    shipped ``tuning_db/<GPU>.json``. The description goes into the run's metadata.
-    """
-    from ss1bench.tuning.db import shipped_db_path, user_db_path
-    files = [f"user {path} (sha256 {_digest(path)})" for path in [user_db_path(gpu)] if path.is_file()]
-    shipped = shipped_db_path(gpu)
-    if shipped.is_file():  # named inside the package: the same on every machine
-        files.append(f"shipped ss1bench/tuning_db/{shipped.name} (sha256 {_digest(shipped)})")
-    return "; ".join(files) or f"no database file for {gpu} (SS1 launches fall back to the heuristic)"
+    def described(user: Path, shipped: Path) -> list[str]:
+        files = [f"user {user} (sha256 {_digest(user)})"] if user.is_file() else []
+        if shipped.is_file():  # named inside the package: the same on every machine
+            files.append(f"shipped ss1bench/tuning_db/{shipped.name} (sha256 {_digest(shipped)})")
+        return files
+
+    files = described(user_db_path(gpu), shipped_db_path(gpu))
+    if files:
+        return "; ".join(files)
+    serving = serving_chain(gpu, on_error=lambda error: None)
+    if serving.sibling is not None:
+        files = described(user_db_path(serving.sibling), shipped_db_path(serving.sibling))
+        if files:
+            return f"{'; '.join(files)}: {serving.sibling}'s records serve {gpu} ({serving.why})"
+    return f"no database file for {gpu} or a GPU of its architecture (SS1 launches use the heuristic)"
 
 
 @dataclass
