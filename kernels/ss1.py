@@ -157,10 +157,14 @@ def _resolved_config(key: tuple, structure: SS1Structure) -> LaunchConfig:
                           structure.block_k, structure.block_n, dtype_name(dtype), name)
         cfg = resolve_launch_config(problem, limit)
         _check_config(kind, cfg, structure)
-        if len(launch_config_cache) >= LAUNCH_CACHE_SIZE:  # many distinct M: start over
-            launch_config_cache.clear()
-        launch_config_cache[key] = cfg
+        _remember(key, cfg)
     return cfg
+
+
+def _remember(key: tuple, cfg: LaunchConfig) -> None:
+    if len(launch_config_cache) >= LAUNCH_CACHE_SIZE:  # many distinct M: start over
+        launch_config_cache.clear()
+    launch_config_cache[key] = cfg
 
 
 #: Rows assumed when a pass's launch config is chosen for a traced size with no value to go by.
@@ -181,7 +185,7 @@ def sketch_pass_config(kind: str, m: int, structure: SS1Structure, dtype: torch.
             cfg = heuristic_config(Problem(kind, max(m, DECODE_MAX_M + 1), structure.in_features,
                                            structure.out_features, structure.redn_factor, structure.block_k,
                                            structure.block_n, dtype_name(dtype)))
-        launch_config_cache[key] = cfg
+        _remember(key, cfg)
     return cfg
 
 
@@ -327,7 +331,7 @@ def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torc
         m = grad_sketch.shape[0]
         cfg = sketch_pass_config("grad_input", m, structure, grad_sketch.dtype, grad_sketch.device)
         out = torch.empty((m, structure.in_features), dtype=grad_sketch.dtype, device=grad_sketch.device)
-        unsketch(grad_sketch.contiguous(), structure, cfg, out)
+        unsketch(row_major(grad_sketch), structure, cfg, out)
         return out
 
     return _planned_pass("unsketch", structure, (grad_sketch,), run,
@@ -337,7 +341,7 @@ def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torc
 def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
     """``unrotate(grad_rotated: (N, K_red))`` for the eager training path; planned."""
     return _planned_pass("unrotate", structure, (grad_rotated,),
-                         lambda g: rotate_weight(g.contiguous(), structure, inverse=True), (structure.weight_shape,))
+                         lambda g: rotate_weight(row_major(g), structure, inverse=True), (structure.weight_shape,))
 
 
 def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,

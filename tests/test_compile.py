@@ -322,3 +322,31 @@ def test_eager_training_replays_its_passes_from_plans(monkeypatch, nan_empty):
         assert_close(f"grad_w step {step}", weight.grad, leaves[1].grad)
     assert {key[0] for key in launch_plans} == {"sketch_rotate", "unsketch", "unrotate"}
     invalidate_config_cache()
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("pass_name", ["unsketch", "unrotate"])
+def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, monkeypatch, nan_empty):
+    """A gradient with a unit last stride but a wider row stride (a view of a larger buffer) is
+    planned as it is: its replay must read it with its own row stride."""
+    from ss1bench.kernels import plans
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import invalidate_config_cache
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the plan key's device lookup
+    monkeypatch.setattr(plans, "current_device", lambda: 0)
+    invalidate_config_cache()
+    generator = torch.Generator().manual_seed(11)
+    structure = SS1Structure(200, 40, 4, 3, 16, 16)
+    rows = 19 if pass_name == "unsketch" else structure.out_features
+    for call in range(2):  # the first call records, the second replays
+        wide = randn(rows, 2 * structure.k_red, generator=generator)
+        grad = wide[:, :structure.k_red]
+        assert grad.stride() == (2 * structure.k_red, 1)
+        if pass_name == "unsketch":
+            actual, expected = kernels.unsketch_planned(grad, structure), reference.unsketch(grad.double(), structure)
+        else:
+            actual = kernels.unrotate_planned(grad, structure)
+            expected = reference.unrotate_weight(grad.double(), structure)
+        assert_close(f"{pass_name} call {call}", actual, expected)
+    invalidate_config_cache()
