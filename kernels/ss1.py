@@ -325,16 +325,21 @@ def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: 
     return _planned_pass("sketch_rotate", structure, (x, weight), run, shapes, interleaved=True)
 
 
-def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
-    """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` for the eager training path; planned."""
-    def run(grad_sketch):
-        m = grad_sketch.shape[0]
-        cfg = sketch_pass_config("grad_input", m, structure, grad_sketch.dtype, grad_sketch.device)
-        out = torch.empty((m, structure.in_features), dtype=grad_sketch.dtype, device=grad_sketch.device)
-        unsketch(row_major(grad_sketch), structure, cfg, out)
-        return out
+def unsketch_pass(grad_sketch: torch.Tensor, structure: SS1Structure, m_hint: int,
+                  launch=launch_kernel) -> torch.Tensor:
+    """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` into a new tensor, the tile from
+    :func:`sketch_pass_config` for ``m_hint`` rows (``grad_sketch`` row-major)."""
+    cfg = sketch_pass_config("grad_input", m_hint, structure, grad_sketch.dtype, grad_sketch.device)
+    out = torch.empty((grad_sketch.shape[0], structure.in_features), dtype=grad_sketch.dtype,
+                      device=grad_sketch.device)
+    unsketch(grad_sketch, structure, cfg, out, launch=launch)
+    return out
 
-    return _planned_pass("unsketch", structure, (grad_sketch,), run,
+
+def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+    """:func:`unsketch_pass` for the eager training path; planned."""
+    return _planned_pass("unsketch", structure, (grad_sketch,),
+                         lambda g: unsketch_pass(row_major(g), structure, g.shape[0]),
                          ((grad_sketch.shape[0], structure.in_features),))
 
 

@@ -64,11 +64,7 @@ def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_f
 def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int,
              block_k: int, block_n: int) -> torch.Tensor:
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    m = grad_sketch.shape[0]
-    cfg = ss1.sketch_pass_config("grad_input", _size_hint(m), structure, grad_sketch.dtype, grad_sketch.device)
-    out = torch.empty((m, in_features), dtype=grad_sketch.dtype, device=grad_sketch.device)
-    ss1.unsketch(grad_sketch.contiguous(), structure, cfg, out, launch=_launch)
-    return out
+    return ss1.unsketch_pass(ss1.row_major(grad_sketch), structure, _size_hint(grad_sketch.shape[0]), launch=_launch)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -89,7 +85,3 @@ def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
 
 sketch_rotate.register_autograd(_sketch_rotate_backward, setup_context=_setup_context)
 
-
-def op_args(structure: SS1Structure) -> tuple[int, ...]:
-    """The structure as the ops' trailing int arguments."""
-    return structure.key
