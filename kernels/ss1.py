@@ -313,16 +313,21 @@ def _planned_pass(kind: str, structure: SS1Structure, inputs: tuple, run, output
     return output
 
 
-def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure):
-    """``(sketch(x), rotate(weight))`` for the eager training path: checked, the tile from
-    :func:`sketch_pass_config`, one launch; planned per input key."""
-    def run(x, weight):
-        check_pass_inputs(x, weight, structure)
-        cfg = sketch_pass_config("forward_rotated", x.shape[0], structure, x.dtype, x.device)
-        return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg)
+def sketch_rotate_pass(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure, m_hint: int,
+                       launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sketch(x), rotate(weight))`` checked, the tile from :func:`sketch_pass_config` for
+    ``m_hint`` rows, one launch: the forward pass of the training path and the traced op."""
+    check_pass_inputs(x, weight, structure)
+    cfg = sketch_pass_config("forward_rotated", m_hint, structure, x.dtype, x.device)
+    return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg, launch=launch)
 
+
+def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure):
+    """:func:`sketch_rotate_pass` for the eager training path; planned per input key."""
     shapes = ((x.shape[0], structure.k_red), structure.weight_shape)
-    return _planned_pass("sketch_rotate", structure, (x, weight), run, shapes, interleaved=True)
+    return _planned_pass("sketch_rotate", structure, (x, weight),
+                         lambda x, weight: sketch_rotate_pass(x, weight, structure, x.shape[0]), shapes,
+                         interleaved=True)
 
 
 def unsketch_pass(grad_sketch: torch.Tensor, structure: SS1Structure, m_hint: int,

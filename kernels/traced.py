@@ -55,9 +55,7 @@ def _size_hint(size) -> int:
 def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
                   seed: int, block_k: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    ss1.check_pass_inputs(x, weight, structure)
-    cfg = ss1.sketch_pass_config("forward_rotated", _size_hint(x.shape[0]), structure, x.dtype, x.device)
-    return ss1.sketch_and_rotate(ss1.row_major(x), ss1.row_major(weight), structure, cfg, launch=_launch)
+    return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
 
 
 @triton_op("ss1bench::unsketch", mutates_args=())
