@@ -12,21 +12,29 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .structure import SS1Structure
 
 _INDEX_CACHE_SIZE = 256
 
 
+def _tracing() -> bool:
+    """A trace is running: Dynamo, or a dispatch mode such as AOTAutograd's fake and functional
+    tensors when it traces a backward (``torch.compiler.is_compiling()`` is False there)."""
+    return torch.compiler.is_compiling() or is_in_torch_dispatch_mode()
+
+
 def _cached(build):
-    """``build(structure, device)`` cached per (structure, device) in eager calls; under
-    ``torch.compile`` the index is built in the graph instead (from aranges and constants: Inductor
-    folds it into the gathers' index math), where a cache of real tensors would not apply."""
+    """``build(structure, device)`` cached per (structure, device) in eager calls. In a trace the
+    index is built in the graph instead (from aranges and constants: Inductor folds it into the
+    gathers' index math): a cached real tensor has no place in a graph of fake tensors, and a
+    tensor built during a trace must never be cached for eager calls."""
     cached = functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)(build)
 
     @functools.wraps(build)
     def index(structure: SS1Structure, device: torch.device) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        if _tracing():
             return build(structure, device)
         return cached(structure, device)
 

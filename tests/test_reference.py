@@ -11,6 +11,10 @@ import torch
 from conftest import assert_close, dtype_id, randn
 
 from ss1bench.reference import (
+    _inverse_rotation_columns,
+    _rotation_columns,
+    _sketch_index,
+    _unsketch_source,
     rotate_weight,
     sketch,
     ss1_forward_reference,
@@ -222,3 +226,32 @@ def test_sketch_sums_exactly_c_columns(generator):
     xs = sketch(x, structure)
     assert xs.shape == (6, structure.k_red)
     assert_close("row sums", xs.sum(dim=1), x.sum(dim=1))
+
+
+@pytest.mark.parametrize("eager_first", [False, True], ids=["trace-first", "eager-first"])
+def test_index_caches_never_cross_a_trace(eager_first, generator):
+    """The gathers' index tensors are cached for eager calls only. A trace under fake and
+    functional tensors (AOTAutograd tracing a compiled backward: ``is_compiling()`` is False
+    there) builds its own, never caches it for eager calls and never picks up a cached real one
+    (either way the second call used to fail)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    structure = SS1Structure(300, 200, 4, 11, 32, 64)
+    for build in (_sketch_index, _unsketch_source, _rotation_columns, _inverse_rotation_columns):
+        build.cache_clear()
+    x = randn(7, 300, generator=generator)
+    grad_rotated = randn(200, structure.k_red, generator=generator)
+
+    def passes(x, grad_rotated):
+        return unsketch(sketch(x, structure), structure), unrotate_weight(grad_rotated, structure)
+
+    def traced():
+        graph = make_fx(passes, tracing_mode="fake", pre_dispatch=False)(x, grad_rotated)
+        return graph(x, grad_rotated)
+
+    calls = (lambda: passes(x, grad_rotated), traced) if eager_first else (traced, lambda: passes(x, grad_rotated))
+    first, second = calls[0](), calls[1]()
+    for a, b in zip(first, second, strict=True):
+        assert type(a) is torch.Tensor and type(b) is torch.Tensor
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(rotate_weight(second[1], structure), grad_rotated, rtol=0, atol=0)
