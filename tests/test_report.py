@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ss1bench import report
-from ss1bench.bench.schema import PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS
+from ss1bench.bench.schema import CASE_KEY, PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS
 from ss1bench.cli import main
 from ss1bench.report import (
     CACHED_CASE_COLUMNS,
@@ -557,3 +557,21 @@ def test_a_failure_while_plotting_leaves_nothing_half_written(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="plot failed"):
         report.write_report([path], out)
     assert [p.name for p in out.iterdir()] == ["kept.txt"]
+
+
+def test_repeated_rows_keep_the_most_recent_run(tmp_path):
+    """Two runs time the same cases: the newer run's rows win whatever the files' names, and a
+    file without a sidecar counts as the oldest."""
+    frame = _fixture_frame()
+    newer, older, bare = frame.copy(), frame.copy(), frame.copy()
+    newer["median_ms"], older["median_ms"], bare["median_ms"] = 1.0, 2.0, 3.0
+    for name, rows, date in (("bench_a.csv", newer, "2026-12-03T10:00:00+00:00"),
+                             ("bench_b.csv", older, "2026-11-01T10:00:00+00:00"),
+                             ("bench_c.csv", bare, None)):
+        rows.to_csv(tmp_path / name, index=False)
+        if date is not None:
+            (tmp_path / name).with_suffix(".json").write_text(json.dumps({"date": date}))
+    loaded, sources = report.load_results([tmp_path])
+    assert len(loaded) == len(frame.drop_duplicates([*CASE_KEY, "provider"]))
+    assert set(loaded.median_ms) == {1.0}
+    assert [path.name for path, _ in sources] == ["bench_c.csv", "bench_b.csv", "bench_a.csv"]

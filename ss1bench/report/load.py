@@ -37,7 +37,9 @@ def result_files(paths: list[Path]) -> list[Path]:
 def load_results(paths: list[Path]):
     """(DataFrame of every row, [(csv path, sidecar metadata or None)]).
 
-    Rows repeated across files (same case and provider) keep the last file's.
+    Rows repeated across files (same case and provider; for e2e rows, the same compile mode)
+    keep the most recent run's: files are taken in the order of their sidecars' ``date`` (files
+    without one first, in the order given), so a re-run of some rows replaces exactly those.
     """
     import pandas as pd
 
@@ -61,12 +63,20 @@ def load_results(paths: list[Path]):
                 raise ReportError(f"{sidecar}: not valid JSON ({error})") from None
         frames.append(frame[[*RESULT_COLUMNS, *(c for c in E2E_COLUMNS if c in frame.columns)]])
         sources.append((path, metadata))
+    order = sorted(range(len(sources)), key=lambda i: _run_date(sources[i][1]))  # stable: ties keep order
+    frames, sources = [frames[i] for i in order], [sources[i] for i in order]
     frame = pd.concat(frames, ignore_index=True)
     key = [*CASE_KEY, "provider", *(c for c in E2E_KEY if c in frame.columns)]  # e2e: one row per compile mode
     frame = frame.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
     if frame.empty:
         raise ReportError("the results hold no rows")
     return frame, sources
+
+
+def _run_date(metadata: dict | None) -> str:
+    """The run's ISO date from its sidecar ("" without one: such files count as the oldest)."""
+    date = metadata.get("date") if isinstance(metadata, dict) else None
+    return date if isinstance(date, str) else ""
 
 
 #: Columns that hold numbers (empty where not measured); anything else there is a damaged file.
