@@ -1,0 +1,112 @@
+"""Where a GPT-2 training step's time goes, dense against SS1: wall, GPU kernel time, host calls.
+
+A GPT-2 (vocab 50304, ``--layers`` blocks, batch 8 x 1024) trained one step at a time as
+``ss1bench e2e --train`` does (``zero_grad``, forward with labels under bf16 autocast,
+``backward``, fused AdamW), eager and under ``torch.compile``, dense and converted with
+``convert_to_ss_linear`` at ``--redn-factor``. For each it prints the first call's seconds, the
+wall ms per step (10 steps, synchronized), the GPU kernel ms (torch.profiler), their ratio, and
+per step the CUDA launches, cudaMalloc / cudaFree, synchronizations, copies and memsets, then
+the host operations with the most own CPU time (all threads: the autograd engine's too).
+``--trace DIR`` writes one step of each SS1 run as a Chrome trace.
+
+    python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--trace DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ss1bench import convert_to_ss_linear
+from ss1bench.timing import kernel_ms
+
+#: Profiler events counted per step, by what they are.
+HOST_CALLS = {
+    "launches": ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC"),
+    "mallocs": ("cudaMalloc",),
+    "frees": ("cudaFree",),
+    "syncs": ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"),
+    "copies": ("cudaMemcpyAsync", "cudaMemcpy"),
+    "memsets": ("cudaMemsetAsync",),
+}
+PROFILED_STEPS = 3
+
+
+def training_step(model, forward, ids):
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = forward(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--redn-factor", type=int, default=4)
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--top", type=int, default=25, help="host operations listed per SS1 run")
+    parser.add_argument("--trace", help="folder for Chrome traces of one SS1 step")
+    args = parser.parse_args()
+
+    base = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50304, n_layer=args.layers))
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(1, 50257, (8, 1024), device="cuda", generator=generator)
+    rows = []
+    for mode in args.modes.split(","):
+        for provider in ("dense", "ss1"):
+            torch.compiler.reset()
+            model = copy.deepcopy(base).cuda().train()
+            if provider == "ss1":
+                convert_to_ss_linear(model, args.redn_factor, project=False)
+            step = training_step(model, torch.compile(model) if mode == "compiled" else model, ids)
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            first_s = time.perf_counter() - start
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) / 10 * 1e3
+            kernels = kernel_ms(step, PROFILED_STEPS)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(PROFILED_STEPS):
+                    step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            calls = {name: sum(e.count for e in events if e.key in keys) / PROFILED_STEPS
+                     for name, keys in HOST_CALLS.items()}
+            rows.append((mode, provider, first_s, wall, kernels, calls))
+            if provider == "ss1":
+                print(f"---- {mode} SS1: host operations by own CPU time ({PROFILED_STEPS} steps)")
+                print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70))
+                if args.trace:
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as one:
+                        step()
+                        torch.cuda.synchronize()
+                    one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
+            del model, step
+    print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s}  "
+          "per step: " + ", ".join(HOST_CALLS))
+    for mode, provider, first_s, wall, kernels, calls in rows:
+        counts = ", ".join(f"{calls[name]:.0f}" for name in HOST_CALLS)
+        print(f"{mode:9s} {provider:8s} {first_s:8.1f} {wall:8.2f} {kernels:9.2f} {wall / kernels:11.2f}  {counts}")
+
+
+if __name__ == "__main__":
+    main()
