@@ -9,7 +9,9 @@ it when no GPU is present (or when ``--interpret`` is given).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import pathlib
 
 import pytest
 import torch
@@ -155,6 +157,18 @@ def generator() -> torch.Generator:
 
 def randn(*shape, dtype=torch.float32, device="cpu", generator=None) -> torch.Tensor:
     return torch.randn(*shape, generator=generator, dtype=torch.float32).to(dtype=dtype, device=device)
+
+
+#: The repository's maintainer scripts (not a package: tests load them by path).
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main`` not run)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import pathlib
@@ -11,6 +10,7 @@ from importlib.metadata import version
 
 import pandas as pd
 import pytest
+from conftest import load_script
 
 from ss1bench.kernels import heuristic
 from ss1bench.kernels.config import (
@@ -27,7 +27,6 @@ from ss1bench.tuning.records import TuningDatabase
 
 HOPPER = 232448
 AMPERE = 166912
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "heuristic_eval.py"
 
 
 def problem(kind="forward", m=16, k=768, n=3072, c=4, dtype="fp16", device="NVIDIA H200") -> Problem:
@@ -134,10 +133,7 @@ def test_the_shipped_heuristic_fits_an_a100_and_picks_from_the_candidate_space(k
 
 @pytest.fixture(scope="module")
 def heuristic_eval():
-    spec = importlib.util.spec_from_file_location("heuristic_eval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("heuristic_eval")
 
 
 def raw_row(kind, k, n, c, m, config: LaunchConfig, ms: float, phase="screen") -> dict:

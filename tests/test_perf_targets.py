@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import sys
 
 import pandas as pd
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "perf_targets.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def perf_targets():
-    spec = importlib.util.spec_from_file_location("perf_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("perf_targets")
 
 
 def _row(provider, mode, m, c, fraction, speedup, *, shape_set="gpt2", k=1024, n=1024, dense_ms=1.0,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 from importlib.metadata import version
 
 import pandas as pd
 import pytest
+from conftest import load_script as load
 
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
@@ -16,17 +15,10 @@ from ss1bench.tuning.outcome import CSV_FIELDS
 from ss1bench.tuning.records import TuningDatabase
 from ss1bench.tuning.validation import validate_data
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 SKETCH = LaunchConfig(16, 64, 64, 4, 1, algorithm="sketch_gemm")
 FUSED = LaunchConfig(16, 128, 64, 4, 4)
 SLOW = LaunchConfig(16, 32, 64, 4, 4)
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def raw_row(kind, m, config, ms, phase="screen") -> dict:
