@@ -1,8 +1,8 @@
 """Where a GPT-2 training step's time goes, dense against SS1: wall, GPU kernel time, host calls.
 
 A GPT-2 (vocab 50304, ``--layers`` blocks, batch 8 x 1024) trained one step at a time as
-``ss1bench e2e --train`` does (``zero_grad``, forward with labels under bf16 autocast,
-``backward``, fused AdamW), eager and under ``torch.compile``, dense and converted with
+``ss1bench e2e --train`` does (its ``TrainStep``: ``zero_grad``, forward with labels under bf16
+autocast, ``backward``, fused AdamW), eager and under ``torch.compile``, dense and converted with
 ``convert_to_ss_linear`` at ``--redn-factor``. For each it prints the first call's seconds, the
 wall ms per step (10 steps, synchronized), the GPU kernel ms (torch.profiler), their ratio, and
 per step the CUDA launches, cudaMalloc / cudaFree, synchronizations, copies and memsets, then
@@ -22,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ss1bench import convert_to_ss_linear
+from ss1bench.e2e.timing import TrainStep
 from ss1bench.timing import kernel_ms
 
 #: Profiler events counted per step, by what they are.
@@ -34,19 +35,6 @@ HOST_CALLS = {
     "memsets": ("cudaMemsetAsync",),
 }
 PROFILED_STEPS = 3
-
-
-def training_step(model, forward, ids):
-    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = forward(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def main() -> None:
@@ -70,7 +58,8 @@ def main() -> None:
             model = copy.deepcopy(base).cuda().train()
             if provider == "ss1":
                 convert_to_ss_linear(model, args.redn_factor, project=False)
-            step = training_step(model, torch.compile(model) if mode == "compiled" else model, ids)
+            forward = torch.compile(model) if mode == "compiled" else model
+            step = TrainStep(model, ids, torch.bfloat16, forward)
             start = time.perf_counter()
             step()
             torch.cuda.synchronize()
@@ -100,7 +89,7 @@ def main() -> None:
                         step()
                         torch.cuda.synchronize()
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
-            del model, step
+            del model, forward, step
     print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s}  "
           "per step: " + ", ".join(HOST_CALLS))
     for mode, provider, first_s, wall, kernels, calls in rows:
