@@ -22,3 +22,19 @@ def test_the_cpu_example_runs_as_written(capsys):
     assert namespace["y"].shape == (8, 16, 3072)
     assert torch.isfinite(namespace["loss"])
     assert "compression=4.00x" in capsys.readouterr().out
+
+
+def test_the_main_job_runs_as_written(tmp_path, monkeypatch):
+    """The README's main job (a report of the shipped results, no GPU needed) runs as written, in
+    the repository root, on every result file the repository ships."""
+    from click.testing import CliRunner
+
+    from ss1bench.cli import main
+
+    commands = re.findall(r"^(ss1bench report \S+) --out my-report", README.read_text(), re.M)
+    assert len(commands) == 1, "the README's main-job command is missing or ambiguous"
+    monkeypatch.chdir(README.parent)
+    args = [*commands[0].split()[1:], "--out", str(tmp_path / "my-report")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "my-report" / "summary.md").is_file()
