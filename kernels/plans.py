@@ -11,6 +11,8 @@ building. Plans are dropped with the resolved configs (``config.invalidate_confi
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 
 from ss1bench.structure import SS1Structure
@@ -28,8 +30,9 @@ def _tensor_key(tensor: torch.Tensor | None) -> tuple | None:
     return (tensor.shape, tensor.stride(), tensor.dtype, tensor.device, tensor.data_ptr() % 16)
 
 
-def plan_key(kind: str, structure: SS1Structure, *tensors: torch.Tensor | None) -> tuple:
-    """Everything that decides the launches of one eager call of ``kind`` (default config, new
+def plan_key(kind: Hashable, structure: SS1Structure, *tensors: torch.Tensor | None) -> tuple:
+    """Everything that decides the launches of one eager call of ``kind`` (a name, or a tuple of
+    a name and what else the call depends on, e.g. a pass's output dtype; default config, new
     output): each tensor's shape, strides, dtype, device and pointer alignment (Triton specializes
     on 16-byte alignment), the structure, the current CUDA device and, for float32, whether TF32 is
     allowed. Calls with the same key passed the same checks and launch the same binaries."""
@@ -126,18 +129,21 @@ def forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
     return plan
 
 
-def pass_plan(launches: list, output_shapes: tuple[tuple[int, ...], ...], interleaved: bool = False):
+def pass_plan(launches: list, output_shapes: tuple[tuple[int, ...], ...], interleaved: bool = False,
+              out_dtype: torch.dtype | None = None):
     """The replay of one memory-bound pass: one launch whose leading tensors are the pass's inputs
-    followed by its fresh outputs (``output_shapes``, the first input's dtype and device), or,
-    with ``interleaved``, input, output, input, output (the sketch-and-rotate kernel). Returns the
-    output (or the tuple of outputs); None where the launch could not be recorded."""
+    followed by its fresh outputs (``output_shapes``, of ``out_dtype``, else each one's input's
+    dtype, on the first input's device), or, with ``interleaved``, input, output, input, output
+    (the sketch-and-rotate kernel). Returns the output (or the tuple of outputs); None where the
+    launch could not be recorded."""
     if not _replayable(launches, 1):
         return None
     (kernel,) = launches
 
     def plan(*inputs):
-        first = inputs[0]
-        outputs = [torch.empty(shape, dtype=first.dtype, device=first.device) for shape in output_shapes]
+        device = inputs[0].device
+        outputs = [torch.empty(shape, dtype=out_dtype or source.dtype, device=device)
+                   for shape, source in zip(output_shapes, inputs, strict=False)]
         if interleaved:
             kernel(*(t for pair in zip(inputs, outputs, strict=True) for t in pair))
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Hashable
 
 import torch
 import triton
@@ -98,16 +99,23 @@ def row_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
-def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure) -> None:
+def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
+                      out_dtype: torch.dtype | None = None) -> None:
     """The checks of :func:`sketch_and_rotate`'s callers: ``x: (M, K)`` and ``weight: (N, K_red)``
-    of one supported dtype on one CUDA device (or in the interpreter)."""
+    on one CUDA device (or in the interpreter), of one supported dtype; with ``out_dtype`` (the
+    outputs' dtype, autocast's) each may have its own supported dtype."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     dtype_name(x.dtype)
     _check_device(x.device)
     if x.shape[1] != structure.in_features:
         raise ValueError(f"x has {x.shape[1]} features but the layer expects in_features={structure.in_features}")
-    _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
+    if out_dtype is None:
+        _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
+    else:
+        dtype_name(out_dtype)
+        dtype_name(weight.dtype)
+        _check_tensor("weight", weight, structure.weight_shape, weight.dtype, x.device)
 
 
 def _copied_below(*tensors: torch.Tensor | None) -> bool:
@@ -252,12 +260,16 @@ def sketch(x: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig, launch=l
 
 
 def sketch_and_rotate(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
-                      cfg: LaunchConfig, launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sketch(x), rotate(weight))`` in one launch (the forward's two memory-bound passes)."""
+                      cfg: LaunchConfig, launch=launch_kernel,
+                      out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sketch(x), rotate(weight))`` in one launch (the forward's two memory-bound passes),
+    written in ``out_dtype`` (None: each input's own): the kernel sums in float32 and rounds once
+    on its store, so an ``out_dtype`` output is the cast of the input-dtype one, without the cast's
+    launch and its extra read and write."""
     m = x.shape[0]
     n, k_red = structure.weight_shape
-    xs = torch.empty((m, k_red), dtype=x.dtype, device=x.device)
-    wr = torch.empty((n, k_red), dtype=weight.dtype, device=weight.device)
+    xs = torch.empty((m, k_red), dtype=out_dtype or x.dtype, device=x.device)
+    wr = torch.empty((n, k_red), dtype=out_dtype or weight.dtype, device=weight.device)
     programs = (math.prod(_sketch_grid(m, k_red, cfg))
                 + cdiv(n, ROTATE_TILE_N) * cdiv(k_red, ROTATE_TILE_K))
     launch(
@@ -295,8 +307,8 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
     return out
 
 
-def _planned_pass(kind: str, structure: SS1Structure, inputs: tuple, run, output_shapes: tuple,
-                  interleaved: bool = False):
+def _planned_pass(kind: Hashable, structure: SS1Structure, inputs: tuple, run, output_shapes: tuple,
+                  interleaved: bool = False, out_dtype: torch.dtype | None = None):
     """``run(*inputs)`` (a pass launcher with its checks) on the first eager call per plan key,
     its launch recorded as a plan; later calls with the same key replay it (``kernels/plans.py``).
     Inputs the launcher would copy to a unit last stride keep no plan (a replay passes them as
@@ -309,49 +321,60 @@ def _planned_pass(kind: str, structure: SS1Structure, inputs: tuple, run, output
         return run(*inputs)
     with record() as launches:
         output = run(*inputs)
-    plans.keep_plan(key, plans.pass_plan(launches, output_shapes, interleaved))
+    plans.keep_plan(key, plans.pass_plan(launches, output_shapes, interleaved, out_dtype))
     return output
 
 
 def sketch_rotate_pass(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure, m_hint: int,
-                       launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sketch(x), rotate(weight))`` checked, the tile from :func:`sketch_pass_config` for
-    ``m_hint`` rows, one launch: the forward pass of the training path and the traced op."""
-    check_pass_inputs(x, weight, structure)
-    cfg = sketch_pass_config("forward_rotated", m_hint, structure, x.dtype, x.device)
-    return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg, launch=launch)
+                       launch=launch_kernel, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sketch(x), rotate(weight))`` checked, in ``out_dtype`` (None: the inputs'), the tile from
+    :func:`sketch_pass_config` for ``m_hint`` rows, one launch: the forward pass of the training
+    path and the traced op."""
+    check_pass_inputs(x, weight, structure, out_dtype)
+    cfg = sketch_pass_config("forward_rotated", m_hint, structure, out_dtype or x.dtype, x.device)
+    return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg, launch=launch, out_dtype=out_dtype)
 
 
-def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure):
-    """:func:`sketch_rotate_pass` for the eager training path; planned per input key."""
+def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
+                              out_dtype: torch.dtype | None = None):
+    """:func:`sketch_rotate_pass` for the eager training path; planned per input key and
+    ``out_dtype``."""
     shapes = ((x.shape[0], structure.k_red), structure.weight_shape)
-    return _planned_pass("sketch_rotate", structure, (x, weight),
-                         lambda x, weight: sketch_rotate_pass(x, weight, structure, x.shape[0]), shapes,
-                         interleaved=True)
+    return _planned_pass(("sketch_rotate", out_dtype), structure, (x, weight),
+                         lambda x, weight: sketch_rotate_pass(x, weight, structure, x.shape[0], out_dtype=out_dtype),
+                         shapes, interleaved=True, out_dtype=out_dtype)
 
 
 def unsketch_pass(grad_sketch: torch.Tensor, structure: SS1Structure, m_hint: int,
-                  launch=launch_kernel) -> torch.Tensor:
-    """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` into a new tensor, the tile from
+                  launch=launch_kernel, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` into a new tensor of ``out_dtype`` (None:
+    ``grad_sketch``'s; a copy per element, so the cast is exact), the tile from
     :func:`sketch_pass_config` for ``m_hint`` rows (``grad_sketch`` row-major)."""
     cfg = sketch_pass_config("grad_input", m_hint, structure, grad_sketch.dtype, grad_sketch.device)
-    out = torch.empty((grad_sketch.shape[0], structure.in_features), dtype=grad_sketch.dtype,
+    out = torch.empty((grad_sketch.shape[0], structure.in_features), dtype=out_dtype or grad_sketch.dtype,
                       device=grad_sketch.device)
     unsketch(grad_sketch, structure, cfg, out, launch=launch)
     return out
 
 
-def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
+def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure,
+                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """:func:`unsketch_pass` for the eager training path; planned."""
-    return _planned_pass("unsketch", structure, (grad_sketch,),
-                         lambda g: unsketch_pass(row_major(g), structure, g.shape[0]),
-                         ((grad_sketch.shape[0], structure.in_features),))
+    return _planned_pass(("unsketch", out_dtype), structure, (grad_sketch,),
+                         lambda g: unsketch_pass(row_major(g), structure, g.shape[0], out_dtype=out_dtype),
+                         ((grad_sketch.shape[0], structure.in_features),), out_dtype=out_dtype)
 
 
-def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure) -> torch.Tensor:
-    """``unrotate(grad_rotated: (N, K_red))`` for the eager training path; planned."""
-    return _planned_pass("unrotate", structure, (grad_rotated,),
-                         lambda g: rotate_weight(row_major(g), structure, inverse=True), (structure.weight_shape,))
+def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure,
+                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``unrotate(grad_rotated: (N, K_red))`` for the eager training path, in ``out_dtype`` (None:
+    ``grad_rotated``'s); planned."""
+    def run(g: torch.Tensor) -> torch.Tensor:
+        out = None if out_dtype is None else torch.empty(structure.weight_shape, dtype=out_dtype, device=g.device)
+        return rotate_weight(row_major(g), structure, inverse=True, out=out)
+
+    return _planned_pass(("unrotate", out_dtype), structure, (grad_rotated,), run, (structure.weight_shape,),
+                         out_dtype=out_dtype)
 
 
 def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,

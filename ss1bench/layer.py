@@ -271,15 +271,16 @@ class SSL(nn.Module):
         weight, bias = self.weight, self.bias
         device_type = x.device.type
         # Like nn.Linear under autocast: lower-precision compute for float32 inputs; float64 stays.
+        # ss1_linear makes the casts (training and compiled calls fold them into the sketch pass).
         # Meta tensors (shape inference) have no autocast state: asking raises.
+        dtype = None
         if device_type != "meta" and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             dtype = torch.get_autocast_dtype(device_type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
         rotated = None
-        if self._rotated_cache_on and weight is self.weight and not records_autograd(x, weight, bias):
+        if (self._rotated_cache_on and dtype in (None, weight.dtype)
+                and not records_autograd(x, weight, bias)):
             rotated = self._rotated_weight()
-        return ss1_linear(x, weight, bias, self.structure, rotated)
+        return ss1_linear(x, weight, bias, self.structure, rotated, dtype=dtype)
 
     # ---- rotated-weight cache -------------------------------------------------------------------
     def cache_rotated_weight(self, enabled: bool = True) -> SSL:

@@ -30,14 +30,14 @@ def _use_kernels(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cuda"
 
 
-def _check_reference_inputs(structure: SS1Structure, **tensors: torch.Tensor | None) -> None:
+def _check_reference_inputs(structure: SS1Structure, same_dtype: bool = True, **tensors: torch.Tensor | None) -> None:
     first = next(t for t in tensors.values() if t is not None)
     for name, tensor in tensors.items():
         if tensor is None:
             continue
         if tensor.dtype not in _REFERENCE_DTYPES:
             raise TypeError(f"{name} has unsupported dtype {tensor.dtype}")
-        if tensor.dtype != first.dtype:
+        if same_dtype and tensor.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but the other inputs are {first.dtype}")
         if tensor.device != first.device:
             raise ValueError(f"{name} is on {tensor.device} but the other inputs are on {first.device}")
@@ -92,37 +92,51 @@ class _SketchRotate(torch.autograd.Function):
     traces ``ss1bench::sketch_rotate`` instead (``kernels/traced.py``)."""
 
     @staticmethod
-    def forward(ctx, x, weight, structure):
+    def forward(ctx, x, weight, structure, out_dtype):
         ctx.structure = structure
+        ctx.input_dtypes = (x.dtype, weight.dtype)
         ctx.set_materialize_grads(False)
-        return _kernels().sketch_and_rotate_planned(x, weight, structure)
+        return _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_sketch, grad_rotated):
         kernels, structure = _kernels(), ctx.structure
+        x_dtype, weight_dtype = ctx.input_dtypes
         grad_x = grad_w = None
         if grad_sketch is not None and ctx.needs_input_grad[0]:
-            grad_x = kernels.unsketch_planned(grad_sketch, structure)
+            grad_x = kernels.unsketch_planned(grad_sketch, structure, _cast_to(x_dtype, grad_sketch))
         if grad_rotated is not None and ctx.needs_input_grad[1]:
-            grad_w = kernels.unrotate_planned(grad_rotated, structure)
-        return grad_x, grad_w, None
+            grad_w = kernels.unrotate_planned(grad_rotated, structure, _cast_to(weight_dtype, grad_rotated))
+        return grad_x, grad_w, None, None
+
+
+def _cast_to(dtype: torch.dtype, tensor: torch.Tensor) -> torch.dtype | None:
+    """A pass's ``out_dtype``: ``dtype``, or None where ``tensor`` already has it."""
+    return None if tensor.dtype == dtype else dtype
 
 
 def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   structure: SS1Structure) -> torch.Tensor:
+                   structure: SS1Structure, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``F.linear(sketch(x), rotate(weight), bias)`` for ``x: (M, K)``: the path of every call that
     records autograd history and of every ``torch.compile`` trace. The product and its gradients
     are aten's (cuBLAS, or Inductor's choice when compiled); autograd keeps ``xs`` (M x K_red, c
-    times smaller than x) and ``wr`` for them."""
+    times smaller than x) and ``wr`` for them. With ``dtype`` (autocast's) the sketch pass writes
+    ``xs`` and ``wr`` in it, in place of the casts of x and the weight autocast would make, and the
+    backward passes return each gradient in its input's dtype."""
+    out_dtype = None if dtype is None or dtype == x.dtype == weight.dtype else dtype
+    if bias is not None and dtype is not None:
+        bias = bias.to(dtype)
     if _use_kernels(x):
         if torch.compiler.is_compiling():
             _kernels()  # registers the op on the first trace
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key)
+            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype)
         else:
-            xs, rotated = _SketchRotate.apply(x, weight, structure)
+            xs, rotated = _SketchRotate.apply(x, weight, structure, out_dtype)
     else:
-        _check_reference_inputs(structure, x=x, weight=weight)
+        _check_reference_inputs(structure, same_dtype=out_dtype is None, x=x, weight=weight)
         xs, rotated = reference.sketch(x, structure), reference.rotate_weight(weight, structure)
+        if out_dtype is not None:
+            xs, rotated = xs.to(out_dtype), rotated.to(out_dtype)
     return F.linear(xs, rotated, bias)
 
 
@@ -136,7 +150,8 @@ def records_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               structure: SS1Structure, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
+               structure: SS1Structure, rotated_weight: torch.Tensor | None = None, *,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
     """SS1 linear map: ``y = x @ structure.dense_weight(weight).T + bias``.
 
     Args:
@@ -150,12 +165,25 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             It is trusted to match ``weight`` (only its shape is checked). Calls that record
             autograd history and ``torch.compile`` traces ignore it: they rotate the weight in
             the sketch's launch.
+        dtype: compute dtype, as autocast gives ``nn.Linear`` (the ``SSL`` layer passes
+            autocast's): the result is that of ``x``, ``weight`` and ``bias`` cast to it. Calls
+            that record autograd history and ``torch.compile`` traces make no casts: the sketch
+            pass reads the inputs as they are and writes its two outputs in ``dtype``, and the
+            backward returns each gradient in its input's dtype. Inference calls cast the inputs
+            (``rotated_weight`` must then have ``dtype``). None: the inputs share one dtype.
 
     Returns:
-        ``(..., N)`` in ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.
+        ``(..., N)`` in ``dtype``, else ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype in _REFERENCE_DTYPES):
+        raise TypeError(f"dtype must be a floating torch.dtype ({', '.join(map(str, _REFERENCE_DTYPES))}), "
+                        f"got {dtype!r}")
+    if dtype is not None and not records_autograd(x, weight, bias) and not torch.compiler.is_compiling():
+        x, weight = x.to(dtype), weight.to(dtype)  # inference: the casts autocast would make
+        bias = bias.to(dtype) if bias is not None else None
+        dtype = None
     compiling = torch.compiler.is_compiling()
     needs_grad = None  # worked out once for the plan lookup and the autograd choice below
     if not compiling:
@@ -183,7 +211,7 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     leading = x.shape[:-1]
     x2d = x if flat else x.reshape(-1, structure.in_features)
     if compiling or (needs_grad if needs_grad is not None else records_autograd(x2d, weight, bias)):
-        y = _sketch_linear(x2d, weight, bias, structure)
+        y = _sketch_linear(x2d, weight, bias, structure, dtype)
     else:
         y = _forward_impl(x2d, weight, bias, structure, rotated_weight)
     return y if flat else y.reshape(*leading, structure.out_features)

@@ -8,6 +8,7 @@ measured error to a CSV (the GPU run script collects them for the closing note).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 
@@ -385,9 +386,11 @@ def test_reduce_overhead_with_new_sizes():
     torch.compiler.reset()
 
 
+@pytest.mark.parametrize("out_dtype", [None, torch.bfloat16], ids=["same-dtype", "out-bf16"])
 @pytest.mark.parametrize("name", ["sketch_rotate", "unsketch"])
-def test_triton_ops_pass_opcheck(name):
-    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
+def test_triton_ops_pass_opcheck(name, out_dtype):
+    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch, with and
+    without an output dtype (autocast's)."""
     from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
 
     structure = SS1Structure(1000, 300, 4, 7, 64, 128)
@@ -395,8 +398,49 @@ def test_triton_ops_pass_opcheck(name):
     x = torch.randn(37, 1000, generator=generator, device="cuda").requires_grad_()
     weight = torch.randn(*structure.weight_shape, generator=generator, device="cuda").requires_grad_()
     args = {
-        "sketch_rotate": (x, weight, *structure.key),
-        "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key),
+        "sketch_rotate": (x, weight, *structure.key, out_dtype),
+        "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key,
+                     out_dtype),
     }[name]
     result = torch.library.opcheck(getattr(torch.ops.ss1bench, name), args)
     assert all(status == "SUCCESS" for status in result.values()), result
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_layer_under_autocast_folds_the_casts(dtype, compiled, nan_empty):
+    """Float32 parameters under ``torch.autocast``: the training path (eager, and compiled with
+    fullgraph) computes in autocast's dtype with the casts folded into the sketch passes: output in
+    ``dtype``, float32 gradients, against float64; eagerly, no cast of x or the weight runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default:
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    torch.compiler.reset()
+    generator = torch.Generator(device="cuda").manual_seed(11)
+    layer = SSL(768, 3072, redn_factor=4, seed=7, device="cuda")
+    x = torch.randn(4, 65, 768, generator=generator, device="cuda", requires_grad=True)
+    dy = torch.randn(4, 65, 3072, generator=generator, device="cuda").to(dtype)
+    run = torch.compile(layer, fullgraph=True) if compiled else layer
+    casts = Casts()
+    with torch.autocast("cuda", dtype=dtype), (contextlib.nullcontext() if compiled else casts):
+        y = run(x)
+    y.backward(dy)
+    assert y.dtype == dtype and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    # a cast of x, the sketch, the weight or the rotated weight has last dim K or K_red
+    assert not [shape for shape in casts.shapes if shape[-1] in (768, layer.structure.k_red)], casts.shapes
+    dense = layer.dense_weight().detach().double()
+    x64, dy64 = x.detach().double().reshape(-1, 768), dy.double().reshape(-1, 3072)
+    assert_close("y", y, (x64 @ dense.T + layer.bias.double()).reshape(y.shape), TOLERANCE[dtype])
+    assert_close("grad_x", x.grad, (dy64 @ dense).reshape(x.shape), TOLERANCE[dtype])
+    assert_close("grad_w", layer.weight.grad, reference.ss1_grad_weight_reference(dy64, x64, layer.structure),
+                 TOLERANCE[dtype])
+    torch.compiler.reset()
