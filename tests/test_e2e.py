@@ -52,6 +52,7 @@ TINY = {
     "llama-1b": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                  "num_key_value_heads": 2, "vocab_size": 256},
 }
+TINY["llama-1b-32k"] = TINY["llama-1b"]
 #: One block only: what the compile tests trace (tracing time grows with the blocks).
 ONE_BLOCK = {"gpt2": {**TINY["gpt2"], "n_layer": 1},
              "bert-base": {**TINY["bert-base"], "num_hidden_layers": 1}}
@@ -214,16 +215,17 @@ def test_model_table_has_the_published_shapes():
     assert shapes == {"gpt2": (768, 3072, 12, 12), "gpt2-padded": (768, 3072, 12, 12),
                       "gpt2-medium": (1024, 4096, 24, 16), "gpt2-medium-padded": (1024, 4096, 24, 16),
                       "bert-base": (768, 3072, 12, 12), "bert-large": (1024, 4096, 24, 16),
-                      "llama-1b": (2048, 8192, 16, 32)}
+                      "llama-1b": (2048, 8192, 16, 32), "llama-1b-32k": (2048, 8192, 16, 32)}
     vocab = {name: e2e.build_config(name)[1].vocab_size for name in e2e.MODEL_NAMES if name.startswith("gpt2")}
     assert vocab == {"gpt2": 50257, "gpt2-padded": 50304, "gpt2-medium": 50257, "gpt2-medium-padded": 50304}
     assert 50304 % 64 == 0 and 50257 % 2 == 1  # the point of the padded variants
     _, llama = e2e.build_config("llama-1b")
     assert (llama.num_key_value_heads, llama.vocab_size, llama.tie_word_embeddings) == (8, 128256, True)
+    assert e2e.build_config("llama-1b-32k")[1].vocab_size == 32000  # the Llama-1B-size model
     rope = getattr(llama, "rope_parameters", None) or {"rope_theta": getattr(llama, "rope_theta", None)}
     assert rope["rope_theta"] == 500000.0
     assert [name for name in e2e.MODEL_NAMES if e2e.MODELS[name].decoder] == [
-        "gpt2", "gpt2-padded", "gpt2-medium", "gpt2-medium-padded", "llama-1b"]
+        "gpt2", "gpt2-padded", "gpt2-medium", "gpt2-medium-padded", "llama-1b", "llama-1b-32k"]
     train_classes = {name: e2e.build_config(name, train=True)[0].__name__ for name in e2e.MODEL_NAMES}
     assert train_classes["bert-base"] == train_classes["bert-large"] == "BertForMaskedLM"  # a loss to train on
     assert train_classes["gpt2-padded"] == "GPT2LMHeadModel" and train_classes["llama-1b"] == "LlamaForCausalLM"

@@ -48,6 +48,10 @@ PADDED_GPT2_VOCAB = 50304
 
 _GPT2_MEDIUM = {"n_embd": 1024, "n_layer": 24, "n_head": 16}
 
+_LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+             "tie_word_embeddings": True, "rope_theta": 500000.0}
+
 MODELS: dict[str, ModelSpec] = {
     "gpt2": ModelSpec("GPT2LMHeadModel", {}, True),  # GPT2Config defaults: 768 hidden, 12 layers, vocab 50257
     "gpt2-padded": ModelSpec("GPT2LMHeadModel", {"vocab_size": PADDED_GPT2_VOCAB}, True),
@@ -59,10 +63,10 @@ MODELS: dict[str, ModelSpec] = {
     "bert-large": ModelSpec("BertModel", {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
                                           "intermediate_size": 4096}, False, "BertForMaskedLM"),
     # Llama-3.2-1B's shape (its llama3 RoPE scaling changes no timing, so it is left out).
-    "llama-1b": ModelSpec("LlamaForCausalLM", {
-        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
-        "tie_word_embeddings": True, "rope_theta": 500000.0}, True),
+    "llama-1b": ModelSpec("LlamaForCausalLM", _LLAMA_1B, True),
+    # The same model with Llama-2's 32000-token vocabulary: its LM head (dense in both models) is
+    # a quarter of llama-1b's, so the SS1 layers are a larger share of the step.
+    "llama-1b-32k": ModelSpec("LlamaForCausalLM", {**_LLAMA_1B, "vocab_size": 32000}, True),
 }
 MODEL_NAMES = tuple(MODELS)
 
