@@ -403,15 +403,22 @@ def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARE
     return learned if learned is not None else fallback_config(problem, shared_memory_limit)
 
 
-def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
-    """Config for ``problem``: the newest override that answers, else the tuning database's answer
-    (:func:`database_answer`), else :func:`heuristic_config`. Not cached here: the launchers cache
-    the result (:data:`launch_config_cache`)."""
+def override_answer(problem: Problem) -> LaunchConfig | None:
+    """The config of the newest override that answers for ``problem``, else None."""
     with _hooks_lock:
         overrides = list(reversed(_overrides))
     for hook in overrides:
         config = hook(problem)
         if config is not None:
             return config
-    config = database_answer(problem, shared_memory_limit)
+    return None
+
+
+def resolve_launch_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY) -> LaunchConfig:
+    """Config for ``problem``: the newest override that answers (:func:`override_answer`), else
+    the tuning database's answer (:func:`database_answer`), else :func:`heuristic_config`. Not
+    cached here: the launchers cache the result (:data:`launch_config_cache`)."""
+    config = override_answer(problem)
+    if config is None:
+        config = database_answer(problem, shared_memory_limit)
     return config if config is not None else heuristic_config(problem, shared_memory_limit)

@@ -33,7 +33,9 @@ The rule, whole:
    its fixed rule.
 
 The same nearest-shape rule answers, in ``ss1bench.tuning.lookup``, for layer shapes a GPU's own
-database does not have (with that database's records as the examples).
+database does not have (with that database's records as the examples). Left without a layer shape's
+own records (:func:`examples_without_shape`), it gives what a shape the database does not hold gets:
+the config the ``ss1_heuristic`` bench provider forces and ``scripts/heuristic_eval.py`` scores.
 """
 
 from __future__ import annotations
@@ -154,6 +156,20 @@ def reference_examples() -> tuple[Example, ...]:
         return examples_from_records(json.loads(text).get("launch", {}))
     except (OSError, ValueError, AttributeError, ModuleNotFoundError):
         return ()
+
+
+def leave_shape_out(examples: Iterable[Example], in_features: int, out_features: int) -> tuple[Example, ...]:
+    """``examples`` without those of the layer shape ``(in_features, out_features)`` (all its kinds,
+    dtypes, c and M buckets): what the heuristic learns for a shape it holds no records of."""
+    return tuple(e for e in examples if e.shape != (in_features, out_features))
+
+
+@functools.lru_cache(maxsize=64)
+def examples_without_shape(in_features: int, out_features: int) -> tuple[Example, ...]:
+    """The reference examples less the layer shape's own (:func:`leave_shape_out`): the heuristic as
+    a shape the shipped database does not hold gets it (the ``ss1_heuristic`` bench provider, the
+    leave-one-shape-out evaluation of ``scripts/heuristic_eval.py``)."""
+    return leave_shape_out(reference_examples(), in_features, out_features)
 
 
 def shape_distance(k_red: int, n: int, other_k_red: int, other_n: int) -> float:

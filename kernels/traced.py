@@ -7,7 +7,7 @@ the memory-bound passes are Triton kernels that Inductor sees and launches from 
 code (no Python runs per call). The backward is traced too: the matmul's gradients come from
 aten (with the forward's ``xs`` and ``wr`` saved, so the weight gradient never sketches x
 again), then ``unsketch`` (a kernel of ours) and the inverse rotation (an aten gather whose index
-Inductor computes in place, fused with the weight gradient's cast to float32 under autocast).
+Inductor computes in place, fused with the weight gradient's cast under autocast).
 
 The op bodies run once, at trace time, on fake tensors: the structure and the launch config
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
@@ -16,10 +16,8 @@ The op bodies run once, at trace time, on fake tensors: the structure and the la
 Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
-- ``sketch_rotate(x, weight, ..., out_dtype=None) -> (xs: (M, K_red), wr: (N, K_red))``, one
-  launch; under autocast ``out_dtype`` is autocast's dtype, so the outputs are the operands
-  ``F.linear`` multiplies and no cast kernels run (the backward returns each input's dtype);
-- ``unsketch(dxs: (M, K_red), ..., out_dtype=None) -> dx: (M, K)``.
+- ``sketch_rotate(x, weight, ...) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
+- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
 """
 
 from __future__ import annotations
@@ -55,41 +53,32 @@ def _size_hint(size) -> int:
 
 @triton_op("ss1bench::sketch_rotate", mutates_args=())
 def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
-                  seed: int, block_k: int, block_n: int,
-                  out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int, block_k: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch, out_dtype=out_dtype)
+    return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
 
 
 @triton_op("ss1bench::unsketch", mutates_args=())
 def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int,
-             block_k: int, block_n: int, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+             block_k: int, block_n: int) -> torch.Tensor:
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    return ss1.unsketch_pass(ss1.row_major(grad_sketch), structure, _size_hint(grad_sketch.shape[0]), launch=_launch,
-                             out_dtype=out_dtype)
-
-
-#: Structure arguments of the ops: ``(in_features, out_features, redn_factor, seed, block_k, block_n)``.
-_STRUCTURE_ARGS = 6
+    return ss1.unsketch_pass(ss1.row_major(grad_sketch), structure, _size_hint(grad_sketch.shape[0]), launch=_launch)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, *rest = inputs
-    ctx.structure_args = tuple(rest[:_STRUCTURE_ARGS])
-    ctx.input_dtypes = (x.dtype, weight.dtype)
+    ctx.structure_args = tuple(inputs[2:])
 
 
 def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
     args = ctx.structure_args
-    x_dtype, weight_dtype = ctx.input_dtypes
     grad_x = grad_w = None
     if grad_sketch is not None and ctx.needs_input_grad[0]:
-        grad_x = unsketch(grad_sketch, *args, out_dtype=x_dtype if x_dtype != grad_sketch.dtype else None)
+        grad_x = unsketch(grad_sketch, *args)
     if grad_rotated is not None and ctx.needs_input_grad[1]:
         # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
-        # with the cast back to the weight's dtype (autocast's float32)
-        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args)).to(weight_dtype)
-    return (grad_x, grad_w) + (None,) * (_STRUCTURE_ARGS + 1)
+        # with what follows (under autocast, the weight gradient's cast back to float32)
+        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args))
+    return (grad_x, grad_w) + (None,) * len(args)
 
 
 sketch_rotate.register_autograd(_sketch_rotate_backward, setup_context=_setup_context)

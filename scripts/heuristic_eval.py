@@ -66,7 +66,7 @@ def evaluate(database: TuningDatabase, raw_paths: list[Path], shared_memory_limi
     for item, (text, times, _) in sorted(items.items()):
         record = database.launch[text]
         problem = problem_of(item, device)
-        others = [e for e in examples if e.shape != (problem.in_features, problem.out_features)]
+        others = heuristic.leave_shape_out(examples, problem.in_features, problem.out_features)
         found = heuristic.nearest_config(problem, others, shared_memory_limit, sm_count)
         pick, source = (found[0], found[1].key) if found else (fallback_config(problem, shared_memory_limit),
                                                                "fixed rule")

@@ -7,7 +7,8 @@ For a 768 -> 3072 layer at c = 4 (fp16; M = 1 and M = 128), prints host microsec
 ``torch.empty``, ``F.linear``, ``torch.addmm``, one Triton launch through ``kernel[grid]`` and
 through the direct path (``kernels/launch.py``), then ``ss1_forward`` and the whole ``SSL`` call
 (no grad, cached rotated weight, with autograd, forward + backward with and without a gradient
-for x) next to ``nn.Linear``'s, and the SSL / nn.Linear ratios. ``--profile``: also the 20
+for x, and the training setting: float32 parameters under bf16 autocast) next to ``nn.Linear``'s,
+and the SSL / nn.Linear ratios. ``--profile``: also the 20
 functions with the most own time (cProfile) in the SSL forward + backward at M = 1 and M = 128.
 """
 
@@ -102,7 +103,22 @@ def main() -> None:
             rows[f"{name} fwd+bwd M={m}"] = host_us(lambda x=x, gy=gy, f=module: f(x).backward(gy), calls=1000)
             rows[f"{name} fwd+bwd, x needs grad M={m}"] = host_us(
                 lambda xg=xg, gy=gy, f=module: f(xg).backward(gy), calls=1000)
-        for what in ("no grad", "fwd+bwd", "fwd+bwd, x needs grad"):
+    # the training setting: float32 parameters and x under bf16 autocast (casts folded into the passes)
+    layer32 = SSL(768, 3072, redn_factor=4, seed=1, device="cuda", dtype=torch.float32)
+    dense32 = torch.nn.Linear(768, 3072, device="cuda", dtype=torch.float32)
+    for m in (1, 128):
+        xg = torch.randn(m, 768, device="cuda", requires_grad=True)
+        gy = torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16)
+
+        def step(f, xg=xg, gy=gy):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = f(xg)
+            y.backward(gy)
+
+        for module, name in ((layer32, "SSL"), (dense32, "nn.Linear")):
+            rows[f"{name} fwd+bwd, bf16 autocast M={m}"] = host_us(lambda f=module: step(f), calls=1000)
+    for m in (1, 128):
+        for what in ("no grad", "fwd+bwd", "fwd+bwd, x needs grad", "fwd+bwd, bf16 autocast"):
             ratios[f"SSL / nn.Linear, {what}, M={m}"] = rows[f"SSL {what} M={m}"] / rows[f"nn.Linear {what} M={m}"]
     print(f"torch {torch.__version__}; host us/call, median of 5 rounds of {CALLS} calls")
     for name, us in rows.items():

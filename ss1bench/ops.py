@@ -62,6 +62,14 @@ def _kernels():
 _KERNELS = None
 
 
+def _register_traced_ops() -> None:
+    """Registers ``torch.ops.ss1bench`` (``kernels/traced.py``) from inside a ``torch.compile``
+    trace. A plain import, which Dynamo runs at trace time without a guard: reading ``_KERNELS``,
+    which the first call sets, would fail that guard on the next call and compile the whole model a
+    second time."""
+    from .kernels import traced  # noqa: F401
+
+
 def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   structure: SS1Structure, rotated_weight: torch.Tensor | None = None) -> torch.Tensor:
     if _use_kernels(x):
@@ -120,16 +128,21 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """``F.linear(sketch(x), rotate(weight), bias)`` for ``x: (M, K)``: the path of every call that
     records autograd history and of every ``torch.compile`` trace. The product and its gradients
     are aten's (cuBLAS, or Inductor's choice when compiled); autograd keeps ``xs`` (M x K_red, c
-    times smaller than x) and ``wr`` for them. With ``dtype`` (autocast's) the sketch pass writes
-    ``xs`` and ``wr`` in it, in place of the casts of x and the weight autocast would make, and the
-    backward passes return each gradient in its input's dtype."""
+    times smaller than x) and ``wr`` for them. With ``dtype`` (autocast's) the eager sketch pass
+    writes ``xs`` and ``wr`` in it, in place of the casts of x and the weight autocast would make,
+    and the backward passes return each gradient in its input's dtype. A ``torch.compile`` trace
+    casts x and the weight first: Inductor fuses those casts into the kernels that make x (the
+    layer norm before a projection), and a compiled GPT-2 training step with the casts folded into
+    the sketch pass instead ran 1.4x slower (``docs/perf-notes.md``, v14)."""
     out_dtype = None if dtype is None or dtype == x.dtype == weight.dtype else dtype
     if bias is not None and dtype is not None:
         bias = bias.to(dtype)
     if _use_kernels(x):
         if torch.compiler.is_compiling():
-            _kernels()  # registers the op on the first trace
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype)
+            if out_dtype is not None:
+                x, weight = x.to(out_dtype), weight.to(out_dtype)
+            _register_traced_ops()
+            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key)
         else:
             xs, rotated = _SketchRotate.apply(x, weight, structure, out_dtype)
     else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ss1bench.bench.schema import OPTIONAL_PROVIDERS
 from ss1bench.cli import main
 
 
@@ -44,6 +45,36 @@ def test_dry_run_lists_ss1_cached_in_fwd_only(monkeypatch, modes, listed, timing
     assert ("ss1_cached" in last) == ("fwd" in modes.split(","))
 
 
+@pytest.mark.parametrize(("modes", "chosen", "listed", "timings"), [
+    # One shape at c = 2 and 4: dense once, then per c dense_reduced and the chosen providers.
+    ("fwd", "ss1_heuristic,ss1_tuned", "dense, dense_reduced, memory_floor, ss1_tuned, ss1_heuristic", 1 + 2 * 3),
+    ("fwd+bwd", "lowrank", "dense, dense_reduced, memory_floor, lowrank", 1 + 2 * 2),
+    ("fwd,fwd+bwd", "ss1_cached,monarch", "dense, dense_reduced, memory_floor, ss1_cached (fwd only), monarch",
+     (1 + 2 * 3) + (1 + 2 * 2)),
+])
+def test_providers_chooses_what_is_timed_besides_the_yardsticks(monkeypatch, modes, chosen, listed, timings):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["bench", "--dry-run", "--shape", "8x300x64", "--redn-factors", "2,4",
+                                       "--mode", modes, "--providers", chosen])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"x providers ({listed});" in last and f"; {timings} timings;" in last
+    assert last.endswith(f"_{'-'.join(p for p in OPTIONAL_PROVIDERS if p in chosen.split(','))}.csv")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--providers", "ss1_tuned,dense"], "dense; choose from ss1_tuned, ss1_cached, ss1_heuristic, lowrank, monarch"),
+    (["--providers", "flash"], "flash; choose from"),
+    (["--providers", ""], "nothing given"),
+    (["--providers", "ss1_cached", "--mode", "fwd,fwd+bwd"], "ss1_cached: not timed in fwd+bwd mode"),
+])
+def test_bad_providers_are_one_line_errors(args, message):
+    result = CliRunner().invoke(main, ["bench", "--dry-run", "--shape", "8x300x64", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("ss1bench bench: error: Invalid value for --providers: ")
+    assert message in result.output and result.output.count("\n") == 1 and "Traceback" not in result.output
+
+
 def test_bench_without_cuda_exits_2_with_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = CliRunner().invoke(main, ["bench", "--shapes", "gpt2", "--redn-factors", "4"])
@@ -71,8 +102,9 @@ def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_run(cases, out_dir, stem, args, warmup_ms, rep_ms, echo, cuda_graph=False):
-        seen.update(cases=cases, out_dir=out_dir, stem=stem, args=args, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    def fake_run(cases, out_dir, stem, args, warmup_ms, rep_ms, echo, cuda_graph=False, providers=None):
+        seen.update(cases=cases, out_dir=out_dir, stem=stem, args=args, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                    providers=providers)
         return out_dir / f"{stem}.csv", pd.DataFrame(columns=list(RESULT_COLUMNS))
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -86,7 +118,16 @@ def test_bench_passes_the_plan_to_the_runner(monkeypatch, tmp_path):
         (16, 768, 3072, 2, "bf16", "fwd+bwd"), (16, 768, 3072, 8, "bf16", "fwd+bwd")]
     assert str(seen["out_dir"]) == "reports/H200" and seen["stem"] == "bench_custom_bf16_fwdbwd"
     assert (seen["warmup_ms"], seen["rep_ms"]) == (5, 40)
+    assert seen["providers"] == seen["args"]["providers"] == list(OPTIONAL_PROVIDERS)  # default: all
     assert "(no results)" in result.output and "wrote reports/H200/bench_custom_bf16_fwdbwd.csv" in result.output
+
+    # Some providers: the runner and the sidecar's args get them in the CSV's order, and the file name
+    # says so (a partial run never overwrites a full one).
+    result = CliRunner().invoke(main, ["bench", "--shape", "16x768x3072", "--redn-factors", "2", "--dtype", "bf16",
+                                       "--providers", "monarch,ss1_heuristic"])
+    assert result.exit_code == 0, result.output
+    assert seen["providers"] == seen["args"]["providers"] == ["ss1_heuristic", "monarch"]
+    assert seen["stem"] == "bench_custom_bf16_fwd_ss1_heuristic-monarch"
 
 
 def test_recorded_command_keeps_file_names_not_folders():

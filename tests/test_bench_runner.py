@@ -111,9 +111,10 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
         for peer in ("lowrank", "monarch"):
             assert abs(rows.loc[peer, "weight_params"] - ss1_params) <= (k + n) / 2
         assert rows.loc["ss1_tuned", "block_k"] == rows.loc["ss1_heuristic", "block_k"]
-        assert "forward=" in rows.loc["ss1_heuristic", "detail"]
-        if mode == "fwd+bwd":
-            assert "grad_weight=" in rows.loc["ss1_tuned", "detail"]
+        assert rows.loc["ss1_heuristic", "detail"].startswith("forward=" if mode == "fwd" else "sketch_rotate=")
+        if mode == "fwd+bwd":  # the training path: the sketch passes around cuBLAS products
+            assert [part.split("=")[0] for part in rows.loc["ss1_tuned", "detail"].split()] == [
+                "sketch_rotate", "unsketch"]
         else:  # the cached layer: the tuned one's structure and counts, its forward of kind forward_rotated
             cached, tuned = rows.loc["ss1_cached"], rows.loc["ss1_tuned"]
             for column in ("block_k", "block_n", "k_red", "weight_params", "flops"):
@@ -132,6 +133,35 @@ def test_run_writes_every_column_and_derived_values(tmp_path, cpu_as_cuda, mode,
     # End-of-run table: one line per distinct (M, K, N, c), the shared shape listed once.
     assert len(results.summary_table(frame).splitlines()) == 1 + 2 * 2
     assert ("cached x" in results.summary_table(frame).splitlines()[0]) == (mode == "fwd")
+
+
+@pytest.mark.parametrize(("mode", "chosen"), [("fwd", ["ss1_heuristic", "lowrank"]), ("fwd+bwd", ["ss1_tuned"]),
+                                              ("fwd+bwd", ["ss1_cached", "monarch"])])
+def test_a_run_of_some_providers_times_them_and_the_yardsticks(tmp_path, cpu_as_cuda, mode, chosen):
+    """``--providers``: rows (and timings) of the chosen providers that run in the mode, plus the
+    yardsticks every row's speedup and fraction of ideal need; the sidecar lists just those."""
+    cases = plan(_shapes(), [2, 4], ["fp32"], [mode])
+    args = {"modes": [mode], "providers": chosen}
+    csv_path, frame = runner.run(cases, tmp_path, "bench_some", args, device=torch.device("cpu"),
+                                 echo=lambda _: None, providers=chosen)
+    timed = [p.name for p in providers_in(mode, chosen)]
+    in_mode = [p for p in chosen if p != "ss1_cached" or mode == "fwd"]  # ss1_cached: fwd only
+    assert timed == ["dense", "dense_reduced", "memory_floor", *in_mode]
+    assert len(cpu_as_cuda) == timings_in(cases, chosen) < timings_in(cases)
+    written = pd.read_csv(csv_path)
+    assert len(written) == len(cases) * len(timed)
+    for _, group in written.groupby(["shape_set", "M", "K", "N", "redn_factor"]):
+        assert list(group["provider"]) == timed
+        rows = group.set_index("provider")
+        ideal = max(rows.loc["dense_reduced", "median_ms"], rows.loc["memory_floor", "median_ms"])
+        assert list(rows["ideal_ms"]) == pytest.approx([ideal] * len(timed))
+        assert (rows["dense_ms"] == rows.loc["dense", "median_ms"]).all()
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert sorted(meta["providers"]) == sorted(timed) and meta["args"]["providers"] == chosen
+    header = results.summary_table(frame).splitlines()[0].split()
+    assert ("SS1" in header) == ("ss1_tuned" in chosen)
+    assert ("heuristic" in header, "low-rank" in header, "Monarch" in header, "cached" in header) == (
+        "ss1_heuristic" in chosen, "lowrank" in chosen, "monarch" in chosen, False)
 
 
 def test_failed_provider_is_a_row_not_a_crash(tmp_path, cpu_as_cuda, monkeypatch):
@@ -202,7 +232,8 @@ def test_build_ss1_cached_on_cpu(mode):
     assert cached.module.structure.key == tuned.module.structure.key
     assert (cached.block_k, cached.block_n) == (structure.block_k, structure.block_n)
     kinds = [part.split("=")[0] for part in cached.detail.split()]
-    assert kinds == (["forward_rotated"] if mode == "fwd" else ["forward_rotated", "grad_input", "grad_weight"])
+    # fwd+bwd records autograd: the training path's passes, which rotate the weight every call (no cache)
+    assert kinds == (["forward_rotated"] if mode == "fwd" else ["sketch_rotate", "unsketch"])
 
 
 def test_the_rotated_weight_cache_is_filled_before_graph_capture(cpu_as_cuda, monkeypatch):

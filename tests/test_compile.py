@@ -350,3 +350,25 @@ def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, m
             expected = reference.unrotate_weight(grad.double(), structure)
         assert_close(f"{pass_name} call {call}", actual, expected)
     invalidate_config_cache()
+
+
+def test_registering_the_traced_ops_adds_no_guard(monkeypatch):
+    """The compiled path registers ``torch.ops.ss1bench`` with a plain import: a model is compiled
+    once, not again on its second call (reading ``ops._KERNELS``, which the first call sets, made
+    Dynamo guard on it and recompile)."""
+    monkeypatch.setattr(ops, "_KERNELS", None)
+    compiles = []
+
+    def backend(graph, example_inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    @torch.compile(backend=backend, fullgraph=True)
+    def traced(x):
+        ops._register_traced_ops()
+        return x * 2
+
+    for _ in range(3):
+        traced(torch.ones(3))
+    assert len(compiles) == 1
+    assert hasattr(torch.ops.ss1bench, "sketch_rotate") and hasattr(torch.ops.ss1bench, "unsketch")

@@ -1,6 +1,8 @@
 """``ss1bench report`` on a small fixture CSV with the runner's exact columns: every file is
 written and the summary's numbers are the CSV's. A second fixture adds ``ss1_cached`` rows (fwd)
-and fwd+bwd rows (which have none): the cached layer gets its own lines and table rows there only."""
+and fwd+bwd rows (which have none): the cached layer gets its own lines and table rows there only.
+A third is a run of some providers (``ss1bench bench --providers``): the absent ones get no line,
+bar, panel, column or definition."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from ss1bench import report
-from ss1bench.bench.schema import CASE_KEY, PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS
+from ss1bench.bench.schema import CASE_KEY, PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS, YARDSTICKS
 from ss1bench.cli import main
 from ss1bench.report import (
     CACHED_CASE_COLUMNS,
@@ -129,6 +131,20 @@ def cached_report_dir(tmp_path_factory):
     frame = _fixture_frame(cached=True, modes=("fwd", "fwd+bwd"))
     out, output, legends = _write_report(tmp_path_factory.mktemp("report_cached"), frame,
                                          "bench_gpt2_fp16_fwd-fwdbwd")
+    return out, frame, output, legends
+
+
+def _some_providers(frame: pd.DataFrame, providers: tuple[str, ...]) -> pd.DataFrame:
+    """``frame`` as a run of ``providers`` (and the yardsticks every run times) writes it."""
+    return frame[frame["provider"].isin([*YARDSTICKS, *providers])].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def partial_report_dir(tmp_path_factory):
+    """Results of ``ss1bench bench --providers ss1_tuned,ss1_heuristic``: no peers, no cached layer."""
+    frame = _some_providers(_fixture_frame(), ("ss1_tuned", "ss1_heuristic"))
+    out, output, legends = _write_report(tmp_path_factory.mktemp("report_partial"), frame,
+                                         "bench_gpt2_fp16_fwd_ss1_tuned-ss1_heuristic")
     return out, frame, output, legends
 
 
@@ -313,7 +329,7 @@ def _ideal(rows: pd.DataFrame) -> pd.Series:
     return rows["dense_ms"] / rows["ideal_ms"]
 
 
-@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir"])
+@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir", "partial_report_dir"])
 def test_every_line_of_the_speedup_plots_is_the_csv(fixture, request):
     _, frame, _, legends = request.getfixturevalue(fixture)
     checked = 0
@@ -381,7 +397,7 @@ def test_every_bar_of_the_peer_plots_is_the_csv(fixture, request):
     assert checked == frame["mode"].nunique() * 2 * len(FACTORS)
 
 
-@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir"])
+@pytest.mark.parametrize("fixture", ["report_dir", "cached_report_dir", "partial_report_dir"])
 def test_every_heatmap_cell_is_the_csv_fraction_of_ideal(fixture, request):
     import numpy as np
 
@@ -439,6 +455,62 @@ def test_cached_layer_has_its_own_rows_and_columns_in_the_summary(cached_report_
         assert _close(cells[col["cached speedup"]], by.loc["ss1_cached", "speedup_vs_dense"], decimals=2)
         assert _close(cells[col["cached fraction of ideal"]], by.loc["ss1_cached", "fraction_of_ideal"], decimals=2)
         assert _close(cells[col["heuristic speedup"]], by.loc["ss1_heuristic", "speedup_vs_dense"], decimals=2)
+
+
+def test_a_run_of_some_providers_reports_only_those(partial_report_dir):
+    """No peer rows: no peers plot, no peer line, column or definition, and nothing reads as failed
+    (the fixture's one failed timing is a Monarch one, which this run did not make)."""
+    out, frame, _, legends = partial_report_dir
+    tag = "gpt2_fp16_fwd"
+    assert {p.name for p in out.iterdir()} == {f"speedup_vs_c_{tag}_decode.png", f"speedup_vs_c_{tag}_prefill.png",
+                                               f"speedup_vs_m_{tag}.png", f"fraction_of_ideal_{tag}.png",
+                                               "summary.md"}
+    for regime in ("decode", "prefill"):
+        assert legends[f"speedup_vs_c_{tag}_{regime}.png"]["_order"] == [
+            PROVIDER_LABELS["ss1_tuned"], PROVIDER_LABELS["ss1_heuristic"], "ideal (dense / ideal time)"]
+    assert [panel["title"] for panel in legends[f"fraction_of_ideal_{tag}.png"]["_panels"]] == [
+        PROVIDER_LABELS["ss1_tuned"], PROVIDER_LABELS["ss1_heuristic"]]
+    summary = (out / "summary.md").read_text()
+    assert "failed" not in summary and "**low-rank**" not in summary and "**Monarch**" not in summary
+    assert ("- **SS1 (heuristic)**: the same `SSL` layer (same structure) with every launch forced to the "
+            "heuristic's config learned without this layer shape's records") in summary
+    tables = _tables(summary)
+    header = [name for name in CASE_HEADER if name not in ("low-rank speedup", "Monarch speedup")]
+    cases = next(rows for table_header, rows in tables if table_header == header)
+    assert len(cases) == len(LAYERS) * len(M_VALUES) * len(FACTORS)
+    assert all(cell != "–" for cells in cases for cell in cells)  # every provider shown has every case
+    col = {name: i for i, name in enumerate(header)}
+    for cells in cases:
+        m, k, c = (int(cells[col[name]]) for name in ("M", "K", "c"))
+        by = frame[(frame["M"] == m) & (frame["K"] == k) & (frame["redn_factor"] == c)].set_index("provider")
+        assert _close(cells[col["SS1 ms"]], by.loc["ss1_tuned", "median_ms"], digits=4)
+        assert _close(cells[col["heuristic speedup"]], by.loc["ss1_heuristic", "speedup_vs_dense"], decimals=2)
+    assert next(rows for table_header, rows in tables if table_header == HEADLINE_HEADER)
+
+
+@pytest.mark.parametrize("providers", [("ss1_heuristic",), ("lowrank", "monarch"), ("ss1_cached",)])
+def test_results_without_ss1_tuned_rows_are_reported_without_it(tmp_path, providers):
+    """No SS1 (tuning database) rows: the headline says so, the case table has no SS1 columns, and
+    the plots made of its rows alone (speedup vs M, the heatmap without the heuristic) are not drawn."""
+    frame = _some_providers(_fixture_frame(cached=True, modes=("fwd", "fwd+bwd")), providers)
+    out, _, legends = _write_report(tmp_path, frame, "bench_gpt2_fp16_fwd-fwdbwd_some")
+    names = {p.name for p in out.iterdir()}
+    assert any(name.startswith("speedup_vs_c_") for name in names)
+    assert any(name.startswith("speedup_vs_m_") for name in names) == ("ss1_cached" in providers)
+    assert any(name.startswith("fraction_of_ideal_") for name in names) == ("ss1_heuristic" in providers)
+    assert any(name.startswith("peers_") for name in names) == ("lowrank" in providers)
+    for name, legend in legends.items():
+        if name.startswith("speedup_vs_c_"):  # the chosen providers that ran in the mode, and the ideal
+            mode = "fwd" if "_fwd_" in name else "fwd+bwd"
+            shown = [PROVIDER_LABELS[p] for p in providers if p != "ss1_cached" or mode == "fwd"]
+            assert legend["_order"] == [*shown, "ideal (dense / ideal time)"]
+    summary = (out / "summary.md").read_text()
+    assert "These results have no timed SS1 (tuning database) rows" in summary or "ss1_cached" in providers
+    assert ("## Failed timings" in summary) == ("monarch" in providers)  # the fixture's failed timing
+    for header, rows in _tables(summary):
+        if header[:7] == CASE_HEADER[:7]:
+            assert "SS1 ms" not in header and "SS1 TFLOP/s" not in header
+            assert all(len(cells) == len(header) for cells in rows)
 
 
 def test_report_rejects_a_csv_without_the_columns(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -23,7 +24,16 @@ import torch
 from ss1bench.provenance import command_line
 
 from .measure import RETIMES, SPREAD_LIMIT
-from .schema import CASE_KEY, FLOP_COUNTS, MEMORY_FLOOR, MODES, PROVIDERS, RESULT_COLUMNS, mode_slug
+from .schema import (
+    CASE_KEY,
+    FLOP_COUNTS,
+    MEMORY_FLOOR,
+    MODES,
+    OPTIONAL_PROVIDERS,
+    RESULT_COLUMNS,
+    mode_slug,
+    providers_in,
+)
 
 # ---- files and metadata -----------------------------------------------------------------------
 
@@ -111,8 +121,8 @@ class RunInfo:
                       f"a run with p80 > {SPREAD_LIMIT} x p20 re-timed up to {RETIMES} times, the tightest kept"
                       + ("; every call replayed from a CUDA graph" if self.args.get("cuda_graph") else ""),
             "flop_counts": FLOP_COUNTS, "memory_floor": MEMORY_FLOOR,
-            "providers": {p.name: p.description for p in PROVIDERS
-                          if any(p.runs_in(mode) for mode in self.args.get("modes", MODES))},
+            "providers": {p.name: p.description for mode in self.args.get("modes", MODES)
+                          for p in providers_in(mode, self.args.get("providers"))},
             "args": self.args, "cases_total": cases_total, "cases_done": cases_done,
             "wall_s": round(wall_s, 1), "complete": complete, "command": command_line(),
         }
@@ -142,10 +152,16 @@ class ResultWriter:
         return write_results(self.rows, metadata, self.csv_path, self.json_path, self.columns)
 
 
-def output_stem(set_names: list[str], dtypes: list[str], modes: list[str]) -> str:
-    """File name stem of a run's CSV and sidecar, e.g. ``bench_gpt2_fp16_fwd``."""
-    return "bench_" + "_".join(["-".join(set_names) or "custom", "-".join(dtypes),
-                                "-".join(mode_slug(m) for m in modes)])
+def output_stem(set_names: list[str], dtypes: list[str], modes: list[str],
+                providers: list[str] | None = None) -> str:
+    """File name stem of a run's CSV and sidecar, e.g. ``bench_gpt2_fp16_fwd``; a run of some of the
+    optional providers ends in their names, e.g. ``bench_gpt2_fp16_fwd_ss1_heuristic``, so it
+    never overwrites a full run's results (``ss1bench report`` on the folder reads both, the
+    newer rows of a case and provider winning)."""
+    parts = ["-".join(set_names) or "custom", "-".join(dtypes), "-".join(mode_slug(m) for m in modes)]
+    if providers is not None and set(providers) != set(OPTIONAL_PROVIDERS):
+        parts.append("-".join(providers))
+    return "bench_" + "_".join(parts)
 
 
 # ---- progress ---------------------------------------------------------------------------------
@@ -186,28 +202,37 @@ def _duration(seconds: float) -> str:
 # ---- end-of-run table -------------------------------------------------------------------------
 
 
+#: Speedup columns of the end-of-run table besides SS1 (tuning database)'s, in order.
+SPEEDUP_COLUMNS = {"ss1_cached": "cached x", "ss1_heuristic": "heuristic x", "lowrank": "low-rank x",
+                   "monarch": "Monarch x"}
+
+
 def summary_table(frame) -> str:
-    """One line per case: SS1 (tuning database) against dense and the ideal, with the heuristic's and
-    the peers' speedups, and the rotated-weight cache's where the run has it (a shape two sets share
-    is listed once)."""
+    """One line per case (a shape two sets share is listed once): dense and the ideal, SS1 (tuning
+    database) against them, and the speedups of the heuristic, the rotated-weight cache and the
+    peers; a provider the run has no rows of (``--providers``, ``ss1_cached`` outside ``fwd``) has
+    no column."""
     import pandas as pd
 
-    speedups = {(row["provider"], *(row[k] for k in CASE_KEY)): row["speedup_vs_dense"]
-                for row in frame.to_dict("records")}
+    present = set(frame["provider"])
+    by_key = {(row["provider"], *(row[k] for k in CASE_KEY)): row for row in frame.to_dict("records")}
+    cases = frame[frame["provider"] == "dense"]  # a yardstick: every case has its row
+    cases = cases.drop_duplicates(subset=["dtype", "mode", "M", "K", "N", "redn_factor"])
     lines = []
-    cached = (frame["provider"] == "ss1_cached").any()
-    ss1 = frame[frame["provider"] == "ss1_tuned"]
-    ss1 = ss1.drop_duplicates(subset=["dtype", "mode", "M", "K", "N", "redn_factor"])
-    for row in ss1.to_dict("records"):
+    for row in cases.to_dict("records"):
         key = tuple(row[k] for k in CASE_KEY)
-        lines.append({
-            "dtype": row["dtype"], "mode": row["mode"], "M": row["M"], "K": row["K"], "N": row["N"],
-            "c": row["redn_factor"], "dense ms": row["dense_ms"], "ideal ms": row["ideal_ms"],
-            "SS1 ms": row["median_ms"], "speedup": row["speedup_vs_dense"], "of ideal": row["fraction_of_ideal"],
-            **({"cached x": speedups.get(("ss1_cached", *key))} if cached else {}),
-            "heuristic x": speedups.get(("ss1_heuristic", *key)), "low-rank x": speedups.get(("lowrank", *key)),
-            "Monarch x": speedups.get(("monarch", *key)),
-        })
+
+        def value(provider: str, column: str, key=key) -> float:
+            return by_key.get((provider, *key), {}).get(column, math.nan)
+
+        line = {"dtype": row["dtype"], "mode": row["mode"], "M": row["M"], "K": row["K"], "N": row["N"],
+                "c": row["redn_factor"], "dense ms": row["dense_ms"], "ideal ms": row["ideal_ms"]}
+        if "ss1_tuned" in present:
+            line.update({"SS1 ms": value("ss1_tuned", "median_ms"), "speedup": value("ss1_tuned", "speedup_vs_dense"),
+                         "of ideal": value("ss1_tuned", "fraction_of_ideal")})
+        line.update({column: value(provider, "speedup_vs_dense") for provider, column in SPEEDUP_COLUMNS.items()
+                     if provider in present})
+        lines.append(line)
     if not lines:
         return "(no results)"
     return pd.DataFrame(lines).to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -6,9 +6,10 @@ settings, and :func:`~ss1bench.bench.measure.time_module` times them all the sam
 ``triton.testing.do_bench`` (L2 flushed before every call) median and 20th/80th percentiles, on
 random inputs (never zeros). In ``fwd`` mode the module runs under ``torch.no_grad()``; in
 ``fwd+bwd`` mode one call is forward plus ``backward(dy)`` with gradients for x, the weights and
-the bias (reset to None before each call). Yardsticks (``schema.PROVIDERS`` defines each): dense =
-cuBLAS ``F.linear``; ideal = max(cuBLAS at K/c, memory floor at the copy bandwidth measured once
-per run).
+the bias (reset to None before each call). Yardsticks (``schema.YARDSTICKS``; ``schema.PROVIDERS``
+defines each): dense = cuBLAS ``F.linear``; ideal = max(cuBLAS at K/c, memory floor at the copy
+bandwidth measured once per run). Every case times them; the other providers are the run's choice
+(``ss1bench bench --providers``; all by default).
 
 Run order: dtype, mode, shape (the dense layer is timed once per shape), then c. A shape two
 sets share (BERT's and GPT-2's layers coincide) is timed once and its rows are written under each
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -46,6 +48,9 @@ from .peers import LowRankLinear, MonarchLinear
 from .results import ResultWriter, RunInfo, use_tuning_database
 from .schema import MODES, SS1_PROVIDERS, providers_in
 from .shapes import Shape
+
+if TYPE_CHECKING:
+    from ss1bench.kernels.config import LaunchConfig, Problem
 
 #: Hash seed of the SS1 layers timed (SSL's default; the seed does not change the work done).
 LAYER_SEED = 1024
@@ -78,19 +83,21 @@ def plan(shapes: list[Shape], redn_factors: list[int], dtypes: list[str], modes:
             for c in redn_factors]
 
 
-def measured_provider_names(mode: str) -> list[str]:
-    """The providers timed in each case of ``mode`` (``ss1_cached`` only in ``fwd``)."""
-    return [p.name for p in providers_in(mode) if p.measured]
+def measured_provider_names(mode: str, providers: Collection[str] | None = None) -> list[str]:
+    """The providers timed in each case of ``mode`` (``ss1_cached`` only in ``fwd``): the measured
+    yardsticks and the optional ``providers`` (None: all of them)."""
+    return [p.name for p in providers_in(mode, providers) if p.measured]
 
 
-def timings_in(cases: list[Case]) -> int:
-    """do_bench calls a run makes: the dense layer once per shape, the others once per case.
+def timings_in(cases: list[Case], providers: Collection[str] | None = None) -> int:
+    """do_bench calls a run of the optional ``providers`` (None: all) makes: the dense layer once
+    per shape, the others once per case.
 
     A shape that two sets share is timed once.
     """
     shapes = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n) for c in cases}
     unique_cases = {(c.dtype, c.mode, c.shape.m, c.shape.k, c.shape.n, c.redn_factor) for c in cases}
-    per_case = {mode: len(measured_provider_names(mode)) - 1 for mode in MODES}
+    per_case = {mode: len(measured_provider_names(mode, providers)) - 1 for mode in MODES}
     return len(shapes) + sum(per_case[mode] for _, mode, *_ in unique_cases)
 
 
@@ -121,31 +128,55 @@ def _format_config(config) -> str:
     return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "")
 
 
-def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device, heuristic: bool,
+def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device,
+                   launch_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                    rotated: bool = False) -> str:
-    """The launch configs this SS1 provider will use, per kernel (resolved the way the op does);
-    ``rotated``: the layer caches its rotated weight, so its forward is kind ``forward_rotated``."""
-    from ss1bench.kernels.config import Problem, heuristic_config, resolve_launch_config
-    from ss1bench.kernels.ss1 import device_limits
+    """The launch configs this SS1 provider's timed call uses, resolved by the launchers' own
+    functions inside the provider's ``launch_context`` (so an override it forces shows).
+
+    ``fwd`` (no autograd): the forward kernel, kind ``forward`` (``forward_rotated`` when the layer
+    caches its rotated weight: ``rotated``). ``fwd+bwd`` (autograd; a rotated-weight cache is not
+    used): the training path launches no forward or gradient GEMM kernel of its own (the products are
+    cuBLAS's) but the sketch-and-rotate pass and the unsketch pass, whose tiles
+    ``ss1.sketch_pass_config`` picks.
+    """
+    from ss1bench.kernels.config import Problem, resolve_launch_config
+    from ss1bench.kernels.ss1 import device_limits, sketch_pass_config
 
     name, limit = device_limits(device)
-    forward = "forward_rotated" if rotated else "forward"
-    kinds = (forward,) if case.mode == "fwd" else (forward, "grad_input", "grad_weight")
-    parts = []
-    for kind in kinds:
+    with launch_context():
+        if case.mode == "fwd+bwd":
+            dtype = TORCH_DTYPES[case.dtype]
+            passes = {"sketch_rotate": sketch_pass_config("forward_rotated", m, structure, dtype, device),
+                      "unsketch": sketch_pass_config("grad_input", m, structure, dtype, device)}
+            return " ".join(f"{step}={_format_config(config)}" for step, config in passes.items())
+        kind = "forward_rotated" if rotated else "forward"
         problem = Problem(kind, m, structure.in_features, structure.out_features, structure.redn_factor,
                           structure.block_k, structure.block_n, case.dtype, name)
-        config = heuristic_config(problem, limit) if heuristic else resolve_launch_config(problem, limit)
-        parts.append(f"{kind}={_format_config(config)}")
-    return " ".join(parts)
+        return f"{kind}={_format_config(resolve_launch_config(problem, limit))}"
+
+
+def untuned_config(problem: Problem, shared_memory_limit: int) -> LaunchConfig:
+    """The launch config a layer shape the tuning database does not hold gets, for ``problem``: the
+    learned heuristic (``kernels/heuristic.py``) without the examples of ``problem``'s own layer
+    shape (K, N) (every kind, dtype, c and M bucket of it, the leave-one-shape-out rule of
+    ``scripts/heuristic_eval.py``), else the fixed rule. The heuristic itself would answer a
+    shipped shape from that shape's own tuned records: close to timing ``ss1_tuned`` again."""
+    from ss1bench.kernels import heuristic
+    from ss1bench.kernels.config import fallback_config
+
+    examples = heuristic.examples_without_shape(problem.in_features, problem.out_features)
+    learned = heuristic.learned_config(problem, shared_memory_limit, examples=examples)
+    return learned if learned is not None else fallback_config(problem, shared_memory_limit)
 
 
 def _forced_heuristic(device: torch.device) -> contextlib.AbstractContextManager:
-    from ss1bench.kernels.config import heuristic_config, override_launch_config
+    """Every launch on ``device`` forced to :func:`untuned_config` (``ss1_heuristic``'s setting)."""
+    from ss1bench.kernels.config import override_launch_config
     from ss1bench.kernels.ss1 import device_limits
 
     limit = device_limits(device)[1]
-    return override_launch_config(lambda problem: heuristic_config(problem, limit))
+    return override_launch_config(lambda problem: untuned_config(problem, limit))
 
 
 def build_provider(name: str, case: Case, structure: SS1Structure, device: torch.device,
@@ -160,15 +191,15 @@ def build_provider(name: str, case: Case, structure: SS1Structure, device: torch
         module = nn.Linear(k_ideal, n, bias=True, device=device, dtype=dtype)
         return Built(module, k_ideal, n * k_ideal, 2 * m * n * k_ideal, f"cuBLAS F.linear, K/c={k_ideal}")
     if name in SS1_PROVIDERS:
-        heuristic, cached = name == "ss1_heuristic", name == "ss1_cached"
+        cached = name == "ss1_cached"
+        launch_context = (lambda: _forced_heuristic(device)) if name == "ss1_heuristic" else contextlib.nullcontext
         layer = SSL(k, n, bias=True, redn_factor=c, seed=structure.seed, device=device, dtype=dtype,
                     block_k=structure.block_k, block_n=structure.block_n)
         if cached:  # filled by time_module's first (eager) call
             layer.cache_rotated_weight()
         return Built(layer, k, layer.weight.numel(), 2 * m * n * structure.k_red,
-                     _launch_detail(structure, m, case, device, heuristic, rotated=cached),
-                     structure.block_k, structure.block_n,
-                     (lambda: _forced_heuristic(device)) if heuristic else contextlib.nullcontext)
+                     _launch_detail(structure, m, case, device, launch_context, rotated=cached),
+                     structure.block_k, structure.block_n, launch_context)
     if name == "lowrank":
         lowrank = LowRankLinear.matching(structure, bias=True, device=device, dtype=dtype)
         return Built(lowrank, k, lowrank.weight_params, lowrank.flops(m), f"rank={lowrank.rank}")
@@ -255,8 +286,9 @@ def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inpu
 
 def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _Inputs, device: torch.device,
                 dtype: torch.dtype, warmup_ms: int, rep_ms: int, on_case: Callable[[Case], None],
-                cuda_graph: bool = False) -> list[dict]:
-    """Rows of every case of one (dtype, mode, shape): the dense layer once, then each c."""
+                cuda_graph: bool = False, providers: Collection[str] | None = None) -> list[dict]:
+    """Rows of every case of one (dtype, mode, shape): the dense layer once, then each c; the
+    yardsticks and the optional ``providers`` (None: all of them)."""
     rows = []
     first = shape_cases[0]
     dense = _time_provider("dense", first, case_structure(first, device, dtype), inputs, device, dtype,
@@ -265,7 +297,7 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
     for case in shape_cases:
         structure = case_structure(case, device, dtype)
         results = {"dense": dense}
-        for name in measured_provider_names(case.mode):
+        for name in measured_provider_names(case.mode, providers):
             if name != "dense":
                 results[name] = _time_provider(name, case, structure, inputs, device, dtype, warmup_ms, rep_ms,
                                                 cuda_graph)
@@ -274,7 +306,7 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
         reduced_ms = results["dense_reduced"][1].median_ms
         ideal_ms = max(reduced_ms, floor_ms) if not math.isnan(reduced_ms) else math.nan
         results["memory_floor"] = (None, Timing(median_ms=floor_ms))
-        for provider in providers_in(case.mode):
+        for provider in providers_in(case.mode, providers):
             built, timing = results[provider.name]
             row = _row(case, gpu, provider.name, structure, built, timing, dense_ms, ideal_ms)
             if provider.name == "memory_floor":  # a bound, not a layer: no FLOPs, no spread
@@ -287,8 +319,10 @@ def _shape_rows(shape_cases: list[Case], gpu: str, bandwidth: float, inputs: _In
 
 def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int = DEFAULT_WARMUP_MS,
         rep_ms: int = DEFAULT_REP_MS, device: torch.device | None = None,
-        echo: Callable[[str], None] = print, cuda_graph: bool = False):
-    """Time every case; write ``out_dir/stem.csv`` and ``stem.json``. Returns (csv path, DataFrame)."""
+        echo: Callable[[str], None] = print, cuda_graph: bool = False,
+        providers: Collection[str] | None = None):
+    """Time every case: the yardsticks and the optional ``providers`` (``schema.OPTIONAL_PROVIDERS``;
+    None: all of them); write ``out_dir/stem.csv`` and ``stem.json``. Returns (csv path, DataFrame)."""
 
     device = device or torch.device("cuda", torch.cuda.current_device())
     device_name = torch.cuda.get_device_name(device)
@@ -298,7 +332,7 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
     bandwidth = measure_copy_bandwidth(device)
     torch.cuda.empty_cache()  # give the probe's 2 GiB back
     echo(f"copy bandwidth: {bandwidth / 1e12:.2f} TB/s (read + write); {len(cases)} cases, "
-         f"{timings_in(cases)} timings")
+         f"{timings_in(cases, providers)} timings")
     results = ResultWriter(RunInfo(gpu, device_name, database, round(bandwidth / 1e9, 1), args), out_dir, stem,
                            len(cases))
     rows, progress = results.rows, results.progress
@@ -318,7 +352,7 @@ def run(cases: list[Case], out_dir: Path, stem: str, args: dict, warmup_ms: int 
         dtype = TORCH_DTYPES[dtype_name]
         inputs = _Inputs(shape.m, shape.n, mode == "fwd+bwd", generator, device, dtype)
         timed[key] = _shape_rows(shape_cases, gpu, bandwidth, inputs, device, dtype, warmup_ms, rep_ms,
-                                 lambda case: progress.step(case.describe()), cuda_graph)
+                                 lambda case: progress.step(case.describe()), cuda_graph, providers)
         rows.extend(timed[key])
         del inputs
         torch.cuda.empty_cache()

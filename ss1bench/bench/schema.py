@@ -11,6 +11,7 @@ its row is repeated in each c group of that shape).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 MODES = ("fwd", "fwd+bwd")
@@ -53,7 +54,8 @@ PROVIDERS: tuple[Provider, ...] = (
              "timed in fwd mode only (in fwd+bwd mode it is not run: training updates the weight every step)",
              modes=("fwd",)),
     Provider("ss1_heuristic", "SS1 (heuristic)", True,
-             "the same SSL layer (same structure) with every launch forced to heuristic_config"),
+             "the same SSL layer (same structure) with every launch forced to the heuristic's config learned "
+             "without this layer shape's records (what a shape the tuning database does not hold gets)"),
     Provider("lowrank", "low-rank", True,
              "two linears K -> r -> N, r chosen so the weight count equals SS1's"),
     Provider("monarch", "Monarch", True,
@@ -64,18 +66,32 @@ PROVIDER_NAMES = tuple(p.name for p in PROVIDERS)
 PROVIDER_LABELS = {p.name: p.label for p in PROVIDERS}
 SS1_PROVIDERS = ("ss1_tuned", "ss1_cached", "ss1_heuristic")
 PEER_PROVIDERS = ("lowrank", "monarch")
+#: Timed (or derived) in every case, whatever else is: every row's speedup is against the dense
+#: time and its fraction of ideal against the ideal (max of dense at K/c and the memory floor).
+YARDSTICKS = ("dense", "dense_reduced", "memory_floor")
+#: The providers a run may leave out (``ss1bench bench --providers``): the SS1 layers and the peers.
+OPTIONAL_PROVIDERS = tuple(p.name for p in PROVIDERS if p.name not in YARDSTICKS)
 
 
-def providers_in(mode: str) -> tuple[Provider, ...]:
-    """The providers that have a row in every case of ``mode``, in PROVIDERS order."""
-    return tuple(p for p in PROVIDERS if p.runs_in(mode))
+def _chosen(provider: Provider, selected: Collection[str] | None) -> bool:
+    """A yardstick, or one of the ``selected`` optional providers (None: all of them)."""
+    return selected is None or provider.name in YARDSTICKS or provider.name in selected
 
 
-def provider_listing(modes: list[str]) -> str:
-    """The providers a run of ``modes`` writes rows for, comma-separated; one that runs in only
-    some of them says which, e.g. ``ss1_cached (fwd only)``."""
+def providers_in(mode: str, selected: Collection[str] | None = None) -> tuple[Provider, ...]:
+    """The providers that have a row in every case of ``mode``, in PROVIDERS order: the yardsticks
+    and the optional providers of ``selected`` (None: all of them)."""
+    return tuple(p for p in PROVIDERS if p.runs_in(mode) and _chosen(p, selected))
+
+
+def provider_listing(modes: list[str], selected: Collection[str] | None = None) -> str:
+    """The providers a run of ``modes`` writes rows for (the yardsticks and ``selected``, see
+    :func:`providers_in`), comma-separated; one that runs in only some of the modes says which,
+    e.g. ``ss1_cached (fwd only)``."""
     names = []
     for p in PROVIDERS:
+        if not _chosen(p, selected):
+            continue
         in_run = [mode for mode in dict.fromkeys(modes) if p.runs_in(mode)]
         if in_run:
             names.append(p.name if set(in_run) == set(modes) else f"{p.name} ({', '.join(in_run)} only)")

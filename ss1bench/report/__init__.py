@@ -16,7 +16,11 @@ summary is a CSV value (or the median/min/max of CSV values, as labelled), forma
 
 SS1 with the rotated-weight cache (``ss1_cached``, ``fwd`` results only) gets a line of its own in
 both speedup plots and rows and columns of its own in the summary's headline and case tables,
-where the results have it; results without it get neither.
+where the results have it; results without it get neither. The same holds for every provider a
+run may leave out (``ss1bench bench --providers``): one the results have no rows of gets no line,
+bar, heatmap panel, table column or definition (never a cell that reads as failed), and a plot
+with nothing of its own left is not drawn (speedup vs M without an SS1 layer on the tuning
+database, the heatmap without ``ss1_tuned`` and ``ss1_heuristic``, the peers plot without a peer).
 
 Rows of ``ss1bench e2e`` (``shape_set`` ``"e2e"``: whole models, not layers) have no ideal and no
 peers; they get their own plot, ``e2e_speedup_<gpu>_<dtype>.png`` (``..._train.png`` for training

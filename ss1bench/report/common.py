@@ -72,15 +72,23 @@ def _regime_name(m: int) -> str:
     return "decode" if m <= DECODE_MAX_M else "prefill" if m >= PREFILL_MIN_M else f"M{m}"
 
 
+def present(frame, providers: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``providers`` that ``frame`` has rows of, in the order given. A run of some of the
+    providers (``ss1bench bench --providers``) has no rows of the others: they get no line, bar,
+    panel or column, rather than ones that read as failed."""
+    names = set(frame["provider"])
+    return tuple(provider for provider in providers if provider in names)
+
+
 def has_cached(frame) -> bool:
     """Whether ``frame`` has ``ss1_cached`` rows (only ``fwd`` results can have them)."""
-    return bool((frame["provider"] == "ss1_cached").any())
+    return bool(present(frame, ("ss1_cached",)))
 
 
 def tuned_providers(frame) -> tuple[str, ...]:
-    """``ss1_tuned``, then ``ss1_cached`` where ``frame`` has rows of it: the SS1 layers on the
+    """``ss1_tuned``, then ``ss1_cached``, each where ``frame`` has rows of it: the SS1 layers on the
     tuning database that the plots and tables show."""
-    return ("ss1_tuned", "ss1_cached") if has_cached(frame) else ("ss1_tuned",)
+    return present(frame, ("ss1_tuned", "ss1_cached"))
 
 
 def regimes(frame) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ import itertools
 import math
 from pathlib import Path
 
-from ss1bench.bench.schema import PROVIDER_LABELS
+from ss1bench.bench.schema import PEER_PROVIDERS, PROVIDER_LABELS
 
 from .common import (
     E2E_COMPILE_MODES,
@@ -19,6 +19,7 @@ from .common import (
     E2E_PHASES,
     e2e_ss1_rows,
     is_missing,
+    present,
     rank,
     tuned_providers,
 )
@@ -44,6 +45,13 @@ def pyplot():
     plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 9,
                          "figure.dpi": 110, "savefig.dpi": 110})
     return plt
+
+
+#: The panels of the fraction-of-ideal heatmap (each where the results have its rows).
+HEATMAP_PROVIDERS = ("ss1_tuned", "ss1_heuristic")
+#: The bars of the peers plot, each where the results have its rows; the plot is drawn where they
+#: have a peer's.
+PEERS_PLOT_PROVIDERS = ("ss1_tuned", *PEER_PROVIDERS)
 
 
 #: Smallest figure width (inches): two-line titles and a legend row fit without clipping.
@@ -119,21 +127,28 @@ def _finish(fig, plt, what: str, context: str, path: Path, handles=None, labels=
     return path
 
 
+def _ideal_rows(cell):
+    """The ``dense`` rows of ``cell``: every case has one (a yardstick), and every row of a case
+    carries the case's dense and ideal times."""
+    return cell[cell["provider"] == "dense"]
+
+
 def plot_speedup_vs_c(plt, frame, context: str, tag: str, regime: str, m: int, out: Path) -> Path:
     part = frame[frame["M"] == m]
     shapes = _layer_shapes(part)
+    providers = present(part, (*tuned_providers(part), "ss1_heuristic", *PEER_PROVIDERS))
     fig, axes = _grid(plt, len(shapes))
     handles = {}
     for ax, (k, n, layer) in zip(axes, shapes, strict=True):
         cell = part[(part["K"] == k) & (part["N"] == n)]
         values = []
-        for provider in (*tuned_providers(part), "ss1_heuristic", "lowrank", "monarch"):
+        for provider in providers:
             rows = cell[cell["provider"] == provider].sort_values("redn_factor")
             (line,) = ax.plot(rows["redn_factor"], rows["speedup_vs_dense"], label=PROVIDER_LABELS[provider],
                               **STYLE[provider])
             handles.setdefault(PROVIDER_LABELS[provider], line)
             values.extend(rows["speedup_vs_dense"])
-        ideal = cell[cell["provider"] == "ss1_tuned"].sort_values("redn_factor")
+        ideal = _ideal_rows(cell).sort_values("redn_factor")
         ideal_speedup = ideal["dense_ms"] / ideal["ideal_ms"]
         (line,) = ax.plot(ideal["redn_factor"], ideal_speedup, label="ideal (dense / ideal time)",
                           **STYLE["ideal"])
@@ -161,7 +176,8 @@ def plot_speedup_vs_m(plt, frame, context: str, tag: str, out: Path) -> Path:
     fig, axes = _grid(plt, len(shapes))
     handles = {}
     for ax, (k, n, layer) in zip(axes, shapes, strict=True):
-        cell = frame[(frame["K"] == k) & (frame["N"] == n) & frame["provider"].isin(providers)]
+        shape_rows = frame[(frame["K"] == k) & (frame["N"] == n)]
+        cell = shape_rows[shape_rows["provider"].isin(providers)]
         values = []
         for color, c in zip(colors, factors, strict=True):
             for provider in providers:
@@ -169,7 +185,8 @@ def plot_speedup_vs_m(plt, frame, context: str, tag: str, out: Path) -> Path:
                 (line,) = ax.plot(rows["M"], rows["speedup_vs_dense"], **{**STYLE[provider], "color": color})
                 handles.setdefault(f"{SPEEDUP_VS_M_NAMES[provider]} c={c}", line)
                 values.extend(rows["speedup_vs_dense"])
-            rows = cell[(cell["redn_factor"] == c) & (cell["provider"] == "ss1_tuned")].sort_values("M")
+            rows = _ideal_rows(shape_rows)
+            rows = rows[rows["redn_factor"] == c].sort_values("M")
             ideal = rows["dense_ms"] / rows["ideal_ms"]
             (ideal_line,) = ax.plot(rows["M"], ideal, color=color, linestyle="--", linewidth=1)
             handles.setdefault(f"ideal c={c} (dashed)", ideal_line)
@@ -202,7 +219,7 @@ def plot_fraction_heatmap(plt, frame, context: str, tag: str, out: Path) -> Path
     labels = [f"{r.layer} ({r.K}→{r.N})  M={r.M}" for r in cases.itertuples()]
     boundaries = [i - 0.5 for i, (a, b) in enumerate(zip(cases["order"], cases["order"].iloc[1:], strict=False), 1)
                   if a != b]
-    panels = ("ss1_tuned", "ss1_heuristic")
+    panels = present(frame, HEATMAP_PROVIDERS)
     fig, axes = _figure(plt, 1, len(panels), 4.0 + 1.0 * len(factors) * len(panels) + 1.5,
                         max(3.6, 1.6 + 0.26 * len(labels)), sharey=True)
     image = None
@@ -237,7 +254,7 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
     part = frame[frame["M"] == m]
     factors = sorted(part["redn_factor"].unique())
     shapes = _layer_shapes(part)
-    providers = ("ss1_tuned", "lowrank", "monarch")
+    providers = present(part, PEERS_PLOT_PROVIDERS)
     fig, axes = _figure(plt, 1, len(factors), 2.2 + 2.6 * len(factors), 2.2 + 0.55 * len(shapes), sharey=True)
     bar = 0.8 / len(providers)
     positions = np.arange(len(shapes))
@@ -262,7 +279,9 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
     axes[0][0].set_yticks(positions, [f"{layer}\n{k}→{n}" for k, n, layer in shapes])
     axes[0][0].invert_yaxis()  # first shape on top (the axes share y)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    what = f"SS1 vs low-rank and Monarch at equal parameter count, M={m} ({regime}); dotted line = dense"
+    peers = " and ".join(PROVIDER_LABELS[p] for p in providers if p in PEER_PROVIDERS)
+    what = (f"{'SS1 vs ' if 'ss1_tuned' in providers else ''}{peers} at equal parameter count, M={m} ({regime}); "
+            "dotted line = dense")
     return _finish(fig, plt, what, context, out / f"peers_{tag}_{regime}.png", handles, labels)
 
 

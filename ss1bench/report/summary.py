@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ss1bench.bench.schema import CASE_KEY, FLOP_COUNTS, MEMORY_FLOOR, PROVIDER_LABELS
+from ss1bench.bench.schema import (
+    CASE_KEY,
+    FLOP_COUNTS,
+    MEMORY_FLOOR,
+    OPTIONAL_PROVIDERS,
+    PEER_PROVIDERS,
+    PROVIDER_LABELS,
+)
 
 from .common import (
     DECODE_MAX_M,
@@ -24,6 +31,7 @@ from .common import (
     fmt_tflops,
     has_cached,
     is_missing,
+    present,
     tuned_providers,
 )
 
@@ -32,12 +40,43 @@ HEADLINE_HEADER = ["dtype", "mode", "c", "decode speedup vs dense", "decode frac
                    "prefill speedup vs dense", "prefill fraction of ideal"]
 #: The headline's column naming each row's SS1 layer, where the results have ss1_cached rows.
 HEADLINE_LAYER_COLUMN = "SS1 layer"
-CASE_HEADER = ["layer", "M", "K", "N", "c", "dense ms", "ideal ms", "SS1 ms", "SS1 p20–p80 ms",
-               "speedup vs dense", "fraction of ideal", "SS1 heuristic ms", "heuristic speedup",
-               "low-rank speedup", "Monarch speedup", "SS1 TFLOP/s", "dense-equiv. TFLOP/s", "SS1 peak MiB"]
 #: ss1_cached's columns of the case table, after SS1's fraction of ideal, where the results have its rows.
 CACHED_CASE_COLUMNS = ["SS1 cached ms", "cached speedup", "cached fraction of ideal"]
-_CACHED_AT = CASE_HEADER.index("fraction of ideal") + 1
+
+
+def _case_cells(row: dict) -> list[str]:
+    return [str(row["layer"]), str(row["M"]), str(row["K"]), str(row["N"]), str(row["redn_factor"]),
+            fmt_ms(row["dense_ms"]), fmt_ms(row["ideal_ms"])]
+
+
+def _tuned_cells(row: dict) -> list[str]:
+    ok = row["status"] == "ok"
+    return [fmt_ms(row["median_ms"]) if ok else "failed",
+            f"{fmt_ms(row['p20_ms'])}–{fmt_ms(row['p80_ms'])}" if ok else "–",
+            fmt_ratio(row["speedup_vs_dense"]), fmt_ratio(row["fraction_of_ideal"])]
+
+
+def _throughput_cells(row: dict) -> list[str]:
+    return [fmt_tflops(row["tflops"]), fmt_tflops(row["dense_equiv_tflops"]), fmt_mib(row["peak_mem_mib"])]
+
+
+#: The case table's column groups, in order: (the provider whose row of the case fills them, None
+#: for the case's own values, read from its dense row; the headers; the cells of that row). A
+#: provider the results have no rows of has no columns; a case without its row has ``–`` there.
+CASE_COLUMN_GROUPS = (
+    (None, ["layer", "M", "K", "N", "c", "dense ms", "ideal ms"], _case_cells),
+    ("ss1_tuned", ["SS1 ms", "SS1 p20–p80 ms", "speedup vs dense", "fraction of ideal"], _tuned_cells),
+    ("ss1_cached", CACHED_CASE_COLUMNS,
+     lambda row: [fmt_ms(row["median_ms"]), fmt_ratio(row["speedup_vs_dense"]), fmt_ratio(row["fraction_of_ideal"])]),
+    ("ss1_heuristic", ["SS1 heuristic ms", "heuristic speedup"],
+     lambda row: [fmt_ms(row["median_ms"]), fmt_ratio(row["speedup_vs_dense"])]),
+    ("lowrank", ["low-rank speedup"], lambda row: [fmt_ratio(row["speedup_vs_dense"])]),
+    ("monarch", ["Monarch speedup"], lambda row: [fmt_ratio(row["speedup_vs_dense"])]),
+    ("ss1_tuned", ["SS1 TFLOP/s", "dense-equiv. TFLOP/s", "SS1 peak MiB"], _throughput_cells),
+)
+#: The case table's header for results with rows of every provider but ``ss1_cached`` (see
+#: :func:`case_header`).
+CASE_HEADER = [name for provider, names, _ in CASE_COLUMN_GROUPS if provider != "ss1_cached" for name in names]
 
 #: Where the ideal (cuBLAS at K/c, or the memory floor) is at least this much faster than dense,
 #: SS1 is expected to beat dense; the report lists the cases where it does not.
@@ -90,7 +129,7 @@ def headline_rows(frame) -> list[list[str]]:
                 continue
             decode = own[own["M"] <= DECODE_MAX_M]
             prefill = own[own["M"] >= PREFILL_MIN_M]
-            label = [PROVIDER_LABELS[provider]] if len(providers) > 1 else []
+            label = [PROVIDER_LABELS[provider]] if has_cached(frame) else []
             rows.append([dtype, mode, str(c), *label,
                          _spread(decode["speedup_vs_dense"]), _spread(decode["fraction_of_ideal"]),
                          _spread(prefill["speedup_vs_dense"]), _spread(prefill["fraction_of_ideal"])])
@@ -131,41 +170,31 @@ def slower_than_dense_rows(frame) -> tuple[list[list[str]], list[list[str]]]:
     return summary, cases
 
 
+def _case_groups(frame) -> list[tuple]:
+    """The CASE_COLUMN_GROUPS ``frame`` has rows for (the case's own columns always)."""
+    providers = set(present(frame, tuple(p for p, _, _ in CASE_COLUMN_GROUPS if p is not None)))
+    return [group for group in CASE_COLUMN_GROUPS if group[0] is None or group[0] in providers]
+
+
 def case_header(frame) -> list[str]:
-    """CASE_HEADER, with CACHED_CASE_COLUMNS where ``frame`` has ``ss1_cached`` rows."""
-    if not has_cached(frame):
-        return CASE_HEADER
-    return [*CASE_HEADER[:_CACHED_AT], *CACHED_CASE_COLUMNS, *CASE_HEADER[_CACHED_AT:]]
+    """The case table's columns for ``frame``: CASE_HEADER, with CACHED_CASE_COLUMNS where it has
+    ``ss1_cached`` rows and without the columns of a provider it has no rows of."""
+    return [name for _, names, _ in _case_groups(frame) for name in names]
 
 
 def case_rows(frame) -> list[list[str]]:
     """One row per case (sorted by K, N, M, c), numbers straight from the CSV (columns: ``case_header``)."""
-    cached = has_cached(frame)
+    groups = _case_groups(frame)
     lookup = {(row["provider"], *(row[k] for k in CASE_KEY)): row for row in frame.to_dict("records")}
-    tuned = frame[frame["provider"] == "ss1_tuned"].sort_values(["K", "N", "M", "redn_factor"])
+    cases = frame[frame["provider"] == "dense"].sort_values(["K", "N", "M", "redn_factor"])  # one per case
     rows = []
-    for row in tuned.to_dict("records"):
-        key = tuple(row[k] for k in CASE_KEY)
-
-        def other(provider: str, column: str, key=key):
-            found = lookup.get((provider, *key))
-            return found[column] if found is not None else math.nan
-
-        ok = row["status"] == "ok"
-        rows.append([
-            str(row["layer"]), str(row["M"]), str(row["K"]), str(row["N"]), str(row["redn_factor"]),
-            fmt_ms(row["dense_ms"]), fmt_ms(row["ideal_ms"]),
-            fmt_ms(row["median_ms"]) if ok else "failed",
-            f"{fmt_ms(row['p20_ms'])}–{fmt_ms(row['p80_ms'])}" if ok else "–",
-            fmt_ratio(row["speedup_vs_dense"]), fmt_ratio(row["fraction_of_ideal"]),
-            fmt_ms(other("ss1_heuristic", "median_ms")), fmt_ratio(other("ss1_heuristic", "speedup_vs_dense")),
-            fmt_ratio(other("lowrank", "speedup_vs_dense")), fmt_ratio(other("monarch", "speedup_vs_dense")),
-            fmt_tflops(row["tflops"]), fmt_tflops(row["dense_equiv_tflops"]), fmt_mib(row["peak_mem_mib"]),
-        ])
-        if cached:
-            rows[-1][_CACHED_AT:_CACHED_AT] = [fmt_ms(other("ss1_cached", "median_ms")),
-                                               fmt_ratio(other("ss1_cached", "speedup_vs_dense")),
-                                               fmt_ratio(other("ss1_cached", "fraction_of_ideal"))]
+    for case in cases.to_dict("records"):
+        key = tuple(case[k] for k in CASE_KEY)
+        cells = []
+        for provider, names, cells_of in groups:
+            row = case if provider is None else lookup.get((provider, *key))
+            cells += cells_of(row) if row is not None else ["–"] * len(names)
+        rows.append(cells)
     return rows
 
 
@@ -267,10 +296,12 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str, str], list[Pa
              "(or, in the headline, the median and range of CSV values).", ""]
     lines += [*_sources_table(sources), ""]
     bench_gpus = sorted(bench["gpu"].astype(str).unique())
+    if bench_gpus:
+        lines += _definitions(bench)
     if len(bench_gpus) == 1:
         lines += _bench_sections(bench, plots)
-    for index, gpu in enumerate(bench_gpus if len(bench_gpus) > 1 else []):  # one set of sections per GPU
-        lines += _bench_sections(bench[bench["gpu"].astype(str) == gpu], plots, gpu=gpu, definitions=index == 0)
+    for gpu in bench_gpus if len(bench_gpus) > 1 else []:  # one set of sections per GPU
+        lines += _bench_sections(bench[bench["gpu"].astype(str) == gpu], plots, gpu=gpu)
     if len(e2e):
         lines += _e2e_section(e2e, e2e_plots or [])
     path = out / "summary.md"
@@ -278,34 +309,45 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str, str], list[Pa
     return path
 
 
-def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], gpu: str | None = None,
-                    definitions: bool = True) -> list[str]:
-    """Definitions, headline, per-set plots and cases, and failed timings of layer-benchmark rows
-    (``plots`` keyed by GPU, shape set, dtype and mode). With ``gpu``, the rows are that GPU's and
-    every heading names it (results of several GPUs: one set of sections per GPU)."""
+def _definitions(frame) -> list[str]:
+    """The definitions section: the yardsticks, and each provider ``frame`` has rows of."""
+    providers = present(frame, OPTIONAL_PROVIDERS)
+    peers = [f"**{PROVIDER_LABELS[provider]}**" for provider in PEER_PROVIDERS if provider in providers]
+    return ["## Definitions", "",
+            "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
+            "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
+            "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
+            *(["- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
+               "from the tuning database when it has them)."] if "ss1_tuned" in providers else []),
+            *(["- **SS1 (heuristic)**: the same `SSL` layer (same structure) with every launch forced to the "
+               "heuristic's config learned without this layer shape's records (what a shape the tuning database "
+               "does not hold gets)."] if "ss1_heuristic" in providers else []),
+            *(["- **SS1 (tuning database, rotated-weight cache)** (*cached* in the tables and plots): the same "
+               "layer with `cache_rotated_weight()` on, the inference setting: it keeps its rotated weight (one "
+               "more (N, K_red) tensor) and its forward uses the `forward_rotated` launch configs; forward "
+               "results only."] if "ss1_cached" in providers else []),
+            *([f"- {' and '.join(peers)}: plain PyTorch {'layers' if len(peers) > 1 else 'layer'} with as many "
+               "weights as the SS1 layer (to within half a rank step)."] if peers else []),
+            f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
+            f"{FLOP_COUNTS}",
+            f"- {MEMORY_FLOOR}",
+            f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
+
+
+def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], gpu: str | None = None) -> list[str]:
+    """Headline, per-set plots and cases, and failed timings of layer-benchmark rows (``plots``
+    keyed by GPU, shape set, dtype and mode). With ``gpu``, the rows are that GPU's and every
+    heading names it (results of several GPUs: one set of sections per GPU)."""
     where = f" on {gpu}" if gpu else ""
-    lines = [] if not definitions else ["## Definitions", "",
-             "- **dense**: cuBLAS `F.linear` on (M, K) x (N, K) with bias, timed in the same run.",
-             "- **ideal**: max(cuBLAS `F.linear` at K/c, memory floor); **fraction of ideal** = ideal time / "
-             "SS1 time (1.0 = at the ideal); **speedup vs dense** = dense time / provider time.",
-             "- **SS1 (tuning database)**: the `SSL` layer as built on this GPU (structure and launch configs "
-             "from the tuning database when it has them); **SS1 (heuristic)**: the same layer with every "
-             "launch forced to the default heuristic config.",
-             *(["- **SS1 (tuning database, rotated-weight cache)** (*cached* in the tables and plots): the same "
-                "layer with `cache_rotated_weight()` on, the inference setting: it keeps its rotated weight (one "
-                "more (N, K_red) tensor) and its forward uses the `forward_rotated` launch configs; forward "
-                "results only."] if has_cached(frame) else []),
-             "- **low-rank** and **Monarch**: plain PyTorch layers with as many weights as the SS1 layer "
-             "(to within half a rank step).",
-             f"- Times: `triton.testing.do_bench` median (spread p20–p80), L2 flushed before each call. "
-             f"{FLOP_COUNTS}",
-             f"- {MEMORY_FLOOR}",
-             f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
-    lines += [f"## Headline: SS1 (tuning database){where}", "",
-              "Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets)."
-              + (" In forward results, the layer with the rotated-weight cache has its own rows."
-                 if has_cached(frame) else ""), ""]
-    lines += [*_md_table(headline_header(frame), headline_rows(frame)), ""]
+    lines = [f"## Headline: SS1 (tuning database){where}", ""]
+    headline = headline_rows(frame)
+    if headline:
+        lines += ["Median over the distinct benchmarked (M, K, N) shapes of all sets (min–max in brackets)."
+                  + (" In forward results, the layer with the rotated-weight cache has its own rows."
+                     if has_cached(frame) else ""), "", *_md_table(headline_header(frame), headline), ""]
+    else:
+        lines += ["These results have no timed SS1 (tuning database) rows: the run left `ss1_tuned` out "
+                  "(`ss1bench bench --providers`), or every timing of it failed.", ""]
     summary, cases = slower_than_dense_rows(frame)
     if summary:
         lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster{where}", "",
@@ -326,8 +368,8 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], g
         for path in paths:
             lines += [f"![{path.stem}]({path.name})", ""]
         rows = case_rows(part)
-        lines += [f"<details><summary>All {len(rows)} cases (SS1 rows of the CSV, with dense, ideal and the "
-                  "peers)</summary>", "", *_md_table(case_header(part), rows), "", "</details>", ""]
+        lines += [f"<details><summary>All {len(rows)} cases (dense, the ideal and each provider the results "
+                  "have)</summary>", "", *_md_table(case_header(part), rows), "", "</details>", ""]
     failed = frame[frame["status"] != "ok"]
     if len(failed):
         lines += [f"## Failed timings{where}", ""]

@@ -7,11 +7,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ss1bench.bench.schema import DTYPES, MODES, mode_slug
+from ss1bench.bench.schema import DTYPES, MODES, PEER_PROVIDERS, mode_slug
 
-from .common import E2E_SHAPE_SET, MODE_TITLES, ReportError, rank, regimes
+from .common import E2E_SHAPE_SET, MODE_TITLES, ReportError, present, rank, regimes, tuned_providers
 from .load import load_results
 from .plots import (
+    HEATMAP_PROVIDERS,
     plot_e2e_speedup,
     plot_fraction_heatmap,
     plot_peers,
@@ -51,7 +52,10 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
 
 
 def _write_files(frame, sources, out: Path) -> list[Path]:
-    """Every plot and ``summary.md`` of ``frame`` into ``out``; returns the paths."""
+    """Every plot and ``summary.md`` of ``frame`` into ``out``; returns the paths. A plot whose
+    providers the results have no rows of (a run of some providers) is not drawn: the speedup-vs-M
+    plot needs an SS1 layer on the tuning database, the heatmap ``ss1_tuned`` or ``ss1_heuristic``,
+    the peers plot a peer."""
     plt = pyplot()
     plots: dict[tuple[str, str, str, str], list[Path]] = {}
     is_e2e = frame["shape_set"] == E2E_SHAPE_SET
@@ -68,11 +72,13 @@ def _write_files(frame, sources, out: Path) -> list[Path]:
         written = plots.setdefault((gpu, shape_set, dtype, mode), [])
         for regime, m in regimes(part):
             written.append(plot_speedup_vs_c(plt, part, context, tag, regime, m, out))
-        if part["M"].nunique() > 1:
+        if part["M"].nunique() > 1 and tuned_providers(part):
             written.append(plot_speedup_vs_m(plt, part, context, tag, out))
-        written.append(plot_fraction_heatmap(plt, part, context, tag, out))
-        for regime, m in regimes(part):
-            written.append(plot_peers(plt, part, context, tag, regime, m, out))
+        if present(part, HEATMAP_PROVIDERS):
+            written.append(plot_fraction_heatmap(plt, part, context, tag, out))
+        if present(part, PEER_PROVIDERS):
+            for regime, m in regimes(part):
+                written.append(plot_peers(plt, part, context, tag, regime, m, out))
     e2e_plots = []
     e2e = e2e.assign(train=e2e["layer"].astype(str).str.endswith(" train"))
     e2e_groups = sorted(e2e.groupby(["gpu", "dtype", "train"], sort=False),
