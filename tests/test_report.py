@@ -10,12 +10,20 @@ import json
 import math
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from ss1bench import report
-from ss1bench.bench.schema import CASE_KEY, PROVIDER_LABELS, PROVIDERS, RESULT_COLUMNS, YARDSTICKS
+from ss1bench.bench.schema import (
+    CASE_KEY,
+    PROVIDER_LABELS,
+    PROVIDERS,
+    RESULT_COLUMNS,
+    SUPERSEDED_DEFINITIONS,
+    YARDSTICKS,
+)
 from ss1bench.cli import main
 from ss1bench.report import (
     CACHED_CASE_COLUMNS,
@@ -647,3 +655,39 @@ def test_repeated_rows_keep_the_most_recent_run(tmp_path):
     assert len(loaded) == len(frame.drop_duplicates([*CASE_KEY, "provider"]))
     assert set(loaded.median_ms) == {1.0}
     assert [path.name for path, _ in sources] == ["bench_c.csv", "bench_b.csv", "bench_a.csv"]
+
+
+def test_rows_of_a_superseded_provider_definition_are_left_out(tmp_path):
+    """A run whose sidecar records an earlier definition of ``ss1_heuristic`` (the full learned
+    heuristic, which picks the shape's own records) keeps its other rows; its heuristic rows are
+    left out and the summary says which; a run with today's definition keeps them."""
+    frame = _fixture_frame()
+    current = {p.name: p.description for p in PROVIDERS}
+    old = {**current, "ss1_heuristic": SUPERSEDED_DEFINITIONS["ss1_heuristic"][0]}
+    frame.to_csv(tmp_path / "bench_old.csv", index=False)
+    (tmp_path / "bench_old.json").write_text(json.dumps({"date": "2026-11-01T10:00:00+00:00", "providers": old}))
+    loaded, _ = report.load_results([tmp_path])
+    assert "ss1_heuristic" not in set(loaded.provider) and "ss1_tuned" in set(loaded.provider)
+    out = tmp_path / "out"
+    assert _report(str(tmp_path / "bench_old.csv"), "--out", str(out)).exit_code == 0
+    text = (out / "summary.md").read_text()
+    assert "Left out: `ss1_heuristic` rows of `bench_old.csv`" in text and "## Heuristic against tuned" not in text
+    (tmp_path / "bench_old.json").write_text(json.dumps({"date": "2026-11-01T10:00:00+00:00", "providers": current}))
+    assert "ss1_heuristic" in set(report.load_results([tmp_path])[0].provider)
+
+
+def test_heuristic_against_tuned_table_is_the_csv_ratio(report_dir):
+    """The summary's heuristic table: per regime, the geometric mean, worst value and count under the
+    floor of SS1 (database) time / SS1 (heuristic) time, case by case from the CSV."""
+    out, frame, _, _ = report_dir
+    rows = frame[frame.provider.isin(["ss1_tuned", "ss1_heuristic"])].drop_duplicates([*CASE_KEY, "provider"])
+    times = rows.pivot_table(index=["mode", "M", "K", "N", "redn_factor"], columns="provider", values="median_ms")
+    ratio = (times.ss1_tuned / times.ss1_heuristic).reset_index(name="ratio")
+    (_, table), = [t for t in _tables((out / "summary.md").read_text()) if t[0][:3] == ["dtype", "mode", "regime"]]
+    assert table, "no heuristic rows"
+    for cells in table:
+        regime = ratio[ratio.M <= 64] if cells[2] == "decode" else ratio[ratio.M >= 1024]
+        part = regime[regime["mode"] == cells[1]].ratio
+        assert int(cells[3]) == len(part)
+        assert _close(cells[4], math.exp(np.log(part).mean()), decimals=3)
+        assert _close(cells[5], part.min(), decimals=2) and int(cells[6]) == int((part < 0.70).sum())

@@ -62,6 +62,13 @@ PROVIDERS: tuple[Provider, ...] = (
              "two block-diagonal factors with a transpose permutation between them, "
              "sized so the weight count equals SS1's"),
 )
+#: Earlier definitions of a provider whose rows measured something else than it means now (a
+#: results file's sidecar records the definition its run used): the report leaves such rows out.
+SUPERSEDED_DEFINITIONS = {
+    # before the bench left the layer shape's own records out of the heuristic, it forced the full
+    # learned heuristic, which picks the shape's own tuned records (or, earlier, the fixed rule)
+    "ss1_heuristic": ("the same SSL layer (same structure) with every launch forced to heuristic_config",),
+}
 PROVIDER_NAMES = tuple(p.name for p in PROVIDERS)
 PROVIDER_LABELS = {p.name: p.label for p in PROVIDERS}
 SS1_PROVIDERS = ("ss1_tuned", "ss1_cached", "ss1_heuristic")

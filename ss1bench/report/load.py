@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ss1bench.bench.schema import CASE_KEY, E2E_COLUMNS, E2E_KEY, RESULT_COLUMNS
+from ss1bench.bench.schema import CASE_KEY, E2E_COLUMNS, E2E_KEY, RESULT_COLUMNS, SUPERSEDED_DEFINITIONS
 
 from .common import ReportError
 
@@ -37,9 +37,11 @@ def result_files(paths: list[Path]) -> list[Path]:
 def load_results(paths: list[Path]):
     """(DataFrame of every row, [(csv path, sidecar metadata or None)]).
 
-    Rows repeated across files (same case and provider; for e2e rows, the same compile mode)
-    keep the most recent run's: files are taken in the order of their sidecars' ``date`` (files
-    without one first, in the order given), so a re-run of some rows replaces exactly those.
+    Rows of a provider the file's run measured under a superseded definition are left out
+    (:func:`superseded_providers`). Rows repeated across files (same case and provider; for e2e
+    rows, the same compile mode) keep the most recent run's: files are taken in the order of their
+    sidecars' ``date`` (files without one first, in the order given), so a re-run of some rows
+    replaces exactly those.
     """
     import pandas as pd
 
@@ -61,6 +63,9 @@ def load_results(paths: list[Path]):
                 metadata = json.loads(sidecar.read_text())
             except ValueError as error:
                 raise ReportError(f"{sidecar}: not valid JSON ({error})") from None
+        stale = superseded_providers(metadata)
+        if stale:
+            frame = frame[~frame["provider"].isin(stale)]
         frames.append(frame[[*RESULT_COLUMNS, *(c for c in E2E_COLUMNS if c in frame.columns)]])
         sources.append((path, metadata))
     order = sorted(range(len(sources)), key=lambda i: _run_date(sources[i][1]))  # stable: ties keep order
@@ -71,6 +76,16 @@ def load_results(paths: list[Path]):
     if frame.empty:
         raise ReportError("the results hold no rows")
     return frame, sources
+
+
+def superseded_providers(metadata: dict | None) -> list[str]:
+    """Providers whose rows in a results file were measured under a superseded definition
+    (``schema.SUPERSEDED_DEFINITIONS``, going by the definitions its sidecar records): they do not
+    measure what the report's definitions say, so the report leaves them out."""
+    recorded = metadata.get("providers") if isinstance(metadata, dict) else None
+    if not isinstance(recorded, dict):
+        return []
+    return [name for name, old in SUPERSEDED_DEFINITIONS.items() if recorded.get(name) in old]
 
 
 def _run_date(metadata: dict | None) -> str:

@@ -34,6 +34,7 @@ from .common import (
     present,
     tuned_providers,
 )
+from .load import superseded_providers
 
 #: Column headers of the summary's tables (the tests find each table by its header).
 HEADLINE_HEADER = ["dtype", "mode", "c", "decode speedup vs dense", "decode fraction of ideal",
@@ -81,6 +82,8 @@ CASE_HEADER = [name for provider, names, _ in CASE_COLUMN_GROUPS if provider != 
 #: Where the ideal (cuBLAS at K/c, or the memory floor) is at least this much faster than dense,
 #: SS1 is expected to beat dense; the report lists the cases where it does not.
 EXPECTED_WIN = 1.2
+#: A heuristic-against-tuned ratio below this is a case the heuristic loses badly on.
+HEURISTIC_FLOOR = 0.70
 SLOWER_SUMMARY_HEADER = ["dtype", "mode", "slower than dense", "of which decode", "of which prefill"]
 SLOWER_HEADER = ["layer", "dtype", "mode", "M", "K", "N", "c", "dense ms", "SS1 ms", "speedup vs dense",
                  "ideal speedup", "launch configs"]
@@ -295,6 +298,10 @@ def write_summary(frame, sources, plots: dict[tuple[str, str, str, str], list[Pa
              f"Made by `ss1bench report` from {commands} results; every number below is a CSV value "
              "(or, in the headline, the median and range of CSV values).", ""]
     lines += [*_sources_table(sources), ""]
+    left_out = [f"`{name}` rows of `{path.name}`" for path, meta in sources for name in superseded_providers(meta)]
+    if left_out:
+        lines += ["Left out: " + ", ".join(left_out) + " (measured under an earlier definition of the provider, "
+                  "which the file's sidecar records).", ""]
     bench_gpus = sorted(bench["gpu"].astype(str).unique())
     if bench_gpus:
         lines += _definitions(bench)
@@ -334,6 +341,35 @@ def _definitions(frame) -> list[str]:
             f"- Decode = M ≤ {DECODE_MAX_M}; prefill = M ≥ {PREFILL_MIN_M}.", ""]
 
 
+#: Columns of the heuristic-against-tuned table.
+HEURISTIC_HEADER = ["dtype", "mode", "regime", "cases", "tuned time / heuristic time (geometric mean)", "worst",
+                    f"cases below {HEURISTIC_FLOOR}"]
+
+
+def heuristic_rows(frame) -> list[list[str]]:
+    """Per dtype, mode and regime (decode, prefill): SS1 (database) time over SS1 (heuristic) time in
+    the same case, its geometric mean, the worst case and the cases under HEURISTIC_FLOOR (1 = the
+    heuristic is as fast as the tuned records). Cases missing either provider are left out."""
+    import numpy as np
+
+    ss1 = _ss1_cases(frame, ("ss1_tuned", "ss1_heuristic"))
+    if ss1.empty:
+        return []
+    times = ss1.pivot_table(index=["dtype", "mode", "M", "K", "N", "redn_factor"], columns="provider",
+                            values="median_ms").dropna()
+    if not {"ss1_tuned", "ss1_heuristic"} <= set(times.columns):
+        return []
+    ratio = (times["ss1_tuned"] / times["ss1_heuristic"]).rename("ratio").reset_index()
+    ratio["regime"] = np.where(ratio["M"] <= DECODE_MAX_M, "decode",
+                               np.where(ratio["M"] >= PREFILL_MIN_M, "prefill", "between"))
+    rows = []
+    for (dtype, mode, regime), part in ratio.groupby(["dtype", "mode", "regime"], sort=True):
+        values = part["ratio"]
+        rows.append([dtype, mode, regime, str(len(values)), f"{math.exp(np.log(values).mean()):.3f}",
+                     f"{values.min():.2f}", str(int((values < HEURISTIC_FLOOR).sum()))])
+    return rows
+
+
 def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], gpu: str | None = None) -> list[str]:
     """Headline, per-set plots and cases, and failed timings of layer-benchmark rows (``plots``
     keyed by GPU, shape set, dtype and mode). With ``gpu``, the rows are that GPU's and every
@@ -348,6 +384,13 @@ def _bench_sections(frame, plots: dict[tuple[str, str, str, str], list[Path]], g
     else:
         lines += ["These results have no timed SS1 (tuning database) rows: the run left `ss1_tuned` out "
                   "(`ss1bench bench --providers`), or every timing of it failed.", ""]
+    heuristic = heuristic_rows(frame)
+    if heuristic:
+        lines += [f"## Heuristic against tuned{where}", "",
+                  "SS1 (tuning database) time / SS1 (heuristic) time in the same case (1 = the heuristic, "
+                  "learned without the layer shape's own records, is as fast as the tuned records); decode "
+                  f"M <= {DECODE_MAX_M}, prefill M >= {PREFILL_MIN_M}.", "",
+                  *_md_table(HEURISTIC_HEADER, heuristic), ""]
     summary, cases = slower_than_dense_rows(frame)
     if summary:
         lines += [f"## Slower than dense where the ideal is >= {EXPECTED_WIN}x faster{where}", "",
