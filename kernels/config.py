@@ -22,8 +22,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .heuristic import Example
 
 KINDS = ("forward", "grad_input", "grad_weight", "forward_rotated")
 #: The kinds that run the forward kernels (same configs, same candidates).
@@ -387,19 +391,20 @@ def fallback_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED
 
 
 def heuristic_config(problem: Problem, shared_memory_limit: int = FALLBACK_SHARED_MEMORY,
-                     sm_count: int | None = None) -> LaunchConfig:
+                     sm_count: int | None = None, examples: Iterable[Example] | None = None) -> LaunchConfig:
     """Default config (no tuning record): always launches (fits ``shared_memory_limit``).
 
     The learned rule of :mod:`.heuristic` (the config of the nearest tuned layer of the reference
-    GPU, adapted to this problem and ``sm_count`` SMs, pruned by ``shared_memory_limit``); where it
-    has no examples (fp32, a kind without records), :func:`fallback_config`. ``sm_count`` None:
-    the device named by ``problem.device_name`` when visible, else the reference GPU's.
+    GPU, or of ``examples`` when given, adapted to this problem and ``sm_count`` SMs, pruned by
+    ``shared_memory_limit``); where it has no examples (fp32, a kind without records),
+    :func:`fallback_config`. ``sm_count`` None: the device named by ``problem.device_name`` when
+    visible, else the reference GPU's.
     """
     if problem.kind not in KINDS:
         raise ValueError(f"unknown kernel kind {problem.kind!r}; expected one of {KINDS}")
     from .heuristic import learned_config  # the learned rule imports this module
 
-    learned = learned_config(problem, shared_memory_limit, sm_count)
+    learned = learned_config(problem, shared_memory_limit, sm_count, examples)
     return learned if learned is not None else fallback_config(problem, shared_memory_limit)
 
 

@@ -111,12 +111,10 @@ def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Struc
     _check_device(x.device)
     if x.shape[1] != structure.in_features:
         raise ValueError(f"x has {x.shape[1]} features but the layer expects in_features={structure.in_features}")
-    if out_dtype is None:
-        _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
-    else:
+    if out_dtype is not None:
         dtype_name(out_dtype)
         dtype_name(weight.dtype)
-        _check_tensor("weight", weight, structure.weight_shape, weight.dtype, x.device)
+    _check_tensor("weight", weight, structure.weight_shape, x.dtype if out_dtype is None else weight.dtype, x.device)
 
 
 def _copied_below(*tensors: torch.Tensor | None) -> bool:

@@ -271,7 +271,7 @@ class SSL(nn.Module):
         weight, bias = self.weight, self.bias
         device_type = x.device.type
         # Like nn.Linear under autocast: lower-precision compute for float32 inputs; float64 stays.
-        # ss1_linear makes the casts (training and compiled calls fold them into the sketch pass).
+        # ss1_linear makes the casts (eager training folds them into the sketch pass).
         # Meta tensors (shape inference) have no autocast state: asking raises.
         dtype = None
         if device_type != "meta" and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:

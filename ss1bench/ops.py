@@ -179,11 +179,12 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             autograd history and ``torch.compile`` traces ignore it: they rotate the weight in
             the sketch's launch.
         dtype: compute dtype, as autocast gives ``nn.Linear`` (the ``SSL`` layer passes
-            autocast's): the result is that of ``x``, ``weight`` and ``bias`` cast to it. Calls
-            that record autograd history and ``torch.compile`` traces make no casts: the sketch
-            pass reads the inputs as they are and writes its two outputs in ``dtype``, and the
-            backward returns each gradient in its input's dtype. Inference calls cast the inputs
-            (``rotated_weight`` must then have ``dtype``). None: the inputs share one dtype.
+            autocast's): the result is that of ``x``, ``weight`` and ``bias`` cast to it. Eager
+            calls that record autograd history make no casts of x and the weight: the sketch pass
+            reads them as they are and writes its two outputs in ``dtype``, and the backward
+            returns each gradient in its input's dtype. ``torch.compile`` traces and inference
+            calls cast the inputs (``rotated_weight`` must then have ``dtype``). None: the inputs
+            share one dtype.
 
     Returns:
         ``(..., N)`` in ``dtype``, else ``x``'s dtype. Differentiable in ``x``, ``weight`` and ``bias``.
@@ -193,15 +194,15 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype in _REFERENCE_DTYPES):
         raise TypeError(f"dtype must be a floating torch.dtype ({', '.join(map(str, _REFERENCE_DTYPES))}), "
                         f"got {dtype!r}")
-    if dtype is not None and not records_autograd(x, weight, bias) and not torch.compiler.is_compiling():
-        x, weight = x.to(dtype), weight.to(dtype)  # inference: the casts autocast would make
-        bias = bias.to(dtype) if bias is not None else None
-        dtype = None
     compiling = torch.compiler.is_compiling()
     needs_grad = None  # worked out once for the plan lookup and the autograd choice below
     if not compiling:
         try:
             needs_grad = records_autograd(x, weight, bias)
+            if dtype is not None and not needs_grad:  # inference: the casts autocast would make
+                x, weight = x.to(dtype), weight.to(dtype)
+                bias = bias.to(dtype) if bias is not None else None
+                dtype = None
             if not needs_grad and x.is_cuda and x.dim() >= 2:
                 # the eager inference path's host cost: inputs whose key an earlier call checked
                 x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])

@@ -162,12 +162,11 @@ def untuned_config(problem: Problem, shared_memory_limit: int) -> LaunchConfig:
     shape (K, N) (every kind, dtype, c and M bucket of it, the leave-one-shape-out rule of
     ``scripts/heuristic_eval.py``), else the fixed rule. The heuristic itself would answer a
     shipped shape from that shape's own tuned records: close to timing ``ss1_tuned`` again."""
-    from ss1bench.kernels import heuristic
-    from ss1bench.kernels.config import fallback_config
+    from ss1bench.kernels.config import heuristic_config
+    from ss1bench.kernels.heuristic import examples_without_shape
 
-    examples = heuristic.examples_without_shape(problem.in_features, problem.out_features)
-    learned = heuristic.learned_config(problem, shared_memory_limit, examples=examples)
-    return learned if learned is not None else fallback_config(problem, shared_memory_limit)
+    return heuristic_config(problem, shared_memory_limit,
+                            examples=examples_without_shape(problem.in_features, problem.out_features))
 
 
 def _forced_heuristic(device: torch.device) -> contextlib.AbstractContextManager:
