@@ -7,6 +7,10 @@ autocast, ``backward``, fused AdamW), eager and under ``torch.compile``, dense a
 wall ms per step (10 steps, synchronized), the GPU kernel ms (torch.profiler), their ratio, and
 per step the CUDA launches, cudaMalloc / cudaFree, synchronizations, copies and memsets, then
 the host operations with the most own CPU time (all threads: the autograd engine's too).
+It also gives the host time of each phase (zero_grad + forward, backward, optimizer step): the
+GPU is first kept busy with ``torch.cuda._sleep``, so the host never waits on it and the time to
+enqueue a phase is what the host spends on it (a little above the unloaded cost: the launch queue
+is deep). A step is host-bound when its host time exceeds its GPU kernel time.
 ``--trace DIR`` writes one step of each SS1 run as a Chrome trace.
 
     python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--trace DIR]
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -35,6 +40,28 @@ HOST_CALLS = {
     "memsets": ("cudaMemsetAsync",),
 }
 PROFILED_STEPS = 3
+#: GPU cycles slept before each host-timed step (~0.15 s on an H200: longer than any step's host time).
+SLEEP_CYCLES = 300_000_000
+HOST_REPEATS = 7
+
+
+def host_phase_ms(step: TrainStep) -> tuple[float, float, float]:
+    """Median host ms of (zero_grad + forward, backward, optimizer step) with the GPU kept busy."""
+    samples = []
+    for _ in range(HOST_REPEATS):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(SLEEP_CYCLES)
+        start = time.perf_counter()
+        step.optimizer.zero_grad(set_to_none=True)
+        with step.autocast():
+            loss = step.forward(step.ids, labels=step.ids).loss
+        forward = time.perf_counter()
+        loss.backward()
+        backward = time.perf_counter()
+        step.optimizer.step()
+        samples.append((forward - start, backward - forward, time.perf_counter() - backward))
+        torch.cuda.synchronize()
+    return tuple(statistics.median(sample[i] for sample in samples) * 1e3 for i in range(3))
 
 
 def main() -> None:
@@ -73,6 +100,7 @@ def main() -> None:
             torch.cuda.synchronize()
             wall = (time.perf_counter() - start) / 10 * 1e3
             kernels = kernel_ms(step, PROFILED_STEPS)
+            host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(PROFILED_STEPS):
                     step()
@@ -80,7 +108,7 @@ def main() -> None:
             events = prof.key_averages()
             calls = {name: sum(e.count for e in events if e.key in keys) / PROFILED_STEPS
                      for name, keys in HOST_CALLS.items()}
-            rows.append((mode, provider, first_s, wall, kernels, calls))
+            rows.append((mode, provider, first_s, wall, kernels, host, calls))
             if provider == "ss1":
                 print(f"---- {mode} SS1: host operations by own CPU time ({PROFILED_STEPS} steps)")
                 print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70))
@@ -90,11 +118,13 @@ def main() -> None:
                         torch.cuda.synchronize()
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
             del model, forward, step
-    print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s}  "
-          "per step: " + ", ".join(HOST_CALLS))
-    for mode, provider, first_s, wall, kernels, calls in rows:
+    print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s} "
+          f"{'host ms fwd/bwd/opt (sum)':>27s}  per step: " + ", ".join(HOST_CALLS))
+    for mode, provider, first_s, wall, kernels, host, calls in rows:
         counts = ", ".join(f"{calls[name]:.0f}" for name in HOST_CALLS)
-        print(f"{mode:9s} {provider:8s} {first_s:8.1f} {wall:8.2f} {kernels:9.2f} {wall / kernels:11.2f}  {counts}")
+        phases = "/".join(f"{ms:.1f}" for ms in host) + f" ({sum(host):.1f})"
+        print(f"{mode:9s} {provider:8s} {first_s:8.1f} {wall:8.2f} {kernels:9.2f} {wall / kernels:11.2f} "
+              f"{phases:>27s}  {counts}")
 
 
 if __name__ == "__main__":
