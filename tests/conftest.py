@@ -161,11 +161,12 @@ def randn(*shape, dtype=torch.float32, device="cpu", generator=None) -> torch.Te
 
 #: The repository's maintainer scripts (not a package: tests load them by path).
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+EXAMPLES = SCRIPTS.parent / "examples"
 
 
-def load_script(name: str):
-    """``scripts/<name>.py`` imported as a module (its ``main`` not run)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def load_script(name: str, folder: pathlib.Path = SCRIPTS):
+    """``<folder>/<name>.py`` (default ``scripts/``) imported as a module (its ``main`` not run)."""
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
