@@ -329,22 +329,6 @@ def resident_chunks(m: int, n: int, tile_m: int, tile_n: int,
     return cdiv(n_tiles, per_program), per_program
 
 
-#: Decode forward sketches up to this width (K_red) also get narrow K tiles (:func:`decode_tile_ks`).
-NARROW_K_RED = 128
-#: The deep K tiles of the decode forward, and the narrow ones of a narrow sketch.
-DECODE_DEEP_TILE_KS = (64, 128, 256)
-DECODE_NARROW_TILE_KS = (16, 32)
-
-
-def decode_tile_ks(k_red: int | None) -> tuple[int, ...]:
-    """K tiles the tuner tries for the decode forward (the fused kernel): deep tiles keep bytes in
-    flight; on a sketch no wider than :data:`NARROW_K_RED` a deep tile is a single masked step with
-    nothing for the pipeline to overlap (the c member loads of that step wait in a row), so narrow
-    tiles, several pipelined steps, are tried as well."""
-    narrow = k_red is not None and k_red <= NARROW_K_RED
-    return (*DECODE_NARROW_TILE_KS, *DECODE_DEEP_TILE_KS) if narrow else DECODE_DEEP_TILE_KS
-
-
 #: Streaming multiprocessors the decode split-K heuristic aims to cover (H100/H200 SXM: 132).
 TARGET_PROGRAMS = 128
 

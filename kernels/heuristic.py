@@ -57,7 +57,6 @@ from .config import (
     Problem,
     cdiv,
     decode_split_k,
-    decode_tile_ks,
     fits,
     next_power_of_two,
     resident_width,
@@ -257,10 +256,6 @@ def adapt(config: LaunchConfig, problem: Problem, sm_count: int = DEFAULT_SM_COU
             else:
                 break
         config = dataclasses.replace(config, tile_m=tile_m, tile_k=tile_k)
-    if (config.algorithm == "fused" and problem.kind in FORWARD_KINDS and is_decode(problem.m)
-            and config.tile_k < min(decode_tile_ks(problem.k_red))):
-        # a narrow K tile learned on a narrow sketch: a wide one takes the tuner's shallowest deep tile
-        config = dataclasses.replace(config, tile_k=min(decode_tile_ks(problem.k_red)))
     if config.algorithm == "fused" and config.split_k > 1:
         config = dataclasses.replace(config, split_k=decode_split_k(problem, config.tile_m, config.tile_n,
                                                                       config.tile_k, sm_count))

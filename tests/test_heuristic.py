@@ -183,14 +183,3 @@ def _write(database: TuningDatabase, tmp_path) -> pathlib.Path:
     path = tmp_path / "H200.json"
     path.write_text(database.dumps())
     return path
-
-
-def test_a_narrow_k_tile_learned_on_a_narrow_sketch_is_widened_for_a_wide_one():
-    narrow = LaunchConfig(16, 128, 16, num_warps=4, num_stages=4, group_m=8)
-    examples = heuristic.examples_from_records({key("forward", 768, 2304, 16, 64): record(narrow)})
-    same_width = problem(m=64, k=768, n=3072, c=16)  # K_red 48: the narrow tile is in its grid
-    assert heuristic.learned_config(same_width, HOPPER, 132, examples).tile_k == 16
-    wide = problem(m=64, k=4096, n=3072, c=16)  # K_red 256: the tuner's grid starts at 64
-    pick = heuristic.learned_config(wide, HOPPER, 132, examples)
-    assert pick.tile_k == 64
-    assert pick in space.launch_candidates(wide, HOPPER).kept

@@ -215,20 +215,3 @@ def test_forward_rotated_offers_the_forward_candidates_plus_sketch_tiles_at_deco
     assert {config.tile_k for config in rotated if config.algorithm == "sketch_gemm"} == {16, 32, 64, 128, 256}
     prefill = space.launch_candidates(problem(kind="forward_rotated", m=4096, k=4096, n=4096, c=4), HOPPER).kept
     assert prefill == space.launch_candidates(problem(kind="forward", m=4096, k=4096, n=4096, c=4), HOPPER).kept
-
-
-@pytest.mark.parametrize("kind", ["forward", "forward_rotated"])
-def test_decode_forward_tries_narrow_k_tiles_only_on_a_narrow_sketch(kind):
-    """A sketch of K_red <= 128 (768 / 16 = 48) gets 16- and 32-wide K tiles (several pipelined
-    steps instead of one masked one); a wide sketch (4096 / 2) keeps the deep tiles only."""
-    def fused_tile_ks(p):
-        return {cfg.tile_k for cfg in space.launch_candidates(p, HOPPER).kept if cfg.algorithm == "fused"}
-
-    narrow = problem(kind=kind, m=64, k=768, n=2304, c=16)
-    assert narrow.k_red <= space.NARROW_K_RED
-    assert {16, 32} <= fused_tile_ks(narrow)
-    wide = problem(kind=kind, m=64, k=4096, n=4096, c=2)
-    assert wide.k_red > space.NARROW_K_RED
-    assert min(fused_tile_ks(wide) - {heuristic_config(wide, HOPPER).tile_k}) >= 64
-    # prefill grids do not change
-    assert space.decode_tile_ks(None) == space.decode_tile_ks(4096)

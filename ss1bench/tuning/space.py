@@ -34,8 +34,6 @@ from ss1bench.kernels.config import (
     Problem,
     cdiv,
     decode_split_k,
-    NARROW_K_RED,
-    decode_tile_ks,
     heuristic_config,
     next_power_of_two,
     resident_width,
@@ -129,9 +127,8 @@ def _decode_row_tiles(m: int) -> tuple[int, ...]:
     return tuple(dict.fromkeys((16, min(max(16, next_power_of_two(m)), DECODE_MAX_M))))
 
 
-def _grid(kind: str, m: int, redn_factor: int, k_red: int | None = None) -> list[LaunchConfig]:
-    """The raw (unpruned) grid for ``kind`` at ``m`` rows and reduction factor c (``k_red``: the
-    sketch width, which widens the decode forward's K tiles, see :func:`decode_tile_ks`).
+def _grid(kind: str, m: int, redn_factor: int) -> list[LaunchConfig]:
+    """The raw (unpruned) grid for ``kind`` at ``m`` rows and reduction factor c.
 
     Kept small on purpose (the issue's budget: the gpt2 set, four factors, in minutes): one
     pipeline depth per regime here, the neighbouring depths and group sizes come from
@@ -143,7 +140,7 @@ def _grid(kind: str, m: int, redn_factor: int, k_red: int | None = None) -> list
         if is_decode(m):
             # Weight-read bound: many narrow N tiles keep SMs busy; deep K tiles keep bytes in flight.
             # Each config also comes split over K_red when its grid is small (_with_k_splits).
-            for tm, tn, tk in itertools.product(_decode_row_tiles(m), (32, 64, 128), decode_tile_ks(k_red)):
+            for tm, tn, tk in itertools.product(_decode_row_tiles(m), (32, 64, 128), (64, 128, 256)):
                 configs.append(LaunchConfig(tm, tn, tk, 4, 4, group_m=8))
         else:
             # The fused kernel lost to sketch + cuBLAS on all but one gpt2/llama prefill item on
@@ -293,7 +290,7 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     """Pruned launch configs for ``problem``; the heuristic config (what runs untuned) comes first,
     so a tuned winner is never slower than the default as measured."""
     result = CandidateSet(problem)
-    grid = _grid(problem.kind, problem.m, problem.redn_factor, problem.k_red) + _resident_grid(problem) + _gemv_grid(problem)
+    grid = _grid(problem.kind, problem.m, problem.redn_factor) + _resident_grid(problem) + _gemv_grid(problem)
     if problem.kind == "grad_weight" and not is_decode(problem.m):
         grid = [split for config in grid for split in _with_splits(config, problem, sm_count)]
     if problem.kind in FORWARD_KINDS and is_decode(problem.m):
