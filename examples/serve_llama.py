@@ -86,12 +86,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def serve(model: torch.nn.Module, prompt: torch.Tensor, args: argparse.Namespace) -> tuple[float, float]:
+def serve(name: str, model: torch.nn.Module, prompt: torch.Tensor, args: argparse.Namespace) -> tuple[float, float]:
     """(prefill ms, decode tokens/s): steps 4 and 5."""
     prefill = model if args.compile == "none" else torch.compile(model, mode=None if args.compile == "default"
                                                                   else args.compile)
     with torch.no_grad():
-        for _ in range(3):  # the first call compiles
+        start = time.perf_counter()
+        prefill(prompt, use_cache=False)  # the first call compiles
+        _sync(args.device)
+        print(f"{name}: first prefill {time.perf_counter() - start:.1f} s (compile={args.compile})", flush=True)
+        for _ in range(2):
             prefill(prompt, use_cache=False)
         _sync(args.device)
         start = time.perf_counter()
@@ -115,10 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     prompt = prompt.to(args.device)
     results = {}
     if args.compare:
-        results["dense"] = serve(dense, prompt, args)
+        results["dense"] = serve("dense", dense, prompt, args)
         torch.compiler.reset()
     ss1 = to_ss1(dense if not args.compare else copy.deepcopy(dense), args)
-    results[f"ss1 c={args.redn_factor}"] = serve(ss1, prompt, args)
+    name = f"ss1 c={args.redn_factor}"
+    results[name] = serve(name, ss1, prompt, args)
     print(f"{'model':10s} {'prefill ms':>10s} {'decode tok/s':>12s}   (batch {args.batch}, prompt "
           f"{args.prompt_len}, {args.new_tokens} new tokens, prefill compile={args.compile})")
     for name, (prefill_ms, tokens_per_s) in results.items():
