@@ -16,8 +16,10 @@ The task is synthetic, so nothing is downloaded: a sequence of random tokens is 
 its first token is in the lower half of the vocabulary. A model that learns attends to one
 position; accuracy on held-out batches goes from 0.5 towards 1.
 
-    python examples/finetune_bert.py --tiny --device cpu --compile none --steps 60 --seq 32 --lr 1e-3   # CPU: 15 s
-    python examples/finetune_bert.py --steps 300                         # GPU: BERT-base, compiled
+    # on a CPU, in about 15 s:
+    python examples/finetune_bert.py --tiny --device cpu --compile none --steps 60 --seq 32 --lr 1e-3
+    # on a GPU, BERT-base, compiled:
+    python examples/finetune_bert.py --steps 300
 """
 
 from __future__ import annotations

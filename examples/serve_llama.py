@@ -16,8 +16,10 @@ It prints the prefill time (compiled, after warm-up) and the decode tokens/s, fo
 with ``--compare``, for the dense model on the same prompt. ``ss1bench e2e`` is the benchmark; this
 is the recipe.
 
-    python examples/serve_llama.py --tiny --device cpu --compile none --batch 2 --prompt-len 16 --new-tokens 8   # CPU: seconds
-    python examples/serve_llama.py --compare                             # GPU: Llama-1B shape, fp16
+    # on a CPU, in seconds:
+    python examples/serve_llama.py --tiny --device cpu --compile none --batch 2 --prompt-len 16 --new-tokens 8
+    # on a GPU, the Llama-1B shape in fp16, dense against SS1:
+    python examples/serve_llama.py --compare
 """
 
 from __future__ import annotations

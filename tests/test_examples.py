@@ -32,7 +32,7 @@ def test_serve_llama_converts_every_projection_and_serves_both_models():
     assert not isinstance(model.lm_head, SSL)
     assert all(model.get_submodule(name).caches_rotated_weight for name in ssl)
     with one_thread():
-        results = example.main(documented_cpu_command(example) + ["--compare"])
+        results = example.main([*documented_cpu_command(example), "--compare"])
     assert set(results) == {"dense", f"ss1 c={args.redn_factor}"}
     for prefill_ms, tokens_per_s in results.values():
         assert math.isfinite(prefill_ms) and prefill_ms > 0
