@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> tuple[float, float]:
         if step == 1:
             print(f"step     1  loss {loss.item():.4f}  {time.perf_counter() - start:.1f} s",
                   flush=True)
-            start, first = time.perf_counter(), 1
+            start = time.perf_counter()  # steps/s from here on leave the first step's compilation out
         elif step % args.log_every == 0 or step == args.steps:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {(step - first) / (time.perf_counter() - start):.1f} "
+            print(f"step {step:5d}  loss {loss.item():.4f}  {(step - 1) / (time.perf_counter() - start):.1f} "
                   "steps/s", flush=True)
     after = accuracy(model, vocab, args)
     print(f"held-out accuracy: {before:.3f} before, {after:.3f} after {args.steps} steps "

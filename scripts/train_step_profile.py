@@ -52,9 +52,7 @@ def host_phase_ms(step: TrainStep) -> tuple[float, float, float]:
         torch.cuda.synchronize()
         torch.cuda._sleep(SLEEP_CYCLES)
         start = time.perf_counter()
-        step.optimizer.zero_grad(set_to_none=True)
-        with step.autocast():
-            loss = step.forward(step.ids, labels=step.ids).loss
+        loss = step.loss()
         forward = time.perf_counter()
         loss.backward()
         backward = time.perf_counter()

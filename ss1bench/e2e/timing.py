@@ -160,12 +160,16 @@ class TrainStep:
         self.autocast = (partial(torch.autocast, ids.device.type, dtype=autocast_dtype)
                          if autocast_dtype is not None else contextlib.nullcontext)
 
-    def __call__(self) -> torch.Tensor:
+    def loss(self) -> torch.Tensor:
+        """The step's first phase: ``zero_grad`` and the forward with labels under autocast."""
         if self.mark_step:
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.forward(self.ids, labels=self.ids).loss
+            return self.forward(self.ids, labels=self.ids).loss
+
+    def __call__(self) -> torch.Tensor:
+        loss = self.loss()
         loss.backward()
         self.optimizer.step()
         return loss
