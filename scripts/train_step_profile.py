@@ -13,7 +13,7 @@ enqueue a phase is what the host spends on it (a little above the unloaded cost:
 is deep). A step is host-bound when its host time exceeds its GPU kernel time.
 ``--trace DIR`` writes one step of each SS1 run as a Chrome trace.
 
-    python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--trace DIR]
+    python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--providers dense,ss1] [--trace DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--redn-factor", type=int, default=4)
     parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--providers", default="dense,ss1", help="dense, ss1 or both (comma-separated)")
     parser.add_argument("--top", type=int, default=25, help="host operations listed per SS1 run")
     parser.add_argument("--trace", help="folder for Chrome traces of one SS1 step")
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     ids = torch.randint(1, 50257, (8, 1024), device="cuda", generator=generator)
     rows = []
     for mode in args.modes.split(","):
-        for provider in ("dense", "ss1"):
+        for provider in args.providers.split(","):
             torch.compiler.reset()
             model = copy.deepcopy(base).cuda().train()
             if provider == "ss1":
