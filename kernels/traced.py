@@ -6,17 +6,18 @@ Inductor schedules, hands to cuBLAS or its own templates and fuses bias and epil
 the memory-bound passes are Triton kernels that Inductor sees and launches from its generated
 code (no Python runs per call). The backward is traced too: the matmul's gradients come from
 aten (with the forward's ``xs`` and ``wr`` saved, so the weight gradient never sketches x
-again), then the unsketch and the inverse rotation, both aten gathers whose indices Inductor
-computes in place and fuses with their consumers.
+again), then ``unsketch`` (a kernel of ours) and the inverse rotation (an aten gather whose index
+Inductor computes in place, fused with the weight gradient's cast under autocast).
 
 The op bodies run once, at trace time, on fake tensors: the structure and the launch config
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
 :func:`~ss1bench.kernels.ss1.sketch_pass_config`) are decided there and baked into the graph.
 
-The op (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
+Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
-- ``sketch_rotate(x, weight, ...) -> (xs: (M, K_red), wr: (N, K_red))``, one launch.
+- ``sketch_rotate(x, weight, ...) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
+- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_f
     return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
 
 
+@triton_op("ss1bench::unsketch", mutates_args=())
+def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int,
+             block_k: int, block_n: int) -> torch.Tensor:
+    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+    return ss1.unsketch_pass(ss1.row_major(grad_sketch), structure, _size_hint(grad_sketch.shape[0]), launch=_launch)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     ctx.structure_args = tuple(inputs[2:])
 
@@ -65,11 +73,7 @@ def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
     args = ctx.structure_args
     grad_x = grad_w = None
     if grad_sketch is not None and ctx.needs_input_grad[0]:
-        # aten's gather too: every dense column copies one sketch column, with the column computed
-        # in place from the hash constants, so Inductor fuses it with what consumes dx (the cast
-        # back under autocast, the residual add, the layer norm's backward) and no kernel of ours
-        # (and no TTIR analysis of one) runs per call site
-        grad_x = reference.unsketch(grad_sketch, _structure(*args))
+        grad_x = unsketch(grad_sketch, *args)
     if grad_rotated is not None and ctx.needs_input_grad[1]:
         # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
         # with what follows (under autocast, the weight gradient's cast back to float32)

@@ -49,8 +49,12 @@ def _sketch_index(structure: SS1Structure, device: torch.device) -> torch.Tensor
 
 @_cached
 def _unsketch_source(structure: SS1Structure, device: torch.device) -> torch.Tensor:
-    """Sketch column each dense column reads: ``(K,)`` (:meth:`SS1Structure.unsketch_source`)."""
-    return structure.unsketch_source(device)
+    """Sketch column each dense column reads: ``(K,)``."""
+    index = _sketch_index(structure, device)  # (K_red, c): dense col of (kk, r)
+    source = torch.empty(_padded_columns(structure), dtype=torch.int64, device=device)
+    kk = torch.arange(structure.k_red, device=device)[:, None].expand_as(index)
+    source[index.reshape(-1)] = kk.reshape(-1)
+    return source[: structure.in_features].clone()
 
 
 @_cached

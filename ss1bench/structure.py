@@ -231,25 +231,6 @@ class SS1Structure:
         index = base[:, None, :] + u
         return index.reshape(self.k_red, c).to(device)
 
-    def unsketch_source(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Sketch column each dense column is summed into: ``(K,)`` int64, the inverse map of
-        :meth:`sketch_index` (``dx[:, k] = dxs[:, source[k]]`` is the sketch's adjoint).
-
-        Dense column ``k`` is position ``u = k mod BK`` of block ``i = k // BK`` (group ``it = i // c``,
-        member ``r = i mod c``), which the sketch reads at ``t = (u - a(it, r)) mod BK``. Built from an
-        arange and the hash constants only (elementwise), so a traced graph computes it inside the
-        gather that uses it.
-        """
-        bk, c = self.block_k, self.redn_factor
-        k = torch.arange(self.in_features, dtype=torch.int64, device=device)
-        i, u = k // bk, k % bk
-        if c == 1:
-            return k
-        r0, r1, _, r3 = self.kernel_hash()
-        it, r = i // c, i % c
-        shift = (((r3 + r1 * ((it + 1) % bk) + r0 * ((r + 1) % bk)) % bk) * VEC) % bk  # a(it, r) = s(i, 0)
-        return it * bk + (u - shift) % bk
-
     def rotation_columns(self, device: torch.device | str | None = None, inverse: bool = False) -> torch.Tensor:
         """Column of ``Wc`` (inside its group) read at each rotated position: ``(N, BK)`` int64.
 

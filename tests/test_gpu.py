@@ -354,9 +354,8 @@ def test_compiled_forward_and_backward_match_float64_reference(m, k, n, c, dtype
 
 
 def test_compiled_graph_launches_the_kernels_itself():
-    """Inductor's generated code launches the SS1 sketch kernel and cuBLAS directly: no
-    torch.ops.ss1bench call (an opaque op would run our Python on every call); the backward's
-    unsketch is Inductor's own gather, no kernel of ours."""
+    """Inductor's generated code launches the SS1 Triton kernels and cuBLAS directly: no
+    torch.ops.ss1bench call (an opaque op would run our Python on every call)."""
     from torch._inductor.utils import run_and_get_code
 
     torch.compiler.reset()
@@ -365,7 +364,7 @@ def test_compiled_graph_launches_the_kernels_itself():
     compiled = torch.compile(layer, fullgraph=True)
     _, codes = run_and_get_code(lambda: compiled(x).sum().backward())
     code = "\n".join(codes)
-    assert "_ss1_sketch_rotate_kernel" in code and "_ss1_unsketch_kernel" not in code
+    assert "_ss1_sketch_rotate_kernel" in code and "_ss1_unsketch_kernel" in code
     assert "torch.ops.ss1bench" not in code
     assert "extern_kernels.addmm" in code or "extern_kernels.mm" in code
     torch.compiler.reset()
@@ -387,16 +386,20 @@ def test_reduce_overhead_with_new_sizes():
     torch.compiler.reset()
 
 
-def test_triton_op_passes_opcheck():
+@pytest.mark.parametrize("name", ["sketch_rotate", "unsketch"])
+def test_triton_ops_pass_opcheck(name):
     """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
-    from ss1bench.kernels import traced  # noqa: F401  (registers the op)
+    from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
 
     structure = SS1Structure(1000, 300, 4, 7, 64, 128)
     generator = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(37, 1000, generator=generator, device="cuda").requires_grad_()
     weight = torch.randn(*structure.weight_shape, generator=generator, device="cuda").requires_grad_()
-    args = (x, weight, *structure.key)
-    result = torch.library.opcheck(torch.ops.ss1bench.sketch_rotate, args)
+    args = {
+        "sketch_rotate": (x, weight, *structure.key),
+        "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key),
+    }[name]
+    result = torch.library.opcheck(getattr(torch.ops.ss1bench, name), args)
     assert all(status == "SUCCESS" for status in result.values()), result
 
 

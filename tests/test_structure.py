@@ -437,14 +437,3 @@ def test_dtype_names_are_defined_once():
     assert all(dtype_name(dtype) == name for dtype, name in DTYPE_NAMES.items())
     with pytest.raises(TypeError, match="float64"):
         dtype_name(torch.float64)
-
-
-@pytest.mark.parametrize("k, n, c, bk, bn", [(768, 300, 4, 64, 128), (1000, 64, 8, 16, 64), (37, 40, 2, 16, 16),
-                                             (4096, 128, 16, 128, 128), (100, 32, 1, 32, 16), (70, 33, 32, 16, 16)])
-def test_unsketch_source_inverts_the_sketch_index(k, n, c, bk, bn):
-    """Each dense column's sketch column, computed elementwise, is the one whose member reads it."""
-    structure = SS1Structure(k, n, c, 9, bk, bn)
-    index = structure.sketch_index()  # (K_red, c): dense column of (sketch column, member)
-    source = torch.full((structure.num_groups * c * bk,), -1, dtype=torch.int64)
-    source[index.reshape(-1)] = torch.arange(structure.k_red)[:, None].expand_as(index).reshape(-1)
-    assert torch.equal(structure.unsketch_source(), source[:k])
