@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -204,8 +205,6 @@ def database_answer(problem: Problem, shared_memory_limit: int) -> LaunchConfig 
     first call."""
     global _database
     if _database == DATABASE_DEFAULT:
-        import importlib
-
         _database = importlib.import_module(DATABASE_DEFAULT).DATABASE.launch_config
     if _database is None:
         return None
@@ -213,6 +212,22 @@ def database_answer(problem: Problem, shared_memory_limit: int) -> LaunchConfig 
     if config is not None and not fits(config, problem, shared_memory_limit):
         return None
     return config
+
+
+def config_sources(device) -> str:
+    """Everything :func:`resolve_launch_config` answers from for ``device`` besides the problem and
+    this package's code, as text: the override hooks (by identity: a hook's answers cannot be
+    read off it), the database source and, for the default database, its
+    :meth:`~ss1bench.tuning.lookup.DatabaseLookup.fingerprint` for ``device``. A trace keys
+    torch.compile's caches on it (``kernels/traced.py``)."""
+    with _hooks_lock:
+        hooks, database = list(_overrides), _database
+    default = importlib.import_module(DATABASE_DEFAULT).DATABASE
+    if database == DATABASE_DEFAULT or database == default.launch_config:
+        source = f"database {default.fingerprint(device)}"
+    else:
+        source = "no database" if database is None else f"database {database!r}"
+    return f"hooks {[repr(hook) for hook in hooks]}; {source}"
 
 
 @contextlib.contextmanager

@@ -13,22 +13,38 @@ The op bodies run once, at trace time, on fake tensors: the structure and the la
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
 :func:`~ss1bench.kernels.ss1.sketch_pass_config`) are decided there and baked into the graph.
 
+torch.compile's persistent caches (AOTAutograd's, Inductor's FX graph cache) key a graph on its ops
+and their arguments: neither the Python of a custom op's backward nor the Triton kernels and
+configs its body picks are part of that key. So every ``sketch_rotate`` call carries
+:func:`trace_key` as its last argument, a digest of what a trace depends on beyond its inputs
+(this package's source and shipped databases, the tuning database serving the device, any config
+override). After an upgrade or a ``ss1bench tune`` the key changes and the cached graphs miss,
+instead of replaying the old kernels or tiles.
+
 Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
-- ``sketch_rotate(x, weight, ...) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
+- ``sketch_rotate(x, weight, ..., trace_key=0) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
 - ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
+
 import torch
 from torch.library import triton_op, wrap_triton
 
+import ss1bench
 from ss1bench import reference
 from ss1bench.structure import SS1Structure, cached_structure
 
-from . import ss1
+from . import config, ss1
+
+#: The structure's ints in the ops' arguments, after the tensors.
+_STRUCTURE_ARGS = slice(2, 8)
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
@@ -51,9 +67,40 @@ def _size_hint(size) -> int:
     return hint_int(size, fallback=ss1.PASS_CONFIG_FALLBACK_M)
 
 
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of this package's Python source and shipped databases (file names relative to their
+    folder, and contents), read once per process."""
+    from ss1bench.tuning.db import shipped_dir
+
+    # an installed package holds kernels/ and tuning_db/ inside its folder, an editable one beside
+    # it: each file is named once, relative to the first folder (sorted) that holds it
+    files: dict[Path, tuple[str, Path]] = {}
+    for folder in sorted({Path(ss1bench.__file__).parent, Path(__file__).parent, Path(str(shipped_dir()))}):
+        for path in folder.rglob("*"):
+            if path.suffix in (".py", ".json"):
+                files.setdefault(path.resolve(), (path.relative_to(folder).as_posix(), path))
+    hasher = hashlib.sha256()
+    for name, path in sorted(files.values()):
+        hasher.update(f"{name}\0".encode())
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+@torch.compiler.assume_constant_result
+def trace_key(device: torch.device) -> int:
+    """A 60-bit digest of what a trace on ``device`` depends on besides its inputs: this package's
+    code (:func:`_code_digest`) and the launch configs' sources for the device
+    (:func:`~ss1bench.kernels.config.config_sources`). Dynamo calls it once per trace and bakes the
+    result into the graph as a constant (no guard), so torch.compile's cache keys change with it."""
+    text = f"{_code_digest()}; {config.config_sources(device)}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
 @triton_op("ss1bench::sketch_rotate", mutates_args=())
 def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
-                  seed: int, block_k: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: int, block_k: int, block_n: int, trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``trace_key`` is not read: it is there to be part of the graph (see the module's notes)."""
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
     return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
 
@@ -66,7 +113,8 @@ def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, red
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.structure_args = tuple(inputs[2:])
+    ctx.structure_args = tuple(inputs[_STRUCTURE_ARGS])
+    ctx.non_tensor_inputs = len(inputs) - 2
 
 
 def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
@@ -78,7 +126,7 @@ def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
         # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
         # with what follows (under autocast, the weight gradient's cast back to float32)
         grad_w = reference.unrotate_weight(grad_rotated, _structure(*args))
-    return (grad_x, grad_w) + (None,) * len(args)
+    return (grad_x, grad_w) + (None,) * ctx.non_tensor_inputs
 
 
 sketch_rotate.register_autograd(_sketch_rotate_backward, setup_context=_setup_context)

@@ -62,12 +62,14 @@ def _kernels():
 _KERNELS = None
 
 
-def _register_traced_ops() -> None:
+def _register_traced_ops():
     """Registers ``torch.ops.ss1bench`` (``kernels/traced.py``) from inside a ``torch.compile``
-    trace. A plain import, which Dynamo runs at trace time without a guard: reading ``_KERNELS``,
-    which the first call sets, would fail that guard on the next call and compile the whole model a
-    second time."""
-    from .kernels import traced  # noqa: F401
+    trace and returns that module. A plain import, which Dynamo runs at trace time without a guard:
+    reading ``_KERNELS``, which the first call sets, would fail that guard on the next call and
+    compile the whole model a second time."""
+    from .kernels import traced
+
+    return traced
 
 
 def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -141,8 +143,8 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         if torch.compiler.is_compiling():
             if out_dtype is not None:
                 x, weight = x.to(out_dtype), weight.to(out_dtype)
-            _register_traced_ops()
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key)
+            traced = _register_traced_ops()
+            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, traced.trace_key(x.device))
         else:
             xs, rotated = _SketchRotate.apply(x, weight, structure, out_dtype)
     else:

@@ -372,3 +372,85 @@ def test_registering_the_traced_ops_adds_no_guard(monkeypatch):
         traced(torch.ones(3))
     assert len(compiles) == 1
     assert hasattr(torch.ops.ss1bench, "sketch_rotate") and hasattr(torch.ops.ss1bench, "unsketch")
+
+
+# ---- torch.compile's caches see what a trace depends on ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_sketch_rotate():
+    """``ss1bench::sketch_rotate``'s stand-in for CPU traces (the triton op traces only CUDA fake
+    tensors): the same schema, the reference's sketch and rotation, and the real op's autograd
+    formula (``traced._sketch_rotate_backward``: the unsketch triton op, the unrotate gather)."""
+    from ss1bench.kernels import traced
+
+    @torch.library.custom_op("ss1bench_test::sketch_rotate", mutates_args=())
+    def stand_in(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
+                 seed: int, block_k: int, block_n: int, trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        structure = SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+        return reference.sketch(x, structure), reference.rotate_weight(weight, structure)
+
+    @stand_in.register_fake
+    def _(x, weight, in_features, out_features, redn_factor, seed, block_k, block_n, trace_key=0):
+        k_red = weight.shape[1]
+        return x.new_empty(x.shape[0], k_red), weight.new_empty(weight.shape)
+
+    stand_in.register_autograd(traced._sketch_rotate_backward, setup_context=traced._setup_context)
+    return torch.ops.ss1bench_test.sketch_rotate
+
+
+@pytest.mark.interpret
+def test_traced_call_carries_the_trace_key(reference_sketch_rotate, monkeypatch, generator):
+    """torch.compile's persistent caches key a graph on its ops and arguments, not on a custom op's
+    Python or the kernels and configs its body picks. So the traced SSL call passes
+    ``traced.trace_key(device)`` to ``ss1bench::sketch_rotate``: a constant of the graph (one
+    compile, no guard on it); the op's backward takes the extra argument (output and gradients
+    against float64)."""
+    from ss1bench.kernels import traced
+
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    monkeypatch.setattr(torch.ops.ss1bench, "sketch_rotate", reference_sketch_rotate)
+    graphs = []
+
+    def backend(graph, example_inputs):  # Dynamo's graph, run as it is
+        graphs.append(graph.code)
+        return graph.forward
+
+    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    dense = layer.dense_weight().detach().double()
+    for rows in (19, 19):
+        layer.zero_grad(set_to_none=True)
+        x = randn(rows, 200, generator=generator).requires_grad_()
+        weights = torch.linspace(-1.0, 1.0, 40)
+        y = compiled(x)
+        (y * weights).sum().backward()
+        assert_close("y", y, x.detach().double() @ dense.T + layer.bias.detach().double())
+        grad_y = weights.double().expand(rows, 40)
+        assert_close("grad_x", x.grad, grad_y @ dense)
+        expected = torch.zeros(layer.structure.weight_shape, dtype=torch.float64)
+        expected.scatter_add_(1, layer.structure.dense_index(), grad_y.T @ x.detach().double())
+        assert_close("grad_weight", layer.weight.grad, expected)
+    assert len(graphs) == 1
+    key = traced.trace_key(torch.device("cpu"))
+    assert re.search(rf"ss1bench_test\.sketch_rotate(\.default)?\([^)]*, {key}\)", graphs[0]), graphs[0]
+
+
+def test_trace_key_follows_the_config_sources(monkeypatch):
+    """The key changes with the launch configs' sources (a config override, the database switched
+    off) and with this package's code, and is stable otherwise."""
+    from ss1bench.kernels import config, traced
+
+    cpu = torch.device("cpu")
+    base = traced.trace_key(cpu)
+    assert traced.trace_key(cpu) == base and 0 < base < 2**60
+    with config.override_launch_config(config.LaunchConfig(16, 64, 64, 4, 2)):
+        assert traced.trace_key(cpu) != base
+    assert traced.trace_key(cpu) == base
+    previous = config.set_database(None)
+    try:
+        assert traced.trace_key(cpu) != base
+    finally:
+        config.set_database(previous)
+    monkeypatch.setattr(traced, "_code_digest", lambda: "another version")
+    assert traced.trace_key(cpu) != base

@@ -12,6 +12,7 @@ import warnings
 from importlib.metadata import version
 
 import pytest
+import torch
 
 from ss1bench.kernels.config import LaunchConfig, Problem
 from ss1bench.tuning import db as tdb
@@ -467,3 +468,22 @@ def test_a_missing_ss1bench_db_location_is_said_once(tmp_path, shipped, monkeypa
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and f"SS1BENCH_DB={missing} does not exist" in warned[0], warned
     assert "shipped" in warned[0]
+
+
+def test_fingerprint_follows_the_files_serving_the_gpu(user, shipped, monkeypatch):
+    """The digest a traced SS1 call carries into torch.compile's cache keys (``kernels/traced.py``):
+    it changes when a file serving the GPU changes (read again after ``reset``, as the answers are)
+    and with the GPU; off CUDA it is ``"cpu"``."""
+    (shipped / "H200.json").write_text(database_with(**{KEY.text(): BIG}).dumps())
+    answers = lookup.DatabaseLookup()
+    monkeypatch.setattr(answers, "_device_name", lambda index: H200)
+    gpu = torch.device("cuda", 0)
+    shipped_only = answers.fingerprint(gpu)
+    assert answers.fingerprint(torch.device("cpu")) == "cpu"
+    tdb.write_records(user / "H200.json", database_with(**{KEY.text(): SMALL}))  # a `tune` run
+    assert answers.fingerprint(gpu) == shipped_only
+    answers.reset()
+    tuned = answers.fingerprint(gpu)
+    assert tuned != shipped_only
+    monkeypatch.setattr(answers, "_device_name", lambda index: "NVIDIA A100-SXM4-80GB")  # served by H200's files
+    assert answers.fingerprint(gpu) not in (shipped_only, tuned)

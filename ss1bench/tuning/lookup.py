@@ -40,10 +40,12 @@ database.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from ss1bench.kernels import heuristic
 from ss1bench.kernels.config import (
@@ -104,6 +106,7 @@ class DatabaseLookup:
         self._structure_cache: dict[tuple, tuple[int, int] | None] = {}
         self._device_names: dict[int, str] = {}
         self._logged: set[tuple] = set()
+        self._fingerprints: dict[str, str] = {}
         self._triton = None
 
     def reset(self) -> None:
@@ -112,6 +115,7 @@ class DatabaseLookup:
             self._views.clear()
             self._launch_cache.clear()
             self._structure_cache.clear()
+            self._fingerprints.clear()
             self._logged.clear()
         from ss1bench.kernels import config
 
@@ -280,6 +284,37 @@ class DatabaseLookup:
                                                                example.out_features))
         return LaunchAnswer(fallback_config(problem, shared_memory_limit), "heuristic", "", "fixed rule")
 
+    def fingerprint(self, device) -> str:
+        """What this lookup answers from for ``device``, as a digest: the GPU's name and the
+        contents of the database files serving it (user, shipped or a sibling's), in order; ``"cpu"``
+        off CUDA. The same files give the same digest on any machine (paths do not count). Cached
+        until :meth:`reset`."""
+        if getattr(device, "type", None) != "cuda":
+            return "cpu"
+        gpu = normalize_gpu_name(self._device_name(device.index))
+        digest = self._fingerprints.get(gpu)
+        if digest is None:
+            with self._lock:
+                files = [database.path for database in self._view(gpu).chain]
+            hasher = hashlib.sha256(gpu.encode())
+            for path in files:
+                try:
+                    hasher.update(Path(path).read_bytes())
+                except OSError as exc:  # gone since it was read: its name stands in for it
+                    hasher.update(f"{path}: {type(exc).__name__}".encode())
+            digest = self._fingerprints[gpu] = hasher.hexdigest()
+        return digest
+
+    def _device_name(self, index: int | None) -> str:
+        import torch
+
+        if index is None:
+            index = torch.cuda.current_device()
+        name = self._device_names.get(index)
+        if name is None:
+            name = self._device_names[index] = torch.cuda.get_device_name(index)
+        return name
+
     # ---- structures ---------------------------------------------------------------------------
     def structure(self, in_features: int, out_features: int, redn_factor: int, dtype, device) -> tuple[int, int] | None:
         """Recommended ``(block_k, block_n)`` for a new layer on ``device``, or None. Never raises
@@ -298,11 +333,7 @@ class DatabaseLookup:
         if key in self._structure_cache:
             return self._structure_cache[key]
         with self._lock:
-            name = self._device_names.get(index)
-            if name is None:
-                import torch
-
-                name = self._device_names[index] = torch.cuda.get_device_name(index)
+            name = self._device_name(index)
             try:
                 answer = self._structure_uncached(normalize_gpu_name(name), dtype_name, in_features, out_features,
                                                   redn_factor)
