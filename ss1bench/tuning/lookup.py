@@ -45,7 +45,6 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from ss1bench.kernels import heuristic
 from ss1bench.kernels.config import (
@@ -286,22 +285,19 @@ class DatabaseLookup:
 
     def fingerprint(self, device) -> str:
         """What this lookup answers from for ``device``, as a digest: the GPU's name and the
-        contents of the database files serving it (user, shipped or a sibling's), in order; ``"cpu"``
-        off CUDA. The same files give the same digest on any machine (paths do not count). Cached
-        until :meth:`reset`."""
+        databases serving it (user, shipped or a sibling's), in order, as they were read (their
+        canonical JSON, not the files again); ``"cpu"`` off CUDA. The same records give the same
+        digest on any machine (paths do not count). Cached until :meth:`reset`."""
         if getattr(device, "type", None) != "cuda":
             return "cpu"
         gpu = normalize_gpu_name(self._device_name(device.index))
         digest = self._fingerprints.get(gpu)
         if digest is None:
             with self._lock:
-                files = [database.path for database in self._view(gpu).chain]
+                chain = self._view(gpu).chain
             hasher = hashlib.sha256(gpu.encode())
-            for path in files:
-                try:
-                    hasher.update(Path(path).read_bytes())
-                except OSError as exc:  # gone since it was read: its name stands in for it
-                    hasher.update(f"{path}: {type(exc).__name__}".encode())
+            for database in chain:
+                hasher.update(database.dumps().encode())
             digest = self._fingerprints[gpu] = hasher.hexdigest()
         return digest
 
