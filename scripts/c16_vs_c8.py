@@ -30,6 +30,7 @@ def slower_at_16(frame: pd.DataFrame, providers=PROVIDERS, tolerance: float = 0.
     rows = rows.drop_duplicates([*KEY, "redn_factor"])
     table = rows.pivot_table(index=KEY, columns="redn_factor", values="median_ms", aggfunc="first")
     layers = rows.drop_duplicates(KEY).set_index(KEY)["layer"] if "layer" in rows else None
+    table = table.reindex(columns=[8, 16])  # a factor with no row at all: an empty comparison
     table = table.dropna(subset=[8, 16]).rename(columns={8: "ms_c8", 16: "ms_c16"}).reset_index()
     table.columns.name = None
     table["ratio"] = table.ms_c16 / table.ms_c8
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when any shape is slower at c = 16")
     args = parser.parse_args(argv)
     frame = pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True)
-    table = slower_at_16(frame, tuple(p.strip() for p in args.providers.split(",") if p.strip()), args.tolerance)
+    providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    table = slower_at_16(frame, providers, args.tolerance)
+    if table.empty:
+        parser.error(f"no layer shape of {', '.join(providers)} is timed at both c = 8 and c = 16 in "
+                     f"{', '.join(str(path) for path in args.csv)}")
     for (provider, dtype, mode), group in table.groupby(["provider", "dtype", "mode"]):
         slow = group[group.slower]
         print(f"{provider} {dtype} {mode}: {len(slow)} of {len(group)} shapes slower at c = 16 than at c = 8 "

@@ -85,3 +85,14 @@ def test_c16_vs_c8_lists_shapes_slower_at_16(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ss1_tuned fp16 fwd: 1 of 3 shapes slower at c = 16" in out and "total: 1 of 3" in out
     assert check.main([str(path), "--tolerance", "0.25"]) == 0
+
+
+def test_c16_vs_c8_says_when_nothing_compares(tmp_path, capsys):
+    check = load("c16_vs_c8")
+    path = tmp_path / "e2e.csv"
+    pd.DataFrame([bench_row("ss1_tuned", 64, 4, 0.01), bench_row("ss1_tuned", 64, 8, 0.01)]).to_csv(path, index=False)
+    assert check.slower_at_16(pd.read_csv(path)).empty
+    with pytest.raises(SystemExit) as exit_info:
+        check.main([str(path)])
+    assert exit_info.value.code == 2
+    assert "no layer shape of ss1_tuned, ss1_cached is timed at both c = 8 and c = 16" in capsys.readouterr().err
