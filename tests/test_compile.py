@@ -454,3 +454,20 @@ def test_trace_key_follows_the_config_sources(monkeypatch):
         config.set_database(previous)
     monkeypatch.setattr(traced, "_code_digest", lambda: "another version")
     assert traced.trace_key(cpu) != base
+
+
+def test_traced_size_hint_reads_a_symbolic_size_without_a_guard():
+    """A dynamic M picks its launch config at its hint (no guard); an unbacked size at the fallback.
+    The hint's name moved between torch releases (``hint_int``, ``optimization_hint``): both work."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    from ss1bench.kernels import ss1, traced
+
+    env = ShapeEnv()
+    m = env.create_symintnode(env.create_symbol(37, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=37)
+    assert isinstance(m, torch.SymInt)
+    assert traced._size_hint(m) == 37
+    assert traced._size_hint(env.create_unbacked_symint()) == ss1.PASS_CONFIG_FALLBACK_M
+    assert traced._size_hint(5) == 5
+    assert not env.guards
