@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=2e-5,
+                        help="AdamW learning rate (BERT's usual fine-tuning rate; BERT-base with random weights "
+                             "does not learn at 1e-4 without warm-up)")
     parser.add_argument("--log-every", type=int, default=20, help="steps between log lines")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
