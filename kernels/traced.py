@@ -62,10 +62,10 @@ def _size_hint(size) -> int:
     M is looked up at the size it was first traced with)."""
     if isinstance(size, int):
         return size
-    try:  # torch >= 2.13 names it optimization_hint; 2.11 and 2.12 hint_int
+    try:  # torch >= 2.13 names it optimization_hint; 2.11 size_hint (its hint_int is deprecated)
         from torch.fx.experimental.symbolic_shapes import optimization_hint as hint
     except ImportError:
-        from torch.fx.experimental.symbolic_shapes import hint_int as hint
+        from torch.fx.experimental.symbolic_shapes import size_hint as hint
 
     return hint(size, fallback=ss1.PASS_CONFIG_FALLBACK_M)
 

@@ -458,12 +458,16 @@ def test_trace_key_follows_the_config_sources(monkeypatch):
 
 def test_traced_size_hint_reads_a_symbolic_size_without_a_guard():
     """A dynamic M picks its launch config at its hint (no guard); an unbacked size at the fallback.
-    The hint's name moved between torch releases (``hint_int``, ``optimization_hint``): both work."""
+    The hint's name moved between torch releases (``size_hint``, ``optimization_hint``; 2.11's
+    ``hint_int`` warns FutureWarning): each release's own name is used, without a warning."""
+    import warnings
+
     from torch._dynamo.source import ConstantSource
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
 
     from ss1bench.kernels import ss1, traced
 
+    warnings.simplefilter("error", FutureWarning)  # pytest restores the filters after the test
     env = ShapeEnv()
     m = env.create_symintnode(env.create_symbol(37, ConstantSource("m"), dynamic_dim=DimDynamic.DYNAMIC), hint=37)
     assert isinstance(m, torch.SymInt)
