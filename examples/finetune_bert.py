@@ -69,11 +69,14 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """Steps 1 and 2: the converted classifier (fp32 weights) on ``args.device``."""
     from transformers import BertConfig, BertForSequenceClassification
 
+    # The loss is named up front: left None, transformers sets it in the first forward, and the
+    # compiled graph, which guards on it, is compiled a second time at the second step.
+    task = {"num_labels": 2, "problem_type": "single_label_classification"}
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        model = BertForSequenceClassification.from_pretrained(args.checkpoint, num_labels=2)
+        model = BertForSequenceClassification.from_pretrained(args.checkpoint, **task)
     else:
-        model = BertForSequenceClassification(BertConfig(**(TINY if args.tiny else {}), num_labels=2))
+        model = BertForSequenceClassification(BertConfig(**(TINY if args.tiny else {}), **task))
     model.to(args.device)
     convert_to_ss_linear(model, args.redn_factor, skip_pattern=["classifier"], project=bool(args.checkpoint))
     return model
