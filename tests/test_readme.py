@@ -1,4 +1,5 @@
-"""The README's CPU example runs as written (the first thing a newcomer copies)."""
+"""The README as a newcomer uses it: its CPU example runs as written, and its commands, run from the
+repository root, import the installed packages (no folder of the checkout hides one)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,17 @@ def test_the_main_job_runs_as_written(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "my-report" / "summary.md").is_file()
+
+
+def test_no_folder_of_the_checkout_shadows_an_installed_package():
+    """Run from the repository root (``python -m pytest``, ``python -c``, a notebook in the
+    checkout), the root is on ``sys.path``, so an importable folder there hides any installed
+    package of the same name: a ``kernels/`` folder here once hid Hugging Face's ``kernels``, which
+    transformers imports with GPT-2 and BERT."""
+    from importlib.metadata import packages_distributions
+
+    installed = packages_distributions()
+    ours = {"ss1bench"}
+    folders = {path.name for path in README.parent.iterdir() if (path / "__init__.py").is_file()} - ours
+    clashes = {name: installed[name] for name in folders if name in installed and set(installed[name]) != ours}
+    assert not clashes, f"folders at the repository root shadow installed packages: {clashes}"
