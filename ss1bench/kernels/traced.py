@@ -76,10 +76,10 @@ def _code_digest() -> str:
     folder, and contents), read once per process."""
     from ss1bench.tuning.db import shipped_dir
 
-    # an installed package holds kernels/ and tuning_db/ inside its folder, an editable one beside
-    # it: each file is named once, relative to the first folder (sorted) that holds it
+    # an installed package holds tuning_db/ inside its folder, an editable one beside it: each file
+    # is named once, relative to the first folder (sorted) that holds it
     files: dict[Path, tuple[str, Path]] = {}
-    for folder in sorted({Path(ss1bench.__file__).parent, Path(__file__).parent, Path(str(shipped_dir()))}):
+    for folder in sorted({Path(ss1bench.__file__).parent, Path(str(shipped_dir()))}):
         for path in folder.rglob("*"):
             if path.suffix in (".py", ".json"):
                 files.setdefault(path.resolve(), (path.relative_to(folder).as_posix(), path))
