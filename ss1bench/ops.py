@@ -7,10 +7,11 @@ Which code does it depends on what the call needs:
   the launch config's algorithm (fused, resident, gemv or sketch + cuBLAS) from the tuning
   database for this M; it may multiply by the caller's cached rotated weight;
 - **training, eager, and every ``torch.compile`` trace**: ``F.linear(xs, wr, bias)`` with
-  ``(xs, wr) = (sketch(x), rotate(weight))`` made in one memory-bound launch
-  (:class:`_SketchRotate` eagerly, the ``ss1bench::sketch_rotate`` triton op when traced,
-  ``kernels/traced.py``). The product, its gradients and the bias are aten's, so autograd or
-  Inductor handle them as they handle ``nn.Linear``; the backward adds the two permutation passes.
+  ``(xs, wr) = (sketch(x), rotate(weight))`` made in one memory-bound launch. Eagerly the whole
+  call is one autograd node (:class:`_SketchLinear`: aten's products and bias sum around the
+  sketch launches); traced, the ``ss1bench::sketch_rotate`` triton op (``kernels/traced.py``)
+  and ``F.linear``, which Inductor schedules and fuses as it does ``nn.Linear``'s. The backward
+  adds the two permutation passes to the product's gradients.
 
 CPU tensors run the pure-torch reference (:mod:`ss1bench.reference`) on every path.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from . import reference
 from .structure import SS1Structure
@@ -94,30 +96,53 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor
 # ---- the sketch form: F.linear(sketch(x), rotate(weight), bias) -------------------------------
 
 
-class _SketchRotate(torch.autograd.Function):
-    """Eager ``(xs, wr) = (sketch(x), rotate(weight))`` in one launch, and its backward
-    (``unsketch``, ``unrotate``): the passes around the training path's ``F.linear``. It launches
-    the kernels directly, replaying launch plans after the first call per input key (a
-    ``torch.library`` op would cost tens of microseconds more per eager call); ``torch.compile``
-    traces ``ss1bench::sketch_rotate`` instead (``kernels/traced.py``)."""
+class _SketchLinear(torch.autograd.Function):
+    """Eager ``F.linear(sketch(x), rotate(weight), bias)`` as one autograd node.
+
+    Forward: ``(xs, wr)`` in one sketch-and-rotate launch, then aten's product. Backward: aten's
+    two products and the bias sum, then the unsketch and unrotate launches. The passes replay
+    launch plans after the first call per input key (a ``torch.library`` op would cost tens of
+    microseconds more per eager call). One node rather than the three or four that a sketch node
+    followed by ``F.linear`` records (the passes', addmm's, the transpose's, and under autocast
+    the bias cast's): the autograd engine's cost per node was most of an eager step's host time
+    (``docs/perf-notes.md``, v18). It saves what the product's own node would: ``xs`` for the
+    weight gradient, ``wr`` for the input gradient. The bias gradient is summed in the bias's
+    dtype (float32 under autocast). ``torch.compile`` traces ``ss1bench::sketch_rotate`` and
+    ``F.linear`` instead (``kernels/traced.py``).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, structure, out_dtype):
+    def forward(ctx, x, weight, bias, structure, dtype, out_dtype):
+        xs, rotated = _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(xs if needs_weight else None, rotated if needs_x else None)
         ctx.structure = structure
-        ctx.input_dtypes = (x.dtype, weight.dtype)
+        ctx.input_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.product_dtype = xs.dtype
         ctx.set_materialize_grads(False)
-        return _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
+        return F.linear(xs, rotated, bias if bias is None or dtype is None else bias.to(dtype))
 
     @staticmethod
-    def backward(ctx, grad_sketch, grad_rotated):
+    @once_differentiable
+    def backward(ctx, grad_y):
+        if grad_y is None:
+            return None, None, None, None, None, None
         kernels, structure = _kernels(), ctx.structure
-        x_dtype, weight_dtype = ctx.input_dtypes
-        grad_x = grad_w = None
-        if grad_sketch is not None and ctx.needs_input_grad[0]:
+        xs, rotated = ctx.saved_tensors
+        if grad_y.dtype != ctx.product_dtype:  # an autocast region the caller gave no dtype for
+            grad_y = grad_y.to(ctx.product_dtype)
+        x_dtype, weight_dtype, bias_dtype = ctx.input_dtypes
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if needs_x:
+            grad_sketch = grad_y.mm(rotated)
             grad_x = kernels.unsketch_planned(grad_sketch, structure, _cast_to(x_dtype, grad_sketch))
-        if grad_rotated is not None and ctx.needs_input_grad[1]:
+        if needs_weight:
+            grad_rotated = grad_y.t().mm(xs)
             grad_w = kernels.unrotate_planned(grad_rotated, structure, _cast_to(weight_dtype, grad_rotated))
-        return grad_x, grad_w, None, None
+        if needs_bias:
+            grad_b = grad_y.sum(0, dtype=bias_dtype)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def _cast_to(dtype: torch.dtype, tensor: torch.Tensor) -> torch.dtype | None:
@@ -137,16 +162,15 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     layer norm before a projection), and a compiled GPT-2 training step with the casts folded into
     the sketch pass instead ran 1.4x slower (``docs/perf-notes.md``, v14)."""
     out_dtype = None if dtype is None or dtype == x.dtype == weight.dtype else dtype
+    if _use_kernels(x) and not torch.compiler.is_compiling():
+        return _SketchLinear.apply(x, weight, bias, structure, dtype, out_dtype)
     if bias is not None and dtype is not None:
         bias = bias.to(dtype)
     if _use_kernels(x):
-        if torch.compiler.is_compiling():
-            if out_dtype is not None:
-                x, weight = x.to(out_dtype), weight.to(out_dtype)
-            traced = _register_traced_ops()
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, traced.trace_key(x.device))
-        else:
-            xs, rotated = _SketchRotate.apply(x, weight, structure, out_dtype)
+        if out_dtype is not None:
+            x, weight = x.to(out_dtype), weight.to(out_dtype)
+        traced = _register_traced_ops()
+        xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, traced.trace_key(x.device))
     else:
         _check_reference_inputs(structure, same_dtype=out_dtype is None, x=x, weight=weight)
         xs, rotated = reference.sketch(x, structure), reference.rotate_weight(weight, structure)

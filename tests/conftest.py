@@ -133,6 +133,21 @@ def poisoned(shape, dtype, device) -> torch.Tensor:
 
 
 @pytest.fixture
+def kernels_on_cpu(monkeypatch):
+    """The ops' CUDA path (kernels, launch plans) on CPU tensors in the interpreter."""
+    from ss1bench import ops
+    from ss1bench.kernels import plans
+    from ss1bench.kernels.config import invalidate_config_cache
+
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: self.device.type in ("cpu", "cuda")))
+    monkeypatch.setattr(plans, "current_device", lambda: 0)
+    invalidate_config_cache()
+    yield
+    invalidate_config_cache()
+
+
+@pytest.fixture
 def nan_empty(monkeypatch):
     """torch.empty returns NaN-filled floating-point tensors (integer ones as before): an output
     or intermediate that a launch plan's replay does not write in full fails the comparison."""

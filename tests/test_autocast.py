@@ -18,7 +18,6 @@ from conftest import TOLERANCE, assert_close, randn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ss1bench import SSL, ops, reference
-from ss1bench.kernels.config import invalidate_config_cache
 from ss1bench.structure import SS1Structure
 
 STRUCTURE = SS1Structure(200, 40, 4, seed=3, block_k=16, block_n=16)
@@ -35,19 +34,6 @@ class _Casts(TorchDispatchMode):
         if func is torch.ops.aten._to_copy.default:
             self.shapes.append(tuple(args[0].shape))
         return func(*args, **(kwargs or {}))
-
-
-@pytest.fixture
-def kernels_on_cpu(monkeypatch):
-    """The ops' CUDA path (kernels, launch plans) on CPU tensors in the interpreter."""
-    from ss1bench.kernels import plans
-
-    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: self.device.type in ("cpu", "cuda")))
-    monkeypatch.setattr(plans, "current_device", lambda: 0)
-    invalidate_config_cache()
-    yield
-    invalidate_config_cache()
 
 
 def _inputs(m: int, seed: int = 0, x_dtype=torch.float32):

@@ -189,13 +189,14 @@ def test_rotated_weight_cache_under_cuda_graph_capture():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
-def test_layer_autograd_on_gpu(dtype):
-    """Eager training path (sketch-and-rotate launch, F.linear, unsketch and unrotate) on CUDA
-    against the dense equivalent."""
+def test_layer_autograd_on_gpu(dtype, nan_empty):
+    """Eager training path (one autograd node: sketch-and-rotate launch, cuBLAS products,
+    unsketch and unrotate) on CUDA against the dense equivalent."""
     generator = torch.Generator(device="cuda").manual_seed(0)
     layer = SSL(768, 3072, redn_factor=4, seed=7, device="cuda", dtype=dtype)
     x = torch.randn(4, 33, 768, generator=generator, device="cuda", dtype=dtype, requires_grad=True)
     y = layer(x)
+    assert type(y.grad_fn.next_functions[0][0]).__name__ == "_SketchLinearBackward"  # under the reshape
     dense = layer.dense_weight().double()
     x64 = x.detach().double()
     y_ref = x64 @ dense.T + layer.bias.double()
