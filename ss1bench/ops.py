@@ -100,15 +100,15 @@ class _SketchLinear(torch.autograd.Function):
     """Eager ``F.linear(sketch(x), rotate(weight), bias)`` as one autograd node.
 
     Forward: ``(xs, wr)`` in one sketch-and-rotate launch, then aten's product. Backward: aten's
-    two products and the bias sum, then the unsketch and unrotate launches. The passes replay
-    launch plans after the first call per input key (a ``torch.library`` op would cost tens of
-    microseconds more per eager call). One node rather than the three or four that a sketch node
-    followed by ``F.linear`` records (the passes', addmm's, the transpose's, and under autocast
-    the bias cast's): the autograd engine's cost per node was most of an eager step's host time
-    (``docs/perf-notes.md``, v18). It saves what the product's own node would: ``xs`` for the
-    weight gradient, ``wr`` for the input gradient. The bias gradient is summed in the bias's
-    dtype (float32 under autocast). ``torch.compile`` traces ``ss1bench::sketch_rotate`` and
-    ``F.linear`` instead (``kernels/traced.py``).
+    two products and the bias sum, then unsketch and unrotate in one launch (or the one of them a
+    gradient needs). The passes replay launch plans after the first call per input key (a
+    ``torch.library`` op would cost tens of microseconds more per eager call). One node rather
+    than the three or four that a sketch node followed by ``F.linear`` records (the passes',
+    addmm's, the transpose's, and under autocast the bias cast's): the autograd engine's cost per
+    node was most of an eager step's host time (``docs/perf-notes.md``, v18). It saves what the
+    product's own node would: ``xs`` for the weight gradient, ``wr`` for the input gradient. The
+    bias gradient is summed in the bias's dtype (float32 under autocast). ``torch.compile``
+    traces ``ss1bench::sketch_rotate`` and ``F.linear`` instead (``kernels/traced.py``).
     """
 
     @staticmethod
@@ -134,11 +134,15 @@ class _SketchLinear(torch.autograd.Function):
         x_dtype, weight_dtype, bias_dtype = ctx.input_dtypes
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
-        if needs_x:
-            grad_sketch = grad_y.mm(rotated)
+        grad_sketch = grad_y.mm(rotated) if needs_x else None
+        grad_rotated = grad_y.t().mm(xs) if needs_weight else None
+        if needs_x and needs_weight:  # both passes in one launch
+            grad_x, grad_w = kernels.unsketch_unrotate_planned(grad_sketch, grad_rotated, structure,
+                                                               _cast_to(x_dtype, grad_sketch),
+                                                               _cast_to(weight_dtype, grad_rotated))
+        elif needs_x:
             grad_x = kernels.unsketch_planned(grad_sketch, structure, _cast_to(x_dtype, grad_sketch))
-        if needs_weight:
-            grad_rotated = grad_y.t().mm(xs)
+        elif needs_weight:
             grad_w = kernels.unrotate_planned(grad_rotated, structure, _cast_to(weight_dtype, grad_rotated))
         if needs_bias:
             grad_b = grad_y.sum(0, dtype=bias_dtype)

@@ -320,12 +320,12 @@ def test_eager_training_replays_its_passes_from_plans(monkeypatch, nan_empty):
         reference.ss1_forward_reference(*leaves, None, structure).backward(dy.double())
         assert_close(f"grad_x step {step}", x.grad, leaves[0].grad)
         assert_close(f"grad_w step {step}", weight.grad, leaves[1].grad)
-    assert {key[0][0] for key in launch_plans} == {"sketch_rotate", "unsketch", "unrotate"}
+    assert {key[0][0] for key in launch_plans} == {"sketch_rotate", "unsketch_unrotate"}
     invalidate_config_cache()
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("pass_name", ["unsketch", "unrotate"])
+@pytest.mark.parametrize("pass_name", ["unsketch", "unrotate", "unsketch_unrotate"])
 def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, monkeypatch, nan_empty):
     """A gradient with a unit last stride but a wider row stride (a view of a larger buffer) is
     planned as it is: its replay must read it with its own row stride."""
@@ -338,17 +338,25 @@ def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, m
     invalidate_config_cache()
     generator = torch.Generator().manual_seed(11)
     structure = SS1Structure(200, 40, 4, 3, 16, 16)
-    rows = 19 if pass_name == "unsketch" else structure.out_features
-    for call in range(2):  # the first call records, the second replays
+
+    def strided(rows):
         wide = randn(rows, 2 * structure.k_red, generator=generator)
         grad = wide[:, :structure.k_red]
         assert grad.stride() == (2 * structure.k_red, 1)
+        return grad
+
+    for call in range(2):  # the first call records, the second replays
+        grad_sketch, grad_rotated = strided(19), strided(structure.out_features)
+        expected = [reference.unsketch(grad_sketch.double(), structure),
+                    reference.unrotate_weight(grad_rotated.double(), structure)]
         if pass_name == "unsketch":
-            actual, expected = kernels.unsketch_planned(grad, structure), reference.unsketch(grad.double(), structure)
+            actual, expected = [kernels.unsketch_planned(grad_sketch, structure)], expected[:1]
+        elif pass_name == "unrotate":
+            actual, expected = [kernels.unrotate_planned(grad_rotated, structure)], expected[1:]
         else:
-            actual = kernels.unrotate_planned(grad, structure)
-            expected = reference.unrotate_weight(grad.double(), structure)
-        assert_close(f"{pass_name} call {call}", actual, expected)
+            actual = kernels.unsketch_unrotate_planned(grad_sketch, grad_rotated, structure)
+        for index, (got, wanted) in enumerate(zip(actual, expected, strict=True)):
+            assert_close(f"{pass_name} call {call} output {index}", got, wanted)
     invalidate_config_cache()
 
 

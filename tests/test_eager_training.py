@@ -125,3 +125,28 @@ def test_a_second_derivative_is_refused(kernels_on_cpu, nan_empty):
                                     create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_w.sum().backward()
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", [(19, 200, 40, 4, 16, 16), (5, 77, 33, 2, 16, 32), (1, 300, 70, 8, 32, 16)],
+                         ids=lambda case: "M{}-K{}-N{}-c{}-bk{}-bn{}".format(*case))
+@pytest.mark.parametrize("out_dtypes", [(None, None), (torch.float32, torch.float32), (None, torch.float32)],
+                         ids=["as-input", "both-fp32", "weight-fp32"])
+def test_unsketch_and_unrotate_in_one_launch(kernels_on_cpu, nan_empty, case, out_dtypes):
+    """The backward's combined pass (fp16 gradients in; each output in its own dtype) is exactly
+    the two separate permutations: every element a copy, so casts are exact; recorded on the
+    first call, replayed on the second."""
+    from ss1bench.kernels import ss1 as kernels
+
+    m, k, n, c, bk, bn = case
+    structure = SS1Structure(k, n, c, 5, bk, bn)
+    generator = torch.Generator().manual_seed(m + k)
+    for call in range(2):
+        grad_sketch = randn(m, structure.k_red, dtype=torch.float16, generator=generator)
+        grad_rotated = randn(*structure.weight_shape, dtype=torch.float16, generator=generator)
+        dx, dw = kernels.unsketch_unrotate_planned(grad_sketch, grad_rotated, structure, *out_dtypes)
+        x_dtype, weight_dtype = (dtype or torch.float16 for dtype in out_dtypes)
+        assert (dx.dtype, dw.dtype) == (x_dtype, weight_dtype), f"call {call}"
+        assert torch.equal(dx, reference.unsketch(grad_sketch.double(), structure).to(x_dtype)), f"call {call}"
+        assert torch.equal(dw, reference.unrotate_weight(grad_rotated.double(), structure).to(weight_dtype)), \
+            f"call {call}"

@@ -376,6 +376,22 @@ def _ss1_sketch_rotate_kernel(
                      C, BK, BN, VEC, ROT_N, ROT_K, False)
 
 
+@triton.jit
+def _unsketch_tile(dxs_ptr, dx_ptr, pid_m, pid_k, M, K, K_RED, stride_dxsm, stride_dxm, R0M, R1M, R3M,
+                   C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, TILE_M: tl.constexpr,
+                   TILE_K: tl.constexpr):
+    offs_m = pid_m * TILE_M + tl.arange(0, TILE_M)
+    kk = pid_k * TILE_K + tl.arange(0, TILE_K)
+    mask_m = offs_m < M
+    mask_kk = kk < K_RED
+    rows64 = offs_m.to(tl.int64)[:, None]
+    tile = tl.load(dxs_ptr + rows64 * stride_dxsm + kk[None, :], mask=mask_m[:, None] & mask_kk[None, :])
+    for r in tl.static_range(C):
+        col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
+        tl.store(dx_ptr + rows64 * stride_dxm + col[None, :], tile,
+                 mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
+
+
 @triton.jit(do_not_specialize=HASH_ARGS)
 def _ss1_unsketch_kernel(
     dxs_ptr, dx_ptr, M, K, K_RED, stride_dxsm, stride_dxm,
@@ -387,16 +403,31 @@ def _ss1_unsketch_kernel(
     Programs run row-major, like the sketch kernel's."""
     pid = tl.program_id(0)
     cols = tl.cdiv(K_RED, TILE_K)
-    offs_m = (pid // cols) * TILE_M + tl.arange(0, TILE_M)
-    kk = (pid % cols) * TILE_K + tl.arange(0, TILE_K)
-    mask_m = offs_m < M
-    mask_kk = kk < K_RED
-    rows64 = offs_m.to(tl.int64)[:, None]
-    tile = tl.load(dxs_ptr + rows64 * stride_dxsm + kk[None, :], mask=mask_m[:, None] & mask_kk[None, :])
-    for r in tl.static_range(C):
-        col = _member_columns(kk, r, R0M, R1M, R3M, C, BK, VEC)
-        tl.store(dx_ptr + rows64 * stride_dxm + col[None, :], tile,
-                 mask=mask_m[:, None] & (mask_kk & (col < K))[None, :])
+    _unsketch_tile(dxs_ptr, dx_ptr, pid // cols, pid % cols, M, K, K_RED, stride_dxsm, stride_dxm,
+                   R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_unsketch_unrotate_kernel(
+    dxs_ptr, dx_ptr, dwr_ptr, dw_ptr, M, N, K, K_RED, stride_dxsm, stride_dxm, stride_dwr, stride_dw,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
+):
+    """The backward's two memory-bound passes in one launch (the sketch-and-rotate kernel's
+    inverse): the first programs write dx = unsketch(dxs) (TILE_M x TILE_K tiles), the others
+    dWc = unrotate(dWr) (ROT_N x ROT_K tiles)."""
+    pid = tl.program_id(0)
+    sketch_cols = tl.cdiv(K_RED, TILE_K)
+    sketch_programs = tl.cdiv(M, TILE_M) * sketch_cols
+    if pid < sketch_programs:
+        _unsketch_tile(dxs_ptr, dx_ptr, pid // sketch_cols, pid % sketch_cols, M, K, K_RED, stride_dxsm,
+                       stride_dxm, R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
+    else:
+        pid -= sketch_programs
+        rot_cols = tl.cdiv(K_RED, ROT_K)
+        _rotate_tile(dwr_ptr, dw_ptr, pid // rot_cols, pid % rot_cols, N, K_RED, stride_dwr, stride_dw, R2M,
+                     C, BK, BN, VEC, ROT_N, ROT_K, True)
 
 
 @triton.jit

@@ -130,20 +130,21 @@ def forward_plan(cfg: LaunchConfig, launches: list, m: int, n: int, k_red: int):
 
 
 def pass_plan(launches: list, output_shapes: tuple[tuple[int, ...], ...], interleaved: bool = False,
-              out_dtype: torch.dtype | None = None):
+              out_dtypes: tuple[torch.dtype | None, ...] | None = None):
     """The replay of one memory-bound pass: one launch whose leading tensors are the pass's inputs
-    followed by its fresh outputs (``output_shapes``, of ``out_dtype``, else each one's input's
-    dtype, on the first input's device), or, with ``interleaved``, input, output, input, output
-    (the sketch-and-rotate kernel). Returns the output (or the tuple of outputs); None where the
-    launch could not be recorded."""
+    followed by its fresh outputs (``output_shapes``, of ``out_dtypes``, where an entry is None
+    the matching input's dtype, on the first input's device), or, with ``interleaved``, input,
+    output, input, output (the sketch-and-rotate and unsketch-and-unrotate kernels). Returns the
+    output (or the tuple of outputs); None where the launch could not be recorded."""
     if not _replayable(launches, 1):
         return None
     (kernel,) = launches
+    out_dtypes = out_dtypes or (None,) * len(output_shapes)
 
     def plan(*inputs):
         device = inputs[0].device
-        outputs = [torch.empty(shape, dtype=out_dtype or source.dtype, device=device)
-                   for shape, source in zip(output_shapes, inputs, strict=False)]
+        outputs = [torch.empty(shape, dtype=dtype or source.dtype, device=device)
+                   for shape, dtype, source in zip(output_shapes, out_dtypes, inputs, strict=False)]
         if interleaved:
             kernel(*(t for pair in zip(inputs, outputs, strict=True) for t in pair))
         else:

@@ -52,6 +52,7 @@ from .jit import (
     _ss1_sketch_kernel,
     _ss1_sketch_rotate_kernel,
     _ss1_unsketch_kernel,
+    _ss1_unsketch_unrotate_kernel,
 )
 from .launch import interpreting, record
 from .launch import launch as launch_kernel
@@ -266,20 +267,25 @@ def sketch_and_rotate(x: torch.Tensor, weight: torch.Tensor, structure: SS1Struc
     written in ``out_dtype`` (None: each input's own): the kernel sums in float32 and rounds once
     on its store, so an ``out_dtype`` output is the cast of the input-dtype one, without the cast's
     launch and its extra read and write."""
-    m = x.shape[0]
-    n, k_red = structure.weight_shape
+    m, (n, k_red) = x.shape[0], structure.weight_shape
     xs = torch.empty((m, k_red), dtype=out_dtype or x.dtype, device=x.device)
     wr = torch.empty((n, k_red), dtype=out_dtype or weight.dtype, device=weight.device)
-    programs = (math.prod(_sketch_grid(m, k_red, cfg))
-                + cdiv(n, ROTATE_TILE_N) * cdiv(k_red, ROTATE_TILE_K))
-    launch(
-        _ss1_sketch_rotate_kernel, (programs,),
-        x, xs, weight, wr, m, n, structure.in_features, k_red, x.stride(0), xs.stride(0),
-        weight.stride(0), wr.stride(0), **_structure_args(structure),
-        TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, ROT_N=ROTATE_TILE_N, ROT_K=ROTATE_TILE_K,
-        num_warps=cfg.num_warps,
-    )
+    _launch_paired(_ss1_sketch_rotate_kernel, x, xs, weight, wr, m, structure, cfg, launch)
     return xs, wr
+
+
+def _launch_paired(kernel, first_in: torch.Tensor, first_out: torch.Tensor, second_in: torch.Tensor,
+                   second_out: torch.Tensor, m: int, structure: SS1Structure, cfg: LaunchConfig, launch) -> None:
+    """One launch of a paired-pass kernel: the (un)sketch pass over M rows in ``cfg``'s tiles,
+    then the (un)rotation of the (N, K_red) weight in fixed tiles, as one 1-D grid."""
+    n, k_red = structure.weight_shape
+    programs = math.prod(_sketch_grid(m, k_red, cfg)) + cdiv(n, ROTATE_TILE_N) * cdiv(k_red, ROTATE_TILE_K)
+    launch(
+        kernel, (programs,),
+        first_in, first_out, second_in, second_out, m, n, structure.in_features, k_red, first_in.stride(0),
+        first_out.stride(0), second_in.stride(0), second_out.stride(0), **_structure_args(structure),
+        TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, ROT_N=ROTATE_TILE_N, ROT_K=ROTATE_TILE_K, num_warps=cfg.num_warps,
+    )
 
 
 def unsketch(dxs: torch.Tensor, structure: SS1Structure, cfg: LaunchConfig, out: torch.Tensor,
@@ -308,11 +314,11 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure, inverse: bool =
 
 
 def _planned_pass(kind: Hashable, structure: SS1Structure, inputs: tuple, run, output_shapes: tuple,
-                  interleaved: bool = False, out_dtype: torch.dtype | None = None):
+                  interleaved: bool = False, out_dtypes: tuple | None = None):
     """``run(*inputs)`` (a pass launcher with its checks) on the first eager call per plan key,
     its launch recorded as a plan; later calls with the same key replay it (``kernels/plans.py``).
     Inputs the launcher would copy to a unit last stride keep no plan (a replay passes them as
-    they are)."""
+    they are). ``out_dtypes``: each output's dtype, None for its input's."""
     key = plans.plan_key(kind, structure, *inputs)
     plan = launch_plans.get(key)
     if plan is not None:
@@ -321,7 +327,7 @@ def _planned_pass(kind: Hashable, structure: SS1Structure, inputs: tuple, run, o
         return run(*inputs)
     with record() as launches:
         output = run(*inputs)
-    plans.keep_plan(key, plans.pass_plan(launches, output_shapes, interleaved, out_dtype))
+    plans.keep_plan(key, plans.pass_plan(launches, output_shapes, interleaved, out_dtypes))
     return output
 
 
@@ -342,7 +348,7 @@ def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: 
     shapes = ((x.shape[0], structure.k_red), structure.weight_shape)
     return _planned_pass(("sketch_rotate", out_dtype), structure, (x, weight),
                          lambda x, weight: sketch_rotate_pass(x, weight, structure, x.shape[0], out_dtype=out_dtype),
-                         shapes, interleaved=True, out_dtype=out_dtype)
+                         shapes, interleaved=True, out_dtypes=(out_dtype, out_dtype))
 
 
 def unsketch_pass(grad_sketch: torch.Tensor, structure: SS1Structure, m_hint: int,
@@ -362,7 +368,7 @@ def unsketch_planned(grad_sketch: torch.Tensor, structure: SS1Structure,
     """:func:`unsketch_pass` for the eager training path; planned."""
     return _planned_pass(("unsketch", out_dtype), structure, (grad_sketch,),
                          lambda g: unsketch_pass(row_major(g), structure, g.shape[0], out_dtype=out_dtype),
-                         ((grad_sketch.shape[0], structure.in_features),), out_dtype=out_dtype)
+                         ((grad_sketch.shape[0], structure.in_features),), out_dtypes=(out_dtype,))
 
 
 def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure,
@@ -374,7 +380,36 @@ def unrotate_planned(grad_rotated: torch.Tensor, structure: SS1Structure,
         return rotate_weight(row_major(g), structure, inverse=True, out=out)
 
     return _planned_pass(("unrotate", out_dtype), structure, (grad_rotated,), run, (structure.weight_shape,),
-                         out_dtype=out_dtype)
+                         out_dtypes=(out_dtype,))
+
+
+def unsketch_and_unrotate(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, structure: SS1Structure,
+                          cfg: LaunchConfig, x_dtype: torch.dtype | None = None,
+                          weight_dtype: torch.dtype | None = None,
+                          launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(unsketch(grad_sketch), unrotate(grad_rotated))`` in one launch (the backward's two
+    memory-bound passes), into new tensors of ``x_dtype`` and ``weight_dtype`` (None: each
+    input's own; copies per element, so the casts are exact). ``cfg``: the unsketch tile."""
+    m = grad_sketch.shape[0]
+    dx = torch.empty((m, structure.in_features), dtype=x_dtype or grad_sketch.dtype, device=grad_sketch.device)
+    dw = torch.empty(structure.weight_shape, dtype=weight_dtype or grad_rotated.dtype, device=grad_rotated.device)
+    _launch_paired(_ss1_unsketch_unrotate_kernel, grad_sketch, dx, grad_rotated, dw, m, structure, cfg, launch)
+    return dx, dw
+
+
+def unsketch_unrotate_planned(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, structure: SS1Structure,
+                              x_dtype: torch.dtype | None = None,
+                              weight_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unsketch_and_unrotate` for the eager training path (the unsketch tile of
+    :func:`sketch_pass_config` for the gradient's rows); planned per input key and output dtypes."""
+    def run(g_sketch: torch.Tensor, g_rotated: torch.Tensor):
+        cfg = sketch_pass_config("grad_input", g_sketch.shape[0], structure, g_sketch.dtype, g_sketch.device)
+        return unsketch_and_unrotate(row_major(g_sketch), row_major(g_rotated), structure, cfg, x_dtype,
+                                     weight_dtype)
+
+    shapes = ((grad_sketch.shape[0], structure.in_features), structure.weight_shape)
+    return _planned_pass(("unsketch_unrotate", x_dtype, weight_dtype), structure, (grad_sketch, grad_rotated),
+                         run, shapes, interleaved=True, out_dtypes=(x_dtype, weight_dtype))
 
 
 def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
