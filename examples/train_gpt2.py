@@ -130,6 +130,10 @@ def build_model(name: str, args: argparse.Namespace) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)  # same dense init for both models
         model = GPT2LMHeadModel(config)
+        if getattr(model, "loss_type", None) is None:
+            # transformers maps GPT2LMHeadModel's name to no loss and warns before falling back to
+            # the causal-LM loss; name that loss.
+            model.loss_type = "ForCausalLM"
         if name == "ss1":
             convert_to_ss_linear(model, args.redn_factor, skip_attention=args.skip_attention,
                                  project=args.project)

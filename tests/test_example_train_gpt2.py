@@ -1,4 +1,4 @@
-"""``examples/train_gpt2.py`` without training: its --help and its final table (CPU, no transformers)."""
+"""``examples/train_gpt2.py`` without training: its --help, its final table (CPU) and the loss its model names."""
 
 from __future__ import annotations
 
@@ -51,3 +51,15 @@ def test_the_final_table_says_n_a_on_cpu_and_which_figures_are_which(example):
         assert row.split()[-1] == "n/a" and "nan" not in row
     assert "0.95x" in lines[2]
     assert "after --warmup-steps" in lines[-1] and "per interval" in lines[-1]
+
+
+def test_the_model_names_a_loss_transformers_knows(example):
+    """GPT2LMHeadModel's class name maps to no loss in transformers 5.x, which then warns on the
+    first step ("loss_type=None ... unrecognized") before falling back to the causal-LM loss: the
+    example names that loss itself."""
+    pytest.importorskip("transformers")
+    loss_utils = pytest.importorskip("transformers.loss.loss_utils")
+    args = example.build_parser().parse_args(["--device", "cpu", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+                                              "--vocab", "64", "--seq", "16"])
+    model = example.build_model("dense", args)
+    assert model.loss_type in loss_utils.LOSS_MAPPING
