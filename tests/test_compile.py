@@ -245,8 +245,8 @@ def case_id(case) -> str:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_eager_training_on_the_kernels_matches_the_reference(case, dtype, monkeypatch, nan_empty):
-    """_SketchRotate (sketch-and-rotate launch, unsketch and unrotate launches) with F.linear:
-    output and every gradient against float64, every intermediate NaN-poisoned."""
+    """The eager training node (sketch-and-rotate launch, the product, the unsketch and unrotate
+    launch): output and every gradient against float64, every intermediate NaN-poisoned."""
     m, k, n, c, bk, bn = case
     monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
     generator = torch.Generator().manual_seed(m * k)
@@ -291,17 +291,13 @@ def test_triton_ops_match_the_reference(case, nan_empty):
 
 
 @pytest.mark.interpret
-def test_eager_training_replays_its_passes_from_plans(monkeypatch, nan_empty):
-    """From the second step on, the training path's three passes replay their recorded launches
-    (no checks, no config lookup), and the gradients stay those of the reference."""
-    from ss1bench.kernels import plans
+def test_eager_training_replays_its_passes_from_plans(kernels_on_cpu, monkeypatch, nan_empty):
+    """From the second step on, the training path's passes (sketch-and-rotate; unsketch and
+    unrotate in one launch) replay their recorded launches (no checks, no config lookup), and the
+    gradients stay those of the reference."""
     from ss1bench.kernels import ss1 as kernels
-    from ss1bench.kernels.config import invalidate_config_cache, launch_plans
+    from ss1bench.kernels.config import launch_plans
 
-    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the plan key's device lookup
-    monkeypatch.setattr(plans, "current_device", lambda: 0)
-    invalidate_config_cache()
     generator = torch.Generator().manual_seed(5)
     structure = SS1Structure(200, 40, 4, 3, 16, 16)
     weight = (randn(*structure.weight_shape, generator=generator) / 4).requires_grad_()
@@ -321,21 +317,15 @@ def test_eager_training_replays_its_passes_from_plans(monkeypatch, nan_empty):
         assert_close(f"grad_x step {step}", x.grad, leaves[0].grad)
         assert_close(f"grad_w step {step}", weight.grad, leaves[1].grad)
     assert {key[0][0] for key in launch_plans} == {"sketch_rotate", "unsketch_unrotate"}
-    invalidate_config_cache()
 
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("pass_name", ["unsketch", "unrotate", "unsketch_unrotate"])
-def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, monkeypatch, nan_empty):
+def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, kernels_on_cpu, nan_empty):
     """A gradient with a unit last stride but a wider row stride (a view of a larger buffer) is
     planned as it is: its replay must read it with its own row stride."""
-    from ss1bench.kernels import plans
     from ss1bench.kernels import ss1 as kernels
-    from ss1bench.kernels.config import invalidate_config_cache
 
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the plan key's device lookup
-    monkeypatch.setattr(plans, "current_device", lambda: 0)
-    invalidate_config_cache()
     generator = torch.Generator().manual_seed(11)
     structure = SS1Structure(200, 40, 4, 3, 16, 16)
 
@@ -357,7 +347,6 @@ def test_planned_backward_passes_replay_row_strided_gradients_right(pass_name, m
             actual = kernels.unsketch_unrotate_planned(grad_sketch, grad_rotated, structure)
         for index, (got, wanted) in enumerate(zip(actual, expected, strict=True)):
             assert_close(f"{pass_name} call {call} output {index}", got, wanted)
-    invalidate_config_cache()
 
 
 def test_registering_the_traced_ops_adds_no_guard(monkeypatch):
