@@ -49,26 +49,29 @@ def _tile_ids(pid, num_pid_rows, num_pid_cols, GROUP: tl.constexpr):
 def _member_columns(kk, r: tl.constexpr, R0M, R1M, R3M, C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
     """Dense column of member r for compressed columns kk: (it*C + r)*BK + ((t + a(it, r)) mod BK).
 
-    Every hash term is already reduced mod BK, so the largest intermediate is 3 * BK**2.
+    Index math in this file is on non-negative values with power-of-two divisors, so every mod is
+    an AND and every division an unsigned one: Triton compiles a signed ``%`` or ``//`` with a
+    sign fix-up per element, which made up about half of a small-M kernel's instructions. The AND
+    also keeps the result exact if a hash product wraps in int32.
     """
-    it = kk // BK
-    t = kk % BK
+    t = kk & (BK - 1)
     if C == 1:
         col = kk
     else:
-        shift = (R3M + R1M * ((it + 1) % BK) + R0M * ((r + 1) % BK)) % BK
-        shift = (shift * VEC) % BK
-        col = (it * C + r) * BK + ((t + shift) % BK)
+        it = (kk.to(tl.uint32) // BK).to(tl.int32)
+        shift = ((R3M + R1M * ((it + 1) & (BK - 1)) + R0M * ((r + 1) % BK)) * VEC) & (BK - 1)
+        col = (kk - t) * C + r * BK + ((t + shift) & (BK - 1))
     return tl.max_contiguous(tl.multiple_of(col, VEC), VEC)
 
 
 @triton.jit
 def _row_rotations(offs_n, R2M, C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr):
     """d(j) for the N block j = n // BN of every row n (zero when C == 1)."""
-    if C == 1:  # noqa: SIM108 - a constexpr branch: Triton compiles only the taken side
+    if C == 1:  # a constexpr branch: Triton compiles only the taken side
         rot = offs_n * 0
     else:
-        rot = ((R2M * ((offs_n // BN) % BK)) % BK * VEC) % BK
+        j = (offs_n.to(tl.uint32) // BN).to(tl.int32)
+        rot = (R2M * (j & (BK - 1)) * VEC) & (BK - 1)
     return rot
 
 
@@ -87,9 +90,8 @@ def _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
 @triton.jit
 def _rotated_weight_columns(kk, rot_n, BK: tl.constexpr, VEC: tl.constexpr):
     """Wc column of Wr[n, kk]: (kk // BK)*BK + ((kk mod BK - d(n)) mod BK), shape (N tile, K tile)."""
-    it = kk // BK
-    t = kk % BK
-    col = (it * BK)[None, :] + ((t[None, :] - rot_n[:, None]) & (BK - 1))
+    t = kk & (BK - 1)
+    col = (kk - t)[None, :] + ((t[None, :] - rot_n[:, None]) & (BK - 1))
     return tl.max_contiguous(tl.multiple_of(col, [1, VEC]), [1, VEC])
 
 
