@@ -113,13 +113,18 @@ def _resource_usage(cubin: bytes) -> dict:
 def compile_case(name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int, arch: int) -> dict:
     fn = getattr(kernels, name)
     result = dict(kernel=name, dtype=dtype, num_warps=num_warps, num_stages=num_stages,
-                  **{k: v for k, v in constexprs.items() if k in ("C", "TILE_M", "TILE_N", "TILE_K", "KR", "ROWS")})
+                  **{k: v for k, v in constexprs.items()
+                     if k in ("C", "TILE_M", "TILE_N", "TILE_K", "KR", "ROWS", "SPLIT_K")})
     try:
         compiled = triton.compile(_source(fn, dtype, constexprs), target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=num_warps, num_stages=num_stages))
     except Exception as exc:  # reported per case: the caller decides what fails
         return dict(result, ok=False, error=f"{type(exc).__name__}: {str(exc)[:2000]}")
-    return dict(result, ok=True, shared=compiled.metadata.shared, **_resource_usage(compiled.asm["cubin"]))
+    # signed division and remainder ops: each compiles to a sign fix-up per element, so the
+    # index math uses AND and unsigned division instead (kernels/jit.py, _member_columns)
+    signed_divmod = len(re.findall(r"arith\.(?:divsi|remsi)\b", compiled.asm["ttir"]))
+    return dict(result, ok=True, shared=compiled.metadata.shared, signed_divmod=signed_divmod,
+                **_resource_usage(compiled.asm["cubin"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,3 +53,16 @@ def test_every_kernel_is_covered(compiled):
 def test_shared_memory_within_the_part(compiled):
     over = [(r["kernel"], r["dtype"], r["shared"]) for r in compiled if r["ok"] and r["shared"] > SM90_SHARED_MEMORY]
     assert not over, f"over {SM90_SHARED_MEMORY} B of shared memory: {over}"
+
+
+def test_index_math_does_not_grow_with_c(compiled):
+    """The sketch's index math is per member: with signed ``//`` and ``%`` it cost a sign fix-up per
+    element and member, about half of a small-M kernel's instructions. Every kernel now has the
+    same number of signed divisions and remainders (its grid arithmetic) at every c."""
+    counts: dict[str, set[int]] = {}
+    for r in compiled:
+        if r["ok"] and r.get("C") is not None and r.get("SPLIT_K", 1) == 1:
+            counts.setdefault(r["kernel"], set()).add(r["signed_divmod"])
+    assert counts, "no kernel compiled at a reduction factor"
+    growing = {name: sorted(found) for name, found in counts.items() if len(found) > 1}
+    assert not growing, f"signed division/remainder counts differ across c: {growing}"
