@@ -77,7 +77,9 @@ _KIND_LABELS = {"forward": "fwd", "forward_rotated": "fwr", "grad_input": "gin",
 @click.option("--dtype", "dtypes", default="fp16", show_default=True, help="Comma-separated: fp16, bf16, fp32.")
 @click.option("--kinds", default="forward", show_default=True,
               help=f"Comma-separated kernels: {', '.join(KINDS)} (forward_rotated: the forward with the layer's "
-                   "rotated-weight cache on, for inference).")
+                   "rotated-weight cache on, for inference; grad_input, grad_weight: the fused backward kernels; "
+                   "SSL's training path runs its backward products in cuBLAS and takes at most the unsketch tile "
+                   "of a grad_input record).")
 @click.option("--db", "db_override", default=None,
               help="Database to write: a .json file or a directory of <GPU>.json (default: $SS1BENCH_DB or the "
                    "user data dir).")
