@@ -37,8 +37,8 @@ SIZES = ("M", "N", "K", "K_RED")
 
 _S = dict(BK=128, BN=128, VEC=8)  # structural constants of the common GPT-2/Llama structures
 
-#: (kernel, dtype, constexpr values, num_warps, num_stages): each algorithm and kind, a few c and
-#: tile shapes of the tuning space, every dtype.
+#: (kernel, dtype, constexpr values, num_warps, num_stages[, maxnreg]): each algorithm and kind, a
+#: few c and tile shapes of the tuning space, every dtype.
 CASES = [
     ("_ss1_forward_kernel", "fp16", dict(C=1, **_S, HAS_BIAS=True, TILE_M=128, TILE_N=128, TILE_K=64,
                                          GROUP_M=8, SPLIT_K=1, DOT_PRECISION="ieee"), 8, 3),
@@ -55,6 +55,9 @@ CASES = [
                                                   DOT_PRECISION="ieee"), 8, 2),
     ("_ss1_gemv_forward_kernel", "fp16", dict(C=8, **_S, HAS_BIAS=True, ROWS=1, TILE_N=64, TILE_K=128), 4, 3),
     ("_ss1_gemv_forward_kernel", "bf16", dict(C=2, **_S, HAS_BIAS=False, ROWS=4, TILE_N=32, TILE_K=64), 4, 3),
+    # the tuner's decode refinement: ptxas's register target lifted (maxnreg)
+    ("_ss1_gemv_forward_kernel", "fp16", dict(C=16, BK=16, BN=128, VEC=8, HAS_BIAS=True, ROWS=1, TILE_N=64,
+                                              TILE_K=64), 4, 3, 255),
     ("_ss1_sketch_kernel", "fp16", dict(C=16, **_S, TILE_M=16, TILE_K=128), 4, 1),
     ("_ss1_sketch_kernel", "fp32", dict(C=2, BK=64, BN=128, VEC=8, TILE_M=32, TILE_K=64), 4, 1),
     ("_ss1_sketch_rotate_kernel", "bf16", dict(C=4, **_S, TILE_M=16, TILE_K=128, ROT_N=32, ROT_K=128), 4, 1),
@@ -110,14 +113,16 @@ def _resource_usage(cubin: bytes) -> dict:
     return dict(regs=int(found[1]), stack=int(found[2]), local=int(found[3])) if found else {}
 
 
-def compile_case(name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int, arch: int) -> dict:
+def compile_case(name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int, maxnreg: int | None = None,
+                 *, arch: int) -> dict:
     fn = getattr(kernels, name)
-    result = dict(kernel=name, dtype=dtype, num_warps=num_warps, num_stages=num_stages,
+    options = dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+    result = dict(kernel=name, dtype=dtype, **options,
                   **{k: v for k, v in constexprs.items()
                      if k in ("C", "TILE_M", "TILE_N", "TILE_K", "KR", "ROWS", "SPLIT_K")})
     try:
         compiled = triton.compile(_source(fn, dtype, constexprs), target=GPUTarget("cuda", arch, 32),
-                                  options=dict(num_warps=num_warps, num_stages=num_stages))
+                                  options=options)
     except Exception as exc:  # reported per case: the caller decides what fails
         return dict(result, ok=False, error=f"{type(exc).__name__}: {str(exc)[:2000]}")
     # signed division and remainder ops: each compiles to a sign fix-up per element, so the

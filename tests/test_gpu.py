@@ -99,6 +99,9 @@ FORWARD_CONFIGS = {
     "resident": LaunchConfig(64, 128, 256, 4, 2, group_m=1, algorithm="resident"),
     "gemv": LaunchConfig(1, 32, 256, 4, 3, group_m=1, algorithm="gemv"),
     "gemv-rows": LaunchConfig(4, 16, 128, 8, 3, group_m=1, algorithm="gemv"),
+    # the decode refinement's register cap (compiled with Triton's maxnreg option)
+    "gemv-maxnreg": LaunchConfig(1, 64, 64, 4, 3, group_m=1, algorithm="gemv", maxnreg=255),
+    "fused-maxnreg": LaunchConfig(16, 64, 64, 4, 3, maxnreg=255),
 }
 
 

@@ -365,3 +365,26 @@ def test_a_wrong_rotated_weight_is_an_error(generator, tensor, message):
     structure, x, w = _small_problem(generator)
     with pytest.raises((ValueError, TypeError), match=message):
         kernels.ss1_forward(x, w, None, structure, rotated_weight=tensor(w.clone()))
+
+
+@pytest.mark.parametrize("config", [
+    LaunchConfig(tile_m=1, tile_n=32, tile_k=64, num_warps=4, num_stages=3, algorithm="gemv", maxnreg=255),
+    LaunchConfig(tile_m=16, tile_n=32, tile_k=32, num_warps=4, num_stages=2, maxnreg=255),
+], ids=_cfg_id)
+def test_a_register_cap_reaches_the_launch_and_keeps_the_result(config, monkeypatch):
+    structure = SS1Structure(130, 24, 16, seed=27, block_k=16, block_n=16)
+    gen = torch.Generator().manual_seed(3)
+    x = randn(3, 130, dtype=torch.float32, generator=gen)
+    w = randn(*structure.weight_shape, dtype=torch.float32, generator=gen)
+    b = randn(24, dtype=torch.float32, generator=gen)
+    seen = []
+    launch = kernels.launch_kernel
+
+    def recording(kernel, grid, *args, **kwargs):
+        seen.append(kwargs.get("maxnreg"))
+        return launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch_kernel", recording)
+    y = kernels.ss1_forward(x, w, b, structure, config, out=poisoned((3, 24), torch.float32, "cpu"))
+    assert seen[0] == 255
+    assert_close("y", y, reference.ss1_forward_reference(x.double(), w.double(), b.double(), structure))

@@ -78,7 +78,7 @@ def test_second_launch_with_the_same_specialization_is_direct(kernel):
 
 
 @pytest.mark.parametrize("change", ["misaligned tensor", "dtype", "int one", "int not multiple of 16",
-                                    "int64 range", "constexpr", "num_warps", "no-specialize int64"])
+                                    "int64 range", "constexpr", "num_warps", "maxnreg", "no-specialize int64"])
 def test_a_different_specialization_goes_through_triton(kernel, change):
     base = torch.zeros(64)
     args = {"x": base, "n": 32, "seed": 5, "BLOCK": 16, "num_warps": 4}
@@ -98,10 +98,12 @@ def test_a_different_specialization_goes_through_triton(kernel, change):
         changed["BLOCK"] = 32
     elif change == "num_warps":
         changed["num_warps"] = 8
+    elif change == "maxnreg":  # a compile option like num_warps: another binary
+        changed["maxnreg"] = 255
     else:
         changed["seed"] = 2**40
     direct.launch(kernel, (1,), changed["x"], changed["n"], seed=changed["seed"], BLOCK=changed["BLOCK"],
-                  num_warps=changed["num_warps"])
+                  num_warps=changed["num_warps"], **({"maxnreg": changed["maxnreg"]} if "maxnreg" in changed else {}))
     assert paths(kernel) == ["triton", "triton"]
 
 
@@ -187,8 +189,8 @@ def test_inline_key_entries_equal_spec():
     key = direct.specialization_key(Info, values, 4, 2, 0)
     expected = [entry for value, off in zip(values, Info.no_specialize, strict=True)
                 for entry in direct.spec(value, off)]
-    assert key == (0, 4, 2, *expected)
-    assert len(set(key[3:7])) == 4  # 1, unspecialized 7, 32 and a 64-bit value key differently
+    assert key == (0, 4, 2, None, *expected)
+    assert len(set(key[4:8])) == 4  # 1, unspecialized 7, 32 and a 64-bit value key differently
 
 
 # ---- recorded launches (the forward plans' building block) ---------------------------------------

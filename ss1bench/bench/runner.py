@@ -114,18 +114,20 @@ def _fill_(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def _format_config(config) -> str:
-    """``fused:128x128x64/w8/s3/g8`` or ``sketch_gemm:32x128/w4`` (the fields each algorithm uses)."""
+    """``fused:128x128x64/w8/s3/g8`` or ``sketch_gemm:32x128/w4`` (the fields each algorithm uses;
+    ``/r255`` with a register cap)."""
     algorithm = getattr(config, "algorithm", "fused")
     if algorithm == "sketch_gemm":
         return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
+    regs = f"/r{config.maxnreg}" if getattr(config, "maxnreg", 0) else ""
     if algorithm == "gemv":
-        return f"gemv:{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
+        return f"gemv:{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}{regs}"
     if algorithm == "resident":
-        return f"resident:{config.tile_m}x{config.tile_n}/w{config.num_warps}/s{config.num_stages}"
+        return f"resident:{config.tile_m}x{config.tile_n}/w{config.num_warps}/s{config.num_stages}{regs}"
     text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
     text += f"/g{config.group_m}"
     text += f"/split{config.split_m}" if config.split_m > 1 else ""
-    return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "")
+    return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "") + regs
 
 
 def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device,

@@ -61,6 +61,10 @@ RESIDENT_TARGET_PROGRAMS = 256
 #: give 227 KiB. Heuristic configs always fit this, so they launch everywhere.
 FALLBACK_SHARED_MEMORY = 99 * 1024
 
+#: Smallest register cap a config may ask for: the setting is there to lift ptxas's own register
+#: target (so it can keep more loads in flight), not to squeeze a kernel into fewer registers.
+MIN_MAXNREG = 64
+
 #: Decode-size M: at or below it the forward heuristic uses the smallest M tile (16, the
 #: smallest tl.dot accepts) and wide N tiles, since the weight read dominates.
 DECODE_MAX_M = 64
@@ -81,6 +85,12 @@ class LaunchConfig:
     ``tile_k`` does not apply (canonical value: :func:`resident_width`); ``num_stages`` pipelines
     the weight tiles of the N sweep. With ``algorithm="gemv"`` (forward only) ``tile_m`` is the
     number of rows per program (a power of two, 1 allowed: no tensor-core 16-row minimum).
+
+    ``maxnreg`` (0: unset) is the registers-per-thread cap handed to ptxas (Triton's ``maxnreg``
+    option) for the Triton kernel of every algorithm but ``sketch_gemm``. With it set, ptxas issues the
+    sketch's c member loads of a decode kernel back to back instead of two or three at a time
+    (more registers, which a decode grid of a few dozen programs does not miss); the tuner tries
+    it on decode winners.
     """
 
     tile_m: int = 64
@@ -92,6 +102,7 @@ class LaunchConfig:
     split_m: int = 1
     algorithm: str = "fused"
     split_k: int = 1
+    maxnreg: int = 0
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -108,9 +119,26 @@ class LaunchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LaunchConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.maxnreg, int) or not (self.maxnreg == 0 or MIN_MAXNREG <= self.maxnreg <= 255):
+            raise ValueError(f"LaunchConfig.maxnreg must be 0 (unset) or {MIN_MAXNREG}..255, got {self.maxnreg!r}")
+        if self.maxnreg and self.algorithm == "sketch_gemm":
+            raise ValueError("LaunchConfig.maxnreg does not apply to sketch_gemm (its sketch kernel has no "
+                             "product; the product is cuBLAS's)")
+
+    def compiler_options(self) -> dict[str, int]:
+        """The Triton compile options of a launch with this config."""
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg:
+            options["maxnreg"] = self.maxnreg
+        return options
 
     def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        """The fields, ``maxnreg`` only when set (so a record without it reads the same in a
+        version that does not know the field)."""
+        data = dataclasses.asdict(self)
+        if not self.maxnreg:
+            del data["maxnreg"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> LaunchConfig:

@@ -114,8 +114,10 @@ def is_decode(m: int) -> bool:
 
 
 def grid_point(config: LaunchConfig, kind: str, m: int) -> LaunchConfig:
-    """``config`` with the pipeline depth and group size the tuner's grid gives it (undoing the
-    tuner's refinements, see :data:`GRID_STAGES`)."""
+    """``config`` with the pipeline depth, group size and register cap the tuner's grid gives it
+    (undoing the tuner's refinements, see :data:`GRID_STAGES`)."""
+    if config.maxnreg:
+        config = dataclasses.replace(config, maxnreg=0)
     if config.algorithm == "fused":
         base = "forward" if kind in FORWARD_KINDS else kind
         return dataclasses.replace(config, num_stages=GRID_STAGES[(base, is_decode(m))], group_m=GRID_GROUP_M)

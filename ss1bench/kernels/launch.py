@@ -22,7 +22,7 @@ where Triton would pick the same one:
 - tensors: dtype and whether the data pointer is 16-byte aligned;
 - integers: whether the value is 1, divisible by 16, and its integer type range (parameters in
   ``do_not_specialize``: the range only); floats and bools: their type (bools: their value);
-- ``num_warps``, ``num_stages`` and the current CUDA device.
+- ``num_warps``, ``num_stages``, ``maxnreg`` and the current CUDA device.
 
 The first call for a key goes through ``kernel[grid]`` (which compiles, or loads Triton's cache)
 and keeps the binary it returns. In the interpreter (``TRITON_INTERPRET=1``), for arguments of
@@ -173,13 +173,14 @@ def spec(value: Any, no_specialize: bool) -> tuple | None:
     return None
 
 
-def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, device: int) -> tuple | None:
+def specialization_key(info: _KernelInfo, values: list, num_warps, num_stages, device: int,
+                       maxnreg=None) -> tuple | None:
     """The key of one launch: the constexpr values, :func:`spec` of each runtime argument, the
     compile options and the device, flattened into one tuple (each position's entries have types
     that cannot be confused)."""
     if len(values) != len(info.constexpr):
         raise ValueError(f"{len(values)} launch arguments for {len(info.constexpr)} kernel parameters")
-    parts: list = [device, num_warps, num_stages]
+    parts: list = [device, num_warps, num_stages, maxnreg]
     append = parts.append
     for value, constexpr, no_specialize in zip(values, info.constexpr, info.no_specialize, strict=False):
         if constexpr:
@@ -226,7 +227,7 @@ def launch(kernel, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
     if values is None:  # a parameter left to its default: let Triton bind it
         kernel[grid](*args, **kwargs)
         return
-    key = specialization_key(info, values, num_warps, num_stages, current_device())
+    key = specialization_key(info, values, num_warps, num_stages, current_device(), kwargs.get("maxnreg"))
     binary = info.binaries.get(key) if key is not None else None
     if binary is None:
         compiled = kernel[grid](*args, **kwargs)

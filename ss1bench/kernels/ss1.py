@@ -426,7 +426,7 @@ def _resident_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         **_structure_args(structure),
         HAS_BIAS=bias is not None,
         TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, KR=width, DOT_PRECISION=_dot_precision(x.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.compiler_options(),
     )
 
 
@@ -483,7 +483,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 x, weight, bias if bias is not None else y, y, m, n, k, k_red,
                 x.stride(0), weight.stride(0), y.stride(0), **_structure_args(structure),
                 HAS_BIAS=bias is not None, ROWS=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                **cfg.compiler_options(),
             )
             return
         if cfg.algorithm == "sketch_gemm":
@@ -508,7 +508,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             HAS_BIAS=bias is not None,
             TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
             SPLIT_K=split, DOT_PRECISION=_dot_precision(x.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.compiler_options(),
         )
         if split > 1:  # the partials' sum in a fixed order, then bias and the cast: one launch
             launch_kernel(
@@ -554,7 +554,7 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
             **_structure_args(structure),
             TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
             DOT_PRECISION=_dot_precision(grad_out.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.compiler_options(),
         )
 
     _launch("grad_input", m, structure, grad_out.dtype, grad_out.device, config, launch)
@@ -613,7 +613,7 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
             **_structure_args(structure),
             TILE_M=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k, GROUP_M=cfg.group_m,
             ATOMIC=atomic, DOT_PRECISION=_dot_precision(grad_out.dtype),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.compiler_options(),
         )
         result["target"] = target
 

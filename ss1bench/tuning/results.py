@@ -26,9 +26,12 @@ ITEM_FIELDS = ("kind", "dtype", "K", "N", "c", "block_k", "block_n", "M")
 
 
 def config_of(row) -> LaunchConfig:
-    """The LaunchConfig of one results row (a mapping or a pandas row)."""
+    """The LaunchConfig of one results row (a mapping or a pandas row); ``maxnreg`` is 0 where the
+    row has none (results CSVs written before the field existed)."""
+    maxnreg = row.get("maxnreg")
     return LaunchConfig(**{name: (str(row[name]) if name == "algorithm" else int(row[name]))
-                           for name in CONFIG_FIELDS})
+                           for name in CONFIG_FIELDS},
+                        maxnreg=0 if maxnreg is None or pd.isna(maxnreg) or maxnreg == "" else int(maxnreg))
 
 
 def item_of(key: LaunchKey) -> tuple:

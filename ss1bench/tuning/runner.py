@@ -139,8 +139,12 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
         return
     with locked(path):
         new = not path.exists() or path.stat().st_size == 0
+        fields = CSV_FIELDS
+        if not new:  # keep the file's own columns (one written by an older version may lack some)
+            with path.open(newline="", encoding="utf-8") as handle:
+                fields = next(csv.reader(handle), None) or CSV_FIELDS
         with path.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerows(rows)

@@ -53,6 +53,10 @@ MAX_LIVE_FP32_PER_THREAD = 192
 #: The tuner offers ``resident`` up to this sketch width: at 256 and 512 it lost to sketch + cuBLAS
 #: on every gpt2/llama prefill shape probed on the H200 (1.0-4x slower), at 64-128 it won by 5-20%.
 RESIDENT_TUNE_MAX_K_RED = 256  # at most the kernel's own limit, kernels.config.RESIDENT_MAX_K_RED
+#: Register cap of the decode refinement: the hardware's limit, so the cap never binds and only
+#: lifts ptxas's own register target (compiled for sm_90, the c = 16 gemv then issues its 16
+#: member loads together at 122 registers, against two or three at a time at 56 without it).
+DECODE_MAXNREG = 255
 #: The tuner offers ``gemv`` up to this many rows (every row block re-reads the weight tile).
 GEMV_MAX_M = 64
 #: ... with at most this many rows per program (the fp32 product is ROWS x TILE_N x TILE_K) and at
@@ -314,7 +318,9 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
 def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int,
                 tried: set[LaunchConfig]) -> list[LaunchConfig]:
     """Neighbours of a screening winner not in the grid: other group sizes (prefill: L2 reuse of
-    the tile order) and one pipeline stage more or less. Pruned like the grid."""
+    the tile order), one pipeline stage more or less, and for a decode forward the register cap
+    lifted (:data:`DECODE_MAXNREG`: ptxas then issues the sketch's member loads together). Pruned
+    like the grid."""
     if config.algorithm == "sketch_gemm":
         return []  # the sketch kernel has no reduction loop and no tile order to refine
     variants: list[LaunchConfig] = []
@@ -322,6 +328,8 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
         variants += [dataclasses.replace(config, group_m=g) for g in (1, 4, 16)]
     variants += [dataclasses.replace(config, num_stages=s) for s in (config.num_stages - 1, config.num_stages + 1)
                  if 1 <= s <= 6]
+    if problem.kind in FORWARD_KINDS and is_decode(problem.m) and problem.redn_factor > 1 and not config.maxnreg:
+        variants.append(dataclasses.replace(config, maxnreg=DECODE_MAXNREG))
     kept = []
     for variant in variants:
         if variant not in tried and rejection_reason(variant, problem, shared_memory_limit) is None:
@@ -330,15 +338,17 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
 
 
 def describe(config: LaunchConfig) -> str:
-    """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split); ``sketch+gemm 32x128 w4``."""
+    """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split, `` r255`` with a register
+    cap); ``sketch+gemm 32x128 w4``."""
     if config.algorithm == "sketch_gemm":
         return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
+    regs = f" r{config.maxnreg}" if config.maxnreg else ""
     if config.algorithm == "gemv":
         rows = f" rows{config.tile_m}" if config.tile_m > 1 else ""
-        return f"gemv {config.tile_n}x{config.tile_k}{rows} w{config.num_warps} s{config.num_stages}"
+        return f"gemv {config.tile_n}x{config.tile_k}{rows} w{config.num_warps} s{config.num_stages}{regs}"
     if config.algorithm == "resident":
         return (f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps}"
-                f" s{config.num_stages}")
+                f" s{config.num_stages}{regs}")
     text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
     text += f" split{config.split_m}" if config.split_m > 1 else ""
-    return text + (f" splitk{config.split_k}" if config.split_k > 1 else "")
+    return text + (f" splitk{config.split_k}" if config.split_k > 1 else "") + regs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ss1bench.kernels.config import LaunchConfig, Problem
+from ss1bench.kernels.config import FORWARD_KINDS, LaunchConfig, Problem
 
 from . import space
 from .keys import LaunchKey, StructureKey
@@ -132,7 +132,9 @@ def estimate_units(item: WorkItem, options: TuneOptions, shared_memory_limit: in
         if (kind, m) in item.todo:
             kept = len(space.launch_candidates(problem_for(item, kind, m, item.primary), shared_memory_limit,
                                                sm_count).kept)
-            units += kept + (3 if options.refine else 0) + options.top_confirm + 1
+            # refinements: a stage more and less, and at decode a forward's register cap
+            refined = 3 + (kind in FORWARD_KINDS and space.is_decode(m) and item.redn_factor > 1)
+            units += kept + (refined if options.refine else 0) + options.top_confirm + 1
             units += probed * min(options.probe_top, kept)
         elif item.searches_structure:
             units += 1 + probed
