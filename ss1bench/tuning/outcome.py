@@ -5,7 +5,7 @@ database updates, and the rows made from them (the results CSV, the end-of-run s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ss1bench.kernels.config import LaunchConfig
 
@@ -85,7 +85,7 @@ def csv_rows(outcome: ItemOutcome, gpu: str, device_name: str) -> list[dict]:
             "gpu": gpu, "device_name": device_name, "dtype": item.dtype, "kind": x.kind, "M": x.m,
             "K": item.in_features, "N": item.out_features, "c": item.redn_factor, "block_k": x.structure[0],
             "block_n": x.structure[1], "phase": x.phase, "status": x.status,
-            **x.config.to_dict(), "maxnreg": x.config.maxnreg,
+            **asdict(x.config),  # every field (a record's to_dict leaves an unset cap out)
             "ms": _fmt(x.ms), "dense_ms": _fmt(dense_ms),
             "speedup": _fmt(dense_ms / x.ms if x.ms and dense_ms else None),
             "gate_rel_err": _fmt(x.gate_rel_err), "gate_max_err": _fmt(x.gate_max_err),

@@ -315,6 +315,12 @@ def launch_candidates(problem: Problem, shared_memory_limit: int, sm_count: int 
     return result
 
 
+def offers_register_cap(problem: Problem) -> bool:
+    """A decode forward with c > 1 (the sketch's member loads to issue): :func:`refinements` tries
+    its winner with :data:`DECODE_MAXNREG`."""
+    return problem.kind in FORWARD_KINDS and is_decode(problem.m) and problem.redn_factor > 1
+
+
 def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int,
                 tried: set[LaunchConfig]) -> list[LaunchConfig]:
     """Neighbours of a screening winner not in the grid: other group sizes (prefill: L2 reuse of
@@ -328,7 +334,7 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
         variants += [dataclasses.replace(config, group_m=g) for g in (1, 4, 16)]
     variants += [dataclasses.replace(config, num_stages=s) for s in (config.num_stages - 1, config.num_stages + 1)
                  if 1 <= s <= 6]
-    if problem.kind in FORWARD_KINDS and is_decode(problem.m) and problem.redn_factor > 1 and not config.maxnreg:
+    if offers_register_cap(problem) and not config.maxnreg:
         variants.append(dataclasses.replace(config, maxnreg=DECODE_MAXNREG))
     kept = []
     for variant in variants:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ss1bench.kernels.config import FORWARD_KINDS, LaunchConfig, Problem
+from ss1bench.kernels.config import LaunchConfig, Problem
 
 from . import space
 from .keys import LaunchKey, StructureKey
@@ -130,10 +130,10 @@ def estimate_units(item: WorkItem, options: TuneOptions, shared_memory_limit: in
     for kind, m in item.pairs():
         probed = others if (kind, m) in compared else 0
         if (kind, m) in item.todo:
-            kept = len(space.launch_candidates(problem_for(item, kind, m, item.primary), shared_memory_limit,
-                                               sm_count).kept)
-            # refinements: a stage more and less, and at decode a forward's register cap
-            refined = 3 + (kind in FORWARD_KINDS and space.is_decode(m) and item.redn_factor > 1)
+            problem = problem_for(item, kind, m, item.primary)
+            kept = len(space.launch_candidates(problem, shared_memory_limit, sm_count).kept)
+            # refinements: a stage more and less, and a decode forward's register cap
+            refined = 3 + space.offers_register_cap(problem)
             units += kept + (refined if options.refine else 0) + options.top_confirm + 1
             units += probed * min(options.probe_top, kept)
         elif item.searches_structure:
