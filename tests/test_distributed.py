@@ -20,6 +20,7 @@ spawn (most of it two imports of torch and transformers), 10 s for the example's
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -117,46 +118,64 @@ def _ssl_paths(model: nn.Module) -> list[str]:
 
 
 def _worker(rank: int, init_method: str, out_dir: Path) -> None:
-    """Train under DDP, then under FSDP2; write parameters, losses and checkpoints to ``out_dir``."""
+    """Train under DDP, then under FSDP2; write parameters, losses and checkpoints to ``out_dir``.
+
+    Then both ranks meet at a barrier, drop every model (FSDP2's device meshes hold the process
+    group), destroy the group and leave with ``os._exit(0)``, skipping the interpreter's teardown:
+    gloo's worker threads can still free tensors there, and a thread that takes the GIL while
+    Python finalizes aborts the process (SIGABRT, "terminate called without an active exception";
+    pytorch/pytorch#179291). One CI run failed on that abort. A worker that raises leaves through
+    ``torch.multiprocessing``'s own handler, traceback and all.
+    """
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD_SIZE,
                             timeout=COLLECTIVE_TIMEOUT)
     try:
-        batch = _global_batch().chunk(WORLD_SIZE)[rank]
-
-        model = _tiny_gpt2()
-        losses = _train(DistributedDataParallel(model), batch)
-        torch.save({"losses": losses, "state": model.state_dict()}, out_dir / f"ddp-rank{rank}.pt")
-
-        model = _sharded_tiny_gpt2()
-        _check_sharded(model)
-        losses = _train(model, batch)
-        # Collectives: every rank calls them; the full state dict lands on rank 0 only (cpu_offload).
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        dcp.save(get_model_state_dict(model), checkpoint_id=out_dir / "dcp")
-        torch.save({"losses": losses, "state": full if rank == 0 else None}, out_dir / f"fsdp2-rank{rank}.pt")
-
-        # Resuming: the DCP checkpoint into a sharded model built with other weights.
-        resumed = _sharded_tiny_gpt2(seed=MODEL_SEED + 1)
-        state = get_model_state_dict(resumed)
-        dcp.load(state, checkpoint_id=out_dir / "dcp")
-        set_model_state_dict(resumed, state)
-        state = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            torch.save(state, out_dir / "fsdp2-resumed-dcp.pt")
-
-        # The full state dict from rank 0 alone (the memory-saving way to resume a large model).
-        # Last: a rank whose load fails records the error and the others are not left waiting.
-        resumed = _sharded_tiny_gpt2(seed=MODEL_SEED + 1)
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        error = None
-        try:
-            set_model_state_dict(resumed, dict(full) if rank == 0 else {}, options=options)
-        except RuntimeError as caught:
-            error = str(caught)
-        torch.save(error, out_dir / f"fsdp2-broadcast-error-rank{rank}.pt")
+        _train_and_save(rank, out_dir)
+        dist.barrier()
+        gc.collect()  # the models' reference cycles, and the meshes and reducers in them
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _train_and_save(rank: int, out_dir: Path) -> None:
+    """The worker's runs, in a function of their own so that its models are gone when it returns."""
+    batch = _global_batch().chunk(WORLD_SIZE)[rank]
+
+    model = _tiny_gpt2()
+    losses = _train(DistributedDataParallel(model), batch)
+    torch.save({"losses": losses, "state": model.state_dict()}, out_dir / f"ddp-rank{rank}.pt")
+
+    model = _sharded_tiny_gpt2()
+    _check_sharded(model)
+    losses = _train(model, batch)
+    # Collectives: every rank calls them; the full state dict lands on rank 0 only (cpu_offload).
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    dcp.save(get_model_state_dict(model), checkpoint_id=out_dir / "dcp")
+    torch.save({"losses": losses, "state": full if rank == 0 else None}, out_dir / f"fsdp2-rank{rank}.pt")
+
+    # Resuming: the DCP checkpoint into a sharded model built with other weights.
+    resumed = _sharded_tiny_gpt2(seed=MODEL_SEED + 1)
+    state = get_model_state_dict(resumed)
+    dcp.load(state, checkpoint_id=out_dir / "dcp")
+    set_model_state_dict(resumed, state)
+    state = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save(state, out_dir / "fsdp2-resumed-dcp.pt")
+
+    # The full state dict from rank 0 alone (the memory-saving way to resume a large model).
+    # Last: a rank whose load fails records the error and the others are not left waiting.
+    resumed = _sharded_tiny_gpt2(seed=MODEL_SEED + 1)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    error = None
+    try:
+        set_model_state_dict(resumed, dict(full) if rank == 0 else {}, options=options)
+    except RuntimeError as caught:
+        error = str(caught)
+    torch.save(error, out_dir / f"fsdp2-broadcast-error-rank{rank}.pt")
 
 
 def _sharded_tiny_gpt2(seed: int = MODEL_SEED) -> nn.Module:
