@@ -155,7 +155,7 @@ def _cast_to(dtype: torch.dtype, tensor: torch.Tensor) -> torch.dtype | None:
 
 
 def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   structure: SS1Structure, dtype: torch.dtype | None = None) -> torch.Tensor:
+                   structure: SS1Structure, dtype: torch.dtype | None, compiling: bool) -> torch.Tensor:
     """``F.linear(sketch(x), rotate(weight), bias)`` for ``x: (M, K)``: the path of every call that
     records autograd history and of every ``torch.compile`` trace. The product and its gradients
     are aten's (cuBLAS, or Inductor's choice when compiled); autograd keeps ``xs`` (M x K_red, c
@@ -164,9 +164,10 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     and the backward passes return each gradient in its input's dtype. A ``torch.compile`` trace
     casts x and the weight first: Inductor fuses those casts into the kernels that make x (the
     layer norm before a projection), and a compiled GPT-2 training step with the casts folded into
-    the sketch pass instead ran 1.4x slower (``docs/perf-notes.md``, v14)."""
+    the sketch pass instead ran 1.4x slower (``docs/perf-notes.md``, v14). ``compiling`` is the
+    caller's ``torch.compiler.is_compiling()``, read once per call."""
     out_dtype = None if dtype is None or dtype == x.dtype == weight.dtype else dtype
-    if _use_kernels(x) and not torch.compiler.is_compiling():
+    if _use_kernels(x) and not compiling:
         return _SketchLinear.apply(x, weight, bias, structure, dtype, out_dtype)
     if bias is not None and dtype is not None:
         bias = bias.to(dtype)
@@ -255,7 +256,7 @@ def ss1_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     leading = x.shape[:-1]
     x2d = x if flat else x.reshape(-1, structure.in_features)
     if compiling or (needs_grad if needs_grad is not None else records_autograd(x2d, weight, bias)):
-        y = _sketch_linear(x2d, weight, bias, structure, dtype)
+        y = _sketch_linear(x2d, weight, bias, structure, dtype, compiling)
     else:
         y = _forward_impl(x2d, weight, bias, structure, rotated_weight)
     return y if flat else y.reshape(*leading, structure.out_features)

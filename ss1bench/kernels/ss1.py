@@ -88,6 +88,17 @@ def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
+def _check_grad_out(grad_out: torch.Tensor, structure: SS1Structure) -> tuple[int, int]:
+    """``(M, N)`` of a 2-D output gradient of a supported dtype, on a usable device, with the
+    layer's N columns."""
+    m, n = grad_out.shape
+    dtype_name(grad_out.dtype)
+    _check_device(grad_out.device)
+    if n != structure.out_features:
+        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
+    return m, n
+
+
 def _check_device(device: torch.device) -> None:
     if device.type != "cuda" and not interpreting():
         raise ValueError(
@@ -529,12 +540,8 @@ def ss1_grad_input(grad_out: torch.Tensor, weight: torch.Tensor, structure: SS1S
     """``dx: (M, K)`` from ``grad_out: (M, N)`` and ``weight: (N, K_red)``."""
     if grad_out.dim() != 2:
         raise ValueError(f"grad_out must be 2-D (M, N), got shape {tuple(grad_out.shape)}")
-    m, n = grad_out.shape
+    m, n = _check_grad_out(grad_out, structure)
     k, k_red = structure.in_features, structure.k_red
-    dtype_name(grad_out.dtype)
-    _check_device(grad_out.device)
-    if n != structure.out_features:
-        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
     _check_tensor("weight", weight, structure.weight_shape, grad_out.dtype, grad_out.device)
     dx = _check_out(out, (m, k), grad_out)
     if m == 0:
@@ -577,12 +584,8 @@ def ss1_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, structure: SS1Struc
         raise ValueError(
             f"grad_out and x must be 2-D, got {tuple(grad_out.shape)} and {tuple(x.shape)}"
         )
-    m, n = grad_out.shape
+    m, n = _check_grad_out(grad_out, structure)
     k, k_red = structure.in_features, structure.k_red
-    dtype_name(grad_out.dtype)
-    _check_device(grad_out.device)
-    if n != structure.out_features:
-        raise ValueError(f"grad_out has {n} columns but out_features={structure.out_features}")
     _check_tensor("x", x, (m, k), grad_out.dtype, grad_out.device)
     dw = _check_out(out, structure.weight_shape, grad_out)
     if m == 0:
