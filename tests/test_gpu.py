@@ -102,6 +102,9 @@ FORWARD_CONFIGS = {
     # the decode refinement's register cap (compiled with Triton's maxnreg option)
     "gemv-maxnreg": LaunchConfig(1, 64, 64, 4, 3, group_m=1, algorithm="gemv", maxnreg=255),
     "fused-maxnreg": LaunchConfig(16, 64, 64, 4, 3, maxnreg=255),
+    # the members gathered as one block (one row; several rows, the last block past M)
+    "gemv-block": LaunchConfig(1, 64, 64, 2, 3, group_m=1, algorithm="gemv", block_gather=True),
+    "gemv-rows-block": LaunchConfig(4, 16, 64, 4, 3, group_m=1, algorithm="gemv", block_gather=True, maxnreg=255),
 }
 
 

@@ -59,7 +59,7 @@ def _case_id(shape) -> str:
 
 def _cfg_id(cfg: LaunchConfig) -> str:
     return (f"{cfg.algorithm}-t{cfg.tile_m}x{cfg.tile_n}x{cfg.tile_k}-w{cfg.num_warps}-s{cfg.num_stages}"
-            f"-sm{cfg.split_m}")
+            f"-sm{cfg.split_m}" + ("-block" if cfg.block_gather else "") + (f"-r{cfg.maxnreg}" if cfg.maxnreg else ""))
 
 
 @pytest.fixture(params=SHAPES, ids=_case_id)
@@ -163,6 +163,9 @@ FORWARD_ONLY_CONFIGS = [
     # several rows per program (the last row block partly past M on the odd shapes)
     LaunchConfig(tile_m=2, tile_n=16, tile_k=32, num_warps=2, num_stages=2, algorithm="gemv"),
     LaunchConfig(tile_m=8, tile_n=32, tile_k=16, num_warps=4, num_stages=3, algorithm="gemv"),
+    # the c members gathered as one block (one row, and several with the last block past M)
+    LaunchConfig(tile_m=1, tile_n=32, tile_k=64, num_warps=2, num_stages=3, algorithm="gemv", block_gather=True),
+    LaunchConfig(tile_m=4, tile_n=16, tile_k=32, num_warps=4, num_stages=2, algorithm="gemv", block_gather=True),
 ]
 
 

@@ -1,15 +1,17 @@
-"""LaunchConfig's register cap (``maxnreg``): validation, records, results CSVs, the tuner's
-decode refinement (pure logic, no kernels)."""
+"""LaunchConfig's register cap (``maxnreg``) and the gemv's block gather (``block_gather``):
+validation, records, results CSVs, the tuner's candidates and refinements, the heuristic (pure
+logic, no kernels)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pandas as pd
 import pytest
 
 from ss1bench.kernels.config import LaunchConfig, Problem
-from ss1bench.kernels.heuristic import grid_point
+from ss1bench.kernels.heuristic import adapt, grid_point
 from ss1bench.tuning import results, space
 from ss1bench.tuning.outcome import CSV_FIELDS
 from ss1bench.tuning.runner import _append_csv
@@ -98,3 +100,62 @@ def test_appending_to_a_results_csv_of_an_older_version_keeps_its_columns(tmp_pa
     fresh = tmp_path / "fresh.csv"
     _append_csv(fresh, [row])
     assert pd.read_csv(fresh).loc[0, "maxnreg"] == 255
+
+
+BLOCK = LaunchConfig(1, 64, 64, 2, 3, group_m=1, algorithm="gemv", block_gather=True)
+
+
+@pytest.mark.parametrize("algorithm", ["fused", "sketch_gemm", "resident"])
+def test_block_gather_on_another_algorithm_is_refused(algorithm):
+    with pytest.raises(ValueError, match="block_gather applies to the gemv forward only"):
+        LaunchConfig(16, 64, 64, 4, 1, algorithm=algorithm, block_gather=True)
+
+
+def test_block_gather_must_be_a_bool():
+    with pytest.raises(ValueError, match="block_gather must be a bool, got 1"):
+        LaunchConfig(1, 64, 64, 4, 3, algorithm="gemv", block_gather=1)
+
+
+def test_records_carry_block_gather_only_when_set():
+    assert "block_gather" not in GEMV.to_dict()
+    assert BLOCK.to_dict()["block_gather"] is True
+    assert LaunchConfig.from_dict(BLOCK.to_dict()) == BLOCK
+    assert space.describe(BLOCK) == "gemv 64x64 block w2 s3"
+    assert "block" not in space.describe(GEMV)
+
+
+def test_results_rows_read_block_gather():
+    row = {name: getattr(BLOCK, name) for name in results.CONFIG_FIELDS}
+    assert results.config_of(row) == dataclasses.replace(BLOCK, block_gather=False)  # an older CSV
+    assert results.config_of({**row, "block_gather": "1"}) == BLOCK
+    assert results.config_of(pd.Series({**row, "block_gather": 0})).block_gather is False
+
+
+def _gemv_candidates(c: int, m: int = 16) -> list[LaunchConfig]:
+    return [cfg for cfg in space.launch_candidates(_problem(m=m, c=c), HOPPER).kept if cfg.algorithm == "gemv"]
+
+
+@pytest.mark.parametrize("c", [2, 8, 16])
+def test_the_decode_grid_offers_the_block_gather_for_c_over_one(c):
+    blocks = [cfg for cfg in _gemv_candidates(c) if cfg.block_gather]
+    assert blocks and {cfg.num_warps for cfg in blocks} == {2, 4}
+    assert 1 in {cfg.tile_m for cfg in blocks}  # more rows where the register rule lets them
+    assert {cfg.tile_m for cfg in blocks} <= {cfg.tile_m for cfg in _gemv_candidates(c) if not cfg.block_gather}
+    assert not any(cfg.block_gather for cfg in _gemv_candidates(1))
+
+
+def test_the_register_rule_counts_the_gathered_block():
+    wide = LaunchConfig(8, 32, 256, 2, 3, group_m=1, algorithm="gemv", block_gather=True)
+    _, live_c2 = space.live_fp32_per_thread(wide, "forward", 2)
+    _, live_c32 = space.live_fp32_per_thread(wide, "forward", 32)
+    assert live_c32 - live_c2 == 8 * 30 * 256 / 64
+    assert space.rejection_reason(wide, _problem(m=16, k=8192, c=32), 10**9).startswith("registers")
+
+
+def test_the_heuristic_keeps_a_block_gathered_configs_warps():
+    problem = _problem(m=1, c=16)
+    assert adapt(BLOCK, problem).num_warps == 2
+    assert adapt(dataclasses.replace(BLOCK, tile_m=4, num_warps=8), problem) == BLOCK.__class__(
+        1, 64, 64, 8, 3, group_m=1, algorithm="gemv", block_gather=True)
+    assert adapt(dataclasses.replace(GEMV, tile_m=4, num_warps=8), problem).num_warps == 4
+

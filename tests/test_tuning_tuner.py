@@ -15,7 +15,7 @@ import torch
 from ss1bench import reference
 from ss1bench.kernels.config import LaunchConfig
 from ss1bench.tuning import db as tdb
-from ss1bench.tuning import gate, measure, space
+from ss1bench.tuning import gate, measure, results, space
 from ss1bench.tuning.budget import expected_gain_ms, order_by_gain
 from ss1bench.tuning.keys import LaunchKey, StructureKey
 from ss1bench.tuning.measure import MeasurementError
@@ -173,7 +173,11 @@ def test_structure_search_end_to_end(factor, expect_other):
     rows = summary_rows(outcome)
     assert [row["structure"] for row in rows] == [f"{chosen[0]}x{chosen[1]}"] * 2
     assert all(row["speedup"] for row in rows)
-    assert len(csv_rows(outcome, "H200", "NVIDIA H200")) == len(outcome.measurements)
+    written_rows = csv_rows(outcome, "H200", "NVIDIA H200")
+    assert len(written_rows) == len(outcome.measurements)
+    # every measured config reads back from its results row (the block-gathered gemv's included)
+    assert [results.config_of(row) for row in written_rows] == [x.config for x in outcome.measurements]
+    assert any(x.config.block_gather for x in outcome.measurements)
 
 
 def test_resume_skips_tuned_keys_and_force_redoes_them(tmp_path):

@@ -121,7 +121,8 @@ def _format_config(config) -> str:
         return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
     regs = f"/r{config.maxnreg}" if getattr(config, "maxnreg", 0) else ""
     if algorithm == "gemv":
-        return f"gemv:{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}{regs}"
+        block = "/block" if getattr(config, "block_gather", False) else ""
+        return f"gemv:{config.tile_n}x{config.tile_k}{block}/w{config.num_warps}/s{config.num_stages}{regs}"
     if algorithm == "resident":
         return f"resident:{config.tile_m}x{config.tile_n}/w{config.num_warps}/s{config.num_stages}{regs}"
     text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"

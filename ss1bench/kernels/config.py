@@ -91,6 +91,13 @@ class LaunchConfig:
     sketch's c member loads of a decode kernel back to back instead of two or three at a time
     (more registers, which a decode grid of a few dozen programs does not miss); the tuner tries
     it on decode winners.
+
+    ``block_gather`` (``gemv`` only) gathers the c members of a K tile as one (rows, c, tile_k)
+    block and sums it across threads, so each x element is loaded and added once per program.
+    Without it each member is one load, added by every thread that holds the element for its part
+    of the N tile, which repeats the sketch's sum tile_n / (threads along N) times: at high c on a
+    narrow sketch (GPT-2 widths at c = 16) those adds are most of a decode kernel's instructions.
+    At c = 8 the separate loads measured faster; the tuner offers both.
     """
 
     tile_m: int = 64
@@ -103,6 +110,7 @@ class LaunchConfig:
     algorithm: str = "fused"
     split_k: int = 1
     maxnreg: int = 0
+    block_gather: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -124,6 +132,10 @@ class LaunchConfig:
         if self.maxnreg and self.algorithm == "sketch_gemm":
             raise ValueError("LaunchConfig.maxnreg does not apply to sketch_gemm (its sketch kernel has no "
                              "product; the product is cuBLAS's)")
+        if not isinstance(self.block_gather, bool):
+            raise ValueError(f"LaunchConfig.block_gather must be a bool, got {self.block_gather!r}")
+        if self.block_gather and self.algorithm != "gemv":
+            raise ValueError(f"LaunchConfig.block_gather applies to the gemv forward only, not to {self.algorithm}")
 
     def compiler_options(self) -> dict[str, int]:
         """The Triton compile options of a launch with this config."""
@@ -132,12 +144,13 @@ class LaunchConfig:
             options["maxnreg"] = self.maxnreg
         return options
 
-    def to_dict(self) -> dict[str, int]:
-        """The fields, ``maxnreg`` only when set (so a record without it reads the same in a
-        version that does not know the field)."""
+    def to_dict(self) -> dict[str, int | bool | str]:
+        """The fields, ``maxnreg`` and ``block_gather`` only when set (so a record without them
+        reads the same in a version that does not know the fields)."""
         data = dataclasses.asdict(self)
-        if not self.maxnreg:
-            del data["maxnreg"]
+        for name in ("maxnreg", "block_gather"):
+            if not data[name]:
+                del data[name]
         return data
 
     @classmethod
@@ -298,7 +311,10 @@ def shared_memory_bytes(config: LaunchConfig, problem: Problem) -> int:
         return 0  # the sketch kernels have no reduction loop: nothing is pipelined
     if config.algorithm == "gemv":  # weight tiles and the c member loads of the rows, pipelined over K_red
         c = problem.redn_factor
-        return size * (config.tile_n + c * config.tile_m) * config.tile_k * max(config.num_stages, 1)
+        loads = size * (config.tile_n + c * config.tile_m) * config.tile_k * max(config.num_stages, 1)
+        # block_gather: the sum over c across warps and the sketch's change of layout go through
+        # shared memory (fp32, one rows x tile_k tile per warp)
+        return loads + (4 * config.tile_m * config.tile_k * config.num_warps if config.block_gather else 0)
     if config.algorithm == "resident":
         # the resident sketch tile (a tl.dot operand) and one weight tile per stage of the N loop
         width = resident_width(problem.k_red)

@@ -236,7 +236,9 @@ def adapt(config: LaunchConfig, problem: Problem, sm_count: int = DEFAULT_SM_COU
         caps["tile_n"] = max(16, next_power_of_two(problem.out_features))
     if config.algorithm == "gemv":
         rows = _gemv_rows(config, problem)
-        config = dataclasses.replace(config, tile_m=rows, num_warps=4 if rows == 1 else config.num_warps)
+        # the one-row grid point has four warps (the block-gathered one two or four)
+        warps = 4 if rows == 1 and not config.block_gather else config.num_warps
+        config = dataclasses.replace(config, tile_m=rows, num_warps=warps)
         del caps["tile_m"]
     changes = {name: cap for name, cap in caps.items() if getattr(config, name) > cap}
     if changes:

@@ -88,6 +88,25 @@ def _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
 
 
 @triton.jit
+def _load_sketch_block(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
+                       C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
+    """As :func:`_load_sketch` (C > 1), the C members gathered as one (rows, C, kk) block and
+    summed over C: each x element is loaded and added by one thread, where the C separate loads
+    of ``_load_sketch`` are added by every thread that holds the element in the caller's layout."""
+    r = tl.arange(0, C)
+    t = kk & (BK - 1)
+    it = (kk.to(tl.uint32) // BK).to(tl.int32)
+    # _member_columns for every member at once: r + 1 <= C <= ... and BK is a power of two, so
+    # (r + 1) mod BK is an AND here too
+    shift = (((R3M + R1M * ((it + 1) & (BK - 1)))[None, :] + R0M * ((r + 1) & (BK - 1))[:, None]) * VEC) & (BK - 1)
+    col = ((kk - t) * C)[None, :] + (r * BK)[:, None] + ((t[None, :] + shift) & (BK - 1))
+    col = tl.max_contiguous(tl.multiple_of(col, [1, VEC]), [1, VEC])
+    mask = mask_rows[:, None, None] & (mask_kk[None, :] & (col < K))[None, :, :]
+    members = tl.load(x_rows[:, :, None] + col[None, :, :], mask=mask, other=0.0)
+    return tl.sum(members.to(tl.float32), axis=1)
+
+
+@triton.jit
 def _rotated_weight_columns(kk, rot_n, BK: tl.constexpr, VEC: tl.constexpr):
     """Wc column of Wr[n, kk]: (kk // BK)*BK + ((kk mod BK - d(n)) mod BK), shape (N tile, K tile)."""
     t = kk & (BK - 1)
@@ -221,11 +240,13 @@ def _ss1_gemv_forward_kernel(
     R0M, R1M, R2M, R3M,
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
     HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, TILE_N: tl.constexpr, TILE_K: tl.constexpr,
+    BLOCK_GATHER: tl.constexpr,
 ):
     """Forward for a few rows without tl.dot (whose 16-row minimum would pad M = 1 sixteen-fold):
     program (N tile, row block) gathers the sketch of its ROWS rows one TILE_K chunk at a time and
     reduces the rotated weight tile against each row in fp32 on the CUDA cores, so the weight tile
-    is read once per ROWS rows. Weight-read bound, like decode."""
+    is read once per ROWS rows. Weight-read bound, like decode. ``BLOCK_GATHER`` (C > 1): the
+    members gathered as one block (:func:`_load_sketch_block`)."""
     offs_n = tl.program_id(0) * TILE_N + tl.arange(0, TILE_N)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     mask_n = offs_n < N
@@ -237,7 +258,10 @@ def _ss1_gemv_forward_kernel(
     for k0 in range(0, K_RED, TILE_K):
         kk = k0 + tl.arange(0, TILE_K)
         mask_kk = kk < K_RED
-        xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (ROWS, TILE_K)
+        if BLOCK_GATHER:  # a constexpr branch
+            xs = _load_sketch_block(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)
+        else:
+            xs = _load_sketch(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M, C, BK, VEC)  # (ROWS, TILE_K)
         # round the sketch to the input dtype first, as the tensor-core paths do
         xs = xs.to(w_ptr.dtype.element_ty).to(tl.float32)
         w = _load_rotated_weight(w_rows, kk, rot_n, mask_n, mask_kk, BK, VEC).to(tl.float32)  # (TILE_N, TILE_K)

@@ -494,7 +494,7 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 x, weight, bias if bias is not None else y, y, m, n, k, k_red,
                 x.stride(0), weight.stride(0), y.stride(0), **_structure_args(structure),
                 HAS_BIAS=bias is not None, ROWS=cfg.tile_m, TILE_N=cfg.tile_n, TILE_K=cfg.tile_k,
-                **cfg.compiler_options(),
+                BLOCK_GATHER=cfg.block_gather and structure.redn_factor > 1, **cfg.compiler_options(),
             )
             return
         if cfg.algorithm == "sketch_gemm":

@@ -17,7 +17,7 @@ from .work import WorkItem
 CSV_FIELDS = (
     "gpu", "device_name", "dtype", "kind", "M", "K", "N", "c", "block_k", "block_n", "phase", "status",
     "algorithm", "tile_m", "tile_n", "tile_k", "num_warps", "num_stages", "group_m", "split_m", "split_k",
-    "maxnreg", "ms", "dense_ms", "speedup", "gate_rel_err", "gate_max_err", "first_launch_s", "error",
+    "maxnreg", "block_gather", "ms", "dense_ms", "speedup", "gate_rel_err", "gate_max_err", "first_launch_s", "error",
 )
 
 
@@ -85,7 +85,8 @@ def csv_rows(outcome: ItemOutcome, gpu: str, device_name: str) -> list[dict]:
             "gpu": gpu, "device_name": device_name, "dtype": item.dtype, "kind": x.kind, "M": x.m,
             "K": item.in_features, "N": item.out_features, "c": item.redn_factor, "block_k": x.structure[0],
             "block_n": x.structure[1], "phase": x.phase, "status": x.status,
-            **asdict(x.config),  # every field (a record's to_dict leaves an unset cap out)
+            **asdict(x.config),  # every field (a record's to_dict leaves unset ones out)
+            "block_gather": int(x.config.block_gather),
             "ms": _fmt(x.ms), "dense_ms": _fmt(dense_ms),
             "speedup": _fmt(dense_ms / x.ms if x.ms and dense_ms else None),
             "gate_rel_err": _fmt(x.gate_rel_err), "gate_max_err": _fmt(x.gate_max_err),

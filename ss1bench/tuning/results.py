@@ -25,13 +25,18 @@ CONFIG_FIELDS = ("tile_m", "tile_n", "tile_k", "num_warps", "num_stages", "group
 ITEM_FIELDS = ("kind", "dtype", "K", "N", "c", "block_k", "block_n", "M")
 
 
+def _optional_int(row, name: str) -> int:
+    """``row[name]`` as an int; 0 where the row has none (results CSVs written before the field)."""
+    value = row.get(name)
+    return 0 if value is None or value == "" or pd.isna(value) else int(value)
+
+
 def config_of(row) -> LaunchConfig:
-    """The LaunchConfig of one results row (a mapping or a pandas row); ``maxnreg`` is 0 where the
-    row has none (results CSVs written before the field existed)."""
-    maxnreg = row.get("maxnreg")
+    """The LaunchConfig of one results row (a mapping or a pandas row); ``maxnreg`` and
+    ``block_gather`` are unset where the row has none."""
     return LaunchConfig(**{name: (str(row[name]) if name == "algorithm" else int(row[name]))
                            for name in CONFIG_FIELDS},
-                        maxnreg=0 if maxnreg is None or pd.isna(maxnreg) or maxnreg == "" else int(maxnreg))
+                        maxnreg=_optional_int(row, "maxnreg"), block_gather=bool(_optional_int(row, "block_gather")))
 
 
 def item_of(key: LaunchKey) -> tuple:

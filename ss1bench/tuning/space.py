@@ -205,14 +205,19 @@ def _resident_grid(problem: Problem) -> list[LaunchConfig]:
 
 def _gemv_grid(problem: Problem) -> list[LaunchConfig]:
     """``gemv`` forward candidates for decode sizes up to :data:`GEMV_MAX_M` rows: one row per
-    program, or a few (the weight tile read once per row block)."""
+    program, or a few (the weight tile read once per row block); for c > 1 also with the members
+    gathered as one block (``block_gather``), at two and four warps (fewer threads along N)."""
     if problem.kind not in FORWARD_KINDS or problem.m > GEMV_MAX_M:
         return []
     most = GEMV_MAX_ROWS if problem.k_red <= GEMV_ROWS_MAX_K_RED else 1
     rows = [r for r in (1, 2, 4, 8) if r <= min(problem.m, most) and cdiv(problem.m, r) <= GEMV_MAX_ROW_BLOCKS]
-    return [LaunchConfig(r, tn, tk, w, 3, group_m=1, algorithm="gemv")
+    grid = [LaunchConfig(r, tn, tk, w, 3, group_m=1, algorithm="gemv")
             for r, tn, tk in itertools.product(rows, (16, 32, 64), (128, 256))
             for w in ((4,) if r == 1 else (4, 8))]
+    if problem.redn_factor > 1:
+        grid += [LaunchConfig(r, tn, tk, w, 3, group_m=1, algorithm="gemv", block_gather=True)
+                 for r, tn, tk, w in itertools.product(rows, (32, 64, 128), (128, 256), (2, 4))]
+    return grid
 
 
 def sketch_gemm_config(tile_m: int, tile_k: int, num_warps: int) -> LaunchConfig:
@@ -241,14 +246,17 @@ def _with_k_splits(config: LaunchConfig, problem: Problem, sm_count: int) -> lis
     return [config] if split == 1 else [config, dataclasses.replace(config, split_k=split)]
 
 
-def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]:
-    """(accumulator, accumulator + fp32 sketch) elements per thread for ``kind``."""
+def live_fp32_per_thread(config: LaunchConfig, kind: str, redn_factor: int = 1) -> tuple[float, float]:
+    """(accumulator, accumulator + fp32 sketch) elements per thread for ``kind`` (a block-gathered
+    gemv also holds its (rows, c, tile_k) block of member loads)."""
     threads = 32 * config.num_warps
     if config.algorithm == "sketch_gemm":  # the sketch kernel: one fp32 (tile_m x tile_k) tile
         return 0.0, config.tile_m * config.tile_k / threads
     if config.algorithm == "gemv":  # one fp32 (rows x tile_n x tile_k) product, a rows x tile_n accumulator
         rows = config.tile_m
-        return rows * config.tile_n / threads, rows * (config.tile_n * (config.tile_k + 1) + config.tile_k) / threads
+        block = rows * redn_factor * config.tile_k if config.block_gather else 0
+        return (rows * config.tile_n / threads,
+                (rows * (config.tile_n * (config.tile_k + 1) + config.tile_k) + block) / threads)
     if kind in FORWARD_KINDS:  # (resident: tile_k is the whole sketch row, summed in fp32 too)
         acc, sketch = config.tile_m * config.tile_n, config.tile_m * config.tile_k
     elif kind == "grad_input":
@@ -260,7 +268,7 @@ def live_fp32_per_thread(config: LaunchConfig, kind: str) -> tuple[float, float]
 
 def rejection_reason(config: LaunchConfig, problem: Problem, shared_memory_limit: int) -> str | None:
     """Why ``config`` cannot or should not run ``problem`` (None: keep it)."""
-    acc, live = live_fp32_per_thread(config, problem.kind)
+    acc, live = live_fp32_per_thread(config, problem.kind, problem.redn_factor)
     if acc > MAX_ACC_PER_THREAD:
         return f"registers: {acc:.0f} fp32 accumulator elements per thread > {MAX_ACC_PER_THREAD}"
     if live > MAX_LIVE_FP32_PER_THREAD:
@@ -345,13 +353,14 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
 
 def describe(config: LaunchConfig) -> str:
     """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split, `` r255`` with a register
-    cap); ``sketch+gemm 32x128 w4``."""
+    cap); ``sketch+gemm 32x128 w4``; ``gemv 64x64 block w2 s3`` (members gathered as one block)."""
     if config.algorithm == "sketch_gemm":
         return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
     regs = f" r{config.maxnreg}" if config.maxnreg else ""
     if config.algorithm == "gemv":
         rows = f" rows{config.tile_m}" if config.tile_m > 1 else ""
-        return f"gemv {config.tile_n}x{config.tile_k}{rows} w{config.num_warps} s{config.num_stages}{regs}"
+        block = " block" if config.block_gather else ""
+        return f"gemv {config.tile_n}x{config.tile_k}{rows}{block} w{config.num_warps} s{config.num_stages}{regs}"
     if config.algorithm == "resident":
         return (f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps}"
                 f" s{config.num_stages}{regs}")
