@@ -7,10 +7,12 @@
 #   e2e        ss1bench e2e: whole models, dense and SS1 side by side, eager / compiled / CUDA graphs,
 #              inference and training steps (E2E_MODELS, E2E_COMPILE, E2E_ARGS override the defaults)
 #   tune       ss1bench tune of the shipped shape sets into $OUT/<GPU>.json (TUNE_ARGS adds options)
-#   decode     GPT-2 decode at c = 8 and 16 (fp16, M = 1/16/64): the forward records re-tuned into
-#              $OUT/H200_decode.json (register-cap refinement included), the decode bench with the
-#              shipped database and with the re-tuned one, their time ratios, and the shapes slower
-#              at c = 16 than at c = 8 (scripts/c16_vs_c8.py) for both
+#   retune     re-tune a slice of the shipped records and measure it: ss1bench tune --force
+#              --no-structure-search of RETUNE_SHAPES (gpt2) at RETUNE_M (1,16,64), RETUNE_C (8,16),
+#              RETUNE_DTYPES (fp16), RETUNE_KINDS (forward,forward_rotated) into $OUT/H200_retune.json,
+#              then the bench of that slice with the shipped database and with the re-tuned records,
+#              their time ratios, and (when RETUNE_C has 8 and 16) scripts/c16_vs_c8.py on both
+#   decode     retune with its defaults: GPT-2 decode forward at c = 8 and 16
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -73,40 +75,44 @@ run_tune() {
     echo "tune rc=$?"; tail -15 "$OUT/tune.log"
 }
 
-run_decode() {
-    local db="$OUT/H200_decode.json" which
-    timeout "${TUNE_S:-240}" ss1bench tune --gpu H200 --shapes gpt2 --m-buckets 1,16,64 --redn-factors 8,16 \
-        --dtype fp16 --kinds forward,forward_rotated --force --no-structure-search --db "$db" \
-        --results-csv "$OUT/tune_decode.csv" > "$OUT/tune_decode.log" 2>&1
-    echo "decode tune rc=$?"; tail -5 "$OUT/tune_decode.log"
+run_retune() {
+    local db="$OUT/H200_retune.json" which dtype
+    local shapes=${RETUNE_SHAPES:-gpt2} m=${RETUNE_M:-1,16,64} c=${RETUNE_C:-8,16}
+    local dtypes=${RETUNE_DTYPES:-fp16} kinds=${RETUNE_KINDS:-forward,forward_rotated}
+    timeout "${TUNE_S:-240}" ss1bench tune --gpu H200 --shapes "$shapes" --m-buckets "$m" --redn-factors "$c" \
+        --dtype "$dtypes" --kinds "$kinds" --force --no-structure-search --db "$db" \
+        --results-csv "$OUT/tune_retune.csv" > "$OUT/tune_retune.log" 2>&1
+    echo "retune tune rc=$?"; tail -5 "$OUT/tune_retune.log"
     for which in shipped retuned; do
-        # the re-tuned records are read over the shipped ones; "shipped": no user database
-        SS1BENCH_DB=$([ "$which" = retuned ] && echo "$db" || echo "$OUT/no_user_db") \
-            timeout "${BENCH_S:-120}" ss1bench bench --shapes gpt2 --m-buckets 1,16,64 --redn-factors 8,16 \
-            --dtype fp16 --mode fwd --providers ss1_tuned,ss1_cached --cuda-graph --warmup-ms 5 --rep-ms 20 \
-            --out "$OUT/decode_$which" > "$OUT/decode_$which.log" 2>&1
-        echo "decode bench $which rc=$?"
-        python3 scripts/c16_vs_c8.py "$OUT/decode_$which"/*.csv
+        for dtype in ${dtypes//,/ }; do
+            # the re-tuned records are read over the shipped ones; "shipped": no user database
+            SS1BENCH_DB=$([ "$which" = retuned ] && echo "$db" || echo "$OUT/no_user_db") \
+                timeout "${BENCH_S:-120}" ss1bench bench --shapes "$shapes" --m-buckets "$m" --redn-factors "$c" \
+                --dtype "$dtype" --mode fwd --providers ss1_tuned,ss1_cached --cuda-graph --warmup-ms 5 --rep-ms 20 \
+                --out "$OUT/retune_$which" > "$OUT/retune_${which}_$dtype.log" 2>&1
+            echo "retune bench $which $dtype rc=$?"
+        done
+        if [[ ",$c," == *,8,* && ",$c," == *,16,* ]]; then python3 scripts/c16_vs_c8.py "$OUT/retune_$which"/*.csv; fi
     done
     python3 - "$OUT" <<'PY'
 import glob, sys
 import numpy as np
 import pandas as pd
 out = sys.argv[1]
-key = ["provider", "redn_factor", "M", "K", "N"]
+key = ["provider", "dtype", "redn_factor", "M", "K", "N"]
 
 
 def timings(which: str) -> pd.Series:
-    frame = pd.concat(pd.read_csv(f) for f in glob.glob(f"{out}/decode_{which}/*.csv"))
+    frame = pd.concat(pd.read_csv(f) for f in glob.glob(f"{out}/retune_{which}/*.csv"))
     frame = frame[frame.status == "ok"] if "status" in frame else frame
     return frame.drop_duplicates(key).set_index(key).median_ms
 
 
 shipped, retuned = timings("shipped"), timings("retuned")
 ratio = (retuned / shipped).dropna()
-print("re-tuned / shipped time, geometric mean by provider, c, M:")
-print(ratio.groupby(level=["provider", "redn_factor", "M"]).apply(lambda r: float(np.exp(np.log(r).mean())))
-      .unstack("M").round(3).to_string())
+print("re-tuned / shipped time, geometric mean by provider, dtype, c, M:")
+print(ratio.groupby(level=["provider", "dtype", "redn_factor", "M"])
+      .apply(lambda r: float(np.exp(np.log(r).mean()))).unstack("M").round(3).to_string())
 PY
 }
 
@@ -118,7 +124,8 @@ for stage in $STAGES; do
         bench) run_bench ;;
         e2e) run_e2e ;;
         tune) run_tune ;;
-        decode) run_decode ;;
-        *) echo "unknown stage $stage (tests host baselines bench e2e tune decode)"; exit 2 ;;
+        retune) run_retune ;;
+        decode) RETUNE_M=1,16,64 RETUNE_C=8,16 RETUNE_DTYPES=fp16 RETUNE_KINDS=forward,forward_rotated run_retune ;;
+        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode)"; exit 2 ;;
     esac
 done
