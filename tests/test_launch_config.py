@@ -159,3 +159,12 @@ def test_the_heuristic_keeps_a_block_gathered_configs_warps():
         1, 64, 64, 8, 3, group_m=1, algorithm="gemv", block_gather=True)
     assert adapt(dataclasses.replace(GEMV, tile_m=4, num_warps=8), problem).num_warps == 4
 
+
+
+def test_the_bench_text_names_rows_block_and_cap():
+    from ss1bench.bench.runner import _format_config
+
+    assert _format_config(GEMV) == "gemv:64x64/w4/s3"
+    rows = LaunchConfig(4, 32, 64, 2, 3, group_m=1, algorithm="gemv", block_gather=True, maxnreg=255)
+    assert _format_config(rows) == "gemv:32x64/rows4/block/w2/s3/r255"
+    assert space.describe(rows) == "gemv 32x64 rows4 block w2 s3 r255"
