@@ -282,12 +282,15 @@ def test_triton_ops_match_the_reference(case, nan_empty):
     ops_ = torch.ops.ss1bench
     xs, wr = ops_.sketch_rotate(x, weight, *structure.key)
     assert_close("sketch", xs, reference.sketch(x.double(), structure))
+    assert_close("sketch alone", ops_.sketch(x, *structure.key), reference.sketch(x.double(), structure))
     assert_close("rotated", wr, reference.rotate_weight(weight.double(), structure))
     assert_close("unsketch", ops_.unsketch(grad_sketch, *structure.key),
                  reference.unsketch(grad_sketch.double(), structure))
     assert_close("unrotate", reference.unrotate_weight(wr, structure), weight)
     with pytest.raises(ValueError, match="in_features=" + str(k)):
         ops_.sketch_rotate(x[:, :-1], weight, *structure.key)
+    with pytest.raises(ValueError, match="in_features=" + str(k)):
+        ops_.sketch(x[:, :-1], *structure.key)
 
 
 @pytest.mark.interpret
@@ -394,6 +397,60 @@ def reference_sketch_rotate():
 
     stand_in.register_autograd(traced._sketch_rotate_backward, setup_context=traced._setup_context)
     return torch.ops.ss1bench_test.sketch_rotate
+
+
+
+@pytest.fixture(scope="module")
+def reference_sketch():
+    """``ss1bench::sketch``'s stand-in for CPU traces (the triton op traces only CUDA fake tensors):
+    the same schema, the reference's sketch."""
+
+    @torch.library.custom_op("ss1bench_test::sketch", mutates_args=())
+    def stand_in(x: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int, block_k: int,
+                 block_n: int, trace_key: int = 0) -> torch.Tensor:
+        return reference.sketch(x, SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n))
+
+    @stand_in.register_fake
+    def _(x, in_features, out_features, redn_factor, seed, block_k, block_n, trace_key=0):
+        return x.new_empty(x.shape[0], SS1Structure(in_features, out_features, redn_factor, seed, block_k,
+                                                    block_n).k_red)
+
+    return torch.ops.ss1bench_test.sketch
+
+
+@pytest.mark.parametrize("freezing", [True, False])
+def test_frozen_inference_folds_the_rotation_into_a_constant(freezing, reference_sketch, reference_sketch_rotate,
+                                                             monkeypatch, generator):
+    """Under Inductor's freezing an inference trace sketches x alone and rotates the (frozen)
+    weight with ``ss1bench::rotate_weight``, which freezing runs once at compile time: a later
+    in-place change of the weight no longer reaches the output, as freezing promises for every
+    parameter, and the compiled code has no rotation left. Without freezing the trace is the
+    one-launch sketch-and-rotate op, which reads the weight on every call."""
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    monkeypatch.setattr(torch.ops.ss1bench, "sketch", reference_sketch)
+    monkeypatch.setattr(torch.ops.ss1bench, "sketch_rotate", reference_sketch_rotate)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")  # keeps Dynamo's graphs
+    torch._dynamo.reset()
+    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16).eval()
+    x = randn(7, 200, generator=generator)
+    with torch.no_grad(), torch._inductor.config.patch(freezing=freezing):
+        compiled = torch.compile(layer, backend=counter, fullgraph=True)
+        expected = reference.ss1_forward_reference(x.double(), layer.weight.double(), layer.bias.double(),
+                                                   layer.structure)
+        assert_close("compiled", compiled(x), expected, TOLERANCE[torch.float32])
+        layer.weight.mul_(2.0)
+        doubled = reference.ss1_forward_reference(x.double(), layer.weight.double(), layer.bias.double(),
+                                                  layer.structure)
+        assert_close("after a weight change", compiled(x), expected if freezing else doubled,
+                     TOLERANCE[torch.float32])
+    assert counter.frame_count == 1
+    code = counter.graphs[0].code
+    assert ("ss1bench_test.sketch_rotate" in code) != freezing, code
+    assert ("ss1bench_test.sketch(" in code or "ss1bench_test.sketch.default(" in code) == freezing, code
+    assert ("ss1bench.rotate_weight" in code) == freezing, code
+    torch._dynamo.reset()
 
 
 @pytest.mark.interpret

@@ -393,7 +393,33 @@ def test_reduce_overhead_with_new_sizes():
     torch.compiler.reset()
 
 
-@pytest.mark.parametrize("name", ["sketch_rotate", "unsketch"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_frozen_compiled_inference_runs_only_the_sketch(m, dtype):
+    """Inference compiled with Inductor's freezing: the rotation is folded into a constant at
+    compile time, so the generated code launches the sketch kernel and the product only; the
+    output matches float64, and (as freezing promises) a later in-place weight change does not
+    reach it."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.compiler.reset()
+    generator = torch.Generator(device="cuda").manual_seed(m)
+    layer = SSL(768, 2304, redn_factor=16, seed=3, device="cuda", dtype=dtype).eval()
+    x = torch.randn(m, 768, generator=generator, device="cuda").to(dtype)
+    expected = x.double() @ layer.dense_weight().detach().double().T + layer.bias.detach().double()
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        compiled = torch.compile(layer, fullgraph=True)
+        y, codes = run_and_get_code(compiled, x)
+        assert_close("frozen", y, expected, TOLERANCE[dtype])
+        layer.weight.mul_(2.0)
+        assert_close("after a weight change", compiled(x), expected, TOLERANCE[dtype])
+    code = "\n".join(codes)
+    assert "_ss1_sketch_kernel" in code, code
+    assert "_ss1_sketch_rotate_kernel" not in code and "rotate_weight" not in code, code
+    torch.compiler.reset()
+
+
+@pytest.mark.parametrize("name", ["sketch_rotate", "unsketch", "sketch", "rotate_weight"])
 def test_triton_ops_pass_opcheck(name):
     """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
     from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
@@ -405,6 +431,9 @@ def test_triton_ops_pass_opcheck(name):
     args = {
         "sketch_rotate": (x, weight, *structure.key),
         "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key),
+        # inference ops (no autograd formula): inputs that do not require grad
+        "sketch": (x.detach(), *structure.key),
+        "rotate_weight": (weight.detach(), *structure.key),
     }[name]
     result = torch.library.opcheck(getattr(torch.ops.ss1bench, name), args)
     assert all(status == "SUCCESS" for status in result.values()), result

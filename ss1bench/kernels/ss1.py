@@ -112,17 +112,22 @@ def row_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
-def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
-                      out_dtype: torch.dtype | None = None) -> None:
-    """The checks of :func:`sketch_and_rotate`'s callers: ``x: (M, K)`` and ``weight: (N, K_red)``
-    on one CUDA device (or in the interpreter), of one supported dtype; with ``out_dtype`` (the
-    outputs' dtype, autocast's) each may have its own supported dtype."""
+def _check_pass_x(x: torch.Tensor, structure: SS1Structure) -> None:
+    """``x: (M, K)`` on a CUDA device (or in the interpreter), of a supported dtype."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     dtype_name(x.dtype)
     _check_device(x.device)
     if x.shape[1] != structure.in_features:
         raise ValueError(f"x has {x.shape[1]} features but the layer expects in_features={structure.in_features}")
+
+
+def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,
+                      out_dtype: torch.dtype | None = None) -> None:
+    """The checks of :func:`sketch_and_rotate`'s callers: ``x: (M, K)`` and ``weight: (N, K_red)``
+    on one CUDA device (or in the interpreter), of one supported dtype; with ``out_dtype`` (the
+    outputs' dtype, autocast's) each may have its own supported dtype."""
+    _check_pass_x(x, structure)
     if out_dtype is not None:
         dtype_name(out_dtype)
         dtype_name(weight.dtype)
@@ -350,6 +355,14 @@ def sketch_rotate_pass(x: torch.Tensor, weight: torch.Tensor, structure: SS1Stru
     check_pass_inputs(x, weight, structure, out_dtype)
     cfg = sketch_pass_config("forward_rotated", m_hint, structure, out_dtype or x.dtype, x.device)
     return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg, launch=launch, out_dtype=out_dtype)
+
+
+def sketch_pass(x: torch.Tensor, structure: SS1Structure, m_hint: int, launch=launch_kernel) -> torch.Tensor:
+    """``sketch(x)`` checked, the tile from :func:`sketch_pass_config` for ``m_hint`` rows: the
+    traced inference op whose weight rotation Inductor's freezing folds away."""
+    _check_pass_x(x, structure)
+    cfg = sketch_pass_config("forward_rotated", m_hint, structure, x.dtype, x.device)
+    return sketch(row_major(x), structure, cfg, launch=launch)
 
 
 def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: SS1Structure,

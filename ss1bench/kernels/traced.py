@@ -25,6 +25,10 @@ Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
 - ``sketch_rotate(x, weight, ..., trace_key=0) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
+- ``sketch(x, ..., trace_key=0) -> xs: (M, K_red)`` and ``rotate_weight(weight, ...) -> wr``, for
+  inference graphs whose parameters Inductor freezes (see :func:`inductor_freezes`): freezing runs
+  the rotation once at compile time and keeps its result as a constant, so a call only sketches x
+  and multiplies by the rotated weight;
 - ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
 """
 
@@ -106,6 +110,41 @@ def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_f
     """``trace_key`` is not read: it is there to be part of the graph (see the module's notes)."""
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
     return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
+
+
+@triton_op("ss1bench::sketch", mutates_args=())
+def sketch(x: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int, block_k: int,
+           block_n: int, trace_key: int = 0) -> torch.Tensor:
+    """Inference only (no autograd formula): ``trace_key`` as for ``sketch_rotate``."""
+    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+    return ss1.sketch_pass(x, structure, _size_hint(x.shape[0]), launch=_launch)
+
+
+@torch.library.custom_op("ss1bench::rotate_weight", mutates_args=())
+def rotate_weight(weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int,
+                  block_k: int, block_n: int) -> torch.Tensor:
+    """The weight rotation as an op Inductor does not look into (not a ``triton_op``). Freezing's
+    constant folding runs such an op on the frozen weight once, at compile time; it does not fold
+    a Triton kernel node, nor the reference's gather, whose index a trace builds from aranges."""
+    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+    if weight.is_cuda:
+        return ss1.rotate_weight(ss1.row_major(weight), structure)
+    return reference.rotate_weight(weight.contiguous(), structure)
+
+
+@rotate_weight.register_fake
+def _rotate_weight_fake(weight, in_features, out_features, redn_factor, seed, block_k, block_n):
+    return torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+
+
+@torch.compiler.assume_constant_result
+def inductor_freezes() -> bool:
+    """Whether Inductor will freeze the traced graph's parameters (``torch._inductor.config.freezing``,
+    read once per trace, a constant of the graph). An inference trace then sketches x alone and
+    rotates the weight with :func:`rotate_weight`, which freezing folds into a constant."""
+    from torch._inductor import config as inductor_config
+
+    return bool(inductor_config.freezing)
 
 
 @triton_op("ss1bench::unsketch", mutates_args=())
