@@ -588,6 +588,36 @@ def test_compiled_calls_run_without_the_rotated_weight_cache(monkeypatch, tmp_pa
     assert set(frame["status"]) == {"ok"}
 
 
+
+@pytest.mark.parametrize("freezing", [True, False])
+def test_freezing_is_on_for_compiled_inference_calls_only(tmp_path, freezing):
+    """With ``freezing`` the compiled inference calls (dense and SS1) run, from their first
+    (compiling) call on, with Inductor's parameter freezing, and the setting is restored after."""
+    from torch._inductor import config as inductor_config
+
+    seen = []
+
+    class FreezingCompiler(RecordingCompiler):
+        def __call__(self, model, mode):
+            forward = super().__call__(model, mode)
+            return lambda *args, **kwargs: (seen.append((mode, inductor_config.freezing)), forward(*args, **kwargs))[1]
+
+    csv_path, frame = _run(tmp_path, ["gpt2"], ["none", "default"], timer=FakeTimer(), compiler=FreezingCompiler(),
+                           freezing=freezing)
+    assert set(frame["status"]) == {"ok"}
+    assert {flag for mode, flag in seen if mode == "default"} == {freezing}
+    assert inductor_config.freezing is False  # restored after the run
+    assert json.loads(csv_path.with_suffix(".json").read_text())["freezing"] is freezing
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train", "--compile", "default"], "inference only"),
+    (["--compile", "none"], "add a --compile mode"),
+])
+def test_freezing_is_refused_where_it_does_not_apply(args, message):
+    result = CliRunner().invoke(main, ["e2e", "--freezing", "--dry-run", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory):
     """Training steps under bf16 autocast (the CPU runs it too), eager."""

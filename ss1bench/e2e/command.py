@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import torch
+from torch._inductor import config as inductor_config
 
 from ss1bench.bench.measure import Timing, one_line_error
 from ss1bench.bench.results import ResultWriter, RunInfo, use_tuning_database
@@ -80,6 +81,7 @@ class Settings:
     compile_modes: tuple[str, ...] = ("none",)
     train: bool = False
     rotated_cache: bool = True
+    freezing: bool = False
 
 
 def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dtype_name: str, gpu: str,
@@ -91,7 +93,9 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
 
     Inference runs build the model in ``dtype_name``; training runs build it in fp32 and run the
     step under autocast to ``dtype_name`` (none for fp32). SS1 models use the rotated-weight cache
-    in eager inference unless ``settings.rotated_cache`` is False. Rows come out per compile mode,
+    in eager inference unless ``settings.rotated_cache`` is False. With ``settings.freezing``,
+    compiled inference calls (dense and SS1) compile with Inductor's parameter freezing. Rows come
+    out per compile mode,
     phase, then c: the dense row (repeated in each c group), then SS1's. A model that cannot be
     built, or a c that cannot be converted, gives rows whose status is the error.
     """
@@ -121,9 +125,12 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     def measure(model, mode: str, phase: str) -> Measurement:
         make = partial(phase_call, model, phase, inputs, decoder, compile_mode=mode, compiler=s.compiler,
                        autocast_dtype=autocast)
-        measured = time_call(make, device, s.timer, s.warmup_ms, s.rep_ms,
-                             s.cuda_graph and mode == "none" and phase != "train", grad=phase == "train",
-                             kernel_timer=s.kernel_timer, how="eager" if mode == "none" else "compiled")
+        # the first call compiles: freezing must be on from there on
+        frozen = s.freezing and mode != "none" and phase != "train"
+        with inductor_config.patch(freezing=frozen):
+            measured = time_call(make, device, s.timer, s.warmup_ms, s.rep_ms,
+                                 s.cuda_graph and mode == "none" and phase != "train", grad=phase == "train",
+                                 kernel_timer=s.kernel_timer, how="eager" if mode == "none" else "compiled")
         model.zero_grad(set_to_none=True)  # a training step's gradients: not carried into the next copy
         release(device, compiled=mode != "none")
         return measured
@@ -176,7 +183,7 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
     """Time every model; write ``out_dir/stem.csv`` and its JSON sidecar. Returns (csv path, DataFrame).
 
     ``settings`` are :class:`Settings` fields (timer, kernel_timer, compiler, warmup_ms, rep_ms,
-    cuda_graph, compile_modes, train, rotated_cache). ``device`` defaults to the current CUDA
+    cuda_graph, compile_modes, train, rotated_cache, freezing). ``device`` defaults to the current CUDA
     device; on any other device the GPU name is ``CPU``, and peak memory and kernel time are empty
     (tests run the whole path on the CPU with a fake ``timer``). ``overrides`` maps model names to
     config overrides. The CSV and sidecar are rewritten after every model, so an interrupted run
@@ -205,7 +212,7 @@ def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int
             metadata.pop(key, None)
         metadata.update(timing=E2E_TIMING, flop_counts=E2E_FLOPS, providers=PROVIDER_DESCRIPTIONS,
                         phases=PHASE_DESCRIPTIONS, models=configs, compile_modes=list(s.compile_modes),
-                        train=s.train, rotated_cache=s.rotated_cache,
+                        train=s.train, rotated_cache=s.rotated_cache, freezing=s.freezing,
                         conversion="convert_to_ss_linear(copy, c, project=False)"
                                    + ("; cache_rotated_weights(copy) for eager inference"
                                       if s.rotated_cache and not s.train else ""))
@@ -278,9 +285,13 @@ def _dry_run(models: list[str], factors: list[int], batch: int, seq: int, compil
 @click.option("--rotated-cache/--no-rotated-cache", default=True, show_default=True,
               help="Turn the SSL layers' rotated-weight cache on for eager inference (one more N x K/c tensor "
                    "per layer, no per-call weight rotation).")
+@click.option("--freezing", is_flag=True,
+              help="Compile inference calls with Inductor's parameter freezing (torch._inductor.config.freezing), "
+                   "dense and SS1 alike: parameters become constants, and SS1's weight rotation runs once at "
+                   "compile time. Inference only.")
 @click.option("--dry-run", is_flag=True, help="List the work and the linear weight counts, and exit (no GPU needed).")
 def e2e_command(models, redn_factors, redn_factor_alias, batch, seq, dtype, compile_modes, train, out_dir,
-                warmup_ms, rep_ms, cuda_graph, rotated_cache, dry_run) -> None:
+                warmup_ms, rep_ms, cuda_graph, rotated_cache, freezing, dry_run) -> None:
     """Time whole models (GPT-2, BERT, Llama-1B shapes), dense against SS1, eager or compiled:
     prefill and decode, or a training step (--train).
 
@@ -297,8 +308,14 @@ def e2e_command(models, redn_factors, redn_factor_alias, batch, seq, dtype, comp
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--redn-factors") from None
     modes = list(dict.fromkeys(choices("--compile", compile_modes, COMPILE_MODES)))
+    if freezing and train:
+        raise click.BadParameter("freezing makes parameters constants: inference only, not with --train",
+                                 param_hint="--freezing")
+    if freezing and modes == ["none"]:
+        raise click.BadParameter("freezing applies to compiled calls: add a --compile mode other than none",
+                                 param_hint="--freezing")
     dtype = dtype or DEFAULT_DTYPE[train]
-    stem = output_stem(model_list, dtype, batch, seq, modes, train)
+    stem = output_stem(model_list, dtype, batch, seq, modes, train) + ("_freezing" if freezing else "")
     try:
         import_transformers()
     except ImportError as error:
@@ -312,10 +329,10 @@ def e2e_command(models, redn_factors, redn_factor_alias, batch, seq, dtype, comp
     out = out_dir or Path("reports") / normalize_gpu_name(torch.cuda.get_device_name())
     args = {"models": model_list, "redn_factors": factors, "batch": batch, "seq": seq, "dtype": dtype,
             "compile": modes, "train": train, "warmup_ms": warmup_ms, "rep_ms": rep_ms, "cuda_graph": cuda_graph,
-            "rotated_cache": rotated_cache}
+            "rotated_cache": rotated_cache, "freezing": freezing}
     csv_path, frame = run(model_list, factors, batch, seq, dtype, out, stem, args, echo=click.echo,
                           warmup_ms=warmup_ms, rep_ms=rep_ms, cuda_graph=cuda_graph, compile_modes=modes,
-                          train=train, rotated_cache=rotated_cache)
+                          train=train, rotated_cache=rotated_cache, freezing=freezing)
     click.echo(summary_table(frame))
     failed = frame[frame["status"] != "ok"]
     if len(failed):
