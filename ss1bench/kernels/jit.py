@@ -46,6 +46,13 @@ def _tile_ids(pid, num_pid_rows, num_pid_cols, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _member_shift(it, r, R0M, R1M, R3M, BK: tl.constexpr, VEC: tl.constexpr):
+    """a(it, r) = ((R3 + R1*(it+1) + R0*(r+1)) * VEC) mod BK, the rotation of member r of group it
+    (``it`` and ``r`` non-negative; a constexpr member or a tensor of members)."""
+    return ((R3M + R1M * ((it + 1) & (BK - 1)) + R0M * ((r + 1) & (BK - 1))) * VEC) & (BK - 1)
+
+
+@triton.jit
 def _member_columns(kk, r: tl.constexpr, R0M, R1M, R3M, C: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr):
     """Dense column of member r for compressed columns kk: (it*C + r)*BK + ((t + a(it, r)) mod BK).
 
@@ -59,7 +66,7 @@ def _member_columns(kk, r: tl.constexpr, R0M, R1M, R3M, C: tl.constexpr, BK: tl.
         col = kk
     else:
         it = (kk.to(tl.uint32) // BK).to(tl.int32)
-        shift = ((R3M + R1M * ((it + 1) & (BK - 1)) + R0M * ((r + 1) % BK)) * VEC) & (BK - 1)
+        shift = _member_shift(it, r, R0M, R1M, R3M, BK, VEC)
         col = (kk - t) * C + r * BK + ((t + shift) & (BK - 1))
     return tl.max_contiguous(tl.multiple_of(col, VEC), VEC)
 
@@ -96,9 +103,7 @@ def _load_sketch_block(x_rows, kk, mask_rows, mask_kk, K, R0M, R1M, R3M,
     r = tl.arange(0, C)
     t = kk & (BK - 1)
     it = (kk.to(tl.uint32) // BK).to(tl.int32)
-    # _member_columns for every member at once: r + 1 <= C <= ... and BK is a power of two, so
-    # (r + 1) mod BK is an AND here too
-    shift = (((R3M + R1M * ((it + 1) & (BK - 1)))[None, :] + R0M * ((r + 1) & (BK - 1))[:, None]) * VEC) & (BK - 1)
+    shift = _member_shift(it[None, :], r[:, None], R0M, R1M, R3M, BK, VEC)  # (C, kk)
     col = ((kk - t) * C)[None, :] + (r * BK)[:, None] + ((t[None, :] + shift) & (BK - 1))
     col = tl.max_contiguous(tl.multiple_of(col, [1, VEC]), [1, VEC])
     mask = mask_rows[:, None, None] & (mask_kk[None, :] & (col < K))[None, :, :]

@@ -42,7 +42,7 @@ import torch
 from torch.library import triton_op, wrap_triton
 
 import ss1bench
-from ss1bench import reference
+from ss1bench import ops, reference
 from ss1bench.structure import SS1Structure, cached_structure
 
 from . import config, ss1
@@ -126,10 +126,7 @@ def rotate_weight(weight: torch.Tensor, in_features: int, out_features: int, red
     """The weight rotation as an op Inductor does not look into (not a ``triton_op``). Freezing's
     constant folding runs such an op on the frozen weight once, at compile time; it does not fold
     a Triton kernel node, nor the reference's gather, whose index a trace builds from aranges."""
-    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    if weight.is_cuda:
-        return ss1.rotate_weight(ss1.row_major(weight), structure)
-    return reference.rotate_weight(weight.contiguous(), structure)
+    return ops.rotate_weight(weight, _structure(in_features, out_features, redn_factor, seed, block_k, block_n))
 
 
 @rotate_weight.register_fake
