@@ -112,8 +112,9 @@ def row_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
-def _check_pass_x(x: torch.Tensor, structure: SS1Structure) -> None:
-    """``x: (M, K)`` on a CUDA device (or in the interpreter), of a supported dtype."""
+def _check_x(x: torch.Tensor, structure: SS1Structure) -> None:
+    """``x: (M, K)`` of a supported dtype on a CUDA device (or in the interpreter), with the layer's K
+    columns: the forward's and the passes' checks of x."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
     dtype_name(x.dtype)
@@ -127,7 +128,7 @@ def check_pass_inputs(x: torch.Tensor, weight: torch.Tensor, structure: SS1Struc
     """The checks of :func:`sketch_and_rotate`'s callers: ``x: (M, K)`` and ``weight: (N, K_red)``
     on one CUDA device (or in the interpreter), of one supported dtype; with ``out_dtype`` (the
     outputs' dtype, autocast's) each may have its own supported dtype."""
-    _check_pass_x(x, structure)
+    _check_x(x, structure)
     if out_dtype is not None:
         dtype_name(out_dtype)
         dtype_name(weight.dtype)
@@ -360,7 +361,7 @@ def sketch_rotate_pass(x: torch.Tensor, weight: torch.Tensor, structure: SS1Stru
 def sketch_pass(x: torch.Tensor, structure: SS1Structure, m_hint: int, launch=launch_kernel) -> torch.Tensor:
     """``sketch(x)`` checked, the tile from :func:`sketch_pass_config` for ``m_hint`` rows: the
     traced inference op whose weight rotation Inductor's freezing folds away."""
-    _check_pass_x(x, structure)
+    _check_x(x, structure)
     cfg = sketch_pass_config("forward_rotated", m_hint, structure, x.dtype, x.device)
     return sketch(row_major(x), structure, cfg, launch=launch)
 
@@ -474,16 +475,11 @@ def ss1_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if plan is not None:
             return plan(x, weight, bias, rotated_weight)
         plan_key = plan_key if x.dim() == 2 else None
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    _check_x(x, structure)
     m, k = x.shape
     n, k_red = structure.weight_shape
-    dtype_name(x.dtype)
-    _check_device(x.device)
     if plan_key is not None and _copied_below(x, weight, bias):
         plan_key = None
-    if k != structure.in_features:
-        raise ValueError(f"x has {k} features but the layer expects in_features={structure.in_features}")
     _check_tensor("weight", weight, structure.weight_shape, x.dtype, x.device)
     if rotated_weight is not None:
         _check_tensor("rotated_weight", rotated_weight, structure.weight_shape, x.dtype, x.device)
