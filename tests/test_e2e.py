@@ -608,6 +608,20 @@ def test_freezing_is_on_for_compiled_inference_calls_only(tmp_path, freezing):
     assert {flag for mode, flag in seen if mode == "default"} == {freezing}
     assert inductor_config.freezing is False  # restored after the run
     assert json.loads(csv_path.with_suffix(".json").read_text())["freezing"] is freezing
+    # frozen rows name it in their compile column, so a report keeps them apart from unfrozen ones
+    assert set(frame["compile"]) == {"none", "default+freezing" if freezing else "default"}
+
+
+def test_report_keeps_frozen_and_unfrozen_rows_apart(tmp_path):
+    """A run with ``freezing`` and one without, reported together: both compiled rows stay (they
+    are different cases), in the summary table and in the plot's panels."""
+    csvs = [_run(tmp_path / str(freezing), ["gpt2"], ["default"], timer=FakeTimer(), compiler=RecordingCompiler(),
+                 freezing=freezing)[0] for freezing in (False, True)]
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", *map(str, csvs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _tables((out / "summary.md").read_text())[tuple(E2E_HEADER)]
+    assert sorted(cells[COL["compile"]] for cells in rows) == ["default", "default+freezing"]
 
 
 @pytest.mark.parametrize("args, message", [

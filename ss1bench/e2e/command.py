@@ -64,6 +64,9 @@ from .timing import (
     time_call,
 )
 
+#: Appended to the ``compile`` column of rows compiled with Inductor's parameter freezing.
+FROZEN_SUFFIX = "+freezing"
+
 #: ``--dtype`` when not given: fp16 models for inference, bf16 autocast for training steps.
 DEFAULT_DTYPE = {False: "fp16", True: "bf16"}
 
@@ -94,7 +97,8 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     Inference runs build the model in ``dtype_name``; training runs build it in fp32 and run the
     step under autocast to ``dtype_name`` (none for fp32). SS1 models use the rotated-weight cache
     in eager inference unless ``settings.rotated_cache`` is False. With ``settings.freezing``,
-    compiled inference calls (dense and SS1) compile with Inductor's parameter freezing. Rows come
+    compiled inference calls (dense and SS1) compile with Inductor's parameter freezing, and their
+    rows' ``compile`` is the mode with :data:`FROZEN_SUFFIX` (``default+freezing``). Rows come
     out per compile mode,
     phase, then c: the dense row (repeated in each c group), then SS1's. A model that cannot be
     built, or a c that cannot be converted, gives rows whose status is the error.
@@ -122,12 +126,14 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
         return [e2e_row(w, gpu, dtype_name, provider, None, None, None, None, None, failed, math.nan)
                 for w in work for provider in ("dense", "ss1_tuned")]
 
+    def frozen(mode: str, phase: str) -> bool:
+        return s.freezing and mode != "none" and phase != "train"
+
     def measure(model, mode: str, phase: str) -> Measurement:
         make = partial(phase_call, model, phase, inputs, decoder, compile_mode=mode, compiler=s.compiler,
                        autocast_dtype=autocast)
         # the first call compiles: freezing must be on from there on
-        frozen = s.freezing and mode != "none" and phase != "train"
-        with inductor_config.patch(freezing=frozen):
+        with inductor_config.patch(freezing=frozen(mode, phase)):
             measured = time_call(make, device, s.timer, s.warmup_ms, s.rep_ms,
                                  s.cuda_graph and mode == "none" and phase != "train", grad=phase == "train",
                                  kernel_timer=s.kernel_timer, how="eager" if mode == "none" else "compiled")
@@ -164,7 +170,8 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
             release(device)
         structure = ss1_stats.structure if ss1_stats is not None else None
         for mode, phase in calls:
-            item = Work(name, phase, mode, c, batch, seq)
+            # frozen rows say so in their compile column: they are not the same case as unfrozen ones
+            item = Work(name, phase, f"{mode}{FROZEN_SUFFIX}" if frozen(mode, phase) else mode, c, batch, seq)
             dense_result, ss1_result = dense_measured[mode, phase], ss1_measured[mode, phase]
             dense_ms = dense_result.timing.median_ms
             rows.append(e2e_row(item, gpu, dtype_name, "dense", hidden, intermediate, dense_stats, dense_stats,
@@ -174,7 +181,8 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     dense = None
     release(device)
     order = {call: i for i, call in enumerate(calls)}
-    return sorted(rows, key=lambda row: order[row["compile"], row["layer"].rsplit(" ", 1)[1]])  # c order kept
+    return sorted(rows, key=lambda row: order[row["compile"].removesuffix(FROZEN_SUFFIX),
+                                              row["layer"].rsplit(" ", 1)[1]])  # c order kept
 
 
 def run(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: int, dtype_name: str, out_dir: Path,

@@ -23,7 +23,8 @@ them) and then ``schema.E2E_COLUMNS``:
   (activations, logits, the decode step's new cache tensors, a training step's gradients);
 - ``detail`` = ``tokens/s=...; timing=...; attention=...; linear layers=...`` (tokens/s = M / median;
   training rows add ``step=...``);
-- ``compile`` = the ``torch.compile`` mode (``none``: eager); ``kernel_ms`` = GPU kernel time per
+- ``compile`` = the ``torch.compile`` mode (``none``: eager; ``default+freezing`` and the like:
+  compiled with Inductor's parameter freezing, ``--freezing``); ``kernel_ms`` = GPU kernel time per
   call (torch.profiler; empty off CUDA); ``compile_s`` = seconds of the first, untimed call
   (compilation under a compile mode; Triton JIT and first-use set-up when eager).
 """

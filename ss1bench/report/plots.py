@@ -286,7 +286,9 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
 
 
 def _e2e_panel_title(phase: str, mode: str) -> str:
-    return E2E_PHASE_TITLES.get(phase, phase) + ("\neager" if mode == "none" else f"\ntorch.compile mode={mode}")
+    base, frozen = mode.removesuffix("+freezing"), mode.endswith("+freezing")  # e2e --freezing rows
+    how = "eager" if mode == "none" else f"torch.compile mode={base}" + (", parameter freezing" if frozen else "")
+    return f"{E2E_PHASE_TITLES.get(phase, phase)}\n{how}"
 
 
 def plot_e2e_speedup(plt, frame, context: str, tag: str, out: Path) -> Path:
