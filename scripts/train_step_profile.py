@@ -11,7 +11,13 @@ It also gives the host time of each phase (zero_grad + forward, backward, optimi
 GPU is first kept busy with ``torch.cuda._sleep``, so the host never waits on it and the time to
 enqueue a phase is what the host spends on it (a little above the unloaded cost: the launch queue
 is deep). A step is host-bound when its host time exceeds its GPU kernel time.
-``--trace DIR`` writes one step of each SS1 run as a Chrome trace.
+
+Two more columns say what keeps the GPU waiting when wall time runs above kernel time: the GPU's
+idle time per step in the profiled steps (the time between kernels), with the host operations
+that overlap the longest gaps listed for SS1, and the Python garbage collector's time and
+collections per step over the timed steps (``gc.callbacks``). ``--trace DIR`` writes one step of
+each SS1 run as a Chrome trace. ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the
+compiled steps with Inductor's C++ wrapper.
 
     python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--providers dense,ss1] [--trace DIR]
 """
@@ -20,8 +26,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import itertools
+import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -43,6 +54,53 @@ PROFILED_STEPS = 3
 #: GPU cycles slept before each host-timed step (~0.15 s on an H200: longer than any step's host time).
 SLEEP_CYCLES = 300_000_000
 HOST_REPEATS = 7
+#: Host operations listed per long GPU gap, and gaps listed per SS1 run.
+GAP_OPS, GAPS_LISTED = 6, 8
+#: Chrome-trace categories of host events.
+HOST_CATEGORIES = ("cpu_op", "python_function", "user_annotation", "cuda_runtime", "cuda_driver")
+
+
+class GcClock:
+    """Time spent in the garbage collector and collections per generation while active."""
+
+    def __init__(self) -> None:
+        self.seconds, self.collections, self._start = 0.0, [0, 0, 0], 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def gpu_gaps(prof: profile, steps: int) -> tuple[float, list[tuple[float, str, list[str]]]]:
+    """GPU idle ms per step between the profiled kernels, and the longest gaps: (ms, next
+    kernel, the longest host operations overlapping the gap)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    kernels = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if e.get("cat") == "kernel")
+    if len(kernels) < 2:
+        return 0.0, []
+    gaps = sorted(((nxt[0] - prev[1], prev[1], nxt[2]) for prev, nxt in itertools.pairwise(kernels)
+                   if nxt[0] > prev[1]), reverse=True)
+    host = [e for e in events if e.get("ph") == "X" and e.get("cat") in HOST_CATEGORIES]
+    listed = []
+    for gap, start, kernel in gaps[:GAPS_LISTED]:
+        overlapping = sorted((e for e in host if e["ts"] < start + gap and e["ts"] + e["dur"] > start),
+                             key=lambda e: -e["dur"])
+        listed.append((gap / 1e3, kernel, [f"{e['name'][:60]} ({e['dur'] / 1e3:.2f} ms)"
+                                           for e in overlapping[:GAP_OPS]]))
+    return sum(gap for gap, _, _ in gaps) / 1e3 / steps, listed
 
 
 def host_phase_ms(step: TrainStep) -> tuple[float, float, float]:
@@ -93,11 +151,13 @@ def main() -> None:
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(10):
-                step()
-            torch.cuda.synchronize()
-            wall = (time.perf_counter() - start) / 10 * 1e3
+            with GcClock() as collector:
+                start = time.perf_counter()
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - start) / 10 * 1e3
+            gc_ms, gc_counts = collector.seconds / 10 * 1e3, [n / 10 for n in collector.collections]
             kernels = kernel_ms(step, PROFILED_STEPS)
             host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -107,10 +167,14 @@ def main() -> None:
             events = prof.key_averages()
             calls = {name: sum(e.count for e in events if e.key in keys) / PROFILED_STEPS
                      for name, keys in HOST_CALLS.items()}
-            rows.append((mode, provider, first_s, wall, kernels, host, calls))
+            idle_ms, gaps = gpu_gaps(prof, PROFILED_STEPS)
+            rows.append((mode, provider, first_s, wall, kernels, host, idle_ms, gc_ms, gc_counts, calls))
             if provider == "ss1":
                 print(f"---- {mode} SS1: host operations by own CPU time ({PROFILED_STEPS} steps)")
                 print(events.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70))
+                print(f"---- {mode} SS1: longest GPU gaps ({PROFILED_STEPS} steps) and the host operations in them")
+                for gap_ms, kernel, ops in gaps:
+                    print(f"{gap_ms:7.3f} ms before {kernel[:60]}: {'; '.join(ops)}")
                 if args.trace:
                     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as one:
                         step()
@@ -118,12 +182,14 @@ def main() -> None:
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
             del model, forward, step
     print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s} "
-          f"{'host ms fwd/bwd/opt (sum)':>27s}  per step: " + ", ".join(HOST_CALLS))
-    for mode, provider, first_s, wall, kernels, host, calls in rows:
+          f"{'host ms fwd/bwd/opt (sum)':>27s} {'GPU idle ms':>11s} {'gc ms (gen 0/1/2 per step)':>27s}"
+          "  per step: " + ", ".join(HOST_CALLS))
+    for mode, provider, first_s, wall, kernels, host, idle_ms, gc_ms, gc_counts, calls in rows:
         counts = ", ".join(f"{calls[name]:.0f}" for name in HOST_CALLS)
         phases = "/".join(f"{ms:.1f}" for ms in host) + f" ({sum(host):.1f})"
+        collections = f"{gc_ms:.2f} ({'/'.join(f'{n:.1f}' for n in gc_counts)})"
         print(f"{mode:9s} {provider:8s} {first_s:8.1f} {wall:8.2f} {kernels:9.2f} {wall / kernels:11.2f} "
-              f"{phases:>27s}  {counts}")
+              f"{phases:>27s} {idle_ms:11.2f} {collections:>27s}  {counts}")
 
 
 if __name__ == "__main__":
