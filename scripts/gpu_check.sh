@@ -13,6 +13,9 @@
 #              then the bench of that slice with the shipped database and with the re-tuned records,
 #              their time ratios, and (when RETUNE_C has 8 and 16) scripts/c16_vs_c8.py on both
 #   decode     retune with its defaults: GPT-2 decode forward at c = 8 and 16
+#   trainprof  scripts/train_step_profile.py on compiled GPT-2 training steps (dense and SS1) at
+#              TRAINPROF_LAYERS (6,12) layers, then the deepest again with --gc-freeze: wall against
+#              kernel time, the GPU's idle gaps and the garbage collector per step
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -116,6 +119,19 @@ print(ratio.groupby(level=["provider", "dtype", "redn_factor", "M"])
 PY
 }
 
+run_trainprof() {
+    local layers deepest
+    for layers in ${TRAINPROF_LAYERS//,/ }; do
+        timeout "${TRAINPROF_S:-200}" python3 scripts/train_step_profile.py --modes compiled --layers "$layers" \
+            > "$OUT/train_step_profile_${layers}.txt" 2>&1
+        echo "train_step_profile $layers layers rc=$?"; tail -3 "$OUT/train_step_profile_${layers}.txt"
+        deepest=$layers
+    done
+    timeout "${TRAINPROF_S:-200}" python3 scripts/train_step_profile.py --modes compiled --layers "$deepest" \
+        --gc-freeze > "$OUT/train_step_profile_${deepest}_gc_freeze.txt" 2>&1
+    echo "train_step_profile $deepest layers --gc-freeze rc=$?"; tail -3 "$OUT/train_step_profile_${deepest}_gc_freeze.txt"
+}
+
 for stage in $STAGES; do
     case "$stage" in
         tests) run_tests ;;
@@ -126,6 +142,7 @@ for stage in $STAGES; do
         tune) run_tune ;;
         retune) run_retune ;;
         decode) RETUNE_M=1,16,64 RETUNE_C=8,16 RETUNE_DTYPES=fp16 RETUNE_KINDS=forward,forward_rotated run_retune ;;
-        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode)"; exit 2 ;;
+        trainprof) TRAINPROF_LAYERS=${TRAINPROF_LAYERS:-6,12} run_trainprof ;;
+        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode trainprof)"; exit 2 ;;
     esac
 done

@@ -15,11 +15,13 @@ is deep). A step is host-bound when its host time exceeds its GPU kernel time.
 Two more columns say what keeps the GPU waiting when wall time runs above kernel time: the GPU's
 idle time per step in the profiled steps (the time between kernels), with the host operations
 that overlap the longest gaps listed for SS1, and the Python garbage collector's time and
-collections per step over the timed steps (``gc.callbacks``). ``--trace DIR`` writes one step of
-each SS1 run as a Chrome trace. ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the
-compiled steps with Inductor's C++ wrapper.
+collections per step over the timed steps (``gc.callbacks``). ``--gc-freeze`` calls
+``gc.freeze()`` after the warm-up steps. ``--trace DIR`` writes one step of each SS1 run as a
+Chrome trace. ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the compiled steps with
+Inductor's C++ wrapper.
 
     python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--providers dense,ss1] [--trace DIR]
+        [--gc-freeze]
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ def main() -> None:
     parser.add_argument("--providers", default="dense,ss1", help="dense, ss1 or both (comma-separated)")
     parser.add_argument("--top", type=int, default=25, help="host operations listed per SS1 run")
     parser.add_argument("--trace", help="folder for Chrome traces of one SS1 step")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after the warm-up steps: the collector then skips every object alive "
+                             "by then (the model, the compiled code), as long-running servers do")
     args = parser.parse_args()
 
     base = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50304, n_layer=args.layers))
@@ -150,6 +155,9 @@ def main() -> None:
             first_s = time.perf_counter() - start
             for _ in range(3):
                 step()
+            if args.gc_freeze:
+                gc.collect()
+                gc.freeze()
             torch.cuda.synchronize()
             with GcClock() as collector:
                 start = time.perf_counter()
@@ -181,6 +189,7 @@ def main() -> None:
                         torch.cuda.synchronize()
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
             del model, forward, step
+            gc.unfreeze()
     print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s} "
           f"{'host ms fwd/bwd/opt (sum)':>27s} {'GPU idle ms':>11s} {'gc ms (gen 0/1/2 per step)':>27s}"
           "  per step: " + ", ".join(HOST_CALLS))
