@@ -15,7 +15,8 @@ is deep). A step is host-bound when its host time exceeds its GPU kernel time.
 Two more columns say what keeps the GPU waiting when wall time runs above kernel time: the GPU's
 idle time per step in the profiled steps (the time between kernels), with the host operations
 that overlap the longest gaps listed for SS1, and the Python garbage collector's time and
-collections per step over the timed steps (``gc.callbacks``). ``--gc-freeze`` calls
+collections per step over the timed steps (``gc.callbacks``). Each run also lists the CPU time
+per step of every busy thread of the process over the timed steps. ``--gc-freeze`` calls
 ``gc.freeze()`` after the warm-up steps. ``--trace DIR`` writes one step of each SS1 run as a
 Chrome trace. ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the compiled steps with
 Inductor's C++ wrapper.
@@ -31,8 +32,10 @@ import copy
 import gc
 import itertools
 import json
+import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +61,8 @@ SLEEP_CYCLES = 300_000_000
 HOST_REPEATS = 7
 #: Host operations listed per long GPU gap, and gaps listed per SS1 run.
 GAP_OPS, GAPS_LISTED = 6, 8
+#: Threads listed with their CPU time per step when they spend at least this many ms.
+THREAD_MS = 0.2
 #: Chrome-trace categories of host events.
 HOST_CATEGORIES = ("cpu_op", "python_function", "user_annotation", "cuda_runtime", "cuda_driver")
 
@@ -81,6 +86,43 @@ class GcClock:
 
     def __exit__(self, *exc) -> None:
         gc.callbacks.remove(self._callback)
+
+
+class ThreadClock:
+    """CPU time of each of the process's threads while active (Linux: ``/proc/self/task``), so a
+    host-bound step shows which threads spend the time: the main thread, the autograd engine's
+    device thread, or something in the background."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @staticmethod
+    def _snapshot() -> dict[str, float]:
+        names = {thread.native_id: thread.name for thread in threading.enumerate()}
+        times = {}
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                schedstat = task / "schedstat"
+                if schedstat.exists():  # nanoseconds on the CPU
+                    ms = int(schedstat.read_text().split()[0]) / 1e6
+                else:  # utime + stime in clock ticks
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    ms = (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+                continue
+            label = f"{comm}" + (f" ({names[int(task.name)]})" if int(task.name) in names else "")
+            times[f"{label} [{task.name}]"] = ms
+        return times
+
+    def __enter__(self) -> ThreadClock:
+        self._start = self._snapshot() if Path("/proc/self/task").is_dir() else {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._start:
+            end = self._snapshot()
+            self.ms = {name: end[name] - self._start.get(name, 0.0) for name in end}
 
 
 def gpu_gaps(prof: profile, steps: int) -> tuple[float, list[tuple[float, str, list[str]]]]:
@@ -159,13 +201,16 @@ def main() -> None:
                 gc.collect()
                 gc.freeze()
             torch.cuda.synchronize()
-            with GcClock() as collector:
+            with GcClock() as collector, ThreadClock() as threads:
                 start = time.perf_counter()
                 for _ in range(10):
                     step()
                 torch.cuda.synchronize()
                 wall = (time.perf_counter() - start) / 10 * 1e3
             gc_ms, gc_counts = collector.seconds / 10 * 1e3, [n / 10 for n in collector.collections]
+            busy = sorted(((ms / 10, name) for name, ms in threads.ms.items() if ms / 10 >= THREAD_MS), reverse=True)
+            print(f"---- {mode} {provider}: CPU ms per step by thread over the timed steps (wall {wall:.2f} ms): "
+                  + "; ".join(f"{name} {ms:.2f}" for ms, name in busy))
             kernels = kernel_ms(step, PROFILED_STEPS)
             host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
