@@ -13,6 +13,9 @@
 #              then the bench of that slice with the shipped database and with the re-tuned records,
 #              their time ratios, and (when RETUNE_C has 8 and 16) scripts/c16_vs_c8.py on both
 #   decode     retune with its defaults: GPT-2 decode forward at c = 8 and 16
+#   frozendecode  scripts/compiled_decode_ab.py: compiled SS1 layers at decode sizes with and without
+#              Inductor's parameter freezing, against compiled nn.Linear and the eager cached path
+#              (FROZEN_ARGS overrides --shapes gpt2,llama --m 1,16,64 --redn-factors 4)
 #   trainprof  scripts/train_step_profile.py on compiled GPT-2 training steps (dense and SS1) at
 #              TRAINPROF_LAYERS (6,12) layers, then the deepest again with --gc-freeze: wall against
 #              kernel time, the GPU's idle gaps and the garbage collector per step
@@ -119,6 +122,13 @@ print(ratio.groupby(level=["provider", "dtype", "redn_factor", "M"])
 PY
 }
 
+run_frozendecode() {
+    timeout "${FROZEN_S:-420}" python3 scripts/compiled_decode_ab.py \
+        ${FROZEN_ARGS:---shapes gpt2,llama --m 1,16,64 --redn-factors 4} --out "$OUT/compiled_decode_ab.csv" \
+        > "$OUT/compiled_decode_ab.log" 2>&1
+    echo "compiled_decode_ab rc=$?"; grep -v -i warn "$OUT/compiled_decode_ab.log" | tail -40
+}
+
 run_trainprof() {
     local layers deepest
     for layers in ${TRAINPROF_LAYERS//,/ }; do
@@ -142,7 +152,9 @@ for stage in $STAGES; do
         tune) run_tune ;;
         retune) run_retune ;;
         decode) RETUNE_M=1,16,64 RETUNE_C=8,16 RETUNE_DTYPES=fp16 RETUNE_KINDS=forward,forward_rotated run_retune ;;
+        frozendecode) run_frozendecode ;;
         trainprof) TRAINPROF_LAYERS=${TRAINPROF_LAYERS:-6,12} run_trainprof ;;
-        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode trainprof)"; exit 2 ;;
+        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode frozendecode trainprof)"
+           exit 2 ;;
     esac
 done
