@@ -141,12 +141,15 @@ CASE_KEY = ("gpu", "dtype", "mode", "shape_set", "layer", "M", "K", "N", "redn_f
 #: Columns ``ss1bench e2e`` writes after RESULT_COLUMNS. Optional for readers: layer-benchmark CSVs
 #: and e2e CSVs made before them do not have them (read a missing ``compile`` as ``none``).
 E2E_COLUMNS: tuple[str, ...] = (
-    "compile",              # torch.compile mode of the call: none (eager) | default | max-autotune | reduce-overhead
+    "compile",              # torch.compile mode of the call: none (eager) | default | max-autotune | reduce-overhead,
+                            # with E2E_FROZEN_SUFFIX when compiled with Inductor's parameter freezing
     "kernel_ms",            # GPU kernel time per call (torch.profiler, kernels' self time summed); empty off CUDA
     "compile_s",            # seconds of the first, untimed call: compilation under a compile mode
 )
 #: What tells two e2e rows of the same CASE_KEY and provider apart.
 E2E_KEY = ("compile",)
+#: Appended to ``compile`` for calls compiled with Inductor's parameter freezing (``e2e --freezing``).
+E2E_FROZEN_SUFFIX = "+freezing"
 
 #: Quantiles timed by do_bench: the median and the spread around it.
 QUANTILES = (0.5, 0.2, 0.8)

@@ -17,7 +17,7 @@ from torch._inductor import config as inductor_config
 from ss1bench.bench.measure import Timing, one_line_error
 from ss1bench.bench.results import ResultWriter, RunInfo, use_tuning_database
 from ss1bench.bench.runner import INPUT_SEED
-from ss1bench.bench.schema import DTYPES
+from ss1bench.bench.schema import DTYPES, E2E_FROZEN_SUFFIX
 from ss1bench.cli_options import choices, positive_ints
 from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.layer import cache_rotated_weights
@@ -64,9 +64,6 @@ from .timing import (
     time_call,
 )
 
-#: Appended to the ``compile`` column of rows compiled with Inductor's parameter freezing.
-FROZEN_SUFFIX = "+freezing"
-
 #: ``--dtype`` when not given: fp16 models for inference, bf16 autocast for training steps.
 DEFAULT_DTYPE = {False: "fp16", True: "bf16"}
 
@@ -98,10 +95,9 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     step under autocast to ``dtype_name`` (none for fp32). SS1 models use the rotated-weight cache
     in eager inference unless ``settings.rotated_cache`` is False. With ``settings.freezing``,
     compiled inference calls (dense and SS1) compile with Inductor's parameter freezing, and their
-    rows' ``compile`` is the mode with :data:`FROZEN_SUFFIX` (``default+freezing``). Rows come
-    out per compile mode,
-    phase, then c: the dense row (repeated in each c group), then SS1's. A model that cannot be
-    built, or a c that cannot be converted, gives rows whose status is the error.
+    rows' ``compile`` is the mode with ``E2E_FROZEN_SUFFIX`` (``default+freezing``). Rows come out
+    per compile mode, phase, then c: the dense row (repeated in each c group), then SS1's. A model
+    that cannot be built, or a c that cannot be converted, gives rows whose status is the error.
     """
     s = settings or Settings()
     dtype = TORCH_DTYPES[dtype_name]
@@ -171,7 +167,7 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
         structure = ss1_stats.structure if ss1_stats is not None else None
         for mode, phase in calls:
             # frozen rows say so in their compile column: they are not the same case as unfrozen ones
-            item = Work(name, phase, f"{mode}{FROZEN_SUFFIX}" if frozen(mode, phase) else mode, c, batch, seq)
+            item = Work(name, phase, f"{mode}{E2E_FROZEN_SUFFIX}" if frozen(mode, phase) else mode, c, batch, seq)
             dense_result, ss1_result = dense_measured[mode, phase], ss1_measured[mode, phase]
             dense_ms = dense_result.timing.median_ms
             rows.append(e2e_row(item, gpu, dtype_name, "dense", hidden, intermediate, dense_stats, dense_stats,
@@ -181,7 +177,7 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     dense = None
     release(device)
     order = {call: i for i, call in enumerate(calls)}
-    return sorted(rows, key=lambda row: order[row["compile"].removesuffix(FROZEN_SUFFIX),
+    return sorted(rows, key=lambda row: order[row["compile"].removesuffix(E2E_FROZEN_SUFFIX),
                                               row["layer"].rsplit(" ", 1)[1]])  # c order kept
 
 

@@ -11,7 +11,7 @@ import itertools
 import math
 from pathlib import Path
 
-from ss1bench.bench.schema import PEER_PROVIDERS, PROVIDER_LABELS
+from ss1bench.bench.schema import E2E_FROZEN_SUFFIX, PEER_PROVIDERS, PROVIDER_LABELS
 
 from .common import (
     E2E_COMPILE_MODES,
@@ -286,7 +286,7 @@ def plot_peers(plt, frame, context: str, tag: str, regime: str, m: int, out: Pat
 
 
 def _e2e_panel_title(phase: str, mode: str) -> str:
-    base, frozen = mode.removesuffix("+freezing"), mode.endswith("+freezing")  # e2e --freezing rows
+    base, frozen = mode.removesuffix(E2E_FROZEN_SUFFIX), mode.endswith(E2E_FROZEN_SUFFIX)
     how = "eager" if mode == "none" else f"torch.compile mode={base}" + (", parameter freezing" if frozen else "")
     return f"{E2E_PHASE_TITLES.get(phase, phase)}\n{how}"
 
