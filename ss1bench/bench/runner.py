@@ -114,22 +114,9 @@ def _fill_(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def _format_config(config) -> str:
-    """``fused:128x128x64/w8/s3/g8``, ``sketch_gemm:32x128/w4`` or ``gemv:64x64/rows4/block/w2/s3``
-    (the fields each algorithm uses; ``/r255`` with a register cap)."""
-    algorithm = getattr(config, "algorithm", "fused")
-    if algorithm == "sketch_gemm":
-        return f"sketch_gemm:{config.tile_m}x{config.tile_k}/w{config.num_warps}"
-    regs = f"/r{config.maxnreg}" if getattr(config, "maxnreg", 0) else ""
-    if algorithm == "gemv":
-        rows = f"/rows{config.tile_m}" if config.tile_m > 1 else ""
-        block = "/block" if getattr(config, "block_gather", False) else ""
-        return f"gemv:{config.tile_n}x{config.tile_k}{rows}{block}/w{config.num_warps}/s{config.num_stages}{regs}"
-    if algorithm == "resident":
-        return f"resident:{config.tile_m}x{config.tile_n}/w{config.num_warps}/s{config.num_stages}{regs}"
-    text = f"{algorithm}:{config.tile_m}x{config.tile_n}x{config.tile_k}/w{config.num_warps}/s{config.num_stages}"
-    text += f"/g{config.group_m}"
-    text += f"/split{config.split_m}" if config.split_m > 1 else ""
-    return text + (f"/splitk{config.split_k}" if config.split_k > 1 else "") + regs
+    """``fused:128x128x64/w8/s3/g8``, ``sketch_gemm:32x128/w4`` or ``gemv:64x64/rows4/block/w2/s3``:
+    the algorithm, then :meth:`LaunchConfig.fields`."""
+    return f"{config.algorithm}:{'/'.join(config.fields())}"
 
 
 def _launch_detail(structure: SS1Structure, m: int, case: Case, device: torch.device,

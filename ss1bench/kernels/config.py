@@ -144,6 +144,27 @@ class LaunchConfig:
             options["maxnreg"] = self.maxnreg
         return options
 
+    def fields(self) -> list[str]:
+        """The settings this config's algorithm uses, as short text in a fixed order:
+        ``["128x128x64", "w8", "s3", "g8"]`` (then ``split4``, ``splitk2`` when split, ``r255`` with a
+        register cap); ``sketch_gemm``: ``["32x128", "w4"]`` (M x K tile); ``gemv``:
+        ``["64x64", "rows4", "block", "w2", "s3"]`` (N x K tile, rows per program when more than
+        one, ``block`` with block_gather); ``resident``: ``["64x128", "w4", "s2"]`` (M x N tile).
+        The tuner's text (:func:`ss1bench.tuning.space.describe`) and the bench's detail column join
+        them."""
+        if self.algorithm == "sketch_gemm":
+            return [f"{self.tile_m}x{self.tile_k}", f"w{self.num_warps}"]
+        pipeline = [f"w{self.num_warps}", f"s{self.num_stages}"]
+        cap = [f"r{self.maxnreg}"] if self.maxnreg else []
+        if self.algorithm == "gemv":
+            return [f"{self.tile_n}x{self.tile_k}", *([f"rows{self.tile_m}"] if self.tile_m > 1 else []),
+                    *(["block"] if self.block_gather else []), *pipeline, *cap]
+        if self.algorithm == "resident":
+            return [f"{self.tile_m}x{self.tile_n}", *pipeline, *cap]
+        return [f"{self.tile_m}x{self.tile_n}x{self.tile_k}", *pipeline, f"g{self.group_m}",
+                *([f"split{self.split_m}"] if self.split_m > 1 else []),
+                *([f"splitk{self.split_k}"] if self.split_k > 1 else []), *cap]
+
     def to_dict(self) -> dict[str, int | bool | str]:
         """The fields, ``maxnreg`` and ``block_gather`` only when set (so a record without them
         reads the same in a version that does not know the fields)."""

@@ -352,18 +352,7 @@ def refinements(config: LaunchConfig, problem: Problem, shared_memory_limit: int
 
 
 def describe(config: LaunchConfig) -> str:
-    """Compact text: ``128x128x64 w8 s3 g8`` (`` split4`` when split, `` r255`` with a register
-    cap); ``sketch+gemm 32x128 w4``; ``gemv 64x64 block w2 s3`` (members gathered as one block)."""
-    if config.algorithm == "sketch_gemm":
-        return f"sketch+gemm {config.tile_m}x{config.tile_k} w{config.num_warps}"
-    regs = f" r{config.maxnreg}" if config.maxnreg else ""
-    if config.algorithm == "gemv":
-        rows = f" rows{config.tile_m}" if config.tile_m > 1 else ""
-        block = " block" if config.block_gather else ""
-        return f"gemv {config.tile_n}x{config.tile_k}{rows}{block} w{config.num_warps} s{config.num_stages}{regs}"
-    if config.algorithm == "resident":
-        return (f"resident {config.tile_m}x{config.tile_n} (K_red {config.tile_k}) w{config.num_warps}"
-                f" s{config.num_stages}{regs}")
-    text = f"{config.tile_m}x{config.tile_n}x{config.tile_k} w{config.num_warps} s{config.num_stages} g{config.group_m}"
-    text += f" split{config.split_m}" if config.split_m > 1 else ""
-    return text + (f" splitk{config.split_k}" if config.split_k > 1 else "") + regs
+    """Compact text of :meth:`LaunchConfig.fields`: ``128x128x64 w8 s3 g8`` (the fused kernel),
+    ``sketch+gemm 32x128 w4``, ``gemv 64x64 block w2 s3``, ``resident 64x128 w4 s2``."""
+    label = {"fused": "", "sketch_gemm": "sketch+gemm"}.get(config.algorithm, config.algorithm)
+    return " ".join([*([label] if label else []), *config.fields()])
