@@ -168,3 +168,17 @@ def test_the_bench_text_names_rows_block_and_cap():
     rows = LaunchConfig(4, 32, 64, 2, 3, group_m=1, algorithm="gemv", block_gather=True, maxnreg=255)
     assert _format_config(rows) == "gemv:32x64/rows4/block/w2/s3/r255"
     assert space.describe(rows) == "gemv 32x64 rows4 block w2 s3 r255"
+
+
+@pytest.mark.parametrize("config, bench, tuner", [
+    (LaunchConfig(128, 128, 64, 8, 3, group_m=8, split_m=4, split_k=2, maxnreg=255),
+     "fused:128x128x64/w8/s3/g8/split4/splitk2/r255", "128x128x64 w8 s3 g8 split4 splitk2 r255"),
+    (LaunchConfig(32, 64, 128, 4, 2, algorithm="sketch_gemm"), "sketch_gemm:32x128/w4", "sketch+gemm 32x128 w4"),
+    (LaunchConfig(64, 128, 64, 4, 2, group_m=1, algorithm="resident", maxnreg=128),
+     "resident:64x128/w4/s2/r128", "resident 64x128 w4 s2 r128"),
+])
+def test_one_field_list_spells_a_config_for_the_bench_and_the_tuner(config, bench, tuner):
+    from ss1bench.bench.runner import _format_config
+
+    assert _format_config(config) == bench
+    assert space.describe(config) == tuner
