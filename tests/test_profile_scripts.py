@@ -1,0 +1,75 @@
+"""The measuring helpers of scripts/train_step_profile.py, on hand-made inputs (the script itself
+needs a GPU)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+
+import pytest
+from conftest import load_script
+
+profile_script = load_script("train_step_profile")
+
+
+class FakeProfile:
+    """Writes a hand-made Chrome trace where the profiler would write its own."""
+
+    def __init__(self, events: list[dict]) -> None:
+        self.events = events
+
+    def export_chrome_trace(self, path: str) -> None:
+        with open(path, "w") as handle:
+            json.dump({"traceEvents": self.events}, handle)
+
+
+def test_gpu_gaps_sums_the_idle_time_between_kernels_and_names_what_the_host_did():
+    events = [
+        {"cat": "kernel", "ts": 0, "dur": 10, "name": "first"},
+        {"cat": "kernel", "ts": 110, "dur": 10, "name": "after_long_gap"},
+        {"cat": "kernel", "ts": 125, "dur": 5, "name": "after_short_gap"},
+        {"cat": "kernel", "ts": 128, "dur": 4, "name": "overlapping"},  # starts before the last one ends
+        {"ph": "X", "cat": "cpu_op", "ts": 20, "dur": 50, "name": "aten::host_work"},
+        {"ph": "X", "cat": "python_function", "ts": 300, "dur": 50, "name": "after_every_kernel"},
+        {"ph": "X", "cat": "gpu_memcpy", "ts": 30, "dur": 5, "name": "not_a_host_event"},
+    ]
+    idle_ms, gaps = profile_script.gpu_gaps(FakeProfile(events), steps=2)
+    assert idle_ms == pytest.approx((100 + 5) / 1e3 / 2)  # us -> ms, per step
+    assert [(round(ms, 6), kernel) for ms, kernel, _ in gaps] == [(0.1, "after_long_gap"), (0.005, "after_short_gap")]
+    assert gaps[0][2] == ["aten::host_work (0.05 ms)"] and gaps[1][2] == []
+
+
+def test_gpu_gaps_without_two_kernels_reports_nothing():
+    assert profile_script.gpu_gaps(FakeProfile([{"cat": "kernel", "ts": 0, "dur": 1, "name": "k"}]), 1) == (0.0, [])
+
+
+def test_gc_clock_counts_collections_by_generation_and_removes_its_callback():
+    with profile_script.GcClock() as clock:
+        gc.collect(0)
+        gc.collect(2)
+    assert clock.collections == [1, 0, 1] and clock.seconds > 0
+    assert clock._callback not in gc.callbacks
+
+
+@pytest.mark.skipif(not profile_script.Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_thread_clock_charges_each_thread_its_own_cpu_time():
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(100))
+
+    worker = threading.Thread(target=spin, name="spinner")
+    worker.start()
+    try:
+        with profile_script.ThreadClock() as clock:
+            time.sleep(0.3)  # the main thread sleeps: only the spinner spends CPU
+    finally:
+        stop.set()
+        worker.join()
+    spinner = [ms for name, ms in clock.ms.items() if "(spinner)" in name]
+    main = [ms for name, ms in clock.ms.items() if "(MainThread)" in name]
+    assert spinner and spinner[0] > 100  # most of the 300 ms
+    assert main and main[0] < spinner[0] / 2
