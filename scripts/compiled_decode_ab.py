@@ -16,8 +16,9 @@ For each layer of ``--shapes`` (shape sets of ``ss1bench tune``), each M of ``--
 
 Every call is captured in a CUDA graph and timed as graph replays (``do_bench`` median, L2
 flushed before each replay), so the host's launch cost is not what is measured. Each compiled
-call is checked against the float64 reference first. Writes a CSV and prints a table with
-``ss1_frozen / ss1``.
+call is checked against the float64 reference first, and the CSV names the GPU kernels each
+call runs (torch.profiler), so a frozen call shows that no rotation is left in it. Prints a
+table with ``ss1_frozen / ss1``.
 
     python3 scripts/compiled_decode_ab.py --shapes gpt2 --m 1,16,64 --redn-factors 4 --out out/decode_ab.csv
 """
@@ -35,7 +36,7 @@ from torch._inductor import config as inductor_config
 from ss1bench import SSL
 from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.reference import ss1_forward_reference
-from ss1bench.timing import graph_bench_ms
+from ss1bench.timing import graph_bench_ms, kernel_table
 from ss1bench.tuning.shapes import SHAPE_SETS
 
 PROVIDERS = ("dense", "ss1", "ss1_frozen", "ss1_cached")
@@ -44,15 +45,14 @@ TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3}
 
 
 def provider_call(name: str, dense: nn.Linear, layer: SSL, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The call ``name`` times (compiled on its first call, inside the freezing setting it needs)."""
+    """The call ``name`` times, compiled here by its first call (the caller sets freezing)."""
     if name == "ss1_cached":
         layer.cache_rotated_weight(True)
         return lambda: layer(x)
     layer.cache_rotated_weight(False)
     torch.compiler.reset()  # every call compiles afresh: no other layer's graph, no recompile limit
     compiled = torch.compile(dense if name == "dense" else layer)
-    with inductor_config.patch(freezing=name == "ss1_frozen"):
-        compiled(x)
+    compiled(x)
     return lambda: compiled(x)
 
 
@@ -85,18 +85,23 @@ def main() -> None:
                     x = torch.randn(m, k, device="cuda", dtype=dtype, generator=generator)
                     times = {}
                     for name in PROVIDERS:
-                        call = provider_call(name, dense, layer, x)
-                        if name != "dense":
-                            expected = ss1_forward_reference(x.double(), layer.weight.double(), layer.bias.double(),
-                                                             layer.structure)
-                            error = relative_error(call(), expected)
-                            if error > TOLERANCE[dtype]:
-                                raise SystemExit(f"{layer_name} {m}x{k}x{n} c={c} {name}: relative error {error:.2e}")
-                        ms, replayed = graph_bench_ms(call, args.warmup_ms, args.rep_ms)
+                        # freezing stays on from the compiling call through the timing, as in e2e
+                        with inductor_config.patch(freezing=name == "ss1_frozen"):
+                            call = provider_call(name, dense, layer, x)
+                            if name != "dense":
+                                expected = ss1_forward_reference(x.double(), layer.weight.double(),
+                                                                 layer.bias.double(), layer.structure)
+                                error = relative_error(call(), expected)
+                                if error > TOLERANCE[dtype]:
+                                    raise SystemExit(f"{layer_name} {m}x{k}x{n} c={c} {name}: "
+                                                     f"relative error {error:.2e}")
+                            ms, replayed = graph_bench_ms(call, args.warmup_ms, args.rep_ms)
+                            kernels = [kernel for kernel, _, _ in kernel_table(call, repeats=1)]
                         times[name] = ms * 1e3
                         rows.append({"layer": layer_name, "M": m, "K": k, "N": n, "redn_factor": c,
                                      "dtype": args.dtype, "provider": name, "median_us": round(ms * 1e3, 3),
-                                     "timing": "graph replay" if replayed else "eager"})
+                                     "timing": "graph replay" if replayed else "eager",
+                                     "kernels": "; ".join(kernels)})
                     print(f"{layer_name:28s} {m:3d}x{k}x{n} c={c:<2d} " + " ".join(
                         f"{name} {times[name]:7.2f}" for name in PROVIDERS)
                         + f"  frozen/ss1 {times['ss1_frozen'] / times['ss1']:.3f}", flush=True)
