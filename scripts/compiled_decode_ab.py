@@ -16,9 +16,10 @@ For each layer of ``--shapes`` (shape sets of ``ss1bench tune``), each M of ``--
 
 Every call is captured in a CUDA graph and timed as graph replays (``do_bench`` median, L2
 flushed before each replay), so the host's launch cost is not what is measured. Each compiled
-call is checked against the float64 reference first, and the CSV names the GPU kernels each
-call runs (torch.profiler), so a frozen call shows that no rotation is left in it. Prints a
-table with ``ss1_frozen / ss1``.
+call is checked against the float64 reference first (the tuner's gate,
+``ss1bench.tuning.gate.compare``, with its tolerances per dtype), and the CSV names the GPU
+kernels each call runs (torch.profiler), so a frozen call shows that no rotation is left in it.
+Prints a table with ``ss1_frozen / ss1``.
 
     python3 scripts/compiled_decode_ab.py --shapes gpt2 --m 1,16,64 --redn-factors 4 --out out/decode_ab.csv
 """
@@ -37,11 +38,10 @@ from ss1bench import SSL
 from ss1bench.dtypes import TORCH_DTYPES
 from ss1bench.reference import ss1_forward_reference
 from ss1bench.timing import graph_bench_ms, kernel_table
+from ss1bench.tuning import gate
 from ss1bench.tuning.shapes import SHAPE_SETS
 
 PROVIDERS = ("dense", "ss1", "ss1_frozen", "ss1_cached")
-#: Largest relative error (against the float64 reference, by the output's largest magnitude).
-TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 5e-2, torch.float32: 1e-3}
 
 
 def provider_call(name: str, dense: nn.Linear, layer: SSL, x: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -54,10 +54,6 @@ def provider_call(name: str, dense: nn.Linear, layer: SSL, x: torch.Tensor) -> C
     compiled = torch.compile(dense if name == "dense" else layer)
     compiled(x)
     return lambda: compiled(x)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
 
 
 def main() -> None:
@@ -91,10 +87,9 @@ def main() -> None:
                             if name != "dense":
                                 expected = ss1_forward_reference(x.double(), layer.weight.double(),
                                                                  layer.bias.double(), layer.structure)
-                                error = relative_error(call(), expected)
-                                if error > TOLERANCE[dtype]:
-                                    raise SystemExit(f"{layer_name} {m}x{k}x{n} c={c} {name}: "
-                                                     f"relative error {error:.2e}")
+                                checked = gate.compare(call(), expected, args.dtype)
+                                if not checked.passed:
+                                    raise SystemExit(f"{layer_name} {m}x{k}x{n} c={c} {name}: {checked.reason}")
                             ms, replayed = graph_bench_ms(call, args.warmup_ms, args.rep_ms)
                             kernels = [kernel for kernel, _, _ in kernel_table(call, repeats=1)]
                         times[name] = ms * 1e3
