@@ -101,7 +101,7 @@ legend: KIND/DTYPE/K<in>/N<out>/c<reduction>/bk<block_k>/bn<block_n>/M<bucket>  
   sketch+gemm TMxTK wW = the sketch kernel's tile (M x K_red) and warps, then cuBLAS for the product
   gemv TNxTK [rowsR] [block] wW sS = matrix-vector kernel: tile N x K_red, R rows of x per program;
     block: the sketch's c members gathered as one block (each x element added once per program)
-  resident TMxTN (K_red TK) wW sS = the whole K_red reduced in one step per M x N tile
+  resident TMxTN wW sS = the whole K_red reduced in one step per M x N tile
   rR (any but sketch+gemm) = ptxas given a cap of R registers per thread (lifts its own register
     target: a decode kernel then issues the sketch's member loads together)
   ms: the tuned config's median time; dense ms: cuBLAS F.linear at the same M, K, N; speedup = dense / ms"""
