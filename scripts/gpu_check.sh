@@ -17,8 +17,9 @@
 #              Inductor's parameter freezing, against compiled nn.Linear and the eager cached path
 #              (FROZEN_ARGS overrides --shapes gpt2,llama --m 1,16,64 --redn-factors 4)
 #   trainprof  scripts/train_step_profile.py on compiled GPT-2 training steps (dense and SS1) at
-#              TRAINPROF_LAYERS (6,12) layers, then the deepest again with --gc-freeze: wall against
-#              kernel time, the GPU's idle gaps and the garbage collector per step
+#              TRAINPROF_LAYERS (6,12) layers, with TRAINPROF_ARGS added (e.g. --python-functions 40
+#              --code-dir $OUT/code): wall against kernel and host time, the GPU's idle gaps, the
+#              garbage collector per step
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -130,16 +131,13 @@ run_frozendecode() {
 }
 
 run_trainprof() {
-    local layers deepest
+    local layers
     for layers in ${TRAINPROF_LAYERS//,/ }; do
+        # shellcheck disable=SC2086  # TRAINPROF_ARGS is a list of options
         timeout "${TRAINPROF_S:-200}" python3 scripts/train_step_profile.py --modes compiled --layers "$layers" \
-            > "$OUT/train_step_profile_${layers}.txt" 2>&1
+            ${TRAINPROF_ARGS:-} > "$OUT/train_step_profile_${layers}.txt" 2>&1
         echo "train_step_profile $layers layers rc=$?"; tail -3 "$OUT/train_step_profile_${layers}.txt"
-        deepest=$layers
     done
-    timeout "${TRAINPROF_S:-200}" python3 scripts/train_step_profile.py --modes compiled --layers "$deepest" \
-        --gc-freeze > "$OUT/train_step_profile_${deepest}_gc_freeze.txt" 2>&1
-    echo "train_step_profile $deepest layers --gc-freeze rc=$?"; tail -3 "$OUT/train_step_profile_${deepest}_gc_freeze.txt"
 }
 
 for stage in $STAGES; do

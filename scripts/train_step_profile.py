@@ -18,11 +18,15 @@ that overlap the longest gaps listed for SS1, and the Python garbage collector's
 collections per step over the timed steps (``gc.callbacks``). Each run also lists the CPU time
 per step of every busy thread of the process over the timed steps. ``--gc-freeze`` calls
 ``gc.freeze()`` after the warm-up steps. ``--trace DIR`` writes one step of each SS1 run as a
-Chrome trace. ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the compiled steps with
-Inductor's C++ wrapper.
+Chrome trace. ``--python-functions N`` profiles each run again with Python call stacks and lists
+the host events with the most own time (a Python function's own time excludes the operations it
+calls), which names the Python that a host-bound compiled step spends its time in;
+``--code-dir DIR`` keeps the code Inductor generated for each run.
+``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the compiled steps with Inductor's C++
+wrapper.
 
     python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--providers dense,ss1] [--trace DIR]
-        [--gc-freeze]
+        [--gc-freeze] [--python-functions N] [--code-dir DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import gc
 import itertools
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -40,6 +45,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 from torch.profiler import ProfilerActivity, profile
 
 from ss1bench import convert_to_ss_linear
@@ -125,13 +131,18 @@ class ThreadClock:
             self.ms = {name: end[name] - self._start.get(name, 0.0) for name in end}
 
 
-def gpu_gaps(prof: profile, steps: int) -> tuple[float, list[tuple[float, str, list[str]]]]:
-    """GPU idle ms per step between the profiled kernels, and the longest gaps: (ms, next
-    kernel, the longest host operations overlapping the gap)."""
+def chrome_events(prof: profile) -> list[dict]:
+    """The profile's events as its Chrome trace holds them."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trace.json"
         prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
+        return json.loads(path.read_text())["traceEvents"]
+
+
+def gpu_gaps(prof: profile, steps: int) -> tuple[float, list[tuple[float, str, list[str]]]]:
+    """GPU idle ms per step between the profiled kernels, and the longest gaps: (ms, next
+    kernel, the longest host operations overlapping the gap)."""
+    events = chrome_events(prof)
     kernels = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if e.get("cat") == "kernel")
     if len(kernels) < 2:
         return 0.0, []
@@ -145,6 +156,41 @@ def gpu_gaps(prof: profile, steps: int) -> tuple[float, list[tuple[float, str, l
         listed.append((gap / 1e3, kernel, [f"{e['name'][:60]} ({e['dur'] / 1e3:.2f} ms)"
                                            for e in overlapping[:GAP_OPS]]))
     return sum(gap for gap, _, _ in gaps) / 1e3 / steps, listed
+
+
+def host_self_ms(events: list[dict], steps: int) -> list[tuple[float, float, str]]:
+    """Own host time of every host event name, Python functions included: (ms per step, calls per
+    step, name), longest first. An event's own time is its duration less that of the events
+    nested directly in it on the same thread, so a Python function that launches a kernel is not
+    charged the launch, and the launch is not charged twice."""
+    by_thread: dict[tuple, list[dict]] = {}
+    for event in events:
+        if event.get("ph") == "X" and event.get("cat") in HOST_CATEGORIES:
+            by_thread.setdefault((event.get("pid"), event.get("tid")), []).append(event)
+    entries: list[list] = []  # [name, own us]
+    for thread_events in by_thread.values():
+        open_events: list[tuple[float, list]] = []  # (end us, entry) of the enclosing events
+        for event in sorted(thread_events, key=lambda e: (e["ts"], -e["dur"])):
+            while open_events and open_events[-1][0] <= event["ts"]:
+                open_events.pop()
+            if open_events:
+                open_events[-1][1][1] -= event["dur"]
+            entry = [event["name"], float(event["dur"])]
+            open_events.append((event["ts"] + event["dur"], entry))
+            entries.append(entry)
+    totals: dict[str, tuple[float, int]] = {}
+    for name, own_us in entries:
+        ms, calls = totals.get(name, (0.0, 0))
+        totals[name] = (ms + own_us / 1e3, calls + 1)
+    return sorted(((ms / steps, calls / steps, name) for name, (ms, calls) in totals.items()), reverse=True)
+
+
+def copy_new_code(before: set[Path], into: Path) -> None:
+    """Copy the Python files Inductor's cache gained since ``before`` (output code: wrappers and
+    kernels) into ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in set(Path(cache_dir()).rglob("*.py")) - before:
+        shutil.copy(path, into / path.name)
 
 
 def host_phase_ms(step: TrainStep) -> tuple[float, float, float]:
@@ -174,6 +220,11 @@ def main() -> None:
     parser.add_argument("--providers", default="dense,ss1", help="dense, ss1 or both (comma-separated)")
     parser.add_argument("--top", type=int, default=25, help="host operations listed per SS1 run")
     parser.add_argument("--trace", help="folder for Chrome traces of one SS1 step")
+    parser.add_argument("--python-functions", type=int, default=0, metavar="N",
+                        help="profile 3 more steps of every run with Python call stacks and list the N host "
+                             "events (Python functions included) with the most own time per step")
+    parser.add_argument("--code-dir", help="copy each run's Inductor output code (the generated wrappers and "
+                                           "kernels it wrote) into DIR/<mode>_<provider>")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() after the warm-up steps: the collector then skips every object alive "
                              "by then (the model, the compiled code), as long-running servers do")
@@ -191,10 +242,13 @@ def main() -> None:
                 convert_to_ss_linear(model, args.redn_factor, project=False)
             forward = torch.compile(model) if mode == "compiled" else model
             step = TrainStep(model, ids, torch.bfloat16, forward)
+            code_before = set(Path(cache_dir()).rglob("*.py")) if args.code_dir else set()
             start = time.perf_counter()
             step()
             torch.cuda.synchronize()
             first_s = time.perf_counter() - start
+            if args.code_dir:
+                copy_new_code(code_before, Path(args.code_dir) / f"{mode}_{provider}")
             for _ in range(3):
                 step()
             if args.gc_freeze:
@@ -233,6 +287,15 @@ def main() -> None:
                         step()
                         torch.cuda.synchronize()
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
+            if args.python_functions:
+                with profile(activities=[ProfilerActivity.CPU], with_stack=True) as stacks:
+                    for _ in range(PROFILED_STEPS):
+                        step()
+                    torch.cuda.synchronize()
+                print(f"---- {mode} {provider}: own host ms per step with Python call stacks profiled "
+                      f"({PROFILED_STEPS} steps; the tracer slows the host)")
+                for ms, calls, name in host_self_ms(chrome_events(stacks), PROFILED_STEPS)[:args.python_functions]:
+                    print(f"{ms:8.3f} ms {calls:7.1f} calls  {name[:110]}")
             del model, forward, step
             gc.unfreeze()
     print(f"{'mode':9s} {'provider':8s} {'first s':>8s} {'wall ms':>8s} {'kernel ms':>9s} {'wall/kernel':>11s} "

@@ -45,6 +45,25 @@ def test_gpu_gaps_without_two_kernels_reports_nothing():
     assert profile_script.gpu_gaps(FakeProfile([{"cat": "kernel", "ts": 0, "dur": 1, "name": "k"}]), 1) == (0.0, [])
 
 
+def test_host_self_ms_charges_each_event_its_own_time_on_its_own_thread():
+    events = [
+        {"ph": "X", "cat": "python_function", "tid": 1, "ts": 0, "dur": 100, "name": "call"},
+        {"ph": "X", "cat": "python_function", "tid": 1, "ts": 10, "dur": 30, "name": "run"},
+        {"ph": "X", "cat": "cuda_driver", "tid": 1, "ts": 20, "dur": 8, "name": "cuLaunchKernel"},
+        {"ph": "X", "cat": "python_function", "tid": 1, "ts": 50, "dur": 30, "name": "run"},
+        {"ph": "X", "cat": "cuda_driver", "tid": 1, "ts": 60, "dur": 8, "name": "cuLaunchKernel"},
+        # another thread, overlapping in time: not nested in "call"
+        {"ph": "X", "cat": "python_function", "tid": 2, "ts": 5, "dur": 50, "name": "run"},
+        {"cat": "kernel", "tid": 7, "ts": 20, "dur": 500, "name": "not_a_host_event"},
+    ]
+    rows = profile_script.host_self_ms(events, steps=2)
+    assert [(round(ms, 6), calls, name) for ms, calls, name in rows] == [
+        (0.047, 1.5, "run"),  # (22 + 22 + 50) us / 2 steps
+        (0.02, 0.5, "call"),  # 100 - 30 - 30
+        (0.008, 1.0, "cuLaunchKernel"),
+    ]
+
+
 def test_gc_clock_counts_collections_by_generation_and_removes_its_callback():
     with profile_script.GcClock() as clock:
         gc.collect(0)
