@@ -162,9 +162,10 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     times smaller than x) and ``wr`` for them. With ``dtype`` (autocast's) the eager sketch pass
     writes ``xs`` and ``wr`` in it, in place of the casts of x and the weight autocast would make,
     and the backward passes return each gradient in its input's dtype. A ``torch.compile`` trace
-    casts x and the weight first: Inductor fuses those casts into the kernels that make x (the
-    layer norm before a projection), and a compiled GPT-2 training step with the casts folded into
-    the sketch pass instead ran 1.4x slower (``docs/perf-notes.md``, v14). A trace of inference
+    casts x first: Inductor fuses that cast into the kernel that makes x (the layer norm before a
+    projection; a compiled GPT-2 training step with x's cast folded into the sketch pass instead
+    ran 1.4x slower, ``docs/perf-notes.md`` v14), and the traced op casts the weight as the eager
+    pass does (``kernels/traced.py``). A trace of inference
     (no grad) for Inductor with parameter freezing sketches x alone and rotates the weight with an
     op that freezing folds into a constant (``kernels/traced.py``). ``compiling`` is the caller's
     ``torch.compiler.is_compiling()``, read once per call."""
@@ -175,14 +176,17 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         bias = bias.to(dtype)
     if _use_kernels(x):
         if out_dtype is not None:
-            x, weight = x.to(out_dtype), weight.to(out_dtype)
+            x = x.to(out_dtype)
         traced = _register_traced_ops()
         if not torch.is_grad_enabled() and traced.inductor_freezes():
-            # frozen inference: the rotation folds into a constant at compile time, only x is sketched
+            # frozen inference: the rotation (and the weight's cast) fold into a constant at compile
+            # time, only x is sketched
             xs = torch.ops.ss1bench.sketch(x, *structure.key, traced.trace_key(x.device))
-            rotated = torch.ops.ss1bench.rotate_weight(weight, *structure.key)
+            rotated = torch.ops.ss1bench.rotate_weight(weight if out_dtype is None else weight.to(out_dtype),
+                                                       *structure.key)
         else:
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, traced.trace_key(x.device))
+            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype,
+                                                           traced.trace_key(x.device))
     else:
         _check_reference_inputs(structure, same_dtype=out_dtype is None, x=x, weight=weight)
         xs, rotated = reference.sketch(x, structure), reference.rotate_weight(weight, structure)

@@ -287,6 +287,15 @@ def test_triton_ops_match_the_reference(case, nan_empty):
     assert_close("unsketch", ops_.unsketch(grad_sketch, *structure.key),
                  reference.unsketch(grad_sketch.double(), structure))
     assert_close("unrotate", reference.unrotate_weight(wr, structure), weight)
+    grad_x, grad_w = ops_.unsketch_unrotate(grad_sketch, wr, *structure.key, torch.float64)
+    assert grad_w.dtype == torch.float64
+    assert_close("unsketch (paired)", grad_x, reference.unsketch(grad_sketch.double(), structure))
+    assert_close("unrotate (paired)", grad_w, weight.double())
+    # the weight read in float32, the rotated weight written in float16 (autocast's compute dtype)
+    xs16, wr16 = ops_.sketch_rotate(x.half(), weight, *structure.key, torch.float16)
+    assert xs16.dtype == wr16.dtype == torch.float16
+    assert_close("sketch (float16)", xs16, reference.sketch(x.half().double(), structure), TOLERANCE[torch.float16])
+    assert torch.equal(wr16, reference.rotate_weight(weight, structure).half())
     with pytest.raises(ValueError, match="in_features=" + str(k)):
         ops_.sketch_rotate(x[:, :-1], weight, *structure.key)
     with pytest.raises(ValueError, match="in_features=" + str(k)):
@@ -381,19 +390,23 @@ def test_registering_the_traced_ops_adds_no_guard(monkeypatch):
 def reference_sketch_rotate():
     """``ss1bench::sketch_rotate``'s stand-in for CPU traces (the triton op traces only CUDA fake
     tensors): the same schema, the reference's sketch and rotation, and the real op's autograd
-    formula (``traced._sketch_rotate_backward``: the unsketch triton op, the unrotate gather)."""
+    formula (``traced._sketch_rotate_backward``: the unsketch-and-unrotate triton op when both
+    gradients are needed)."""
     from ss1bench.kernels import traced
 
     @torch.library.custom_op("ss1bench_test::sketch_rotate", mutates_args=())
     def stand_in(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
-                 seed: int, block_k: int, block_n: int, trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 seed: int, block_k: int, block_n: int, out_dtype: torch.dtype | None = None,
+                 trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         structure = SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-        return reference.sketch(x, structure), reference.rotate_weight(weight, structure)
+        xs, wr = reference.sketch(x, structure), reference.rotate_weight(weight, structure)
+        return (xs, wr) if out_dtype is None else (xs.to(out_dtype), wr.to(out_dtype))
 
     @stand_in.register_fake
-    def _(x, weight, in_features, out_features, redn_factor, seed, block_k, block_n, trace_key=0):
+    def _(x, weight, in_features, out_features, redn_factor, seed, block_k, block_n, out_dtype=None, trace_key=0):
         k_red = weight.shape[1]
-        return x.new_empty(x.shape[0], k_red), weight.new_empty(weight.shape)
+        return (x.new_empty(x.shape[0], k_red, dtype=out_dtype or x.dtype),
+                weight.new_empty(weight.shape, dtype=out_dtype or weight.dtype))
 
     stand_in.register_autograd(traced._sketch_rotate_backward, setup_context=traced._setup_context)
     return torch.ops.ss1bench_test.sketch_rotate
@@ -488,6 +501,42 @@ def test_traced_call_carries_the_trace_key(reference_sketch_rotate, monkeypatch,
     assert len(graphs) == 1
     key = traced.trace_key(torch.device("cpu"))
     assert re.search(rf"ss1bench_test\.sketch_rotate(\.default)?\([^)]*, {key}\)", graphs[0]), graphs[0]
+
+
+@pytest.mark.interpret
+def test_traced_call_under_autocast_leaves_the_weight_cast_to_the_op(reference_sketch_rotate, monkeypatch,
+                                                                    generator):
+    """Float32 parameters under autocast: the trace casts x (for Inductor to fuse into x's producer)
+    but hands the float32 weight and autocast's dtype to ``ss1bench::sketch_rotate``, which writes
+    the rotated weight in that dtype (no cast of the weight: one launch per layer fewer), and the
+    backward (the unsketch-and-unrotate op) returns the weight gradient in float32."""
+    monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
+    monkeypatch.setattr(torch.ops.ss1bench, "sketch_rotate", reference_sketch_rotate)
+    graphs = []
+
+    def backend(graph, example_inputs):  # Dynamo's graph, run as it is
+        graphs.append(graph)
+        return graph.forward
+
+    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    x = randn(19, 200, generator=generator).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = compiled(x)
+    weights = torch.linspace(-1.0, 1.0, 40)
+    (y.float() * weights).sum().backward()
+    assert y.dtype == torch.float16
+    assert x.grad.dtype == layer.weight.grad.dtype == layer.bias.grad.dtype == torch.float32
+    dense = layer.dense_weight().detach().double()
+    x64 = x.detach().half().double()
+    assert_close("y", y, x64 @ dense.T + layer.bias.detach().double(), TOLERANCE[torch.float16])
+    grad_y = weights.double().expand(19, 40)
+    assert_close("grad_x", x.grad, grad_y @ dense, TOLERANCE[torch.float16])
+    expected = torch.zeros(layer.structure.weight_shape, dtype=torch.float64)
+    expected.scatter_add_(1, layer.structure.dense_index(), grad_y.T @ x64)
+    assert_close("grad_weight", layer.weight.grad, expected, TOLERANCE[torch.float16])
+    (call,) = [node for node in graphs[0].graph.nodes if "sketch_rotate" in str(node.target)]
+    assert call.args[1].op == "placeholder" and call.args[8] == torch.float16, graphs[0].code
 
 
 def test_trace_key_follows_the_config_sources(monkeypatch):

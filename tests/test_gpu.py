@@ -371,7 +371,7 @@ def test_compiled_graph_launches_the_kernels_itself():
     compiled = torch.compile(layer, fullgraph=True)
     _, codes = run_and_get_code(lambda: compiled(x).sum().backward())
     code = "\n".join(codes)
-    assert "_ss1_sketch_rotate_kernel" in code and "_ss1_unsketch_kernel" in code
+    assert "_ss1_sketch_rotate_kernel" in code and "_ss1_unsketch_unrotate_kernel" in code
     assert "torch.ops.ss1bench" not in code
     assert "extern_kernels.addmm" in code or "extern_kernels.mm" in code
     torch.compiler.reset()
@@ -420,7 +420,8 @@ def test_frozen_compiled_inference_runs_only_the_sketch(m, dtype):
     torch.compiler.reset()
 
 
-@pytest.mark.parametrize("name", ["sketch_rotate", "unsketch", "sketch", "rotate_weight"])
+@pytest.mark.parametrize("name", ["sketch_rotate", "sketch_rotate_out_dtype", "unsketch", "unsketch_unrotate",
+                                  "sketch", "rotate_weight"])
 def test_triton_ops_pass_opcheck(name):
     """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
     from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
@@ -431,12 +432,17 @@ def test_triton_ops_pass_opcheck(name):
     weight = torch.randn(*structure.weight_shape, generator=generator, device="cuda").requires_grad_()
     args = {
         "sketch_rotate": (x, weight, *structure.key),
+        # autocast's: x cast before the op, the float32 weight read and written in float16 by it
+        "sketch_rotate_out_dtype": (x.detach().half().requires_grad_(), weight, *structure.key, torch.float16),
         "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key),
+        "unsketch_unrotate": (torch.randn(37, structure.k_red, generator=generator, device="cuda").half(),
+                              torch.randn(*structure.weight_shape, generator=generator, device="cuda").half(),
+                              *structure.key, torch.float32),
         # inference ops (no autograd formula): inputs that do not require grad
         "sketch": (x.detach(), *structure.key),
         "rotate_weight": (weight.detach(), *structure.key),
     }[name]
-    result = torch.library.opcheck(getattr(torch.ops.ss1bench, name), args)
+    result = torch.library.opcheck(getattr(torch.ops.ss1bench, name.removesuffix("_out_dtype")), args)
     assert all(status == "SUCCESS" for status in result.values()), result
 
 

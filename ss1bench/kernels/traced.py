@@ -6,8 +6,15 @@ Inductor schedules, hands to cuBLAS or its own templates and fuses bias and epil
 the memory-bound passes are Triton kernels that Inductor sees and launches from its generated
 code (no Python runs per call). The backward is traced too: the matmul's gradients come from
 aten (with the forward's ``xs`` and ``wr`` saved, so the weight gradient never sketches x
-again), then ``unsketch`` (a kernel of ours) and the inverse rotation (an aten gather whose index
-Inductor computes in place, fused with the weight gradient's cast under autocast).
+again), then ``unsketch_unrotate``, both inverse passes in one launch.
+
+Under autocast the layer casts x before the op (Inductor fuses that cast into the kernel that
+makes x, the layer norm before a projection) but not the float32 weight: the op reads it and
+writes the rotated weight in autocast's dtype, and the backward writes the weight gradient back in
+float32. In a compiled training step that is, per SSL layer, one launch in the forward (the
+weight's cast) and one in the backward (a separate unrotation and cast) fewer than with the
+casts and passes apart: a compiled step of a small model spends more host time per launch than
+GPU time (``docs/perf-notes.md``, v23).
 
 The op bodies run once, at trace time, on fake tensors: the structure and the launch config
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
@@ -24,12 +31,14 @@ instead of replaying the old kernels or tiles.
 Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
-- ``sketch_rotate(x, weight, ..., trace_key=0) -> (xs: (M, K_red), wr: (N, K_red))``, one launch;
+- ``sketch_rotate(x, weight, ..., out_dtype=None, trace_key=0) -> (xs: (M, K_red), wr: (N, K_red))``,
+  one launch;
 - ``sketch(x, ..., trace_key=0) -> xs: (M, K_red)`` and ``rotate_weight(weight, ...) -> wr``, for
   inference graphs whose parameters Inductor freezes (see :func:`inductor_freezes`): freezing runs
   the rotation once at compile time and keeps its result as a constant, so a call only sketches x
   and multiplies by the rotated weight;
-- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``.
+- ``unsketch(dxs: (M, K_red), ...) -> dx: (M, K)``, and ``unsketch_unrotate(dxs, dwr, ..., weight_dtype)
+  -> (dx, dw: (N, K_red))``, one launch.
 """
 
 from __future__ import annotations
@@ -106,10 +115,12 @@ def trace_key(device: torch.device) -> int:
 
 @triton_op("ss1bench::sketch_rotate", mutates_args=())
 def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_features: int, redn_factor: int,
-                  seed: int, block_k: int, block_n: int, trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``trace_key`` is not read: it is there to be part of the graph (see the module's notes)."""
+                  seed: int, block_k: int, block_n: int, out_dtype: torch.dtype | None = None,
+                  trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both outputs in ``out_dtype`` (None: the inputs' one dtype). ``trace_key`` is not read: it
+    is there to be part of the graph (see the module's notes)."""
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch)
+    return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch, out_dtype=out_dtype)
 
 
 @triton_op("ss1bench::sketch", mutates_args=())
@@ -151,20 +162,41 @@ def unsketch(grad_sketch: torch.Tensor, in_features: int, out_features: int, red
     return ss1.unsketch_pass(ss1.row_major(grad_sketch), structure, _size_hint(grad_sketch.shape[0]), launch=_launch)
 
 
+@triton_op("ss1bench::unsketch_unrotate", mutates_args=())
+def unsketch_unrotate(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, in_features: int, out_features: int,
+                      redn_factor: int, seed: int, block_k: int, block_n: int,
+                      weight_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(unsketch(grad_sketch), unrotate(grad_rotated))`` in one launch, the weight gradient
+    written in ``weight_dtype`` (the weight's: float32 under autocast)."""
+    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+    grad_sketch = ss1.row_major(grad_sketch)
+    cfg = ss1.sketch_pass_config("grad_input", _size_hint(grad_sketch.shape[0]), structure, grad_sketch.dtype,
+                                 grad_sketch.device)
+    return ss1.unsketch_and_unrotate(grad_sketch, ss1.row_major(grad_rotated), structure, cfg,
+                                     weight_dtype=weight_dtype, launch=_launch)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     ctx.structure_args = tuple(inputs[_STRUCTURE_ARGS])
+    ctx.weight_dtype = inputs[1].dtype
     ctx.non_tensor_inputs = len(inputs) - 2
 
 
 def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
+    """Each gradient in its input's dtype: x's is the sketch's (x is cast before the op, the
+    weight by it), the weight's may be wider (float32 parameters under autocast)."""
     args = ctx.structure_args
+    need_x = grad_sketch is not None and ctx.needs_input_grad[0]
+    need_w = grad_rotated is not None and ctx.needs_input_grad[1]
     grad_x = grad_w = None
-    if grad_sketch is not None and ctx.needs_input_grad[0]:
+    if need_x and need_w:  # the training step: one launch for both, as in the eager path
+        grad_x, grad_w = unsketch_unrotate(grad_sketch, grad_rotated, *args, ctx.weight_dtype)
+    elif need_x:
         grad_x = unsketch(grad_sketch, *args)
-    if grad_rotated is not None and ctx.needs_input_grad[1]:
+    elif need_w:
         # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
-        # with what follows (under autocast, the weight gradient's cast back to float32)
-        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args))
+        # with the cast back to the weight's dtype
+        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args)).to(ctx.weight_dtype)
     return (grad_x, grad_w) + (None,) * ctx.non_tensor_inputs
 
 
