@@ -164,34 +164,46 @@ def _sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     and the backward passes return each gradient in its input's dtype. A ``torch.compile`` trace
     casts x first: Inductor fuses that cast into the kernel that makes x (the layer norm before a
     projection; a compiled GPT-2 training step with x's cast folded into the sketch pass instead
-    ran 1.4x slower, ``docs/perf-notes.md`` v14), and the traced op casts the weight as the eager
-    pass does (``kernels/traced.py``). A trace of inference
-    (no grad) for Inductor with parameter freezing sketches x alone and rotates the weight with an
-    op that freezing folds into a constant (``kernels/traced.py``). ``compiling`` is the caller's
-    ``torch.compiler.is_compiling()``, read once per call."""
+    ran 1.4x slower, ``docs/perf-notes.md`` v14), and the traced op casts the weight and the bias
+    (``kernels/traced.py``). A trace of inference (no grad) for Inductor with parameter freezing
+    sketches x alone and rotates the weight with an op that freezing folds into a constant.
+    ``compiling`` is the caller's ``torch.compiler.is_compiling()``, read once per call."""
     out_dtype = None if dtype is None or dtype == x.dtype == weight.dtype else dtype
     if _use_kernels(x) and not compiling:
         return _SketchLinear.apply(x, weight, bias, structure, dtype, out_dtype)
+    if _use_kernels(x):
+        return _traced_sketch_linear(x, weight, bias, structure, dtype, out_dtype)
     if bias is not None and dtype is not None:
         bias = bias.to(dtype)
-    if _use_kernels(x):
-        if out_dtype is not None:
-            x = x.to(out_dtype)
-        traced = _register_traced_ops()
-        if not torch.is_grad_enabled() and traced.inductor_freezes():
-            # frozen inference: the rotation (and the weight's cast) fold into a constant at compile
-            # time, only x is sketched
-            xs = torch.ops.ss1bench.sketch(x, *structure.key, traced.trace_key(x.device))
-            rotated = torch.ops.ss1bench.rotate_weight(weight if out_dtype is None else weight.to(out_dtype),
-                                                       *structure.key)
-        else:
-            xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype,
-                                                           traced.trace_key(x.device))
+    _check_reference_inputs(structure, same_dtype=out_dtype is None, x=x, weight=weight)
+    xs, rotated = reference.sketch(x, structure), reference.rotate_weight(weight, structure)
+    if out_dtype is not None:
+        xs, rotated = xs.to(out_dtype), rotated.to(out_dtype)
+    return F.linear(xs, rotated, bias)
+
+
+def _traced_sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          structure: SS1Structure, dtype: torch.dtype | None,
+                          out_dtype: torch.dtype | None) -> torch.Tensor:
+    """:func:`_sketch_linear` in a ``torch.compile`` trace: the ``ss1bench`` triton ops and
+    ``F.linear``. x is cast here (Inductor fuses that cast into the kernel that makes x); the
+    weight and the bias are cast by the op, in its one launch."""
+    if out_dtype is not None:
+        x = x.to(out_dtype)
+    traced = _register_traced_ops()
+    key = traced.trace_key(x.device)
+    if not torch.is_grad_enabled() and traced.inductor_freezes():
+        # frozen inference: the rotation and the parameters' casts fold into constants at compile
+        # time, only x is sketched
+        xs = torch.ops.ss1bench.sketch(x, *structure.key, key)
+        rotated = torch.ops.ss1bench.rotate_weight(weight if out_dtype is None else weight.to(out_dtype),
+                                                   *structure.key)
+    elif bias is not None and dtype is not None and bias.dtype != dtype:
+        xs, rotated, bias = torch.ops.ss1bench.sketch_rotate_bias(x, weight, bias, *structure.key, dtype, key)
     else:
-        _check_reference_inputs(structure, same_dtype=out_dtype is None, x=x, weight=weight)
-        xs, rotated = reference.sketch(x, structure), reference.rotate_weight(weight, structure)
-        if out_dtype is not None:
-            xs, rotated = xs.to(out_dtype), rotated.to(out_dtype)
+        xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype, key)
+    if bias is not None and dtype is not None:
+        bias = bias.to(dtype)  # frozen inference; a no-op elsewhere
     return F.linear(xs, rotated, bias)
 
 

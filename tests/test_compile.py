@@ -296,6 +296,15 @@ def test_triton_ops_match_the_reference(case, nan_empty):
     assert xs16.dtype == wr16.dtype == torch.float16
     assert_close("sketch (float16)", xs16, reference.sketch(x.half().double(), structure), TOLERANCE[torch.float16])
     assert torch.equal(wr16, reference.rotate_weight(weight, structure).half())
+    bias = randn(n, generator=generator)
+    xs16, wr16, bias16 = ops_.sketch_rotate_bias(x.half(), weight, bias, *structure.key, torch.float16)
+    assert xs16.dtype == wr16.dtype == bias16.dtype == torch.float16
+    assert_close("sketch (with the bias)", xs16, reference.sketch(x.half().double(), structure),
+                 TOLERANCE[torch.float16])
+    assert torch.equal(wr16, reference.rotate_weight(weight, structure).half())
+    assert torch.equal(bias16, bias.half())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops_.sketch_rotate_bias(x.half(), weight, bias[:-1], *structure.key, torch.float16)
     with pytest.raises(ValueError, match="in_features=" + str(k)):
         ops_.sketch_rotate(x[:, :-1], weight, *structure.key)
     with pytest.raises(ValueError, match="in_features=" + str(k)):
@@ -414,6 +423,28 @@ def reference_sketch_rotate():
 
 
 @pytest.fixture(scope="module")
+def reference_sketch_rotate_bias():
+    """``ss1bench::sketch_rotate_bias``'s stand-in for CPU traces, as ``reference_sketch_rotate``'s."""
+    from ss1bench.kernels import traced
+
+    @torch.library.custom_op("ss1bench_test::sketch_rotate_bias", mutates_args=())
+    def stand_in(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, in_features: int, out_features: int,
+                 redn_factor: int, seed: int, block_k: int, block_n: int, out_dtype: torch.dtype,
+                 trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        structure = SS1Structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+        return (reference.sketch(x, structure).to(out_dtype), reference.rotate_weight(weight, structure).to(out_dtype),
+                bias.to(out_dtype))
+
+    @stand_in.register_fake
+    def _(x, weight, bias, in_features, out_features, redn_factor, seed, block_k, block_n, out_dtype, trace_key=0):
+        return (x.new_empty(x.shape[0], weight.shape[1], dtype=out_dtype),
+                weight.new_empty(weight.shape, dtype=out_dtype), bias.new_empty(bias.shape, dtype=out_dtype))
+
+    stand_in.register_autograd(traced._sketch_rotate_bias_backward, setup_context=traced._setup_context)
+    return torch.ops.ss1bench_test.sketch_rotate_bias
+
+
+@pytest.fixture(scope="module")
 def reference_sketch():
     """``ss1bench::sketch``'s stand-in for CPU traces (the triton op traces only CUDA fake tensors):
     the same schema, the reference's sketch."""
@@ -504,21 +535,25 @@ def test_traced_call_carries_the_trace_key(reference_sketch_rotate, monkeypatch,
 
 
 @pytest.mark.interpret
-def test_traced_call_under_autocast_leaves_the_weight_cast_to_the_op(reference_sketch_rotate, monkeypatch,
-                                                                    generator):
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_traced_call_under_autocast_leaves_the_parameter_casts_to_the_op(bias, reference_sketch_rotate,
+                                                                        reference_sketch_rotate_bias, monkeypatch,
+                                                                        generator):
     """Float32 parameters under autocast: the trace casts x (for Inductor to fuse into x's producer)
-    but hands the float32 weight and autocast's dtype to ``ss1bench::sketch_rotate``, which writes
-    the rotated weight in that dtype (no cast of the weight: one launch per layer fewer), and the
-    backward (the unsketch-and-unrotate op) returns the weight gradient in float32."""
+    but hands the float32 weight (and bias) and autocast's dtype to ``ss1bench::sketch_rotate``
+    (``sketch_rotate_bias``), which writes the rotated weight (and the bias) in that dtype: no cast
+    of the parameters, one or two launches per layer fewer. The backward (the unsketch-and-unrotate
+    op) returns the parameters' gradients in float32."""
     monkeypatch.setattr(ops, "_use_kernels", lambda tensor: True)
     monkeypatch.setattr(torch.ops.ss1bench, "sketch_rotate", reference_sketch_rotate)
+    monkeypatch.setattr(torch.ops.ss1bench, "sketch_rotate_bias", reference_sketch_rotate_bias)
     graphs = []
 
     def backend(graph, example_inputs):  # Dynamo's graph, run as it is
         graphs.append(graph)
         return graph.forward
 
-    layer = SSL(200, 40, redn_factor=4, seed=3, block_k=16, block_n=16)
+    layer = SSL(200, 40, bias=bias, redn_factor=4, seed=3, block_k=16, block_n=16)
     compiled = torch.compile(layer, backend=backend, fullgraph=True)
     x = randn(19, 200, generator=generator).requires_grad_()
     with torch.autocast("cpu", dtype=torch.float16):
@@ -526,17 +561,24 @@ def test_traced_call_under_autocast_leaves_the_weight_cast_to_the_op(reference_s
     weights = torch.linspace(-1.0, 1.0, 40)
     (y.float() * weights).sum().backward()
     assert y.dtype == torch.float16
-    assert x.grad.dtype == layer.weight.grad.dtype == layer.bias.grad.dtype == torch.float32
+    assert x.grad.dtype == layer.weight.grad.dtype == torch.float32
     dense = layer.dense_weight().detach().double()
     x64 = x.detach().half().double()
-    assert_close("y", y, x64 @ dense.T + layer.bias.detach().double(), TOLERANCE[torch.float16])
+    bias64 = layer.bias.detach().double() if bias else 0.0
+    assert_close("y", y, x64 @ dense.T + bias64, TOLERANCE[torch.float16])
     grad_y = weights.double().expand(19, 40)
     assert_close("grad_x", x.grad, grad_y @ dense, TOLERANCE[torch.float16])
     expected = torch.zeros(layer.structure.weight_shape, dtype=torch.float64)
     expected.scatter_add_(1, layer.structure.dense_index(), grad_y.T @ x64)
     assert_close("grad_weight", layer.weight.grad, expected, TOLERANCE[torch.float16])
     (call,) = [node for node in graphs[0].graph.nodes if "sketch_rotate" in str(node.target)]
-    assert call.args[1].op == "placeholder" and call.args[8] == torch.float16, graphs[0].code
+    tensors = 3 if bias else 2
+    assert ("sketch_rotate_bias" in str(call.target)) == bias, graphs[0].code
+    assert all(arg.op == "placeholder" for arg in call.args[1:tensors]), graphs[0].code  # not cast
+    assert call.args[tensors + 6] == torch.float16, graphs[0].code
+    if bias:
+        assert layer.bias.grad.dtype == torch.float32
+        assert_close("grad_bias", layer.bias.grad, grad_y.sum(0), TOLERANCE[torch.float16])
 
 
 def test_trace_key_follows_the_config_sources(monkeypatch):

@@ -420,8 +420,8 @@ def test_frozen_compiled_inference_runs_only_the_sketch(m, dtype):
     torch.compiler.reset()
 
 
-@pytest.mark.parametrize("name", ["sketch_rotate", "sketch_rotate_out_dtype", "unsketch", "unsketch_unrotate",
-                                  "sketch", "rotate_weight"])
+@pytest.mark.parametrize("name", ["sketch_rotate", "sketch_rotate_out_dtype", "sketch_rotate_bias", "unsketch",
+                                  "unsketch_unrotate", "sketch", "rotate_weight"])
 def test_triton_ops_pass_opcheck(name):
     """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
     from ss1bench.kernels import traced  # noqa: F401  (registers the ops)
@@ -434,6 +434,9 @@ def test_triton_ops_pass_opcheck(name):
         "sketch_rotate": (x, weight, *structure.key),
         # autocast's: x cast before the op, the float32 weight read and written in float16 by it
         "sketch_rotate_out_dtype": (x.detach().half().requires_grad_(), weight, *structure.key, torch.float16),
+        "sketch_rotate_bias": (x.detach().half().requires_grad_(), weight,
+                               torch.randn(300, generator=generator, device="cuda").requires_grad_(),
+                               *structure.key, torch.float16),
         "unsketch": (torch.randn(37, structure.k_red, generator=generator, device="cuda"), *structure.key),
         "unsketch_unrotate": (torch.randn(37, structure.k_red, generator=generator, device="cuda").half(),
                               torch.randn(*structure.weight_shape, generator=generator, device="cuda").half(),
@@ -473,7 +476,13 @@ def test_layer_under_autocast_folds_the_casts(dtype, compiled, nan_empty):
     run = torch.compile(layer, fullgraph=True) if compiled else layer
     casts = Casts()
     with torch.autocast("cuda", dtype=dtype), (contextlib.nullcontext() if compiled else casts):
-        y = run(x)
+        if compiled:  # the weight and the bias are cast by the op's kernel, not by casts of their own
+            from torch._inductor.utils import run_and_get_code
+
+            y, codes = run_and_get_code(run, x)
+            assert "_ss1_sketch_rotate_bias_kernel" in "\n".join(codes)
+        else:
+            y = run(x)
     y.backward(dy)
     assert y.dtype == dtype and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
     # a cast of x, the sketch, the weight or the rotated weight has last dim K or K_red

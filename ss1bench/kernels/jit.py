@@ -385,16 +385,15 @@ def _ss1_sketch_kernel(
                  R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
 
 
-@triton.jit(do_not_specialize=HASH_ARGS)
-def _ss1_sketch_rotate_kernel(
-    x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm, stride_w, stride_wr,
+@triton.jit
+def _sketch_rotate_program(
+    pid, x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm, stride_w, stride_wr,
     R0M, R1M, R2M, R3M,
     C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
     TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
 ):
-    """The forward's two memory-bound passes in one launch: the first programs write
-    xs = sketch(x) (TILE_M x TILE_K tiles), the others Wr = rotate(Wc) (ROT_N x ROT_K tiles)."""
-    pid = tl.program_id(0)
+    """Program ``pid`` of a sketch-and-rotate grid: the first programs write xs = sketch(x)
+    (TILE_M x TILE_K tiles), the others Wr = rotate(Wc) (ROT_N x ROT_K tiles, row-major)."""
     sketch_cols = tl.cdiv(K_RED, TILE_K)
     sketch_programs = tl.cdiv(M, TILE_M) * sketch_cols
     if pid < sketch_programs:
@@ -405,6 +404,39 @@ def _ss1_sketch_rotate_kernel(
         rot_cols = tl.cdiv(K_RED, ROT_K)
         _rotate_tile(w_ptr, wr_ptr, pid // rot_cols, pid % rot_cols, N, K_RED, stride_w, stride_wr, R2M,
                      C, BK, BN, VEC, ROT_N, ROT_K, False)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_sketch_rotate_kernel(
+    x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm, stride_w, stride_wr,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
+):
+    """The forward's two memory-bound passes in one launch (:func:`_sketch_rotate_program`)."""
+    _sketch_rotate_program(tl.program_id(0), x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm,
+                           stride_w, stride_wr, R0M, R1M, R2M, R3M, C, BK, BN, VEC, TILE_M, TILE_K, ROT_N, ROT_K)
+
+
+@triton.jit(do_not_specialize=HASH_ARGS)
+def _ss1_sketch_rotate_bias_kernel(
+    x_ptr, xs_ptr, w_ptr, wr_ptr, b_ptr, bo_ptr, M, N, K, K_RED, stride_xm, stride_xsm, stride_w, stride_wr,
+    R0M, R1M, R2M, R3M,
+    C: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
+):
+    """:func:`_ss1_sketch_rotate_kernel` that also writes the bias (N,) cast to ``bo``'s dtype: the
+    programs rotating the weight's first K_red tile of each ROT_N rows store those rows' bias
+    (autocast's cast of the bias, without a launch of its own)."""
+    pid = tl.program_id(0)
+    _sketch_rotate_program(pid, x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm,
+                           stride_w, stride_wr, R0M, R1M, R2M, R3M, C, BK, BN, VEC, TILE_M, TILE_K, ROT_N, ROT_K)
+    rot_pid = pid - tl.cdiv(M, TILE_M) * tl.cdiv(K_RED, TILE_K)
+    rot_cols = tl.cdiv(K_RED, ROT_K)
+    if rot_pid >= 0 and rot_pid % rot_cols == 0:
+        offs_n = (rot_pid // rot_cols) * ROT_N + tl.arange(0, ROT_N)
+        bias = tl.load(b_ptr + offs_n, mask=offs_n < N)
+        tl.store(bo_ptr + offs_n, bias.to(bo_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 @triton.jit

@@ -50,6 +50,7 @@ from .jit import (
     _ss1_resident_forward_kernel,
     _ss1_rotate_kernel,
     _ss1_sketch_kernel,
+    _ss1_sketch_rotate_bias_kernel,
     _ss1_sketch_rotate_kernel,
     _ss1_unsketch_kernel,
     _ss1_unsketch_unrotate_kernel,
@@ -291,15 +292,32 @@ def sketch_and_rotate(x: torch.Tensor, weight: torch.Tensor, structure: SS1Struc
     return xs, wr
 
 
+def sketch_rotate_cast_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, structure: SS1Structure,
+                            cfg: LaunchConfig, out_dtype: torch.dtype,
+                            launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sketch_and_rotate` into ``out_dtype`` that also returns ``bias`` (N,) cast to it, in
+    the same launch: the traced forward under autocast, where the cast of the bias would be a
+    launch of its own per layer."""
+    m, (n, k_red) = x.shape[0], structure.weight_shape
+    xs = torch.empty((m, k_red), dtype=out_dtype, device=x.device)
+    wr = torch.empty((n, k_red), dtype=out_dtype, device=weight.device)
+    bias_out = torch.empty((n,), dtype=out_dtype, device=bias.device)
+    _launch_paired(_ss1_sketch_rotate_bias_kernel, x, xs, weight, wr, m, structure, cfg, launch,
+                   extra=(bias.contiguous(), bias_out))
+    return xs, wr, bias_out
+
+
 def _launch_paired(kernel, first_in: torch.Tensor, first_out: torch.Tensor, second_in: torch.Tensor,
-                   second_out: torch.Tensor, m: int, structure: SS1Structure, cfg: LaunchConfig, launch) -> None:
+                   second_out: torch.Tensor, m: int, structure: SS1Structure, cfg: LaunchConfig, launch,
+                   extra: tuple[torch.Tensor, ...] = ()) -> None:
     """One launch of a paired-pass kernel: the (un)sketch pass over M rows in ``cfg``'s tiles,
-    then the (un)rotation of the (N, K_red) weight in fixed tiles, as one 1-D grid."""
+    then the (un)rotation of the (N, K_red) weight in fixed tiles, as one 1-D grid. ``extra``:
+    tensors the kernel takes after the four (the bias and its cast)."""
     n, k_red = structure.weight_shape
     programs = math.prod(_sketch_grid(m, k_red, cfg)) + cdiv(n, ROTATE_TILE_N) * cdiv(k_red, ROTATE_TILE_K)
     launch(
         kernel, (programs,),
-        first_in, first_out, second_in, second_out, m, n, structure.in_features, k_red, first_in.stride(0),
+        first_in, first_out, second_in, second_out, *extra, m, n, structure.in_features, k_red, first_in.stride(0),
         first_out.stride(0), second_in.stride(0), second_out.stride(0), **_structure_args(structure),
         TILE_M=cfg.tile_m, TILE_K=cfg.tile_k, ROT_N=ROTATE_TILE_N, ROT_K=ROTATE_TILE_K, num_warps=cfg.num_warps,
     )
@@ -356,6 +374,18 @@ def sketch_rotate_pass(x: torch.Tensor, weight: torch.Tensor, structure: SS1Stru
     check_pass_inputs(x, weight, structure, out_dtype)
     cfg = sketch_pass_config("forward_rotated", m_hint, structure, out_dtype or x.dtype, x.device)
     return sketch_and_rotate(row_major(x), row_major(weight), structure, cfg, launch=launch, out_dtype=out_dtype)
+
+
+def sketch_rotate_bias_pass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, structure: SS1Structure,
+                            m_hint: int, out_dtype: torch.dtype,
+                            launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sketch_rotate_pass` into ``out_dtype`` that also casts ``bias`` (N,) to it, checked:
+    the traced forward under autocast."""
+    check_pass_inputs(x, weight, structure, out_dtype)
+    dtype_name(bias.dtype)
+    _check_tensor("bias", bias, (structure.out_features,), bias.dtype, x.device)
+    cfg = sketch_pass_config("forward_rotated", m_hint, structure, out_dtype, x.device)
+    return sketch_rotate_cast_bias(row_major(x), row_major(weight), bias, structure, cfg, out_dtype, launch=launch)
 
 
 def sketch_pass(x: torch.Tensor, structure: SS1Structure, m_hint: int, launch=launch_kernel) -> torch.Tensor:

@@ -9,12 +9,13 @@ aten (with the forward's ``xs`` and ``wr`` saved, so the weight gradient never s
 again), then ``unsketch_unrotate``, both inverse passes in one launch.
 
 Under autocast the layer casts x before the op (Inductor fuses that cast into the kernel that
-makes x, the layer norm before a projection) but not the float32 weight: the op reads it and
-writes the rotated weight in autocast's dtype, and the backward writes the weight gradient back in
-float32. In a compiled training step that is, per SSL layer, one launch in the forward (the
-weight's cast) and one in the backward (a separate unrotation and cast) fewer than with the
-casts and passes apart: a compiled step of a small model spends more host time per launch than
-GPU time (``docs/perf-notes.md``, v23).
+makes x, the layer norm before a projection) but not the float32 weight and bias: the op reads
+them and writes the rotated weight and the bias in autocast's dtype, and the backward writes
+their gradients back in float32. In a compiled training step that is, per SSL layer, two launches
+in the forward (the weight's and the bias's casts) and one in the backward (a separate unrotation
+and cast) fewer than with the casts and passes apart, and one launch per layer fewer than
+``nn.Linear``'s compiled step: the compiled steps of small models spend more host time per launch
+than GPU time (``docs/perf-notes.md``, v23).
 
 The op bodies run once, at trace time, on fake tensors: the structure and the launch config
 (the tuning database's ``forward_rotated`` sketch tile for the traced M, see
@@ -32,7 +33,8 @@ Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
 
 - ``sketch_rotate(x, weight, ..., out_dtype=None, trace_key=0) -> (xs: (M, K_red), wr: (N, K_red))``,
-  one launch;
+  one launch, and ``sketch_rotate_bias(x, weight, bias, ..., out_dtype, trace_key=0) -> (xs, wr, b)``,
+  which also casts the bias (N,) to ``out_dtype`` in that launch;
 - ``sketch(x, ..., trace_key=0) -> xs: (M, K_red)`` and ``rotate_weight(weight, ...) -> wr``, for
   inference graphs whose parameters Inductor freezes (see :func:`inductor_freezes`): freezing runs
   the rotation once at compile time and keeps its result as a constant, so a call only sketches x
@@ -55,9 +57,6 @@ from ss1bench import ops, reference
 from ss1bench.structure import SS1Structure, cached_structure
 
 from . import config, ss1
-
-#: The structure's ints in the ops' arguments, after the tensors.
-_STRUCTURE_ARGS = slice(2, 8)
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
@@ -123,6 +122,16 @@ def sketch_rotate(x: torch.Tensor, weight: torch.Tensor, in_features: int, out_f
     return ss1.sketch_rotate_pass(x, weight, structure, _size_hint(x.shape[0]), launch=_launch, out_dtype=out_dtype)
 
 
+@triton_op("ss1bench::sketch_rotate_bias", mutates_args=())
+def sketch_rotate_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, in_features: int,
+                       out_features: int, redn_factor: int, seed: int, block_k: int, block_n: int,
+                       out_dtype: torch.dtype, trace_key: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sketch_rotate`` into ``out_dtype`` that also returns the bias cast to it, in the same
+    launch (autocast's dtype, float32 parameters)."""
+    structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
+    return ss1.sketch_rotate_bias_pass(x, weight, bias, structure, _size_hint(x.shape[0]), out_dtype, launch=_launch)
+
+
 @triton_op("ss1bench::sketch", mutates_args=())
 def sketch(x: torch.Tensor, in_features: int, out_features: int, redn_factor: int, seed: int, block_k: int,
            block_n: int, trace_key: int = 0) -> torch.Tensor:
@@ -177,28 +186,40 @@ def unsketch_unrotate(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, in_
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.structure_args = tuple(inputs[_STRUCTURE_ARGS])
+    """For both forward ops: their tensors first (x, weight[, bias]), the structure's six ints next."""
+    tensors = 3 if len(output) == 3 else 2
+    ctx.structure_args = tuple(inputs[tensors:tensors + 6])
     ctx.weight_dtype = inputs[1].dtype
-    ctx.non_tensor_inputs = len(inputs) - 2
+    ctx.bias_dtype = inputs[2].dtype if tensors == 3 else None
+    ctx.non_tensor_inputs = len(inputs) - tensors
 
 
-def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
-    """Each gradient in its input's dtype: x's is the sketch's (x is cast before the op, the
-    weight by it), the weight's may be wider (float32 parameters under autocast)."""
+def _input_grads(ctx, grad_sketch, grad_rotated) -> tuple:
+    """x's and the weight's gradients, each in its input's dtype: x's is the sketch's (x is cast
+    before the op, the weight by it), the weight's may be wider (float32 parameters under autocast)."""
     args = ctx.structure_args
     need_x = grad_sketch is not None and ctx.needs_input_grad[0]
     need_w = grad_rotated is not None and ctx.needs_input_grad[1]
-    grad_x = grad_w = None
     if need_x and need_w:  # the training step: one launch for both, as in the eager path
-        grad_x, grad_w = unsketch_unrotate(grad_sketch, grad_rotated, *args, ctx.weight_dtype)
-    elif need_x:
-        grad_x = unsketch(grad_sketch, *args)
-    elif need_w:
-        # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it
-        # with the cast back to the weight's dtype
-        grad_w = reference.unrotate_weight(grad_rotated, _structure(*args)).to(ctx.weight_dtype)
-    return (grad_x, grad_w) + (None,) * ctx.non_tensor_inputs
+        return unsketch_unrotate(grad_sketch, grad_rotated, *args, ctx.weight_dtype)
+    grad_x = unsketch(grad_sketch, *args) if need_x else None
+    # aten's gather, not a kernel of ours: Inductor computes its index in place and fuses it with
+    # the cast back to the weight's dtype
+    grad_w = reference.unrotate_weight(grad_rotated, _structure(*args)).to(ctx.weight_dtype) if need_w else None
+    return grad_x, grad_w
+
+
+def _sketch_rotate_backward(ctx, grad_sketch, grad_rotated):
+    return _input_grads(ctx, grad_sketch, grad_rotated) + (None,) * ctx.non_tensor_inputs
+
+
+def _sketch_rotate_bias_backward(ctx, grad_sketch, grad_rotated, grad_bias):
+    """The cast bias's gradient goes back to the bias's dtype: Inductor fuses that cast with the
+    sum over rows that makes it."""
+    grad_b = grad_bias.to(ctx.bias_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None
+    return _input_grads(ctx, grad_sketch, grad_rotated) + (grad_b,) + (None,) * ctx.non_tensor_inputs
 
 
 sketch_rotate.register_autograd(_sketch_rotate_backward, setup_context=_setup_context)
+sketch_rotate_bias.register_autograd(_sketch_rotate_bias_backward, setup_context=_setup_context)
 
