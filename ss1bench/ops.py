@@ -99,7 +99,8 @@ def rotate_weight(weight: torch.Tensor, structure: SS1Structure) -> torch.Tensor
 class _SketchLinear(torch.autograd.Function):
     """Eager ``F.linear(sketch(x), rotate(weight), bias)`` as one autograd node.
 
-    Forward: ``(xs, wr)`` in one sketch-and-rotate launch, then aten's product. Backward: aten's
+    Forward: ``(xs, wr)`` in one sketch-and-rotate launch (under autocast also the bias's cast),
+    then aten's product. Backward: aten's
     two products and the bias sum, then unsketch and unrotate in one launch (or the one of them a
     gradient needs). The passes replay launch plans after the first call per input key (a
     ``torch.library`` op would cost tens of microseconds more per eager call). One node rather
@@ -113,14 +114,17 @@ class _SketchLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, structure, dtype, out_dtype):
-        xs, rotated = _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
+        ctx.input_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        if bias is not None and dtype is not None and bias.dtype != dtype:  # autocast: the bias cast too
+            xs, rotated, bias = _kernels().sketch_rotate_bias_planned(x, weight, bias, structure, dtype)
+        else:
+            xs, rotated = _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
         needs_x, needs_weight = ctx.needs_input_grad[:2]
         ctx.save_for_backward(xs if needs_weight else None, rotated if needs_x else None)
         ctx.structure = structure
-        ctx.input_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.product_dtype = xs.dtype
         ctx.set_materialize_grads(False)
-        return F.linear(xs, rotated, bias if bias is None or dtype is None else bias.to(dtype))
+        return F.linear(xs, rotated, bias)
 
     @staticmethod
     @once_differentiable

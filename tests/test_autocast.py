@@ -58,25 +58,36 @@ def _folded_reference(x, weight, bias, dtype, dy):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16], ids=["x-fp32", "x-fp16"])
-def test_training_path_writes_the_compute_dtype_and_gradients_in_the_inputs(kernels_on_cpu, nan_empty, x_dtype):
+def test_training_path_writes_the_compute_dtype_and_gradients_in_the_inputs(kernels_on_cpu, nan_empty, x_dtype,
+                                                                           monkeypatch):
     """fp16 compute from float32 weights (and float32 or fp16 x): y is fp16 and matches the folded
     reference, each gradient comes back in its input's dtype, and no cast touches x, the
-    weight, the sketch, the rotated weight or their gradients (only the bias is cast). Repeated
-    calls replay the passes' plans, which keep the dtypes."""
+    weight, the bias, the sketch, the rotated weight or their gradients (the bias is cast in the
+    sketch-and-rotate launch). Repeated calls replay the passes' plans, which keep the dtypes."""
+    from ss1bench.kernels import ss1 as kernels
+    from ss1bench.kernels.config import launch_plans
+
     for step in range(2):
+        if step == 1:
+            def fail(*args, **kwargs):
+                raise AssertionError("a pass took the checked path")
+
+            monkeypatch.setattr(kernels, "check_pass_inputs", fail)
+            monkeypatch.setattr(kernels, "sketch_pass_config", fail)
         x, weight, bias, dy = _inputs(19, seed=step, x_dtype=x_dtype)
         with _Casts() as casts:
             y = ops.ss1_linear(x, weight, bias, STRUCTURE, dtype=torch.float16)
             y.backward(dy.half())
         assert y.dtype == torch.float16
         assert (x.grad.dtype, weight.grad.dtype, bias.grad.dtype) == (x_dtype, torch.float32, torch.float32)
-        big = {tuple(x.shape), tuple(weight.shape), (x.shape[0], STRUCTURE.k_red)}
+        big = {tuple(x.shape), tuple(weight.shape), tuple(bias.shape), (x.shape[0], STRUCTURE.k_red)}
         assert not big & set(casts.shapes), f"step {step}: casts of {sorted(big & set(casts.shapes))}"
         y_ref, grads = _folded_reference(x, weight, bias, torch.float16, dy)
         assert_close(f"y step {step}", y, y_ref.double(), TOLERANCE[torch.float16])
         for name, actual, expected in zip(("x", "weight", "bias"), (x.grad, weight.grad, bias.grad), grads,
                                           strict=True):
             assert_close(f"{name}.grad step {step}", actual, expected.double(), TOLERANCE[torch.float16])
+    assert {key[0][0] for key in launch_plans} == {"sketch_rotate_bias", "unsketch_unrotate"}
 
 
 @pytest.mark.interpret
@@ -102,7 +113,7 @@ def test_the_layer_under_autocast_folds_its_casts(kernels_on_cpu, nan_empty):
         y = layer(x)
     y.backward(dy.half())
     assert y.dtype == torch.float16 and layer.weight.grad.dtype == torch.float32
-    assert tuple(x.shape) not in casts.shapes and tuple(layer.weight.shape) not in casts.shapes
+    assert not {tuple(x.shape), tuple(layer.weight.shape), tuple(layer.bias.shape)} & set(casts.shapes), casts.shapes
     y_ref, grads = _folded_reference(x, layer.weight, layer.bias, torch.float16, dy)
     assert_close("y", y, y_ref.double(), TOLERANCE[torch.float16])
     assert_close("weight.grad", layer.weight.grad, grads[1].double(), TOLERANCE[torch.float16])

@@ -406,6 +406,17 @@ def sketch_and_rotate_planned(x: torch.Tensor, weight: torch.Tensor, structure: 
                          shapes, interleaved=True, out_dtypes=(out_dtype, out_dtype))
 
 
+def sketch_rotate_bias_planned(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, structure: SS1Structure,
+                               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sketch_rotate_bias_pass` for the eager training path under autocast (the bias cast in
+    the same launch); planned per input key and ``out_dtype``."""
+    shapes = ((x.shape[0], structure.k_red), structure.weight_shape, (structure.out_features,))
+    return _planned_pass(("sketch_rotate_bias", out_dtype), structure, (x, weight, bias),
+                         lambda x, weight, bias: sketch_rotate_bias_pass(x, weight, bias, structure, x.shape[0],
+                                                                         out_dtype),
+                         shapes, interleaved=True, out_dtypes=(out_dtype,) * 3)
+
+
 def unsketch_pass(grad_sketch: torch.Tensor, structure: SS1Structure, m_hint: int,
                   launch=launch_kernel, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``unsketch(grad_sketch: (M, K_red)) -> (M, K)`` into a new tensor of ``out_dtype`` (None:
