@@ -68,6 +68,7 @@ CASES = [
     ("_ss1_sketch_kernel", "fp16", dict(C=16, **_S, TILE_M=16, TILE_K=128), 4, 1),
     ("_ss1_sketch_kernel", "fp32", dict(C=2, BK=64, BN=128, VEC=8, TILE_M=32, TILE_K=64), 4, 1),
     ("_ss1_sketch_rotate_kernel", "bf16", dict(C=4, **_S, TILE_M=16, TILE_K=128, ROT_N=32, ROT_K=128), 4, 1),
+    ("_ss1_sketch_rotate_bias_kernel", "fp16", dict(C=8, **_S, TILE_M=16, TILE_K=128, ROT_N=32, ROT_K=128), 4, 1),
     ("_ss1_unsketch_kernel", "fp16", dict(C=8, **_S, TILE_M=16, TILE_K=128), 4, 1),
     ("_ss1_unsketch_unrotate_kernel", "bf16", dict(C=4, **_S, TILE_M=16, TILE_K=128, ROT_N=32, ROT_K=128), 4, 1),
     ("_ss1_rotate_kernel", "fp16", dict(C=4, **_S, TILE_N=32, TILE_K=128, INVERSE=False), 4, 1),
