@@ -20,6 +20,11 @@
 #              TRAINPROF_LAYERS (6,12) layers, with TRAINPROF_ARGS added (e.g. --python-functions 40
 #              --code-dir $OUT/code): wall against kernel and host time, the GPU's idle gaps, the
 #              garbage collector per step
+#   trainab    the compiled GPT-2 training step (TRAINAB_LAYERS, 12) of SS1 under each package tree of
+#              TRAINAB_TREES (space-separated folders holding an ss1bench/ and tuning_db/, "." for this
+#              checkout; made with `git archive REV ss1bench tuning_db | tar -x -C out/REV` and carried),
+#              each tree with its own Inductor cache, TRAINAB_ROUNDS (2) rounds in alternating order,
+#              dense once: wall against kernel time and launches per step
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -140,6 +145,26 @@ run_trainprof() {
     done
 }
 
+run_trainab() {
+    local round tree trees name pythonpath
+    for round in $(seq "${TRAINAB_ROUNDS:-2}"); do
+        trees=${TRAINAB_TREES:-.}
+        # every other round in reverse order, so no tree always runs first after the compiles
+        [ $((round % 2)) = 0 ] && trees=$(echo "$trees" | tr ' ' '\n' | tac | tr '\n' ' ')
+        for tree in $trees; do
+            name=$(basename "$(realpath "$tree")")
+            pythonpath=$([ "$tree" = . ] && echo "" || realpath "$tree")
+            PYTHONPATH=$pythonpath TORCHINDUCTOR_CACHE_DIR="/tmp/trainab_cache_$name" timeout "${TRAINAB_S:-200}" \
+                python3 scripts/train_step_profile.py --modes compiled --providers ss1 \
+                --layers "${TRAINAB_LAYERS:-12}" > "$OUT/trainab_${name}_$round.txt" 2>&1
+            echo "trainab $name round $round rc=$? $(grep -E '^compiled ' "$OUT/trainab_${name}_$round.txt")"
+        done
+    done
+    timeout "${TRAINAB_S:-200}" python3 scripts/train_step_profile.py --modes compiled --providers dense \
+        --layers "${TRAINAB_LAYERS:-12}" > "$OUT/trainab_dense.txt" 2>&1
+    echo "trainab dense rc=$? $(grep -E '^compiled ' "$OUT/trainab_dense.txt")"
+}
+
 for stage in $STAGES; do
     case "$stage" in
         tests) run_tests ;;
@@ -152,7 +177,8 @@ for stage in $STAGES; do
         decode) RETUNE_M=1,16,64 RETUNE_C=8,16 RETUNE_DTYPES=fp16 RETUNE_KINDS=forward,forward_rotated run_retune ;;
         frozendecode) run_frozendecode ;;
         trainprof) TRAINPROF_LAYERS=${TRAINPROF_LAYERS:-6,12} run_trainprof ;;
-        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode frozendecode trainprof)"
+        trainab) run_trainab ;;
+        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode frozendecode trainprof trainab)"
            exit 2 ;;
     esac
 done
