@@ -23,11 +23,11 @@ The op bodies run once, at trace time, on fake tensors: the structure and the la
 
 torch.compile's persistent caches (AOTAutograd's, Inductor's FX graph cache) key a graph on its ops
 and their arguments: neither the Python of a custom op's backward nor the Triton kernels and
-configs its body picks are part of that key. So every ``sketch_rotate`` call carries
-:func:`trace_key` as its last argument, a digest of what a trace depends on beyond its inputs
-(this package's source and shipped databases, the tuning database serving the device, any config
-override). After an upgrade or a ``ss1bench tune`` the key changes and the cached graphs miss,
-instead of replaying the old kernels or tiles.
+configs its body picks are part of that key. So every call of a forward op (``sketch_rotate``,
+``sketch_rotate_bias``, ``sketch``) carries :func:`trace_key` as its last argument, a digest of
+what a trace depends on beyond its inputs (this package's source and shipped databases, the
+tuning database serving the device, any config override). After an upgrade or a ``ss1bench
+tune`` the key changes and the cached graphs miss, instead of replaying the old kernels or tiles.
 
 Ops (shapes: x (M, K), weight (N, K_red)); the structure travels as plain ints
 ``(in_features, out_features, redn_factor, seed, block_k, block_n)``:
