@@ -296,8 +296,8 @@ def sketch_rotate_cast_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
                             cfg: LaunchConfig, out_dtype: torch.dtype,
                             launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`sketch_and_rotate` into ``out_dtype`` that also returns ``bias`` (N,) cast to it, in
-    the same launch: the traced forward under autocast, where the cast of the bias would be a
-    launch of its own per layer."""
+    the same launch: the training forward under autocast (eager and traced), where the cast of the
+    bias would be a launch of its own per layer."""
     m, (n, k_red) = x.shape[0], structure.weight_shape
     xs = torch.empty((m, k_red), dtype=out_dtype, device=x.device)
     wr = torch.empty((n, k_red), dtype=out_dtype, device=weight.device)
@@ -380,7 +380,7 @@ def sketch_rotate_bias_pass(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
                             m_hint: int, out_dtype: torch.dtype,
                             launch=launch_kernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`sketch_rotate_pass` into ``out_dtype`` that also casts ``bias`` (N,) to it, checked:
-    the traced forward under autocast."""
+    the training forward under autocast and the traced op."""
     check_pass_inputs(x, weight, structure, out_dtype)
     dtype_name(bias.dtype)
     _check_tensor("bias", bias, (structure.out_features,), bias.dtype, x.device)
