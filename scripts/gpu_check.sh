@@ -24,7 +24,7 @@
 #              TRAINAB_TREES (space-separated folders holding an ss1bench/ and tuning_db/, "." for this
 #              checkout; made with `git archive REV ss1bench tuning_db | tar -x -C out/REV` and carried),
 #              each tree with its own Inductor cache, TRAINAB_ROUNDS (2) rounds in alternating order,
-#              dense once: wall against kernel time and launches per step
+#              dense once, TRAINAB_ARGS added (e.g. --launch-host): wall against kernel time, launches
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -147,6 +147,7 @@ run_trainprof() {
 
 run_trainab() {
     local round tree trees name pythonpath
+    # shellcheck disable=SC2086  # TRAINAB_ARGS is a list of options
     for round in $(seq "${TRAINAB_ROUNDS:-2}"); do
         trees=${TRAINAB_TREES:-.}
         # every other round in reverse order, so no tree always runs first after the compiles
@@ -156,12 +157,12 @@ run_trainab() {
             pythonpath=$([ "$tree" = . ] && echo "" || realpath "$tree")
             PYTHONPATH=$pythonpath TORCHINDUCTOR_CACHE_DIR="/tmp/trainab_cache_$name" timeout "${TRAINAB_S:-200}" \
                 python3 scripts/train_step_profile.py --modes compiled --providers ss1 \
-                --layers "${TRAINAB_LAYERS:-12}" > "$OUT/trainab_${name}_$round.txt" 2>&1
+                --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_${name}_$round.txt" 2>&1
             echo "trainab $name round $round rc=$? $(grep -E '^compiled ' "$OUT/trainab_${name}_$round.txt")"
         done
     done
     timeout "${TRAINAB_S:-200}" python3 scripts/train_step_profile.py --modes compiled --providers dense \
-        --layers "${TRAINAB_LAYERS:-12}" > "$OUT/trainab_dense.txt" 2>&1
+        --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_dense.txt" 2>&1
     echo "trainab dense rc=$? $(grep -E '^compiled ' "$OUT/trainab_dense.txt")"
 }
 

@@ -21,12 +21,14 @@ per step of every busy thread of the process over the timed steps. ``--gc-freeze
 Chrome trace. ``--python-functions N`` profiles each run again with Python call stacks and lists
 the host events with the most own time (a Python function's own time excludes the operations it
 calls), which names the Python that a host-bound compiled step spends its time in;
-``--code-dir DIR`` keeps the code Inductor generated for each run.
+``--code-dir DIR`` keeps the code Inductor generated for each run. ``--launch-host`` times the
+host side of every Triton launch the generated code makes, ss1bench's user-defined kernels apart
+from Inductor's own.
 ``TORCHINDUCTOR_CPP_WRAPPER=1`` in the environment runs the compiled steps with Inductor's C++
 wrapper.
 
     python3 scripts/train_step_profile.py --layers 4 [--modes eager,compiled] [--providers dense,ss1] [--trace DIR]
-        [--gc-freeze] [--python-functions N] [--code-dir DIR]
+        [--gc-freeze] [--python-functions N] [--code-dir DIR] [--launch-host]
 """
 
 from __future__ import annotations
@@ -131,6 +133,43 @@ class ThreadClock:
             self.ms = {name: end[name] - self._start.get(name, 0.0) for name in end}
 
 
+class LaunchClock:
+    """Host time of each Triton kernel launch that Inductor's generated code makes (one
+    ``CachingAutotuner.run`` call), by kind: ``user`` for user-defined kernels (the ``triton_op``
+    kernels of ss1bench), ``inductor`` for Inductor's own. ``ns[kind]`` is [total ns, launches]."""
+
+    def __init__(self) -> None:
+        self.ns = {"user": [0, 0], "inductor": [0, 0]}
+
+    def __enter__(self) -> LaunchClock:
+        from torch._inductor.runtime import triton_heuristics
+        from torch._inductor.runtime.hints import HeuristicType
+
+        self._autotuner = triton_heuristics.CachingAutotuner
+        run, totals = self._autotuner.run, self.ns
+        self._run = run
+
+        def timed_run(autotuner, *args, **kwargs):
+            start = time.perf_counter_ns()
+            try:
+                return run(autotuner, *args, **kwargs)
+            finally:
+                kind = "user" if autotuner.heuristic_type == HeuristicType.USER_AUTOTUNE else "inductor"
+                totals[kind][0] += time.perf_counter_ns() - start
+                totals[kind][1] += 1
+
+        self._autotuner.run = timed_run
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._autotuner.run = self._run
+
+    def summary(self, steps: int) -> str:
+        """Per step: launches and host us per launch of each kind."""
+        return "; ".join(f"{kind} {calls / steps:.0f} x {total / max(calls, 1) / 1e3:.1f} us"
+                         for kind, (total, calls) in self.ns.items())
+
+
 def chrome_events(prof: profile) -> list[dict]:
     """The profile's events as its Chrome trace holds them."""
     with tempfile.TemporaryDirectory() as folder:
@@ -223,6 +262,9 @@ def main() -> None:
     parser.add_argument("--python-functions", type=int, default=0, metavar="N",
                         help="profile 3 more steps of every run with Python call stacks and list the N host "
                              "events (Python functions included) with the most own time per step")
+    parser.add_argument("--launch-host", action="store_true",
+                        help="time the host side of each Triton launch in compiled steps, user-defined kernels "
+                             "(ss1bench's) apart from Inductor's own")
     parser.add_argument("--code-dir", help="copy each run's Inductor output code (the generated wrappers and "
                                            "kernels it wrote) into DIR/<mode>_<provider>")
     parser.add_argument("--gc-freeze", action="store_true",
@@ -287,6 +329,13 @@ def main() -> None:
                         step()
                         torch.cuda.synchronize()
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
+            if args.launch_host and mode == "compiled":
+                with LaunchClock() as launches:
+                    for _ in range(PROFILED_STEPS):
+                        step()
+                    torch.cuda.synchronize()
+                print(f"---- {mode} {provider}: host time per Triton launch from the generated code "
+                      f"({PROFILED_STEPS} steps): {launches.summary(PROFILED_STEPS)}")
             if args.python_functions:
                 with profile(activities=[ProfilerActivity.CPU], with_stack=True) as stacks:
                     for _ in range(PROFILED_STEPS):

@@ -64,6 +64,27 @@ def test_host_self_ms_charges_each_event_its_own_time_on_its_own_thread():
     ]
 
 
+def test_launch_clock_times_each_launch_by_kind_and_restores_run(monkeypatch):
+    from torch._inductor.runtime import triton_heuristics
+    from torch._inductor.runtime.hints import HeuristicType
+
+    def run(autotuner, *args, stream):
+        time.sleep(0.002 if autotuner.heuristic_type == HeuristicType.USER_AUTOTUNE else 0.0)
+        return args, stream
+
+    monkeypatch.setattr(triton_heuristics.CachingAutotuner, "run", run)
+    user, own = (object.__new__(triton_heuristics.CachingAutotuner) for _ in range(2))
+    user.heuristic_type, own.heuristic_type = HeuristicType.USER_AUTOTUNE, HeuristicType.POINTWISE
+    with profile_script.LaunchClock() as clock:
+        assert user.run(1, 2, stream=0) == ((1, 2), 0)  # the launch itself still runs
+        user.run(stream=0)
+        own.run(stream=0)
+    assert triton_heuristics.CachingAutotuner.run is run
+    assert clock.ns["user"][1] == 2 and clock.ns["inductor"][1] == 1
+    assert clock.ns["user"][0] >= 4e6 > clock.ns["inductor"][0]
+    assert clock.summary(steps=2).startswith("user 1 x ")
+
+
 def test_gc_clock_counts_collections_by_generation_and_removes_its_callback():
     with profile_script.GcClock() as clock:
         gc.collect(0)
