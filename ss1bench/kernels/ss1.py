@@ -463,15 +463,26 @@ def unsketch_and_unrotate(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor,
     return dx, dw
 
 
+def unsketch_unrotate_pass(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, structure: SS1Structure,
+                           m_hint: int, launch=launch_kernel, x_dtype: torch.dtype | None = None,
+                           weight_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unsketch_and_unrotate` with the unsketch tile of :func:`sketch_pass_config` for
+    ``m_hint`` rows, both gradients made row-major: the eager training path's backward pass and
+    the traced op."""
+    grad_sketch = row_major(grad_sketch)
+    cfg = sketch_pass_config("grad_input", m_hint, structure, grad_sketch.dtype, grad_sketch.device)
+    return unsketch_and_unrotate(grad_sketch, row_major(grad_rotated), structure, cfg, x_dtype, weight_dtype,
+                                 launch=launch)
+
+
 def unsketch_unrotate_planned(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, structure: SS1Structure,
                               x_dtype: torch.dtype | None = None,
                               weight_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`unsketch_and_unrotate` for the eager training path (the unsketch tile of
-    :func:`sketch_pass_config` for the gradient's rows); planned per input key and output dtypes."""
+    """:func:`unsketch_unrotate_pass` for the eager training path; planned per input key and output
+    dtypes."""
     def run(g_sketch: torch.Tensor, g_rotated: torch.Tensor):
-        cfg = sketch_pass_config("grad_input", g_sketch.shape[0], structure, g_sketch.dtype, g_sketch.device)
-        return unsketch_and_unrotate(row_major(g_sketch), row_major(g_rotated), structure, cfg, x_dtype,
-                                     weight_dtype)
+        return unsketch_unrotate_pass(g_sketch, g_rotated, structure, g_sketch.shape[0], x_dtype=x_dtype,
+                                      weight_dtype=weight_dtype)
 
     shapes = ((grad_sketch.shape[0], structure.in_features), structure.weight_shape)
     return _planned_pass(("unsketch_unrotate", x_dtype, weight_dtype), structure, (grad_sketch, grad_rotated),

@@ -178,11 +178,8 @@ def unsketch_unrotate(grad_sketch: torch.Tensor, grad_rotated: torch.Tensor, in_
     """``(unsketch(grad_sketch), unrotate(grad_rotated))`` in one launch, the weight gradient
     written in ``weight_dtype`` (the weight's: float32 under autocast)."""
     structure = _structure(in_features, out_features, redn_factor, seed, block_k, block_n)
-    grad_sketch = ss1.row_major(grad_sketch)
-    cfg = ss1.sketch_pass_config("grad_input", _size_hint(grad_sketch.shape[0]), structure, grad_sketch.dtype,
-                                 grad_sketch.device)
-    return ss1.unsketch_and_unrotate(grad_sketch, ss1.row_major(grad_rotated), structure, cfg,
-                                     weight_dtype=weight_dtype, launch=_launch)
+    return ss1.unsketch_unrotate_pass(grad_sketch, grad_rotated, structure, _size_hint(grad_sketch.shape[0]),
+                                      launch=_launch, weight_dtype=weight_dtype)
 
 
 def _setup_context(ctx, inputs, output) -> None:
