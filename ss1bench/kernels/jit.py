@@ -393,17 +393,19 @@ def _sketch_rotate_program(
     TILE_M: tl.constexpr, TILE_K: tl.constexpr, ROT_N: tl.constexpr, ROT_K: tl.constexpr,
 ):
     """Program ``pid`` of a sketch-and-rotate grid: the first programs write xs = sketch(x)
-    (TILE_M x TILE_K tiles), the others Wr = rotate(Wc) (ROT_N x ROT_K tiles, row-major)."""
+    (TILE_M x TILE_K tiles), the others Wr = rotate(Wc) (ROT_N x ROT_K tiles, row-major). Returns
+    the program's index among the rotating ones (negative for a sketching program)."""
     sketch_cols = tl.cdiv(K_RED, TILE_K)
     sketch_programs = tl.cdiv(M, TILE_M) * sketch_cols
-    if pid < sketch_programs:
+    rot_pid = pid - sketch_programs
+    if rot_pid < 0:
         _sketch_tile(x_ptr, xs_ptr, pid // sketch_cols, pid % sketch_cols, M, K, K_RED, stride_xm, stride_xsm,
                      R0M, R1M, R3M, C, BK, VEC, TILE_M, TILE_K)
     else:
-        pid -= sketch_programs
         rot_cols = tl.cdiv(K_RED, ROT_K)
-        _rotate_tile(w_ptr, wr_ptr, pid // rot_cols, pid % rot_cols, N, K_RED, stride_w, stride_wr, R2M,
+        _rotate_tile(w_ptr, wr_ptr, rot_pid // rot_cols, rot_pid % rot_cols, N, K_RED, stride_w, stride_wr, R2M,
                      C, BK, BN, VEC, ROT_N, ROT_K, False)
+    return rot_pid
 
 
 @triton.jit(do_not_specialize=HASH_ARGS)
@@ -428,10 +430,9 @@ def _ss1_sketch_rotate_bias_kernel(
     """:func:`_ss1_sketch_rotate_kernel` that also writes the bias (N,) cast to ``bo``'s dtype: the
     programs rotating the weight's first K_red tile of each ROT_N rows store those rows' bias
     (autocast's cast of the bias, without a launch of its own)."""
-    pid = tl.program_id(0)
-    _sketch_rotate_program(pid, x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm, stride_xsm,
-                           stride_w, stride_wr, R0M, R1M, R2M, R3M, C, BK, BN, VEC, TILE_M, TILE_K, ROT_N, ROT_K)
-    rot_pid = pid - tl.cdiv(M, TILE_M) * tl.cdiv(K_RED, TILE_K)
+    rot_pid = _sketch_rotate_program(tl.program_id(0), x_ptr, xs_ptr, w_ptr, wr_ptr, M, N, K, K_RED, stride_xm,
+                                     stride_xsm, stride_w, stride_wr, R0M, R1M, R2M, R3M, C, BK, BN, VEC, TILE_M,
+                                     TILE_K, ROT_N, ROT_K)
     rot_cols = tl.cdiv(K_RED, ROT_K)
     if rot_pid >= 0 and rot_pid % rot_cols == 0:
         offs_n = (rot_pid // rot_cols) * ROT_N + tl.arange(0, ROT_N)
