@@ -100,16 +100,16 @@ class _SketchLinear(torch.autograd.Function):
     """Eager ``F.linear(sketch(x), rotate(weight), bias)`` as one autograd node.
 
     Forward: ``(xs, wr)`` in one sketch-and-rotate launch (under autocast also the bias's cast),
-    then aten's product. Backward: aten's
-    two products and the bias sum, then unsketch and unrotate in one launch (or the one of them a
-    gradient needs). The passes replay launch plans after the first call per input key (a
-    ``torch.library`` op would cost tens of microseconds more per eager call). One node rather
-    than the three or four that a sketch node followed by ``F.linear`` records (the passes',
-    addmm's, the transpose's, and under autocast the bias cast's): the autograd engine's cost per
-    node was most of an eager step's host time (``docs/perf-notes.md``, v18). It saves what the
-    product's own node would: ``xs`` for the weight gradient, ``wr`` for the input gradient. The
-    bias gradient is summed in the bias's dtype (float32 under autocast). ``torch.compile``
-    traces ``ss1bench::sketch_rotate`` and ``F.linear`` instead (``kernels/traced.py``).
+    then aten's product. Backward: aten's two products and the bias sum, then unsketch and
+    unrotate in one launch (or the one of them a gradient needs). The passes replay launch plans
+    after the first call per input key (a ``torch.library`` op would cost tens of microseconds
+    more per eager call). One node rather than the three or four that a sketch node followed by
+    ``F.linear`` records (the passes', addmm's, the transpose's, and under autocast the bias
+    cast's): the autograd engine's cost per node was most of an eager step's host time
+    (``docs/perf-notes.md``, v18). It saves what the product's own node would: ``xs`` for the
+    weight gradient, ``wr`` for the input gradient. The bias gradient is summed in the bias's
+    dtype (float32 under autocast). ``torch.compile`` traces the ``ss1bench`` triton ops and
+    ``F.linear`` instead (``kernels/traced.py``).
     """
 
     @staticmethod
@@ -202,12 +202,12 @@ def _traced_sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         xs = torch.ops.ss1bench.sketch(x, *structure.key, key)
         rotated = torch.ops.ss1bench.rotate_weight(weight if out_dtype is None else weight.to(out_dtype),
                                                    *structure.key)
+        if bias is not None and dtype is not None:
+            bias = bias.to(dtype)
     elif bias is not None and dtype is not None and bias.dtype != dtype:
         xs, rotated, bias = torch.ops.ss1bench.sketch_rotate_bias(x, weight, bias, *structure.key, dtype, key)
-    else:
+    else:  # no cast of the bias is due
         xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype, key)
-    if bias is not None and dtype is not None:
-        bias = bias.to(dtype)  # frozen inference; a no-op elsewhere
     return F.linear(xs, rotated, bias)
 
 
