@@ -232,6 +232,13 @@ def copy_new_code(before: set[Path], into: Path) -> None:
         shutil.copy(path, into / path.name)
 
 
+def run_steps(step: TrainStep, steps: int) -> None:
+    """``steps`` training steps, then wait for the GPU (the span a profile or clock covers)."""
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+
+
 def host_phase_ms(step: TrainStep) -> tuple[float, float, float]:
     """Median host ms of (zero_grad + forward, backward, optimizer step) with the GPU kept busy."""
     samples = []
@@ -310,9 +317,7 @@ def main() -> None:
             kernels = kernel_ms(step, PROFILED_STEPS)
             host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(PROFILED_STEPS):
-                    step()
-                torch.cuda.synchronize()
+                run_steps(step, PROFILED_STEPS)
             events = prof.key_averages()
             calls = {name: sum(e.count for e in events if e.key in keys) / PROFILED_STEPS
                      for name, keys in HOST_CALLS.items()}
@@ -326,21 +331,16 @@ def main() -> None:
                     print(f"{gap_ms:7.3f} ms before {kernel[:60]}: {'; '.join(ops)}")
                 if args.trace:
                     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as one:
-                        step()
-                        torch.cuda.synchronize()
+                        run_steps(step, 1)
                     one.export_chrome_trace(f"{args.trace}/train_step_{mode}_ss1.json")
             if args.launch_host and mode == "compiled":
                 with LaunchClock() as launches:
-                    for _ in range(PROFILED_STEPS):
-                        step()
-                    torch.cuda.synchronize()
+                    run_steps(step, PROFILED_STEPS)
                 print(f"---- {mode} {provider}: host time per Triton launch from the generated code "
                       f"({PROFILED_STEPS} steps): {launches.summary(PROFILED_STEPS)}")
             if args.python_functions:
                 with profile(activities=[ProfilerActivity.CPU], with_stack=True) as stacks:
-                    for _ in range(PROFILED_STEPS):
-                        step()
-                    torch.cuda.synchronize()
+                    run_steps(step, PROFILED_STEPS)
                 print(f"---- {mode} {provider}: own host ms per step with Python call stacks profiled "
                       f"({PROFILED_STEPS} steps; the tracer slows the host)")
                 for ms, calls, name in host_self_ms(chrome_events(stacks), PROFILED_STEPS)[:args.python_functions]:
