@@ -2,6 +2,8 @@
 # One device call: install the checkout, then run the stages named in STAGES (default: tests).
 #   tests      the GPU tests; every measured error goes to $OUT/errors_all.csv
 #   host       host time per call of SSL against nn.Linear (scripts/host_profile.py)
+#   autocast   one layer in the training setting (float32 parameters, bf16 autocast) against nn.Linear and
+#              the ideal, GPU and wall time (scripts/autocast_layer_bench.py at c = 4 and 8; AUTOCAST_ARGS added)
 #   baselines  eager forward/backward against dense on the original kernel's baseline rows (scripts/baselines.py)
 #   bench      ss1bench bench: gpt2 + llama + bert sets, fp16 and bf16, fwd and fwd+bwd, CUDA-graph timing
 #   e2e        ss1bench e2e: whole models, dense and SS1 side by side, eager / compiled / CUDA graphs,
@@ -58,6 +60,16 @@ PY
 run_host() {
     timeout 120 python3 scripts/host_profile.py > "$OUT/host_profile.txt" 2>&1
     echo "host profile rc=$?"; grep -E "SSL|nn.Linear" "$OUT/host_profile.txt"
+}
+
+run_autocast() {
+    local c
+    for c in 4 8; do
+        # shellcheck disable=SC2086  # AUTOCAST_ARGS is a list of options
+        timeout 120 python3 scripts/autocast_layer_bench.py --redn-factors "$c" ${AUTOCAST_ARGS:-} \
+            > "$OUT/autocast_layer_c$c.txt" 2>&1
+        echo "autocast layer bench c=$c rc=$?"; grep -v -i warn "$OUT/autocast_layer_c$c.txt"
+    done
 }
 
 run_baselines() {
@@ -170,6 +182,7 @@ for stage in $STAGES; do
     case "$stage" in
         tests) run_tests ;;
         host) run_host ;;
+        autocast) run_autocast ;;
         baselines) run_baselines ;;
         bench) run_bench ;;
         e2e) run_e2e ;;
@@ -179,7 +192,7 @@ for stage in $STAGES; do
         frozendecode) run_frozendecode ;;
         trainprof) TRAINPROF_LAYERS=${TRAINPROF_LAYERS:-6,12} run_trainprof ;;
         trainab) run_trainab ;;
-        *) echo "unknown stage $stage (tests host baselines bench e2e tune retune decode frozendecode trainprof trainab)"
+        *) echo "unknown stage $stage (tests host autocast baselines bench e2e tune retune decode frozendecode trainprof trainab)"
            exit 2 ;;
     esac
 done
