@@ -15,8 +15,10 @@ is deep). A step is host-bound when its host time exceeds its GPU kernel time.
 Two more columns say what keeps the GPU waiting when wall time runs above kernel time: the GPU's
 idle time per step in the profiled steps (the time between kernels), with the host operations
 that overlap the longest gaps listed for SS1, and the Python garbage collector's time and
-collections per step over the timed steps (``gc.callbacks``). Each run also lists the CPU time
-per step of every busy thread of the process over the timed steps. ``--gc-freeze`` calls
+collections per step over the timed steps (``gc.callbacks``). Each run also lists, per step over
+the timed steps, every busy thread's CPU time, its time waiting for a CPU on a run queue and its
+involuntary context switches, and the share of the machine's CPU time the hypervisor stole: what
+tells a process kept off its CPUs from one that spends its host time running. ``--gc-freeze`` calls
 ``gc.freeze()`` after the warm-up steps. ``--trace DIR`` writes one step of each SS1 run as a
 Chrome trace. ``--python-functions N`` profiles each run again with Python call stacks and lists
 the host events with the most own time (a Python function's own time excludes the operations it
@@ -97,40 +99,78 @@ class GcClock:
 
 
 class ThreadClock:
-    """CPU time of each of the process's threads while active (Linux: ``/proc/self/task``), so a
-    host-bound step shows which threads spend the time: the main thread, the autograd engine's
-    device thread, or something in the background."""
+    """Per thread of the process while active (Linux: ``/proc/self/task``): its CPU time, its time
+    waiting on a run queue for a CPU, its involuntary context switches and the CPU it last ran on;
+    and for the whole machine the share of CPU time the hypervisor stole (``/proc/stat``). So a
+    host-bound step shows which threads spend the time (the main thread, the autograd engine's
+    device thread, something in the background) and whether they were kept off a CPU."""
 
     def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
+        self.ms: dict[str, float] = {}  # CPU ms per thread
+        self.wait_ms: dict[str, float] = {}  # ms waiting on a run queue per thread
+        self.switches: dict[str, int] = {}  # involuntary context switches per thread
+        self.cpu: dict[str, int] = {}  # the CPU each thread last ran on
+        self.steal = float("nan")  # share of all CPUs' time stolen by the hypervisor
 
     @staticmethod
-    def _snapshot() -> dict[str, float]:
+    def _snapshot() -> dict[str, tuple[float, float, int, int]]:
+        """{thread label: (CPU ms, run-queue wait ms, involuntary switches, last CPU)}."""
         names = {thread.native_id: thread.name for thread in threading.enumerate()}
         times = {}
         for task in Path("/proc/self/task").iterdir():
             try:
                 comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # fields[0] is stat's field 3
                 schedstat = task / "schedstat"
-                if schedstat.exists():  # nanoseconds on the CPU
-                    ms = int(schedstat.read_text().split()[0]) / 1e6
-                else:  # utime + stime in clock ticks
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    ms = (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
-            except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+                if schedstat.exists():  # nanoseconds on the CPU, nanoseconds waiting for one
+                    on_cpu, waiting = (int(v) / 1e6 for v in schedstat.read_text().split()[:2])
+                else:  # utime + stime in clock ticks; no wait figure
+                    on_cpu = (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+                    waiting = float("nan")
+                status = (task / "status").read_text()
+                switches = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+                cpu = int(fields[36])
+            except (OSError, ValueError, IndexError):  # the thread ended meanwhile, or no such field
                 continue
             label = f"{comm}" + (f" ({names[int(task.name)]})" if int(task.name) in names else "")
-            times[f"{label} [{task.name}]"] = ms
+            times[f"{label} [{task.name}]"] = (on_cpu, waiting, switches, cpu)
         return times
+
+    @staticmethod
+    def _cpu_ticks() -> tuple[int, int] | None:
+        """(stolen, all) clock ticks of all CPUs since boot, or None without ``/proc/stat``."""
+        try:
+            values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        # user nice system idle iowait irq softirq steal [guest guest_nice: counted in user and nice]
+        return (values[7] if len(values) > 7 else 0), sum(values[:8])
 
     def __enter__(self) -> ThreadClock:
         self._start = self._snapshot() if Path("/proc/self/task").is_dir() else {}
+        self._ticks = self._cpu_ticks()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._start:
             end = self._snapshot()
-            self.ms = {name: end[name] - self._start.get(name, 0.0) for name in end}
+            zero = (0.0, 0.0, 0, 0)
+            self.ms = {name: end[name][0] - self._start.get(name, zero)[0] for name in end}
+            self.wait_ms = {name: end[name][1] - self._start.get(name, zero)[1] for name in end}
+            self.switches = {name: end[name][2] - self._start.get(name, zero)[2] for name in end}
+            self.cpu = {name: end[name][3] for name in end}
+        ticks = self._cpu_ticks()
+        if self._ticks and ticks and ticks[1] > self._ticks[1]:
+            self.steal = (ticks[0] - self._ticks[0]) / (ticks[1] - self._ticks[1])
+
+    def summary(self, steps: int) -> str:
+        """Busy threads (at least ``THREAD_MS`` of CPU per step), busiest first: CPU and run-queue
+        wait ms and involuntary switches per step, the CPU last run on; then the machine's steal."""
+        busy = sorted(((ms / steps, name) for name, ms in self.ms.items() if ms / steps >= THREAD_MS), reverse=True)
+        threads = "; ".join(f"{name} {ms:.2f} (wait {self.wait_ms[name] / steps:.2f}, "
+                            f"{self.switches[name] / steps:.1f} preempted, cpu {self.cpu[name]})"
+                            for ms, name in busy)
+        return f"{threads}; steal {self.steal:.1%}"
 
 
 class LaunchClock:
@@ -311,9 +351,8 @@ def main() -> None:
                 torch.cuda.synchronize()
                 wall = (time.perf_counter() - start) / 10 * 1e3
             gc_ms, gc_counts = collector.seconds / 10 * 1e3, [n / 10 for n in collector.collections]
-            busy = sorted(((ms / 10, name) for name, ms in threads.ms.items() if ms / 10 >= THREAD_MS), reverse=True)
-            print(f"---- {mode} {provider}: CPU ms per step by thread over the timed steps (wall {wall:.2f} ms): "
-                  + "; ".join(f"{name} {ms:.2f}" for ms, name in busy))
+            print(f"---- {mode} {provider}: CPU ms per step by thread over the timed steps (wall {wall:.2f} ms; "
+                  f"run-queue wait ms, involuntary switches): {threads.summary(10)}")
             kernels = kernel_ms(step, PROFILED_STEPS)
             host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

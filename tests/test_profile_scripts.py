@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import threading
 import time
 
@@ -113,3 +114,43 @@ def test_thread_clock_charges_each_thread_its_own_cpu_time():
     main = [ms for name, ms in clock.ms.items() if "(MainThread)" in name]
     assert spinner and spinner[0] > 100  # most of the 300 ms
     assert main and main[0] < spinner[0] / 2
+    label = next(name for name in clock.ms if "(spinner)" in name)
+    assert clock.switches[label] >= 0 and 0 <= clock.cpu[label] < (os.cpu_count() or 1)
+    assert not clock.wait_ms[label] < 0  # a run-queue wait in ms (NaN where the kernel keeps no schedstat)
+    assert 0 <= clock.steal <= 1
+    summary = clock.summary(steps=1)
+    assert summary.split(" [")[0].endswith("(spinner)")  # the busiest thread first
+    assert summary.endswith(f"steal {clock.steal:.1%}") and f"cpu {clock.cpu[label]})" in summary
+
+
+def test_thread_clock_reads_what_proc_gives(tmp_path, monkeypatch):
+    """/proc/stat's steal column and per-thread schedstat, status and stat fields, from hand-made
+    files: the deltas over the span, the CPU last run on."""
+    task = tmp_path / "task" / "4242"
+    task.mkdir(parents=True)
+    proc_stat = tmp_path / "stat"
+
+    def write(cpu_ns: int, wait_ns: int, switches: int, cpu: int, steal: int, total_rest: int) -> None:
+        (task / "comm").write_text("python3\n")
+        stat_fields = ["S"] + ["0"] * 35 + [str(cpu)] + ["0"] * 13  # fields 3..52; field 39 is the CPU
+        (task / "stat").write_text("4242 (python3) " + " ".join(stat_fields) + "\n")
+        (task / "schedstat").write_text(f"{cpu_ns} {wait_ns} 7\n")
+        (task / "status").write_text(f"Name:\tpython3\nvoluntary_ctxt_switches:\t3\n"
+                                     f"nonvoluntary_ctxt_switches:\t{switches}\n")
+        proc_stat.write_text(f"cpu  {total_rest} 0 0 0 0 0 0 {steal} 0 0\ncpu0 1 2 3\n")
+
+    real_path = profile_script.Path
+
+    def fake_path(name):
+        return {"/proc/self/task": tmp_path / "task", "/proc/stat": proc_stat}.get(str(name), real_path(name))
+
+    monkeypatch.setattr(profile_script, "Path", fake_path)
+    write(cpu_ns=1_000_000, wait_ns=500_000, switches=4, cpu=2, steal=10, total_rest=990)
+    clock = profile_script.ThreadClock().__enter__()
+    write(cpu_ns=21_000_000, wait_ns=4_500_000, switches=14, cpu=5, steal=30, total_rest=1170)
+    clock.__exit__(None, None, None)
+    assert clock.ms == {"python3 [4242]": pytest.approx(20.0)}
+    assert clock.wait_ms == {"python3 [4242]": pytest.approx(4.0)}
+    assert clock.switches == {"python3 [4242]": 10} and clock.cpu == {"python3 [4242]": 5}
+    assert clock.steal == pytest.approx(20 / 200)
+    assert clock.summary(steps=2) == "python3 [4242] 10.00 (wait 2.00, 5.0 preempted, cpu 5); steal 10.0%"
