@@ -171,13 +171,13 @@ run_trainab() {
                 python3 scripts/train_step_profile.py --modes compiled --providers ss1 \
                 --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_${name}_$round.txt" 2>&1
             echo "trainab $name round $round rc=$? $(grep -E '^compiled ' "$OUT/trainab_${name}_$round.txt")"
-            grep -E '^---- compiled .* by thread' "$OUT/trainab_${name}_$round.txt" | cut -d: -f2-
+            grep -E '^---- compiled .* by thread' "$OUT/trainab_${name}_$round.txt" | sed 's/.*switches): /    threads: /'
         done
     done
     timeout "${TRAINAB_S:-200}" python3 scripts/train_step_profile.py --modes compiled --providers dense \
         --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_dense.txt" 2>&1
     echo "trainab dense rc=$? $(grep -E '^compiled ' "$OUT/trainab_dense.txt")"
-    grep -E '^---- compiled .* by thread' "$OUT/trainab_dense.txt" | cut -d: -f2-
+    grep -E '^---- compiled .* by thread' "$OUT/trainab_dense.txt" | sed 's/.*switches): /    threads: /'
 }
 
 for stage in $STAGES; do
