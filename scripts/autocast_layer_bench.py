@@ -5,11 +5,11 @@ training step runs SSL and nn.Linear (run on the GPU host).
 
 For each layer shape of the sets (K -> N at M rows) and each c, times the forward and the forward +
 backward of ``SSL`` against ``nn.Linear`` and the ideal (``nn.Linear`` at K/c), all under autocast,
-as ``do_bench`` medians of CUDA-graph replays (GPU time, L2 flushed) and of eager calls (wall time,
-the host included); a provider that cannot be captured is named at the end. Under autocast SSL's
-sketch pass writes the sketch, the rotated weight and the bias in the compute dtype in one launch,
-where nn.Linear casts its weight and bias in two. Prints one row per case: median ms, SSL's speedup
-over nn.Linear and its fraction of the ideal.
+as the layer bench times a provider (``ss1bench.bench.measure.time_module``: ``do_bench`` medians of
+CUDA-graph replays, GPU time, and of eager calls, the host included; L2 flushed, gradients dropped
+before each call). Under autocast SSL's sketch pass writes the sketch, the rotated weight and the
+bias in the compute dtype in one launch, where nn.Linear casts its weight and bias in two. Prints
+one row per case: median ms, SSL's speedup over nn.Linear and its fraction of the ideal.
 """
 
 from __future__ import annotations
@@ -20,19 +20,11 @@ import torch
 from torch import nn
 
 from ss1bench import SSL
+from ss1bench.bench.measure import Built, time_module
 from ss1bench.bench.shapes import resolve_shapes
-from ss1bench.timing import do_bench, graph_bench_ms
+from ss1bench.dtypes import TORCH_DTYPES
 
 WARMUP_MS, REP_MS = 10, 40
-
-
-def step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor | None, dtype: torch.dtype):
-    def call() -> None:
-        with torch.autocast("cuda", dtype=dtype):
-            y = layer(x)
-        if dy is not None:
-            y.backward(dy)
-    return call
 
 
 def main() -> None:
@@ -42,9 +34,8 @@ def main() -> None:
     parser.add_argument("--redn-factors", default="4")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     args = parser.parse_args()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]
     torch.manual_seed(0)
-    uncaptured: set[str] = set()
     layer_shapes = sorted({(s.k, s.n) for s in resolve_shapes(args.shapes.split(","), [], [args.m])})
     print(f"{'K':>5} {'N':>5} {'c':>3} {'mode':>8} {'timing':>6} {'linear ms':>9} {'ideal ms':>9} "
           f"{'SSL ms':>8} {'speedup':>7} {'of ideal':>8}")
@@ -56,19 +47,17 @@ def main() -> None:
                 times = {}
                 for name, layer in layers.items():
                     width = layer.in_features if isinstance(layer, nn.Linear) else k
-                    x = torch.randn(args.m, width, device="cuda", requires_grad=training)
+                    # the bench's provider timing, each call under autocast (its launch context);
+                    # only the module and the context are read here
+                    built = Built(layer, width, 0, 0, launch_context=lambda: torch.autocast("cuda", dtype=dtype))
+                    x = torch.randn(args.m, width, device="cuda")
                     dy = torch.randn(args.m, n, device="cuda", dtype=dtype) if training else None
-                    call = step(layer, x, dy, dtype)
-                    with torch.set_grad_enabled(training):
-                        graph_ms, graphed = graph_bench_ms(call, WARMUP_MS, REP_MS)
-                        times[name] = (graph_ms, do_bench(call, WARMUP_MS, REP_MS))
-                    uncaptured.update([name] if not graphed else [])
+                    times[name] = [time_module(built, x, dy, WARMUP_MS, REP_MS, cuda_graph=graph).median_ms
+                                   for graph in (True, False)]
                 for index, timing in enumerate(("graph", "eager")):
                     linear, ideal, ssl = (times[name][index] for name in ("linear", "ideal", "ssl"))
                     print(f"{k:>5} {n:>5} {c:>3} {'fwd+bwd' if training else 'fwd':>8} {timing:>6} "
                           f"{linear:9.4f} {ideal:9.4f} {ssl:8.4f} {linear / ssl:7.2f} {ideal / ssl:8.2f}")
-    if uncaptured:  # graph_bench_ms timed those calls eagerly instead
-        print(f"not captured in a CUDA graph (graph rows timed eagerly): {', '.join(sorted(uncaptured))}")
 
 
 if __name__ == "__main__":
