@@ -66,6 +66,8 @@ HOST_CALLS = {
     "memsets": ("cudaMemsetAsync",),
 }
 PROFILED_STEPS = 3
+#: Steps timed for the wall time (and clocked for the collector and the threads).
+TIMED_STEPS = 10
 #: GPU cycles slept before each host-timed step (~0.15 s on an H200: longer than any step's host time).
 SLEEP_CYCLES = 300_000_000
 HOST_REPEATS = 7
@@ -346,13 +348,12 @@ def main() -> None:
             torch.cuda.synchronize()
             with GcClock() as collector, ThreadClock() as threads:
                 start = time.perf_counter()
-                for _ in range(10):
-                    step()
-                torch.cuda.synchronize()
-                wall = (time.perf_counter() - start) / 10 * 1e3
-            gc_ms, gc_counts = collector.seconds / 10 * 1e3, [n / 10 for n in collector.collections]
+                run_steps(step, TIMED_STEPS)
+                wall = (time.perf_counter() - start) / TIMED_STEPS * 1e3
+            gc_ms = collector.seconds / TIMED_STEPS * 1e3
+            gc_counts = [n / TIMED_STEPS for n in collector.collections]
             print(f"---- {mode} {provider}: CPU ms per step by thread over the timed steps (wall {wall:.2f} ms; "
-                  f"run-queue wait ms, involuntary switches): {threads.summary(10)}")
+                  f"run-queue wait ms, involuntary switches): {threads.summary(TIMED_STEPS)}")
             kernels = kernel_ms(step, PROFILED_STEPS)
             host = host_phase_ms(step)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
