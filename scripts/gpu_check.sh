@@ -26,7 +26,9 @@
 #              TRAINAB_TREES (space-separated folders holding an ss1bench/ and tuning_db/, "." for this
 #              checkout; made with `git archive REV ss1bench tuning_db | tar -x -C out/REV` and carried),
 #              each tree with its own Inductor cache, TRAINAB_ROUNDS (2) rounds in alternating order,
-#              dense once, TRAINAB_ARGS added (e.g. --launch-host): wall against kernel time, launches
+#              dense once, TRAINAB_ARGS added (e.g. --launch-host): wall against kernel time, launches;
+#              with TRAINAB_TASKSET (a CPU list) every process runs under `taskset -c` on those CPUs
+#              (output files named *_pinned)
 # Usage on the GPU machine: OUT=/some/dir STAGES="tests e2e" bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-out}
@@ -158,7 +160,8 @@ run_trainprof() {
 }
 
 run_trainab() {
-    local round tree trees name pythonpath
+    local round tree trees name pythonpath pin=() tag=""
+    if [ -n "${TRAINAB_TASKSET:-}" ]; then pin=(taskset -c "$TRAINAB_TASKSET"); tag=_pinned; fi
     # shellcheck disable=SC2086  # TRAINAB_ARGS is a list of options
     for round in $(seq "${TRAINAB_ROUNDS:-2}"); do
         trees=${TRAINAB_TREES:-.}
@@ -168,16 +171,16 @@ run_trainab() {
             name=$(basename "$(realpath "$tree")")
             pythonpath=$([ "$tree" = . ] && echo "" || realpath "$tree")
             PYTHONPATH=$pythonpath TORCHINDUCTOR_CACHE_DIR="/tmp/trainab_cache_$name" timeout "${TRAINAB_S:-200}" \
-                python3 scripts/train_step_profile.py --modes compiled --providers ss1 \
-                --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_${name}_$round.txt" 2>&1
-            echo "trainab $name round $round rc=$? $(grep -E '^compiled ' "$OUT/trainab_${name}_$round.txt")"
-            grep -E '^---- compiled .* by thread' "$OUT/trainab_${name}_$round.txt" | sed 's/.*switches): /    threads: /'
+                "${pin[@]}" python3 scripts/train_step_profile.py --modes compiled --providers ss1 \
+                --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_${name}_$round$tag.txt" 2>&1
+            echo "trainab $name round $round$tag rc=$? $(grep -E '^compiled ' "$OUT/trainab_${name}_$round$tag.txt")"
+            grep -E '^---- compiled .* by thread' "$OUT/trainab_${name}_$round$tag.txt" | sed 's/.*switches): /    threads: /'
         done
     done
-    timeout "${TRAINAB_S:-200}" python3 scripts/train_step_profile.py --modes compiled --providers dense \
-        --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_dense.txt" 2>&1
-    echo "trainab dense rc=$? $(grep -E '^compiled ' "$OUT/trainab_dense.txt")"
-    grep -E '^---- compiled .* by thread' "$OUT/trainab_dense.txt" | sed 's/.*switches): /    threads: /'
+    timeout "${TRAINAB_S:-200}" "${pin[@]}" python3 scripts/train_step_profile.py --modes compiled --providers dense \
+        --layers "${TRAINAB_LAYERS:-12}" ${TRAINAB_ARGS:-} > "$OUT/trainab_dense$tag.txt" 2>&1
+    echo "trainab dense$tag rc=$? $(grep -E '^compiled ' "$OUT/trainab_dense$tag.txt")"
+    grep -E '^---- compiled .* by thread' "$OUT/trainab_dense$tag.txt" | sed 's/.*switches): /    threads: /'
 }
 
 for stage in $STAGES; do

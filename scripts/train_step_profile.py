@@ -75,6 +75,15 @@ HOST_REPEATS = 7
 GAP_OPS, GAPS_LISTED = 6, 8
 #: Threads listed with their CPU time per step when they spend at least this many ms.
 THREAD_MS = 0.2
+def python_loop() -> int:
+    """A fixed piece of pure Python (a few ms) whose time says how fast the process's CPU runs
+    Python at the moment: a slow process whose threads neither wait nor get throttled runs it slower."""
+    total = 0
+    for i in range(20_000):
+        total += i * i % 7
+    return total
+
+
 #: Chrome-trace categories of host events.
 HOST_CATEGORIES = ("cpu_op", "python_function", "user_annotation", "cuda_runtime", "cuda_driver")
 
@@ -113,6 +122,8 @@ class ThreadClock:
         self.switches: dict[str, int] = {}  # involuntary context switches per thread
         self.cpu: dict[str, int] = {}  # the CPU each thread last ran on
         self.steal = float("nan")  # share of all CPUs' time stolen by the hypervisor
+        self.throttled_ms = float("nan")  # ms the process's cgroup was held back by its CPU quota
+        self.loop_us = (float("nan"), float("nan"))  # python_loop()'s median us before and after
 
     @staticmethod
     def _snapshot() -> dict[str, tuple[float, float, int, int]]:
@@ -148,9 +159,36 @@ class ThreadClock:
         # user nice system idle iowait irq softirq steal [guest guest_nice: counted in user and nice]
         return (values[7] if len(values) > 7 else 0), sum(values[:8])
 
+    @staticmethod
+    def _throttled_ms() -> float | None:
+        """ms the cgroup's CPU quota has held its tasks back since it was made (cgroup v2
+        ``throttled_usec``, v1 ``throttled_time`` in ns), or None without a CPU controller."""
+        for name, scale in (("/sys/fs/cgroup/cpu.stat", 1e-3), ("/sys/fs/cgroup/cpu/cpu.stat", 1e-6),
+                            ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", 1e-6)):
+            try:
+                fields = dict(line.split() for line in Path(name).read_text().splitlines() if line.strip())
+            except (OSError, ValueError):
+                continue
+            for key in ("throttled_usec", "throttled_time"):
+                if key in fields:
+                    return int(fields[key]) * scale
+        return None
+
+    @staticmethod
+    def _loop_us() -> float:
+        """Median us of :func:`python_loop` (5 runs): how fast this process's CPU runs Python now."""
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            python_loop()
+            times.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(times)
+
     def __enter__(self) -> ThreadClock:
+        self._loop_before = self._loop_us()
         self._start = self._snapshot() if Path("/proc/self/task").is_dir() else {}
         self._ticks = self._cpu_ticks()
+        self._throttled = self._throttled_ms()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -164,15 +202,21 @@ class ThreadClock:
         ticks = self._cpu_ticks()
         if self._ticks and ticks and ticks[1] > self._ticks[1]:
             self.steal = (ticks[0] - self._ticks[0]) / (ticks[1] - self._ticks[1])
+        throttled = self._throttled_ms()
+        if self._throttled is not None and throttled is not None:
+            self.throttled_ms = throttled - self._throttled
+        self.loop_us = (self._loop_before, self._loop_us())
 
     def summary(self, steps: int) -> str:
         """Busy threads (at least ``THREAD_MS`` of CPU per step), busiest first: CPU and run-queue
-        wait ms and involuntary switches per step, the CPU last run on; then the machine's steal."""
+        wait ms and involuntary switches per step, the CPU last run on; then the machine's steal,
+        the cgroup's throttled ms per step and :func:`python_loop`'s us before and after."""
         busy = sorted(((ms / steps, name) for name, ms in self.ms.items() if ms / steps >= THREAD_MS), reverse=True)
         threads = "; ".join(f"{name} {ms:.2f} (wait {self.wait_ms[name] / steps:.2f}, "
                             f"{self.switches[name] / steps:.1f} preempted, cpu {self.cpu[name]})"
                             for ms, name in busy)
-        return f"{threads}; steal {self.steal:.1%}"
+        return (f"{threads}; steal {self.steal:.1%}; throttled {self.throttled_ms / steps:.2f}; "
+                f"python loop {self.loop_us[0]:.0f}/{self.loop_us[1]:.0f} us")
 
 
 class LaunchClock:

@@ -120,7 +120,8 @@ def test_thread_clock_charges_each_thread_its_own_cpu_time():
     assert 0 <= clock.steal <= 1
     summary = clock.summary(steps=1)
     assert summary.split(" [")[0].endswith("(spinner)")  # the busiest thread first
-    assert summary.endswith(f"steal {clock.steal:.1%}") and f"cpu {clock.cpu[label]})" in summary
+    assert f"steal {clock.steal:.1%}; throttled" in summary and f"cpu {clock.cpu[label]})" in summary
+    assert all(0 < us < 1e6 for us in clock.loop_us)
 
 
 def test_thread_clock_reads_what_proc_gives(tmp_path, monkeypatch):
@@ -130,7 +131,10 @@ def test_thread_clock_reads_what_proc_gives(tmp_path, monkeypatch):
     task.mkdir(parents=True)
     proc_stat = tmp_path / "stat"
 
-    def write(cpu_ns: int, wait_ns: int, switches: int, cpu: int, steal: int, total_rest: int) -> None:
+    cgroup_stat = tmp_path / "cpu.stat"
+
+    def write(cpu_ns: int, wait_ns: int, switches: int, cpu: int, steal: int, total_rest: int,
+              throttled_us: int) -> None:
         (task / "comm").write_text("python3\n")
         stat_fields = ["S"] + ["0"] * 35 + [str(cpu)] + ["0"] * 13  # fields 3..52; field 39 is the CPU
         (task / "stat").write_text("4242 (python3) " + " ".join(stat_fields) + "\n")
@@ -138,19 +142,25 @@ def test_thread_clock_reads_what_proc_gives(tmp_path, monkeypatch):
         (task / "status").write_text(f"Name:\tpython3\nvoluntary_ctxt_switches:\t3\n"
                                      f"nonvoluntary_ctxt_switches:\t{switches}\n")
         proc_stat.write_text(f"cpu  {total_rest} 0 0 0 0 0 0 {steal} 0 0\ncpu0 1 2 3\n")
+        cgroup_stat.write_text(f"usage_usec 5\nnr_periods 4\nnr_throttled 2\nthrottled_usec {throttled_us}\n")
 
     real_path = profile_script.Path
 
     def fake_path(name):
-        return {"/proc/self/task": tmp_path / "task", "/proc/stat": proc_stat}.get(str(name), real_path(name))
+        return {"/proc/self/task": tmp_path / "task", "/proc/stat": proc_stat,
+                "/sys/fs/cgroup/cpu.stat": cgroup_stat}.get(str(name), real_path(name))
 
     monkeypatch.setattr(profile_script, "Path", fake_path)
-    write(cpu_ns=1_000_000, wait_ns=500_000, switches=4, cpu=2, steal=10, total_rest=990)
+    write(cpu_ns=1_000_000, wait_ns=500_000, switches=4, cpu=2, steal=10, total_rest=990, throttled_us=1000)
     clock = profile_script.ThreadClock().__enter__()
-    write(cpu_ns=21_000_000, wait_ns=4_500_000, switches=14, cpu=5, steal=30, total_rest=1170)
+    write(cpu_ns=21_000_000, wait_ns=4_500_000, switches=14, cpu=5, steal=30, total_rest=1170,
+          throttled_us=7000)
     clock.__exit__(None, None, None)
     assert clock.ms == {"python3 [4242]": pytest.approx(20.0)}
     assert clock.wait_ms == {"python3 [4242]": pytest.approx(4.0)}
     assert clock.switches == {"python3 [4242]": 10} and clock.cpu == {"python3 [4242]": 5}
     assert clock.steal == pytest.approx(20 / 200)
-    assert clock.summary(steps=2) == "python3 [4242] 10.00 (wait 2.00, 5.0 preempted, cpu 5); steal 10.0%"
+    assert clock.throttled_ms == pytest.approx(6.0)
+    clock.loop_us = (400.0, 600.0)
+    assert clock.summary(steps=2) == ("python3 [4242] 10.00 (wait 2.00, 5.0 preempted, cpu 5); steal 10.0%; "
+                                      "throttled 3.00; python loop 400/600 us")
