@@ -47,6 +47,8 @@ class Built:
     detail: str = ""
     block_k: int | None = None
     block_n: int | None = None
+    #: Entered once around all of a provider's timed calls (warm-up, capture, replays): a setting,
+    #: not per-call state such as an autocast region, whose cast cache would outlive the calls.
     launch_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
