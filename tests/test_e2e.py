@@ -17,6 +17,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from functools import partial
 
 import pandas as pd
@@ -93,7 +94,7 @@ def test_dry_run_lists_the_work_and_weight_counts_without_a_gpu(monkeypatch):
     assert "48/49 layers SS1" in gpt2_c4
     assert "73/73 layers SS1" in work[-1]  # BERT: every linear layer, the pooler included
     assert lines[-1].startswith("6 (model, compile, phase, c) pairs")
-    assert "; 9 timings;" in lines[-1]  # dense once per (model, phase): 3, SS1 once per pair: 6
+    assert "; 12 timings;" in lines[-1]  # dense and SS1 side by side, once per pair
     assert "e2e_gpt2-bert-base_fp16_b2_s128.csv" in lines[-1]
 
 
@@ -146,13 +147,12 @@ def test_the_command_passes_its_options_to_the_run(monkeypatch):
     assert "(no results)" in result.output
 
 
-def test_timings_count_dense_once_per_model_mode_and_phase():
+def test_timings_count_dense_and_ss1_once_per_pair():
     work = e2e.plan(["gpt2", "bert-base"], [2, 4, 8], batch=1, seq=8)
     assert len(work) == 2 * 3 + 1 * 3
-    assert e2e.timings_in(work) == 3 + len(work)  # dense: gpt2 prefill, gpt2 decode, bert prefill
+    assert e2e.timings_in(work) == 2 * len(work)  # dense timed beside every SS1 timing
     compiled = e2e.plan(["gpt2", "bert-base"], [2, 4], 1, 8, ["none", "default", "max-autotune"])
     assert len(compiled) == (3 + 2 + 2) * 2  # decode in mode none only
-    assert e2e.timings_in(compiled) == 7 + len(compiled)
     train = e2e.plan(["gpt2", "bert-base"], [2], 1, 8, ["none", "default"], train=True)
     assert [(w.model, w.phase, w.compile) for w in train] == [
         ("gpt2", "train", "none"), ("gpt2", "train", "default"), ("bert-base", "train", "none"),
@@ -336,20 +336,27 @@ def test_a_training_step_updates_every_weight(name, autocast):
 
 
 class FakeTimer:
-    """Stands in for do_bench: runs the call once, returns a new median per timing (p20/p80 around it)."""
+    """Stands in for the side-by-side timer: runs each call once and returns a new median per call
+    (p20/p80 around it). ``calls`` lists (warmup_ms, rep_ms, number of calls) per timing. With
+    ``fail_on``, every timing that includes the ``fail_on``-th distinct call it has seen fails."""
 
     def __init__(self, fail_on: int | None = None) -> None:
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, int]] = []
         self.fail_on = fail_on
         self.values = itertools.count(3)
+        self.seen: dict[int, int] = {}
 
-    def __call__(self, call, warmup_ms, rep_ms):
-        self.calls.append((warmup_ms, rep_ms))
-        if len(self.calls) == self.fail_on:
+    def __call__(self, calls, warmup_ms, rep_ms):
+        self.calls.append((warmup_ms, rep_ms, len(calls)))
+        ordinals = [self.seen.setdefault(id(call), len(self.seen) + 1) for call in calls]
+        if self.fail_on in ordinals:
             raise RuntimeError("fake timer failed\nsecond line")
-        call()
-        median = 0.5 * next(self.values)
-        return median, 0.9 * median, 1.2 * median
+        timings = []
+        for call in calls:
+            call()
+            median = 0.5 * next(self.values)
+            timings.append((median, 0.9 * median, 1.2 * median))
+        return timings
 
 
 MODELS_RUN = ["gpt2", "bert-base", "llama-1b"]
@@ -379,7 +386,7 @@ def test_run_writes_the_bench_csv_layout(e2e_run):
     assert list(written["provider"]) == ["dense", "ss1_tuned"] * len(pairs)
     assert set(written["shape_set"]) == {"e2e"} and set(written["mode"]) == {"fwd"}
     assert set(written["status"]) == {"ok"} and set(written["compile"]) == {"none"}
-    assert timer.calls == [(7, 11)] * e2e.timings_in(pairs)  # dense once per (model, phase)
+    assert timer.calls == [(7, 11, 2)] * len(pairs)  # dense and SS1 side by side, once per pair
     assert list(written["layer"].str.split().str[0].drop_duplicates()) == MODELS_RUN
     assert written["kernel_ms"].isna().all()  # no CUDA kernels to profile on a CPU
     assert (written["compile_s"] > 0).all()  # the first call's seconds (eager: no compilation)
@@ -395,9 +402,9 @@ def test_run_writes_the_bench_csv_layout(e2e_run):
         assert math.isnan(ss1["ideal_ms"]) and math.isnan(ss1["fraction_of_ideal"])
         assert ss1["k_red"] == dense["k_red"] == ss1["K"] // ss1["redn_factor"]
         assert ss1["block_k"] > 0 and math.isnan(dense["block_k"])
-    # a dense timing is repeated in each c group, not re-timed
+    # the dense model is timed again beside each c
     dense_rows = written[written["provider"] == "dense"]
-    assert (dense_rows.groupby("layer")["median_ms"].nunique() == 1).all()
+    assert (dense_rows.groupby("layer")["median_ms"].nunique() == len(FACTORS)).all()
 
 
 def test_rows_describe_the_model(e2e_run):
@@ -440,7 +447,7 @@ def test_summary_table_lists_every_pair(e2e_run):
 
 def test_failures_become_status_rows_and_the_run_goes_on(tmp_path):
     broken = {**TINY, "gpt2": {**TINY["gpt2"], "n_head": 3}}  # 64 is not a multiple of 3 heads
-    timer = FakeTimer(fail_on=2)  # bert-base: dense timed first, then SS1 at c=2 fails
+    timer = FakeTimer(fail_on=2)  # bert-base: SS1 at c=2 (the second call) fails; dense is then timed alone
     _, frame = e2e.run(["gpt2", "bert-base"], [2], 1, 4, "fp32", tmp_path, "e2e_fail", {}, device=CPU, timer=timer,
                        echo=lambda line: None, overrides=broken)
     gpt2 = frame[frame["layer"].str.startswith("gpt2")]
@@ -448,6 +455,7 @@ def test_failures_become_status_rows_and_the_run_goes_on(tmp_path):
     assert gpt2["median_ms"].isna().all() and gpt2["compile_s"].isna().all()
     bert = frame[frame["layer"] == "bert-base prefill"].set_index("provider")
     assert bert.loc["dense", "status"] == "ok"
+    assert "timed alone: timing side by side failed: RuntimeError: fake timer failed" in bert.loc["dense", "detail"]
     assert bert.loc["ss1_tuned", "status"] == "RuntimeError: fake timer failed"
     assert math.isnan(bert.loc["ss1_tuned", "speedup_vs_dense"])
 
@@ -477,8 +485,9 @@ def test_cuda_graph_falls_back_to_eager_and_says_so():
 
 @pytest.mark.parametrize("graph_ms, expect_graph", [(1.0, True), (3.0, False)])
 def test_cuda_graph_replay_is_kept_only_when_faster(monkeypatch, graph_ms, expect_graph):
-    def timer(call, warmup_ms, rep_ms):
-        return (graph_ms, graph_ms, graph_ms) if call == "replay" else (2.0, 1.9, 2.1)
+    def timer(calls, warmup_ms, rep_ms):
+        assert len(calls) == 2  # the eager call and its replay, side by side
+        return [(graph_ms, graph_ms, graph_ms) if call == "replay" else (2.0, 1.9, 2.1) for call in calls]
 
     profiled = []
     monkeypatch.setattr(e2e_timing, "_capture", lambda call, device: ("replay", "cuda-graph"))
@@ -490,6 +499,53 @@ def test_cuda_graph_replay_is_kept_only_when_faster(monkeypatch, graph_ms, expec
     else:
         assert measured.how.startswith("eager (faster than its CUDA graph: 3 ms") and profiled != ["replay"]
     assert measured.kernel_ms == 0.5
+
+
+def test_side_by_side_timer_interleaves_the_calls_in_rounds(monkeypatch):
+    """Every call runs in every round, first in even rounds and last in odd ones, about
+    rep_ms / rounds each; the quantiles are of all its timed runs."""
+    runs = []
+
+    def timed(call, times):  # a fake clock: call "a" takes 2 ms, "b" 5 ms
+        runs.extend([call.name] * times)
+        return [call.ms] * times
+
+    def call(name, ms):
+        fn = lambda: None
+        fn.name, fn.ms = name, ms
+        return fn
+
+    monkeypatch.setattr(e2e_timing, "_run_timed", timed)
+    a, b = call("a", 2.0), call("b", 5.0)
+    timings = e2e.side_by_side_timer([a, b], warmup_ms=10, rep_ms=40, rounds=4)
+    assert timings == [(2.0, 2.0, 2.0), (5.0, 5.0, 5.0)]
+    # estimates (3 runs each), warm-up (10 ms each), then rounds of 10 ms: a x5, b x2; b first in odd rounds
+    assert runs[:6] == ["a"] * 3 + ["b"] * 3 and runs[6:13] == ["a"] * 5 + ["b"] * 2
+    rounds = runs[13:]
+    assert rounds == (["a"] * 5 + ["b"] * 2 + ["b"] * 2 + ["a"] * 5) * 2
+
+
+def test_side_by_side_timer_runs_real_calls_and_reports_their_spread():
+    slept = {"short": 0.002, "long": 0.006}
+    calls = [lambda: time.sleep(slept["short"]), lambda: time.sleep(slept["long"])]
+    (short, short20, short80), (long, long20, long80) = e2e.side_by_side_timer(calls, 5, 60, rounds=3)
+    assert short20 <= short <= short80 and long20 <= long <= long80
+    assert 2.0 <= short < long and long >= 6.0
+
+
+def test_calls_that_fail_together_are_timed_alone_and_keep_their_own_status():
+    def timer(calls, warmup_ms, rep_ms):
+        if len(calls) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory\ndetails")
+        if calls[0]() == "broken":
+            raise RuntimeError("only this call fails")
+        return [(1.0, 0.9, 1.1)]
+
+    measured = e2e.time_calls([lambda: (lambda: "fine"), lambda: (lambda: "broken"), lambda: 1 / 0], CPU, timer)
+    assert measured[0].timing.median_ms == 1.0
+    assert measured[0].notes == ["timed alone: timing side by side failed: OutOfMemoryError: CUDA out of memory"]
+    assert measured[1].timing.status == "RuntimeError: only this call fails"
+    assert measured[2].timing.status == "ZeroDivisionError: division by zero"  # never built: never timed
 
 
 def test_a_failed_kernel_timing_leaves_the_wall_time():
@@ -562,9 +618,10 @@ def test_every_compile_mode_times_dense_and_ss1_side_by_side(compiled_run):
         ("gpt2 prefill", "max-autotune"), ("gpt2 prefill", "reduce-overhead"), ("bert-base prefill", "none"),
         ("bert-base prefill", "default"), ("bert-base prefill", "max-autotune"),
         ("bert-base prefill", "reduce-overhead")] for provider in ("dense", "ss1_tuned")]
-    # Each compiled (model, mode) is compiled once, dense and SS1 alike; eager calls are never compiled.
-    assert compiler.compiled == [(kind, mode) for _ in ("gpt2", "bert-base") for kind in ("dense", "ss1")
-                                 for mode in e2e.COMPILE_MODES[1:]]
+    # Each compiled (model, mode) is compiled once, dense and SS1 alike, side by side; eager calls are
+    # never compiled.
+    assert compiler.compiled == [(kind, mode) for _ in ("gpt2", "bert-base") for mode in e2e.COMPILE_MODES[1:]
+                                 for kind in ("dense", "ss1")]
     # CUDA-graph modes start every call with cudagraph_mark_step_begin(); default does not.
     for mode, marks in compiler.calls:
         assert marks == (1 if mode in ("max-autotune", "reduce-overhead") else 0), (mode, marks)
@@ -710,7 +767,7 @@ def test_report_on_an_e2e_csv(e2e_run, tmp_path):
         assert f"{cells[COL['model']]} {cells[COL['phase']]}" == row["layer"]
         assert cells[COL["compile"]] == "none"
         assert int(cells[COL["c"]]) == row["redn_factor"] and int(cells[COL["tokens (M)"]]) == row["M"]
-        assert float(cells[COL["speedup vs dense"]]) == pytest.approx(row["speedup_vs_dense"], abs=0.005)
+        assert float(cells[COL["speedup vs dense"]]) == pytest.approx(row["speedup_vs_dense"], abs=0.0051)  # 2 decimals
         assert float(cells[COL["SS1 ms"]]) == pytest.approx(row["median_ms"], rel=1e-3)
         assert int(cells[COL["linear weights SS1"]].replace(",", "")) == row["weight_params"]
         assert cells[COL["timing"]] == "eager"

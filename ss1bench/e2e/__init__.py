@@ -16,8 +16,9 @@ weights (nothing is downloaded), timed dense and converted, side by side in one 
 - training (``--train``): one step of ``zero_grad``, forward with labels and loss under autocast,
   backward and a fused AdamW step, fp32 weights.
 
-Each row has the wall time (``triton.testing.do_bench`` median), the GPU kernel time of one call
-(torch.profiler; CUDA only) and the seconds of the first, untimed call (compilation included).
+Each row has the wall time (median of the dense and the SS1 model's calls timed side by side,
+interleaved in rounds), the GPU kernel time of one call (torch.profiler; CUDA only) and the seconds
+of the first, untimed call (compilation included).
 
 Modules: :mod:`.models` (specs, building, conversion, statistics), :mod:`.timing` (the calls and
 how they are timed), :mod:`.rows` (work list, CSV rows, summary table), :mod:`.command` (the run
@@ -48,13 +49,14 @@ from .timing import (
     Measurement,
     TrainStep,
     cuda_kernel_ms,
-    do_bench_timer,
     phase_call,
+    side_by_side_timer,
     time_call,
+    time_calls,
 )
 
 __all__ = ["COLUMNS", "COMPILE_MODES", "MODELS", "MODEL_NAMES", "PHASES", "DecodeStep", "Inputs", "Measurement",
            "ModelSpec", "ModelStats", "Settings", "TrainStep", "Work", "build_config", "build_model",
-           "cuda_kernel_ms", "do_bench_timer", "e2e_command", "linear_weight_params", "meta_weight_counts",
+           "cuda_kernel_ms", "e2e_command", "linear_weight_params", "meta_weight_counts",
            "mlp_structure", "model_dims", "model_rows", "output_stem", "phase_call", "phases_of", "plan", "run",
-           "ss1_copy", "summary_table", "time_call", "timings_in"]
+           "side_by_side_timer", "ss1_copy", "summary_table", "time_call", "time_calls", "timings_in"]

@@ -58,10 +58,10 @@ from .timing import (
     Timer,
     compile_model,
     cuda_kernel_ms,
-    do_bench_timer,
     phase_call,
     release,
-    time_call,
+    side_by_side_timer,
+    time_calls,
 )
 
 #: ``--dtype`` when not given: fp16 models for inference, bf16 autocast for training steps.
@@ -72,7 +72,7 @@ DEFAULT_DTYPE = {False: "fp16", True: "bf16"}
 class Settings:
     """How a run times its calls (see :func:`run`)."""
 
-    timer: Timer = do_bench_timer
+    timer: Timer = side_by_side_timer
     kernel_timer: KernelTimer = cuda_kernel_ms
     compiler: Compiler = compile_model
     warmup_ms: int = E2E_WARMUP_MS
@@ -88,16 +88,17 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
                device: torch.device, generator: torch.Generator, settings: Settings | None = None,
                overrides: Mapping[str, Any] | None = None,
                on_timing: Callable[[str], None] = lambda label: None) -> list[dict]:
-    """Rows of one model: the dense model timed once per (compile mode, phase), then each c
-    converted and timed in every (compile mode, phase).
+    """Rows of one model: for each c, the model converted, then in every (compile mode, phase) the
+    dense model's call and the SS1 copy's timed side by side (:func:`time_calls`).
 
     Inference runs build the model in ``dtype_name``; training runs build it in fp32 and run the
     step under autocast to ``dtype_name`` (none for fp32). SS1 models use the rotated-weight cache
     in eager inference unless ``settings.rotated_cache`` is False. With ``settings.freezing``,
     compiled inference calls (dense and SS1) compile with Inductor's parameter freezing, and their
     rows' ``compile`` is the mode with ``E2E_FROZEN_SUFFIX`` (``default+freezing``). Rows come out
-    per compile mode, phase, then c: the dense row (repeated in each c group), then SS1's. A model
-    that cannot be built, or a c that cannot be converted, gives rows whose status is the error.
+    per compile mode, phase, then c: the dense row, then SS1's. A model that cannot be built gives
+    rows whose status is the error; a c that cannot be converted, SS1 rows with the error beside
+    dense rows timed alone.
     """
     s = settings or Settings()
     dtype = TORCH_DTYPES[dtype_name]
@@ -125,50 +126,47 @@ def model_rows(name: str, redn_factors: Sequence[int], batch: int, seq: int, dty
     def frozen(mode: str, phase: str) -> bool:
         return s.freezing and mode != "none" and phase != "train"
 
-    def measure(model, mode: str, phase: str) -> Measurement:
-        make = partial(phase_call, model, phase, inputs, decoder, compile_mode=mode, compiler=s.compiler,
-                       autocast_dtype=autocast)
+    def measure(models: list, mode: str, phase: str) -> list[Measurement]:
+        makes = [partial(phase_call, model, phase, inputs, decoder, compile_mode=mode, compiler=s.compiler,
+                         autocast_dtype=autocast) for model in models]
+        if mode != "none":  # fresh compiles, and no run reaches Dynamo's recompile limit
+            torch.compiler.reset()
         # the first call compiles: freezing must be on from there on
         with inductor_config.patch(freezing=frozen(mode, phase)):
-            measured = time_call(make, device, s.timer, s.warmup_ms, s.rep_ms,
-                                 s.cuda_graph and mode == "none" and phase != "train", grad=phase == "train",
-                                 kernel_timer=s.kernel_timer, how="eager" if mode == "none" else "compiled")
-        model.zero_grad(set_to_none=True)  # a training step's gradients: not carried into the next copy
+            measured = time_calls(makes, device, s.timer, s.warmup_ms, s.rep_ms,
+                                  s.cuda_graph and mode == "none" and phase != "train", grad=phase == "train",
+                                  kernel_timer=s.kernel_timer, how="eager" if mode == "none" else "compiled")
+        for model in models:  # a training step's gradients: not carried into the next timing
+            model.zero_grad(set_to_none=True)
         release(device, compiled=mode != "none")
         return measured
 
-    dense_measured = {}
-    for mode, phase in calls:
-        dense_measured[mode, phase] = measure(dense, mode, phase)
-        on_timing(f"{name} {phase} compile={mode} dense")
-
     rows = []
     for c in redn_factors:
-        ss1_stats, ss1_measured = None, {}
-        model = None
+        measured, structure, ss1_stats, model = {}, None, None, None
         try:
             model = ss1_copy(dense, c, autocast)
             ss1_stats = ModelStats.of(model, hidden, intermediate)
-            for mode, mode_phases in phases.items():
-                if not s.train:  # compiled calls do not use the cache: off, so it holds no memory
-                    cache_rotated_weights(model, s.rotated_cache and mode == "none")
-                for phase in mode_phases:
-                    ss1_measured[mode, phase] = measure(model, mode, phase)
-                    on_timing(f"{name} {phase} compile={mode} SS1 c={c}")
+            structure = ss1_stats.structure
         except Exception as error:  # conversion failed (e.g. out of memory for the copy)
-            failed = Measurement(Timing(status=one_line_error(error)))
-            for mode, phase in calls:
-                if (mode, phase) not in ss1_measured:
-                    ss1_measured[mode, phase] = failed
-                    on_timing(f"{name} {phase} compile={mode} SS1 c={c} (not converted)")
-        finally:
             model = None
             release(device)
-        structure = ss1_stats.structure if ss1_stats is not None else None
+            failed = Measurement(Timing(status=one_line_error(error)))
+        for mode, mode_phases in phases.items():
+            if model is not None and not s.train:  # compiled calls do not use the cache: off, so it holds no memory
+                cache_rotated_weights(model, s.rotated_cache and mode == "none")
+            for phase in mode_phases:
+                pair = measure([dense] if model is None else [dense, model], mode, phase)
+                measured[mode, phase] = (pair[0], pair[1] if model is not None else failed)
+                on_timing(f"{name} {phase} compile={mode} dense")
+                on_timing(f"{name} {phase} compile={mode} SS1 c={c}"
+                          + ("" if model is not None else " (not converted)"))
+        model = None
+        release(device)
         for mode, phase in calls:
             # frozen rows say so in their compile column: they are not the same case as unfrozen ones
             item = Work(name, phase, f"{mode}{E2E_FROZEN_SUFFIX}" if frozen(mode, phase) else mode, c, batch, seq)
-            dense_result, ss1_result = dense_measured[mode, phase], ss1_measured[mode, phase]
+            dense_result, ss1_result = measured[mode, phase]
             dense_ms = dense_result.timing.median_ms
             rows.append(e2e_row(item, gpu, dtype_name, "dense", hidden, intermediate, dense_stats, dense_stats,
                                 structure, dense_result, dense_ms, step))
@@ -280,9 +278,9 @@ def _dry_run(models: list[str], factors: list[int], batch: int, seq: int, compil
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder for the CSV and its JSON sidecar (default reports/<GPU>).")
 @click.option("--warmup-ms", default=E2E_WARMUP_MS, show_default=True, type=click.IntRange(min=1),
-              help="do_bench warm-up time per timing.")
+              help="Untimed warm-up time of each call before the timed rounds.")
 @click.option("--rep-ms", default=E2E_REP_MS, show_default=True, type=click.IntRange(min=1),
-              help="do_bench timed repetitions per timing.")
+              help="Timed time of each call, spread over the rounds in which dense and SS1 alternate.")
 @click.option("--cuda-graph", is_flag=True,
               help="In mode none, also time each inference call as a CUDA-graph replay (no host launch "
                    "overhead) and keep the faster of eager and replay; the row's detail says which.")
@@ -299,8 +297,9 @@ def e2e_command(models, redn_factors, redn_factor_alias, batch, seq, dtype, comp
     """Time whole models (GPT-2, BERT, Llama-1B shapes), dense against SS1, eager or compiled:
     prefill and decode, or a training step (--train).
 
-    Each row has the wall time (do_bench median) and the GPU kernel time (torch.profiler, CUDA
-    only) of one call, and the first call's seconds (compilation included).
+    Each row has the wall time (median; dense and SS1 timed side by side, interleaved in rounds)
+    and the GPU kernel time (torch.profiler, CUDA only) of one call, and the first call's seconds
+    (compilation included).
     """
     from ss1bench.structure import validate_reduction_factor
 

@@ -41,7 +41,7 @@ from ss1bench.report import E2E_SHAPE_SET
 from ss1bench.structure import SS1Structure
 
 from .models import ModelStats, phases_of
-from .timing import KERNEL_REPEATS, Measurement
+from .timing import KERNEL_REPEATS, ROUNDS, Measurement
 
 #: Columns of an e2e CSV.
 COLUMNS = (*RESULT_COLUMNS, *E2E_COLUMNS)
@@ -55,11 +55,13 @@ PROVIDER_DESCRIPTIONS = {
                  "the layers' rotated-weight cache on (cache_rotated_weights) unless the run says rotated_cache "
                  "false (compiled calls and training steps do not use it)",
 }
-E2E_TIMING = ("triton.testing.do_bench median (p20/p80 spread), L2 flushed before each call, after one untimed "
-              "call (compile_s: its seconds, compilation included) and one for peak memory; with --cuda-graph "
-              "each eager inference call is timed eagerly and as a CUDA-graph replay, and the faster is kept "
-              "(see the row's detail). kernel_ms: GPU kernel self time per call summed, torch.profiler, mean of "
-              f"{KERNEL_REPEATS} calls after one warm-up, no L2 flush (CUDA only)")
+E2E_TIMING = ("wall ms: median (p20/p80 spread) of the dense and the SS1 model's calls timed side by side, "
+              f"interleaved in {ROUNDS} rounds (each round runs each call back to back for rep_ms / {ROUNDS}, "
+              "alternating which goes first; CUDA events around each call, no L2 flush), after one untimed "
+              "call each (compile_s: its seconds, compilation included), one for peak memory and warmup_ms of "
+              "warm-up; with --cuda-graph each eager inference call is timed eagerly and as a CUDA-graph replay "
+              "alongside, and the faster is kept (see the row's detail). kernel_ms: GPU kernel self time per "
+              f"call summed, torch.profiler, mean of {KERNEL_REPEATS} calls after one warm-up (CUDA only)")
 E2E_FLOPS = ("Linear-layer FLOPs per call, 2 * M * weight_params (M = tokens of the call; SS1 layers count "
              "N * K_red weights, so their sketch additions are not counted); a training step counts 3x (forward, "
              "input and weight gradients). Attention scores, softmax, norms, embeddings, the loss and the "
@@ -105,8 +107,8 @@ def plan(models: Sequence[str], redn_factors: Sequence[int], batch: int, seq: in
 
 
 def timings_in(work: Sequence[Work]) -> int:
-    """Timed calls of a run: the dense model once per (model, compile mode, phase), SS1 once per pair."""
-    return len({(w.model, w.compile, w.phase) for w in work}) + len(work)
+    """Timed calls of a run: the dense model and SS1, side by side, once per pair."""
+    return 2 * len(work)
 
 
 def output_stem(models: Sequence[str], dtype: str, batch: int, seq: int, compile_modes: Sequence[str] = ("none",),

@@ -3,12 +3,15 @@
 A call is one phase of one model (:func:`phase_call`): a prefill forward, a decode step against a
 KV cache of fixed length (:class:`DecodeStep`), or a training step (:class:`TrainStep`), eager or
 through ``torch.compile(model, mode=...)`` (only the model is compiled; the step around it stays
-Python). :func:`time_call` runs it once untimed (compilation happens there; its duration is the
-row's ``compile_s``), once for peak memory, then times it:
+Python). :func:`time_calls` takes the dense model's call and its SS1 copy's together: each runs
+once untimed (compilation happens there; its duration is the row's ``compile_s``) and once for
+peak memory, then they are timed side by side:
 
-- wall time: ``triton.testing.do_bench`` median and 20th/80th percentiles (L2 flushed before each
-  call), as in the layer benchmark; with ``cuda_graph`` (eager calls only) a CUDA-graph replay of
-  the call is timed too and the faster kept;
+- wall time: :func:`side_by_side_timer`, the calls' timed runs interleaved in rounds, so a
+  slower or faster spell of the host (Python runs up to 2x slower for seconds at a time on the
+  H200 hosts, ``docs/perf-notes.md`` v25) falls on both models alike; median and 20th/80th
+  percentiles of every timed run; with ``cuda_graph`` (eager calls only) each call's CUDA-graph
+  replay is timed alongside and the faster of the two kept;
 - GPU kernel time: the self time of every kernel the call runs, summed, from torch.profiler
   (:func:`ss1bench.timing.kernel_ms`); wall over kernel time is the host's share. CUDA only: NaN
   elsewhere.
@@ -20,6 +23,7 @@ import contextlib
 import gc
 import inspect
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +34,7 @@ from torch import nn
 
 from ss1bench.bench.measure import Timing, one_line_error
 from ss1bench.bench.schema import QUANTILES
-from ss1bench.timing import do_bench, graphed, kernel_ms
+from ss1bench.timing import graphed, kernel_ms
 
 from .models import PHASES
 
@@ -47,23 +51,72 @@ CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")
 E2E_WARMUP_MS = 100
 E2E_REP_MS = 500
 
+#: Rounds of :func:`side_by_side_timer`: each round runs every call for ``rep_ms / ROUNDS``.
+ROUNDS = 10
+
 #: Calls profiled for the kernel time (after one warm-up call); their mean is the row's.
 KERNEL_REPEATS = 3
 
 #: AdamW learning rate of the training step (its value changes no timing).
 LEARNING_RATE = 1e-5
 
-#: ``timer(call, warmup_ms, rep_ms) -> (median, p20, p80)`` in ms; tests inject a fake one.
-Timer = Callable[[Callable[[], object], int, int], Sequence[float]]
+#: ``timer(calls, warmup_ms, rep_ms) -> [(median, p20, p80) per call]`` in ms, the calls timed side
+#: by side; tests inject a fake one.
+Timer = Callable[[Sequence[Callable[[], object]], int, int], Sequence[Sequence[float]]]
 #: ``kernel_timer(call, device) -> GPU kernel ms per call`` (NaN where it cannot be measured).
 KernelTimer = Callable[[Callable[[], object], torch.device], float]
 #: ``compiler(model, mode) -> compiled callable``; tests inject a cheaper backend than Inductor.
 Compiler = Callable[[nn.Module, str], Callable]
 
 
-def do_bench_timer(call: Callable[[], object], warmup_ms: int, rep_ms: int) -> tuple[float, float, float]:
-    """``triton.testing.do_bench`` quantiles (median, p20, p80) of ``call``, as the layer benchmark."""
-    median, p20, p80 = do_bench(call, warmup_ms, rep_ms, quantiles=QUANTILES)
+def _run_timed(call: Callable[[], object], times: int) -> list[float]:
+    """ms of each of ``times`` back-to-back runs of ``call``: CUDA events around each run when CUDA
+    is there (as ``do_bench`` times: the GPU's time from one event to the next, which a host-bound
+    call stretches to its host time), else the host clock."""
+    if not torch.cuda.is_available():
+        samples = []
+        for _ in range(times):
+            start = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return samples
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(times)]
+    for start, end in events:
+        start.record()
+        call()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def side_by_side_timer(calls: Sequence[Callable[[], object]], warmup_ms: int, rep_ms: int,
+                       rounds: int = ROUNDS) -> list[tuple[float, float, float]]:
+    """(median, p20, p80) ms per call of ``calls``, timed side by side.
+
+    Each call's time is estimated from three runs, then every call runs about ``warmup_ms``
+    untimed, then ``rounds`` rounds each run every call back to back for about ``rep_ms / rounds``
+    (at least once), in the given order in even rounds and reversed in odd ones. The quantiles are
+    of all of a call's timed runs. Timing the calls one after the other instead let the host's
+    speed, which drifts by up to 2x over seconds on a shared host, decide a host-bound comparison
+    (a compiled GPT-2 training step measured 0.82-1.32x dense in four processes). No L2 flush: a
+    whole model's working set is many times the L2.
+    """
+    estimates = [max(statistics.median(_run_timed(call, 3)), 1e-3) for call in calls]
+    for call, estimate in zip(calls, estimates, strict=True):
+        _run_timed(call, max(1, round(warmup_ms / estimate)))
+    per_round = [max(1, round(rep_ms / rounds / estimate)) for estimate in estimates]
+    samples: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    for round_index in range(rounds):
+        for i in order if round_index % 2 == 0 else order[::-1]:
+            samples[i].extend(_run_timed(calls[i], per_round[i]))
+    return [_quantiles(values) for values in samples]
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, p20, p80) of ``values`` (``QUANTILES``), linearly interpolated as ``do_bench`` does."""
+    ordered = torch.tensor(values, dtype=torch.float64)
+    median, p20, p80 = (float(ordered.quantile(q)) for q in QUANTILES)
     return median, p20, p80
 
 
@@ -179,9 +232,8 @@ def phase_call(model: nn.Module, phase: str, inputs: Inputs, decoder: bool, *, c
                compiler: Compiler = compile_model, autocast_dtype: torch.dtype | None = None) -> Callable[[], object]:
     """The timed call of one phase (building a decode step runs its prefill).
 
-    Under a compile mode the model is compiled here, after ``torch.compiler.reset()`` (each model
-    gets a fresh compile, never another model's cached code, and no run reaches Dynamo's
-    recompile limit); decode is eager only.
+    Under a compile mode the model is compiled here (the caller runs ``torch.compiler.reset()``
+    first where the model must get a fresh compile); decode is eager only.
     """
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
@@ -191,7 +243,6 @@ def phase_call(model: nn.Module, phase: str, inputs: Inputs, decoder: bool, *, c
     if compile_mode != "none":
         if phase == "decode":
             raise ValueError("the decode step is timed eagerly only (compile mode none)")
-        torch.compiler.reset()
         forward = compiler(model, compile_mode)
     if phase == "train":
         return TrainStep(model, inputs.prompt, autocast_dtype, forward, mark_step)
@@ -242,60 +293,138 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(make_call: Callable[[], Callable[[], object]], device: torch.device, timer: Timer = do_bench_timer,
-              warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS, cuda_graph: bool = False, *,
-              grad: bool = False, kernel_timer: KernelTimer = cuda_kernel_ms, how: str = "eager") -> Measurement:
-    """Time the call ``make_call()`` returns (under ``torch.no_grad()`` unless ``grad``).
+def time_calls(make_calls: Sequence[Callable[[], Callable[[], object]]], device: torch.device,
+               timer: Timer = side_by_side_timer, warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS,
+               cuda_graph: bool = False, *, grad: bool = False, kernel_timer: KernelTimer = cuda_kernel_ms,
+               how: str = "eager") -> list[Measurement]:
+    """Time the calls ``make_calls`` return side by side (under ``torch.no_grad()`` unless ``grad``):
+    one :class:`Measurement` per call, in order.
 
-    The call runs once before timing (compilation, Triton JIT, cuBLAS algorithm choice, the tuning
+    Each call runs once before timing (compilation, Triton JIT, cuBLAS algorithm choice, the tuning
     database read: ``first_call_s``) and once more for peak memory (CUDA only: the allocator's
-    peak during the call minus what was allocated before it). ``how`` names the call's kind in the
-    result (``eager``, ``compiled``). With ``cuda_graph`` the call is then captured and its replays
-    timed too, and the faster of the two is kept (``how`` says which, and why eager when capture
-    failed or the graph was slower). The kernel time is taken on the call kept. Any failure,
-    building the call included, becomes the Timing's one-line status: one failed row never ends
-    the run (a failed kernel timing only empties ``kernel_ms`` and adds a note).
+    peak during the call minus what was allocated before it), then ``timer`` times them all
+    together. ``how`` names the calls' kind in the results (``eager``, ``compiled``). With
+    ``cuda_graph`` each call is then captured and its replay is timed alongside, and the faster of
+    the two is kept (``how`` says which, and why eager when capture failed or the graph was
+    slower). The kernel time is taken on the call kept. Any failure, building a call included,
+    becomes that call's one-line status and leaves the others timed: where timing them together
+    fails, each is timed alone (a note says so). A failed kernel timing only empties ``kernel_ms``
+    and adds a note.
     """
-    result = Measurement(Timing(), how)
-    try:
-        with torch.set_grad_enabled(grad):
-            call = make_call()
-            start = time.perf_counter()
-            call()
-            _synchronize(device)
-            result.first_call_s = time.perf_counter() - start
-            peak = math.nan
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                before = torch.cuda.memory_allocated(device)
-                call()
-                torch.cuda.synchronize(device)
-                peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            quantiles = timer(call, warmup_ms, rep_ms)
-            if cuda_graph:
+    results = [Measurement(Timing(), how) for _ in make_calls]
+    with torch.set_grad_enabled(grad):
+        calls, peaks = {}, {}
+        for index, make_call in enumerate(make_calls):
+            try:
+                calls[index], results[index].first_call_s, peaks[index] = _prepare(make_call, device)
+            except Exception as error:  # a failed timing is a CSV row, not a crashed run
+                _fail(results[index], error)
+        candidates = [(index, "eager", call) for index, call in calls.items()]
+        if cuda_graph:
+            for index, call in calls.items():
+                replay, captured = _capture(call, device)
+                if replay is None:
+                    results[index].how = captured
+                else:
+                    candidates.append((index, "cuda-graph", replay))
+        timed = _time_together(timer, [call for _, _, call in candidates], warmup_ms, rep_ms)
+        for index in calls:
+            result = results[index]
+            mine = {kind: (call, _unwrap(timing, result))
+                    for (owner, kind, call), timing in zip(candidates, timed, strict=True) if owner == index}
+            call, quantiles = mine["eager"]
+            if isinstance(quantiles, Exception):
+                _fail(result, quantiles)
+                continue
+            if "cuda-graph" in mine:
                 # The replay is kept only when it is faster: a graph can be slower than eager calls
                 # (BERT on an H200: 29 ms replayed, 9 ms eager; SDPA picks another kernel under
                 # capture), and a user would run whichever is faster.
-                replay, captured = _capture(call, device)
-                if replay is None:
-                    result.how = captured
+                replay, graph_quantiles = mine["cuda-graph"]
+                if isinstance(graph_quantiles, Exception):
+                    result.how = f"eager (CUDA graph replay failed: {one_line_error(graph_quantiles)})"
+                elif graph_quantiles[0] <= quantiles[0]:
+                    quantiles, result.how, call = graph_quantiles, "cuda-graph", replay
                 else:
-                    graph_quantiles = timer(replay, warmup_ms, rep_ms)
-                    if graph_quantiles[0] <= quantiles[0]:
-                        quantiles, result.how, call = graph_quantiles, "cuda-graph", replay
-                    else:
-                        result.how = f"eager (faster than its CUDA graph: {graph_quantiles[0]:.3g} ms)"
+                    result.how = f"eager (faster than its CUDA graph: {graph_quantiles[0]:.3g} ms)"
             median, p20, p80 = quantiles
-            result.timing = Timing(median, p20, p80, peak)
+            result.timing = Timing(median, p20, p80, peaks[index])
             try:
                 result.kernel_ms = kernel_timer(call, device)
             except Exception as error:  # the wall time stands without it
                 result.notes.append(f"kernel time failed: {one_line_error(error)}")
-    except Exception as error:  # a failed timing is a CSV row, not a crashed run
+    return results
+
+
+def time_call(make_call: Callable[[], Callable[[], object]], device: torch.device, timer: Timer = side_by_side_timer,
+              warmup_ms: int = E2E_WARMUP_MS, rep_ms: int = E2E_REP_MS, cuda_graph: bool = False, *,
+              grad: bool = False, kernel_timer: KernelTimer = cuda_kernel_ms, how: str = "eager") -> Measurement:
+    """:func:`time_calls` of one call."""
+    return time_calls([make_call], device, timer, warmup_ms, rep_ms, cuda_graph, grad=grad,
+                      kernel_timer=kernel_timer, how=how)[0]
+
+
+def _prepare(make_call: Callable[[], Callable[[], object]], device: torch.device):
+    """(the call, seconds of its first run, peak MiB of its second run: NaN off CUDA)."""
+    call = make_call()
+    start = time.perf_counter()
+    call()
+    _synchronize(device)
+    first_call_s = time.perf_counter() - start
+    peak = math.nan
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return call, first_call_s, peak
+
+
+def _fail(result: Measurement, error: BaseException) -> None:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    result.timing = Timing(status=one_line_error(error))
+
+
+@dataclass
+class _TimedAlone:
+    """A call's quantiles from timing it alone, after timing it with the others failed."""
+
+    quantiles: Sequence[float]
+    note: str
+
+
+def _unwrap(timing, result: Measurement) -> Sequence[float] | Exception:
+    """``timing`` from :func:`_time_together`, its note (if it was timed alone) added to ``result``."""
+    if isinstance(timing, _TimedAlone):
+        if timing.note not in result.notes:
+            result.notes.append(timing.note)
+        return timing.quantiles
+    return timing
+
+
+def _time_together(timer: Timer, calls: list[Callable[[], object]], warmup_ms: int,
+                   rep_ms: int) -> list[Sequence[float] | Exception | _TimedAlone]:
+    """``timer``'s quantiles per call of ``calls`` timed together; if that fails, each call timed
+    alone (its quantiles or its error, with a note saying why it was timed alone)."""
+    if not calls:
+        return []
+    try:
+        return list(timer(calls, warmup_ms, rep_ms))
+    except Exception as error:
+        note = f"timed alone: timing side by side failed: {one_line_error(error)}"
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-        result.timing = Timing(status=one_line_error(error))
-    return result
+    alone: list[Sequence[float] | Exception | _TimedAlone] = []
+    for call in calls:
+        try:
+            alone.append(_TimedAlone(timer([call], warmup_ms, rep_ms)[0], note))
+        except Exception as error:
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            alone.append(error)
+    return alone
 
 
 def release(device: torch.device, compiled: bool = False) -> None:
