@@ -511,7 +511,8 @@ def test_side_by_side_timer_interleaves_the_calls_in_rounds(monkeypatch):
         return [call.ms] * times
 
     def call(name, ms):
-        fn = lambda: None
+        def fn():
+            runs.append(f"{name} (warm-up)")
         fn.name, fn.ms = name, ms
         return fn
 
@@ -520,7 +521,7 @@ def test_side_by_side_timer_interleaves_the_calls_in_rounds(monkeypatch):
     timings = e2e.side_by_side_timer([a, b], warmup_ms=10, rep_ms=40, rounds=4)
     assert timings == [(2.0, 2.0, 2.0), (5.0, 5.0, 5.0)]
     # estimates (3 runs each), warm-up (10 ms each), then rounds of 10 ms: a x5, b x2; b first in odd rounds
-    assert runs[:6] == ["a"] * 3 + ["b"] * 3 and runs[6:13] == ["a"] * 5 + ["b"] * 2
+    assert runs[:6] == ["a"] * 3 + ["b"] * 3 and runs[6:13] == ["a (warm-up)"] * 5 + ["b (warm-up)"] * 2
     rounds = runs[13:]
     assert rounds == (["a"] * 5 + ["b"] * 2 + ["b"] * 2 + ["a"] * 5) * 2
 

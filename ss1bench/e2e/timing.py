@@ -69,10 +69,11 @@ KernelTimer = Callable[[Callable[[], object], torch.device], float]
 Compiler = Callable[[nn.Module, str], Callable]
 
 
-def _run_timed(call: Callable[[], object], times: int) -> list[float]:
-    """ms of each of ``times`` back-to-back runs of ``call``: CUDA events around each run when CUDA
+def _run_timed(call: Callable[[], object], times: int) -> list:
+    """``times`` back-to-back runs of ``call``, each timed: a pair of CUDA events around it when CUDA
     is there (as ``do_bench`` times: the GPU's time from one event to the next, which a host-bound
-    call stretches to its host time), else the host clock."""
+    call stretches to its host time), else its ms on the host clock. No synchronization: read the
+    times with :func:`_elapsed_ms` once the GPU is done."""
     if not torch.cuda.is_available():
         samples = []
         for _ in range(times):
@@ -85,8 +86,14 @@ def _run_timed(call: Callable[[], object], times: int) -> list[float]:
         start.record()
         call()
         end.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in events]
+    return events
+
+
+def _elapsed_ms(samples: list) -> list[float]:
+    """The ms of :func:`_run_timed`'s samples, after waiting for the GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return [sample if isinstance(sample, float) else sample[0].elapsed_time(sample[1]) for sample in samples]
 
 
 def side_by_side_timer(calls: Sequence[Callable[[], object]], warmup_ms: int, rep_ms: int,
@@ -95,22 +102,25 @@ def side_by_side_timer(calls: Sequence[Callable[[], object]], warmup_ms: int, re
 
     Each call's time is estimated from three runs, then every call runs about ``warmup_ms``
     untimed, then ``rounds`` rounds each run every call back to back for about ``rep_ms / rounds``
-    (at least once), in the given order in even rounds and reversed in odd ones. The quantiles are
-    of all of a call's timed runs. Timing the calls one after the other instead let the host's
-    speed, which drifts by up to 2x over seconds on a shared host, decide a host-bound comparison
-    (a compiled GPT-2 training step measured 0.82-1.32x dense in four processes). No L2 flush: a
-    whole model's working set is many times the L2.
+    (at least once), in the given order in even rounds and reversed in odd ones. Nothing waits for
+    the GPU between runs (as in a training loop, and in ``do_bench``): a call's host work overlaps
+    the GPU's tail of the one before, whichever call that was. The quantiles are of all of a
+    call's timed runs. Timing the calls one after the other instead let the host's speed, which
+    drifts by up to 2x over seconds on a shared host, decide a host-bound comparison (a compiled
+    GPT-2 training step measured 0.82-1.32x dense in four processes). No L2 flush: a whole model's
+    working set is many times the L2.
     """
-    estimates = [max(statistics.median(_run_timed(call, 3)), 1e-3) for call in calls]
+    estimates = [max(statistics.median(_elapsed_ms(_run_timed(call, 3))), 1e-3) for call in calls]
     for call, estimate in zip(calls, estimates, strict=True):
-        _run_timed(call, max(1, round(warmup_ms / estimate)))
+        for _ in range(max(1, round(warmup_ms / estimate))):
+            call()
     per_round = [max(1, round(rep_ms / rounds / estimate)) for estimate in estimates]
-    samples: list[list[float]] = [[] for _ in calls]
+    samples: list[list] = [[] for _ in calls]
     order = list(range(len(calls)))
     for round_index in range(rounds):
         for i in order if round_index % 2 == 0 else order[::-1]:
             samples[i].extend(_run_timed(calls[i], per_round[i]))
-    return [_quantiles(values) for values in samples]
+    return [_quantiles(_elapsed_ms(values)) for values in samples]
 
 
 def _quantiles(values: Sequence[float]) -> tuple[float, float, float]:
