@@ -526,6 +526,24 @@ def test_side_by_side_timer_interleaves_the_calls_in_rounds(monkeypatch):
     assert rounds == (["a"] * 5 + ["b"] * 2 + ["b"] * 2 + ["a"] * 5) * 2
 
 
+def test_side_by_side_timer_keeps_no_block_s_first_run(monkeypatch):
+    """The first run of each block overlaps the other call's GPU tail: it is run, not kept; a block
+    has at least two runs, so every round keeps one or more."""
+    def timed(call, times):  # the first run of a block reads 100 ms, the rest the call's own time
+        return [100.0] + [call.ms] * (times - 1)
+
+    def call(ms):
+        fn = lambda: None
+        fn.ms = ms
+        return fn
+
+    monkeypatch.setattr(e2e_timing, "_run_timed", timed)
+    slow = call(50.0)  # longer than a round: still two runs per block
+    (fast_median, _, fast_p80), (slow_median, slow_p20, slow_p80) = e2e.side_by_side_timer(
+        [call(1.0), slow], warmup_ms=1, rep_ms=40, rounds=4)
+    assert (fast_median, fast_p80) == (1.0, 1.0) and slow_median == slow_p20 == slow_p80 == 50.0
+
+
 def test_side_by_side_timer_runs_real_calls_and_reports_their_spread():
     slept = {"short": 0.002, "long": 0.006}
     calls = [lambda: time.sleep(slept["short"]), lambda: time.sleep(slept["long"])]

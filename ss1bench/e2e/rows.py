@@ -56,9 +56,10 @@ PROVIDER_DESCRIPTIONS = {
                  "false (compiled calls and training steps do not use it)",
 }
 E2E_TIMING = ("wall ms: median (p20/p80 spread) of the dense and the SS1 model's calls timed side by side, "
-              f"interleaved in {ROUNDS} rounds (each round runs each call back to back for rep_ms / {ROUNDS}, "
-              "alternating which goes first; CUDA events around each call, no synchronization between calls, no "
-              "L2 flush), after one untimed "
+              f"interleaved in {ROUNDS} rounds (each round runs each call back to back for rep_ms / {ROUNDS}, at "
+              "least twice, alternating which goes first, and keeps all runs but the first of each block, which "
+              "overlaps the other call's GPU tail; CUDA events around each call, no synchronization between calls, "
+              "no L2 flush), after one untimed "
               "call each (compile_s: its seconds, compilation included), one for peak memory and warmup_ms of "
               "warm-up; with --cuda-graph each eager inference call is timed eagerly and as a CUDA-graph replay "
               "alongside, and the faster is kept (see the row's detail). kernel_ms: GPU kernel self time per "

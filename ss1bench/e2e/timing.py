@@ -102,24 +102,25 @@ def side_by_side_timer(calls: Sequence[Callable[[], object]], warmup_ms: int, re
 
     Each call's time is estimated from three runs, then every call runs about ``warmup_ms``
     untimed, then ``rounds`` rounds each run every call back to back for about ``rep_ms / rounds``
-    (at least once), in the given order in even rounds and reversed in odd ones. Nothing waits for
-    the GPU between runs (as in a training loop, and in ``do_bench``): a call's host work overlaps
-    the GPU's tail of the one before, whichever call that was. The quantiles are of all of a
-    call's timed runs. Timing the calls one after the other instead let the host's speed, which
-    drifts by up to 2x over seconds on a shared host, decide a host-bound comparison (a compiled
-    GPT-2 training step measured 0.82-1.32x dense in four processes). No L2 flush: a whole model's
-    working set is many times the L2.
+    (at least twice), in the given order in even rounds and reversed in odd ones. Nothing waits
+    for the GPU between runs (as in a training loop, and in ``do_bench``), so the first run of each
+    block starts beside the previous call's GPU tail: with the host ahead of that tail it gets a
+    head start, with an idle GPU none. That run is not kept; the quantiles are of every later run,
+    each in the steady state of its own call. Timing the calls one after the other instead let the
+    host's speed, which drifts by up to 2x over seconds on a shared host, decide a host-bound
+    comparison (a compiled GPT-2 training step measured 0.82-1.32x dense in four processes). No L2
+    flush: a whole model's working set is many times the L2.
     """
     estimates = [max(statistics.median(_elapsed_ms(_run_timed(call, 3))), 1e-3) for call in calls]
     for call, estimate in zip(calls, estimates, strict=True):
         for _ in range(max(1, round(warmup_ms / estimate))):
             call()
-    per_round = [max(1, round(rep_ms / rounds / estimate)) for estimate in estimates]
+    per_round = [max(2, round(rep_ms / rounds / estimate)) for estimate in estimates]
     samples: list[list] = [[] for _ in calls]
     order = list(range(len(calls)))
     for round_index in range(rounds):
         for i in order if round_index % 2 == 0 else order[::-1]:
-            samples[i].extend(_run_timed(calls[i], per_round[i]))
+            samples[i].extend(_run_timed(calls[i], per_round[i])[1:])  # the block's first run: the switch
     return [_quantiles(_elapsed_ms(values)) for values in samples]
 
 
