@@ -749,6 +749,39 @@ def test_torch_compile_for_real_on_an_ss1_model(phase, mode):
     assert compiled == [mode] and measured.first_call_s > 0 and measured.how == "compiled"
 
 
+def test_dense_and_ss1_compiled_side_by_side_each_run_their_own_graphs():
+    """The pair is compiled once before timing (no torch.compiler.reset() between the two models,
+    which share their code objects); alternating between them while timing recompiles nothing, and
+    each compiled call still computes its own model."""
+    from torch._dynamo.utils import counters
+
+    dense = e2e.build_model("gpt2", CPU, torch.float32, SEQ, ONE_BLOCK["gpt2"])
+    ss1 = e2e.ss1_copy(dense, 2)
+    inputs = e2e.Inputs.random(256, BATCH, SEQ, torch.Generator().manual_seed(0), CPU)
+    with torch.no_grad():
+        expected = [model(inputs.prompt, use_cache=False).logits for model in (dense, ss1)]
+    assert not torch.allclose(expected[0], expected[1])  # two different functions
+
+    seen = {}
+
+    def alternating_timer(calls, warmup_ms, rep_ms):
+        graphs = counters["stats"]["unique_graphs"]
+        outputs = [[call().logits for call in calls] for _ in range(3)]  # dense, SS1, dense, SS1, ...
+        seen.update(new_graphs=counters["stats"]["unique_graphs"] - graphs, outputs=outputs)
+        return [(1.0, 1.0, 1.0)] * len(calls)
+
+    torch.compiler.reset()
+    makes = [partial(e2e.phase_call, model, "prefill", inputs, True, compile_mode="default",
+                     compiler=lambda module, mode: torch.compile(module, backend="aot_eager")) for model in (dense, ss1)]
+    measured = e2e.time_calls(makes, CPU, alternating_timer, how="compiled")
+    torch.compiler.reset()
+    assert [m.timing.status for m in measured] == ["ok", "ok"]
+    assert seen["new_graphs"] == 0
+    for outputs in seen["outputs"]:
+        for got, want in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
