@@ -115,7 +115,7 @@ class _SketchLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, structure, dtype, out_dtype):
         ctx.input_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        if bias is not None and dtype is not None and bias.dtype != dtype:  # autocast: the bias cast too
+        if _casts_bias(bias, dtype):  # autocast: the bias cast too
             xs, rotated, bias = _kernels().sketch_rotate_bias_planned(x, weight, bias, structure, dtype)
         else:
             xs, rotated = _kernels().sketch_and_rotate_planned(x, weight, structure, out_dtype)
@@ -151,6 +151,11 @@ class _SketchLinear(torch.autograd.Function):
         if needs_bias:
             grad_b = grad_y.sum(0, dtype=bias_dtype)
         return grad_x, grad_w, grad_b, None, None, None
+
+
+def _casts_bias(bias: torch.Tensor | None, dtype: torch.dtype | None) -> bool:
+    """The sketch pass also writes the bias in ``dtype`` (autocast's), in its one launch."""
+    return bias is not None and dtype is not None and bias.dtype != dtype
 
 
 def _cast_to(dtype: torch.dtype, tensor: torch.Tensor) -> torch.dtype | None:
@@ -204,7 +209,7 @@ def _traced_sketch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                                                    *structure.key)
         if bias is not None and dtype is not None:
             bias = bias.to(dtype)
-    elif bias is not None and dtype is not None and bias.dtype != dtype:
+    elif _casts_bias(bias, dtype):
         xs, rotated, bias = torch.ops.ss1bench.sketch_rotate_bias(x, weight, bias, *structure.key, dtype, key)
     else:  # no cast of the bias is due
         xs, rotated = torch.ops.ss1bench.sketch_rotate(x, weight, *structure.key, out_dtype, key)
