@@ -771,8 +771,11 @@ def test_dense_and_ss1_compiled_side_by_side_each_run_their_own_graphs():
         return [(1.0, 1.0, 1.0)] * len(calls)
 
     torch.compiler.reset()
-    makes = [partial(e2e.phase_call, model, "prefill", inputs, True, compile_mode="default",
-                     compiler=lambda module, mode: torch.compile(module, backend="aot_eager")) for model in (dense, ss1)]
+    def compiler(module, mode):
+        return torch.compile(module, backend="aot_eager")
+
+    makes = [partial(e2e.phase_call, model, "prefill", inputs, True, compile_mode="default", compiler=compiler)
+             for model in (dense, ss1)]
     measured = e2e.time_calls(makes, CPU, alternating_timer, how="compiled")
     torch.compiler.reset()
     assert [m.timing.status for m in measured] == ["ok", "ok"]
