@@ -88,6 +88,13 @@ def one_line_error(error: BaseException) -> str:
     return text[:200]
 
 
+def free_after_oom(error: BaseException) -> None:
+    """Hand the allocator's cached blocks back after an out-of-memory error, so the next timing
+    starts from what is really allocated."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+
+
 def tightest(measure: Callable[[], list[float]], spread_limit: float = SPREAD_LIMIT,
              retimes: int = RETIMES) -> list[float]:
     """``measure()``'s (median, p20, p80), re-measured while p80 > ``spread_limit`` x p20, at most

@@ -39,6 +39,7 @@ from .measure import (
     DEFAULT_WARMUP_MS,
     Built,
     Timing,
+    free_after_oom,
     measure_copy_bandwidth,
     memory_floor_bytes,
     one_line_error,
@@ -269,8 +270,7 @@ def _time_provider(name: str, case: Case, structure: SS1Structure, inputs: _Inpu
         _fill_(built.module, inputs.generator)
         return built, time_module(built, inputs.x(built.in_features), inputs.dy, warmup_ms, rep_ms, cuda_graph)
     except Exception as error:  # a failed provider is a CSV row, not a crashed run
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
+        free_after_oom(error)
         return built, Timing(status=one_line_error(error))
 
 

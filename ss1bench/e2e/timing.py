@@ -32,7 +32,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ss1bench.bench.measure import Timing, one_line_error
+from ss1bench.bench.measure import Timing, free_after_oom, one_line_error
 from ss1bench.bench.schema import QUANTILES
 from ss1bench.timing import graphed, kernel_ms
 
@@ -338,15 +338,17 @@ def time_calls(make_calls: Sequence[Callable[[], Callable[[], object]]], device:
                     results[index].how = captured
                 else:
                     candidates.append((index, "cuda-graph", replay))
-        timed = _time_together(timer, [call for _, _, call in candidates], warmup_ms, rep_ms)
+        timed, note = _time_together(timer, [call for _, _, call in candidates], warmup_ms, rep_ms)
         for index in calls:
             result = results[index]
-            mine = {kind: (call, _unwrap(timing, result))
+            mine = {kind: (call, timing)
                     for (owner, kind, call), timing in zip(candidates, timed, strict=True) if owner == index}
             call, quantiles = mine["eager"]
             if isinstance(quantiles, Exception):
                 _fail(result, quantiles)
                 continue
+            if note:
+                result.notes.append(note)
             if "cuda-graph" in mine:
                 # The replay is kept only when it is faster: a graph can be slower than eager calls
                 # (BERT on an H200: 29 ms replayed, 9 ms eager; SDPA picks another kernel under
@@ -393,49 +395,29 @@ def _prepare(make_call: Callable[[], Callable[[], object]], device: torch.device
 
 
 def _fail(result: Measurement, error: BaseException) -> None:
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
+    free_after_oom(error)
     result.timing = Timing(status=one_line_error(error))
 
 
-@dataclass
-class _TimedAlone:
-    """A call's quantiles from timing it alone, after timing it with the others failed."""
-
-    quantiles: Sequence[float]
-    note: str
-
-
-def _unwrap(timing, result: Measurement) -> Sequence[float] | Exception:
-    """``timing`` from :func:`_time_together`, its note (if it was timed alone) added to ``result``."""
-    if isinstance(timing, _TimedAlone):
-        if timing.note not in result.notes:
-            result.notes.append(timing.note)
-        return timing.quantiles
-    return timing
-
-
 def _time_together(timer: Timer, calls: list[Callable[[], object]], warmup_ms: int,
-                   rep_ms: int) -> list[Sequence[float] | Exception | _TimedAlone]:
-    """``timer``'s quantiles per call of ``calls`` timed together; if that fails, each call timed
-    alone (its quantiles or its error, with a note saying why it was timed alone)."""
+                   rep_ms: int) -> tuple[list[Sequence[float] | Exception], str | None]:
+    """(``timer``'s quantiles per call of ``calls`` timed together, None); if that fails, each call
+    timed alone (its quantiles or its error) and a note that says why."""
     if not calls:
-        return []
+        return [], None
     try:
-        return list(timer(calls, warmup_ms, rep_ms))
+        return list(timer(calls, warmup_ms, rep_ms)), None
     except Exception as error:
         note = f"timed alone: timing side by side failed: {one_line_error(error)}"
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-    alone: list[Sequence[float] | Exception | _TimedAlone] = []
+        free_after_oom(error)
+    alone: list[Sequence[float] | Exception] = []
     for call in calls:
         try:
-            alone.append(_TimedAlone(timer([call], warmup_ms, rep_ms)[0], note))
+            alone.append(timer([call], warmup_ms, rep_ms)[0])
         except Exception as error:
-            if isinstance(error, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
+            free_after_oom(error)
             alone.append(error)
-    return alone
+    return alone, note
 
 
 def release(device: torch.device, compiled: bool = False) -> None:
