@@ -829,7 +829,8 @@ def test_report_on_an_e2e_csv(e2e_run, tmp_path):
         # no kernel times off CUDA: every kernel column is empty
         for name in ("dense kernel ms", "SS1 kernel ms", "kernel speedup", "wall/kernel dense", "wall/kernel SS1"):
             assert cells[COL[name]] == "–", name
-        dense = frame[(frame["layer"] == row["layer"]) & (frame["provider"] == "dense")].iloc[0]
+        dense = frame[(frame["layer"] == row["layer"]) & (frame["redn_factor"] == row["redn_factor"])
+                      & (frame["provider"] == "dense")].iloc[0]  # dense is timed beside each c
         first_calls = [float(v) for v in cells[COL["first call s dense / SS1"]].split(" / ")]
         assert first_calls == pytest.approx([dense["compile_s"], row["compile_s"]], rel=1e-2, abs=1e-3)
 
