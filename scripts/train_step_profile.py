@@ -75,6 +75,10 @@ HOST_REPEATS = 7
 GAP_OPS, GAPS_LISTED = 6, 8
 #: Threads listed with their CPU time per step when they spend at least this many ms.
 THREAD_MS = 0.2
+#: Chrome-trace categories of host events.
+HOST_CATEGORIES = ("cpu_op", "python_function", "user_annotation", "cuda_runtime", "cuda_driver")
+
+
 def python_loop() -> int:
     """A fixed piece of pure Python (a few ms) whose time says how fast the process's CPU runs
     Python at the moment: a slow process whose threads neither wait nor get throttled runs it slower."""
@@ -82,10 +86,6 @@ def python_loop() -> int:
     for i in range(20_000):
         total += i * i % 7
     return total
-
-
-#: Chrome-trace categories of host events.
-HOST_CATEGORIES = ("cpu_op", "python_function", "user_annotation", "cuda_runtime", "cuda_driver")
 
 
 class GcClock:

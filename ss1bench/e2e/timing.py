@@ -275,7 +275,7 @@ def phase_call(model: nn.Module, phase: str, inputs: Inputs, decoder: bool, *, c
 
 @dataclass
 class Measurement:
-    """What :func:`time_call` measured: the wall time, how it was taken (``eager``,
+    """What :func:`time_calls` measured for one call: the wall time, how it was taken (``eager``,
     ``cuda-graph``, ``compiled``, or why eager), the GPU kernel ms per call, the seconds of the
     first call, and notes for the row's detail (a kernel timing that failed)."""
 
